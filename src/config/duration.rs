@@ -1,0 +1,108 @@
+//! Durations as operators write them in definitions: `500ms`, `5s`, `2min`, `1h30m`.
+//! Parsed here (pure) so the error can say exactly which part was not understood.
+
+use std::time::Duration;
+
+/// Parses `"5s"`, `"250ms"`, `"1m30s"`, `"2min"`, `"1h"`. A bare number is refused: an operator
+/// who writes `30` may mean seconds or milliseconds, and guessing wrong is worse than asking.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let text = s.trim();
+    if text.is_empty() {
+        return Err("empty duration; write e.g. \"5s\" or \"500ms\"".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 {
+            return Err(format!(
+                "{s:?} is not a duration; write e.g. \"5s\", \"500ms\", \"2min\", \"1h30m\""
+            ));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{s:?}: number too large"))?;
+        rest = rest[digits..].trim_start();
+        let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
+        let unit = &rest[..unit_len];
+        let one = match unit {
+            "ms" => Duration::from_millis(1),
+            "s" | "sec" => Duration::from_secs(1),
+            "m" | "min" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            "" => {
+                return Err(format!(
+                    "{s:?} has no unit; write e.g. \"{n}s\" or \"{n}ms\""
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "{s:?}: unknown unit {other:?} (use ms, s, min or h)"
+                ))
+            }
+        };
+        let part = one
+            .checked_mul(u32::try_from(n).map_err(|_| format!("{s:?}: number too large"))?)
+            .ok_or_else(|| format!("{s:?}: too long"))?;
+        total = total
+            .checked_add(part)
+            .ok_or_else(|| format!("{s:?}: too long"))?;
+        rest = rest[unit_len..].trim_start();
+    }
+    Ok(total)
+}
+
+/// Formats a duration the way systemd and operators read it (`1min 30s`, `250ms`).
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0".into();
+    }
+    if ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    let mut secs = d.as_secs();
+    let mut parts = Vec::new();
+    for (unit, size) in [("h", 3600), ("min", 60), ("s", 1)] {
+        if secs >= size {
+            parts.push(format!("{}{unit}", secs / size));
+            secs %= size;
+        }
+    }
+    parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_common_forms() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2min"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn refuses_ambiguous_or_unknown() {
+        assert!(parse_duration("30").unwrap_err().contains("no unit"));
+        assert!(parse_duration("5 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("-5s").is_err());
+        assert!(parse_duration("99999999999h").is_err());
+    }
+
+    #[test]
+    fn formats_round_trip() {
+        for s in ["250ms", "5s", "1min 30s", "2h"] {
+            let d = parse_duration(&s.replace(' ', "")).unwrap();
+            assert_eq!(format_duration(d), s);
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! Service definitions: TOML as written -> validated [`ServiceDef`]s.
+//!
+//! Flow: [`load`] finds the files (`services.toml` plus `services.d/*.toml`, in name order),
+//! each file is deserialized into the `raw` structs (serde, `deny_unknown_fields`, values that
+//! need semantic checks wrapped in `toml::Spanned` so errors can name their line), then
+//! [`validate`] turns them into the types the planner uses. Every error is a [`ConfigError`]
+//! naming file, line and key; the CLI maps it to exit code 2 before anything is touched.
+
+mod duration;
+mod raw;
+
+pub use duration::{format_duration, parse_duration};
+pub(crate) use raw::normalise_signal;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Where definitions live unless `--config`/`SHIM_CONFIG` says otherwise.
+pub const DEFAULT_CONFIG: &str = "/etc/shim/services.toml";
+
+/// A bad definition: which file, which line, which key, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A validated identifier (service id or process name): `[a-z0-9_-]`, 1..=64 characters.
+/// Being valid by construction, it can go into unit names, paths and journal fields unescaped.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Ident(String);
+
+impl Ident {
+    pub fn parse(s: &str) -> Result<Ident, String> {
+        if s.is_empty() || s.len() > 64 {
+            return Err(format!(
+                "{s:?} must be 1 to 64 characters long (it has {})",
+                s.len()
+            ));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-'))
+        {
+            return Err(format!(
+                "{s:?} contains {c:?}; only lowercase letters, digits, '_' and '-' are allowed"
+            ));
+        }
+        Ok(Ident(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Ident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which OCI runtime runs a service's containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    Runc,
+    Crun,
+    Podman,
+}
+
+impl Runtime {
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Runc => "runc",
+            Runtime::Crun => "crun",
+            Runtime::Podman => "podman",
+        }
+    }
+}
+
+/// Host-wide settings from the `[shim]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostSettings {
+    /// Inclusive range of host ports handed to instances as `$PORT`.
+    pub port_range: (u16, u16),
+}
+
+impl Default for HostSettings {
+    fn default() -> Self {
+        HostSettings {
+            port_range: (20000, 29999),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Health {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_after: u32,
+    pub start_period: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProcessDef {
+    pub name: Ident,
+    /// Replaces the image's entrypoint + cmd when set.
+    pub command: Option<Vec<String>>,
+    pub count: u32,
+    pub health: Option<Health>,
+    /// Whether each instance gets a host port as `$PORT` (implied by `health`).
+    pub port: bool,
+    pub stop_timeout: Duration,
+    /// Signal name as systemd and runc know it, e.g. "SIGTERM"; else the image's, else SIGTERM.
+    pub stop_signal: Option<String>,
+    pub read_only: bool,
+    /// Process-level env, applied over the service's.
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceDef {
+    pub id: Ident,
+    /// The file (and line) that defined it, for error messages later on.
+    pub source: PathBuf,
+    pub line: Option<usize>,
+    /// The image reference template, possibly containing `{revision}`.
+    pub image: String,
+    pub image_line: Option<usize>,
+    pub runtime: Runtime,
+    pub env: BTreeMap<String, String>,
+    pub env_files: Vec<PathBuf>,
+    pub user: Option<String>,
+    pub processes: BTreeMap<Ident, ProcessDef>,
+}
+
+impl ServiceDef {
+    /// The image reference for a revision. `{revision}` is required in the template whenever a
+    /// revision is deployed, or every revision would silently run the same image.
+    pub fn image_for(&self, revision: &str) -> Result<String, ConfigError> {
+        if !self.image.contains("{revision}") {
+            return Err(ConfigError {
+                file: self.source.clone(),
+                line: self.image_line,
+                key: format!("services.{}.image", self.id),
+                message: format!(
+                    "{:?} has no {{revision}} placeholder, so --revision {revision} cannot select an image",
+                    self.image
+                ),
+            });
+        }
+        Ok(self.image.replace("{revision}", revision))
+    }
+}
+
+/// Everything read from the definition files.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Definitions {
+    pub settings: HostSettings,
+    pub services: BTreeMap<Ident, ServiceDef>,
+}
+
+impl Definitions {
+    /// The service with this id, or an error listing the known ids.
+    pub fn service(&self, id: &str) -> Result<&ServiceDef, ConfigError> {
+        self.services
+            .iter()
+            .find(|(k, _)| k.as_str() == id)
+            .map(|(_, v)| v)
+            .ok_or_else(|| ConfigError {
+                file: PathBuf::from("--id"),
+                line: None,
+                key: String::new(),
+                message: format!(
+                    "no service {id:?} is defined (known: {})",
+                    if self.services.is_empty() {
+                        "none".to_string()
+                    } else {
+                        self.services
+                            .keys()
+                            .map(|k| k.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ),
+            })
+    }
+}
+
+/// The files that make up the definitions rooted at `path`: if `path` is a directory,
+/// `path/services.toml` (when present) and `path/services.d/*.toml`; if it is a file, that file
+/// and `services.d/*.toml` beside it.
+pub fn config_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let io_err = |p: &Path, e: std::io::Error| ConfigError {
+        file: p.to_path_buf(),
+        line: None,
+        key: String::new(),
+        message: format!("cannot read: {e}"),
+    };
+    let (main, dir) = if path.is_dir() {
+        (path.join("services.toml"), path.join("services.d"))
+    } else {
+        let parent = path.parent().unwrap_or(Path::new("."));
+        (path.to_path_buf(), parent.join("services.d"))
+    };
+    let mut files = Vec::new();
+    if main.exists() {
+        files.push(main);
+    } else if !path.is_dir() {
+        return Err(io_err(path, std::io::ErrorKind::NotFound.into()));
+    }
+    if dir.is_dir() {
+        let mut extra = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| io_err(&dir, e))? {
+            let p = entry.map_err(|e| io_err(&dir, e))?.path();
+            if p.extension().is_some_and(|e| e == "toml") && p.is_file() {
+                extra.push(p);
+            }
+        }
+        extra.sort();
+        files.extend(extra);
+    }
+    Ok(files)
+}
+
+/// Reads and validates every definition file under `path` (see [`config_files`]).
+pub fn load(path: &Path) -> Result<Definitions, ConfigError> {
+    let mut sources = Vec::new();
+    for file in config_files(path)? {
+        let text = std::fs::read_to_string(&file).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        sources.push((file, text));
+    }
+    parse_sources(&sources)
+}
+
+/// Pure core of [`load`]: validates the given (file, text) pairs as one set of definitions.
+pub fn parse_sources(sources: &[(PathBuf, String)]) -> Result<Definitions, ConfigError> {
+    let mut defs = Definitions::default();
+    let mut settings_from: Option<PathBuf> = None;
+    for (file, text) in sources {
+        let parsed = raw::parse_file(file, text)?;
+        if let Some(settings) = parsed.settings {
+            if let Some(first) = &settings_from {
+                return Err(ConfigError {
+                    file: file.clone(),
+                    line: settings.1,
+                    key: "shim".into(),
+                    message: format!(
+                        "host settings are already given in {}; keep [shim] in one file",
+                        first.display()
+                    ),
+                });
+            }
+            settings_from = Some(file.clone());
+            defs.settings = settings.0;
+        }
+        for svc in parsed.services {
+            if let Some(prev) = defs.services.get(&svc.id) {
+                return Err(ConfigError {
+                    file: file.clone(),
+                    line: svc.line,
+                    key: format!("services.{}", svc.id),
+                    message: format!(
+                        "service {:?} is already defined in {}{}",
+                        svc.id.as_str(),
+                        prev.source.display(),
+                        prev.line.map(|l| format!(":{l}")).unwrap_or_default()
+                    ),
+                });
+            }
+            defs.services.insert(svc.id.clone(), svc);
+        }
+    }
+    Ok(defs)
+}
+
+/// 1-based line of byte offset `pos` in `text`.
+pub(crate) fn line_of(text: &str, pos: usize) -> usize {
+    text[..pos.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,418 @@
+//! The definition file as written (serde, unknown keys refused), and its validation into
+//! [`ServiceDef`]s. Values that need checks beyond their type are `Spanned` so that the error
+//! can name their line.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{
+    line_of, parse_duration, ConfigError, Health, HostSettings, Ident, ProcessDef, Runtime,
+    ServiceDef,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    shim: Option<Spanned<RawShim>>,
+    #[serde(default)]
+    services: BTreeMap<Spanned<String>, Spanned<RawService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShim {
+    port_range: Option<Spanned<[i64; 2]>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    image: Option<Spanned<String>>,
+    #[serde(default = "default_runtime")]
+    runtime: Spanned<Runtime>,
+    #[serde(default)]
+    env: BTreeMap<Spanned<String>, String>,
+    #[serde(default)]
+    env_files: Vec<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    #[serde(default)]
+    processes: BTreeMap<Spanned<String>, Spanned<RawProcess>>,
+}
+
+fn default_runtime() -> Spanned<Runtime> {
+    Spanned::new(0..0, Runtime::Runc)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProcess {
+    command: Option<Spanned<Vec<String>>>,
+    count: Option<Spanned<i64>>,
+    health: Option<Spanned<RawHealth>>,
+    port: Option<bool>,
+    stop_timeout: Option<Spanned<String>>,
+    stop_signal: Option<Spanned<String>>,
+    #[serde(default)]
+    read_only: bool,
+    #[serde(default)]
+    env: BTreeMap<Spanned<String>, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    path: Spanned<String>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    unhealthy_after: Option<Spanned<i64>>,
+    start_period: Option<Spanned<String>>,
+}
+
+pub(super) struct ParsedFile {
+    pub settings: Option<(HostSettings, Option<usize>)>,
+    pub services: Vec<ServiceDef>,
+}
+
+/// Largest `count` accepted: a typo like `count = 4000` should not start thousands of units.
+const MAX_COUNT: i64 = 256;
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err<T>(
+        &self,
+        span: &std::ops::Range<usize>,
+        key: String,
+        message: String,
+    ) -> Result<T, ConfigError> {
+        Err(ConfigError {
+            file: self.file.to_path_buf(),
+            line: Some(line_of(self.text, span.start)),
+            key,
+            message,
+        })
+    }
+
+    fn duration(&self, v: &Spanned<String>, key: String) -> Result<Duration, ConfigError> {
+        parse_duration(v.get_ref()).or_else(|m| self.err(&v.span(), key, m))
+    }
+}
+
+pub(super) fn parse_file(file: &Path, text: &str) -> Result<ParsedFile, ConfigError> {
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start));
+        ConfigError {
+            file: file.to_path_buf(),
+            line,
+            key: String::new(),
+            // toml's message already names the key ("unknown field `x`, expected ...").
+            message: e.message().trim().to_string(),
+        }
+    })?;
+    let cx = Ctx { file, text };
+
+    let settings = match &raw.shim {
+        None => None,
+        Some(shim) => {
+            let mut s = HostSettings::default();
+            if let Some(range) = &shim.get_ref().port_range {
+                let [lo, hi] = *range.get_ref();
+                let key = "shim.port_range".to_string();
+                if !(1024..=65535).contains(&lo) || !(1024..=65535).contains(&hi) {
+                    return cx.err(
+                        &range.span(),
+                        key,
+                        format!("[{lo}, {hi}]: ports must be within 1024..65535"),
+                    );
+                }
+                if lo > hi {
+                    return cx.err(
+                        &range.span(),
+                        key,
+                        format!("[{lo}, {hi}]: the first port must not be above the second"),
+                    );
+                }
+                // Proven by the range checks just above.
+                s.port_range = (lo as u16, hi as u16);
+            }
+            Some((s, Some(line_of(text, shim.span().start))))
+        }
+    };
+
+    let mut services = Vec::new();
+    for (id, svc) in &raw.services {
+        services.push(validate_service(&cx, id, svc)?);
+    }
+    Ok(ParsedFile { settings, services })
+}
+
+fn validate_env(
+    cx: &Ctx<'_>,
+    env: &BTreeMap<Spanned<String>, String>,
+    prefix: &str,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (k, v) in env {
+        let name = k.get_ref();
+        let ok = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return cx.err(
+                &k.span(),
+                format!("{prefix}.env.{name}"),
+                format!("{name:?} is not a valid environment variable name (letters, digits and '_', not starting with a digit)"),
+            );
+        }
+        if v.contains('\0') {
+            return cx.err(
+                &k.span(),
+                format!("{prefix}.env.{name}"),
+                "value contains a NUL byte".into(),
+            );
+        }
+        out.insert(name.clone(), v.clone());
+    }
+    Ok(out)
+}
+
+fn validate_service(
+    cx: &Ctx<'_>,
+    id: &Spanned<String>,
+    svc: &Spanned<RawService>,
+) -> Result<ServiceDef, ConfigError> {
+    let prefix = format!("services.{}", id.get_ref());
+    let ident = Ident::parse(id.get_ref())
+        .or_else(|m| cx.err(&id.span(), prefix.clone(), format!("service id {m}")))?;
+    let line = Some(line_of(cx.text, id.span().start));
+    let r = svc.get_ref();
+
+    let Some(image) = &r.image else {
+        return cx.err(
+            &id.span(),
+            format!("{prefix}.image"),
+            "missing: every service needs an image, e.g. \"oci:/var/lib/images/app:{revision}\""
+                .into(),
+        );
+    };
+    if image.get_ref().trim().is_empty() {
+        return cx.err(&image.span(), format!("{prefix}.image"), "is empty".into());
+    }
+    // The reference must parse once a revision is filled in; catching a typo here keeps it from
+    // surfacing half way through a deploy.
+    let probe = image.get_ref().replace("{revision}", "0000000");
+    if let Err(e) = crate::image::ImageRef::parse(&probe) {
+        return cx.err(&image.span(), format!("{prefix}.image"), e.to_string());
+    }
+
+    let env = validate_env(cx, &r.env, &prefix)?;
+    let mut env_files = Vec::new();
+    for f in &r.env_files {
+        let p = PathBuf::from(f.get_ref());
+        if !p.is_absolute() {
+            return cx.err(
+                &f.span(),
+                format!("{prefix}.env_files"),
+                format!("{:?} must be an absolute path", f.get_ref()),
+            );
+        }
+        env_files.push(p);
+    }
+    let user = match &r.user {
+        None => None,
+        Some(u) => {
+            crate::plan::parse_user_spec(u.get_ref())
+                .or_else(|m| cx.err(&u.span(), format!("{prefix}.user"), m))?;
+            Some(u.get_ref().clone())
+        }
+    };
+
+    if r.processes.is_empty() {
+        return cx.err(
+            &id.span(),
+            format!("{prefix}.processes"),
+            "missing: define at least one process, e.g. [services.ID.processes.web]".into(),
+        );
+    }
+    let mut processes = BTreeMap::new();
+    for (pname, p) in &r.processes {
+        let pprefix = format!("{prefix}.processes.{}", pname.get_ref());
+        let pident = Ident::parse(pname.get_ref())
+            .or_else(|m| cx.err(&pname.span(), pprefix.clone(), format!("process name {m}")))?;
+        let def = validate_process(cx, &pprefix, pident.clone(), p)?;
+        processes.insert(pident, def);
+    }
+
+    Ok(ServiceDef {
+        id: ident,
+        source: cx.file.to_path_buf(),
+        line,
+        image: image.get_ref().clone(),
+        image_line: Some(line_of(cx.text, image.span().start)),
+        runtime: *r.runtime.get_ref(),
+        env,
+        env_files,
+        user,
+        processes,
+    })
+}
+
+fn validate_process(
+    cx: &Ctx<'_>,
+    prefix: &str,
+    name: Ident,
+    p: &Spanned<RawProcess>,
+) -> Result<ProcessDef, ConfigError> {
+    let r = p.get_ref();
+    let command = match &r.command {
+        None => None,
+        Some(c) => {
+            if c.get_ref().is_empty() || c.get_ref()[0].is_empty() {
+                return cx.err(
+                    &c.span(),
+                    format!("{prefix}.command"),
+                    "must name a program; leave it out to use the image's entrypoint and cmd"
+                        .into(),
+                );
+            }
+            Some(c.get_ref().clone())
+        }
+    };
+    let count = match &r.count {
+        None => 1,
+        Some(c) => {
+            let n = *c.get_ref();
+            if !(0..=MAX_COUNT).contains(&n) {
+                return cx.err(
+                    &c.span(),
+                    format!("{prefix}.count"),
+                    format!("{n} is out of range 0..{MAX_COUNT}"),
+                );
+            }
+            n as u32 // within 0..=256, checked just above
+        }
+    };
+    let health = match &r.health {
+        None => None,
+        Some(h) => Some(validate_health(cx, &format!("{prefix}.health"), h)?),
+    };
+    if r.port == Some(false) && health.is_some() {
+        return cx.err(
+            &p.span(),
+            format!("{prefix}.port"),
+            "port = false but health checks need a port to reach the instance".into(),
+        );
+    }
+    let stop_timeout = match &r.stop_timeout {
+        None => Duration::from_secs(30),
+        Some(s) => {
+            let d = cx.duration(s, format!("{prefix}.stop_timeout"))?;
+            if d.is_zero() {
+                return cx.err(
+                    &s.span(),
+                    format!("{prefix}.stop_timeout"),
+                    "must be more than 0".into(),
+                );
+            }
+            d
+        }
+    };
+    let stop_signal = match &r.stop_signal {
+        None => None,
+        Some(s) => Some(
+            normalise_signal(s.get_ref())
+                .or_else(|m| cx.err(&s.span(), format!("{prefix}.stop_signal"), m))?,
+        ),
+    };
+    let env = validate_env(cx, &r.env, prefix)?;
+    Ok(ProcessDef {
+        name,
+        command,
+        count,
+        port: r.port.unwrap_or(health.is_some()),
+        health,
+        stop_timeout,
+        stop_signal,
+        read_only: r.read_only,
+        env,
+    })
+}
+
+fn validate_health(
+    cx: &Ctx<'_>,
+    prefix: &str,
+    h: &Spanned<RawHealth>,
+) -> Result<Health, ConfigError> {
+    let r = h.get_ref();
+    let path = r.path.get_ref();
+    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return cx.err(
+            &r.path.span(),
+            format!("{prefix}.path"),
+            format!("{path:?} must be an absolute URL path like \"/health\""),
+        );
+    }
+    let get = |v: &Option<Spanned<String>>, key: &str, default: Duration| match v {
+        None => Ok(default),
+        Some(s) => cx.duration(s, format!("{prefix}.{key}")),
+    };
+    let interval = get(&r.interval, "interval", Duration::from_secs(5))?;
+    let timeout = get(&r.timeout, "timeout", Duration::from_secs(2))?;
+    let start_period = get(&r.start_period, "start_period", Duration::from_secs(30))?;
+    let span = |v: &Option<Spanned<String>>| v.as_ref().map(|s| s.span()).unwrap_or(h.span());
+    if interval < Duration::from_secs(1) {
+        return cx.err(
+            &span(&r.interval),
+            format!("{prefix}.interval"),
+            "must be at least 1s (the probe runs at most once a second)".into(),
+        );
+    }
+    if timeout.is_zero() || timeout > interval {
+        return cx.err(
+            &span(&r.timeout),
+            format!("{prefix}.timeout"),
+            "must be more than 0 and not longer than interval".into(),
+        );
+    }
+    let unhealthy_after = match &r.unhealthy_after {
+        None => 3,
+        Some(n) => {
+            if !(1..=100).contains(n.get_ref()) {
+                return cx.err(
+                    &n.span(),
+                    format!("{prefix}.unhealthy_after"),
+                    format!("{} is out of range 1..100", n.get_ref()),
+                );
+            }
+            *n.get_ref() as u32 // within 1..=100, checked just above
+        }
+    };
+    Ok(Health {
+        path: path.clone(),
+        interval,
+        timeout,
+        unhealthy_after,
+        start_period,
+    })
+}
+
+/// `"SIGTERM"`, `"TERM"` or `"sigterm"` → `"SIGTERM"`, refusing names the kernel does not know.
+pub(crate) fn normalise_signal(s: &str) -> Result<String, String> {
+    let upper = s.trim().to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    nix::sys::signal::Signal::from_str(&name)
+        .map(|sig| sig.as_str().to_string())
+        .map_err(|_| format!("{s:?} is not a signal name (e.g. SIGTERM, SIGINT, SIGQUIT)"))
+}

@@ -1,0 +1,185 @@
+use super::*;
+
+const GOOD: &str = r#"
+[shim]
+port_range = [20000, 20099]
+
+[services.billing_app]
+image = "oci:/var/lib/images/billing:{revision}"
+runtime = "crun"
+env = { RAILS_ENV = "production" }
+env_files = ["/etc/shim/secrets/billing.env"]
+user = "1000:1000"
+
+[services.billing_app.processes.web]
+command = ["/app/bin/server"]
+count = 4
+health = { path = "/health", interval = "5s", timeout = "2s", unhealthy_after = 3, start_period = "30s" }
+stop_timeout = "30s"
+stop_signal = "SIGTERM"
+
+[services.billing_app.processes.worker]
+command = ["/app/bin/worker"]
+count = 2
+stop_signal = "quit"
+"#;
+
+fn parse(text: &str) -> Result<Definitions, ConfigError> {
+    parse_sources(&[(PathBuf::from("/etc/shim/services.toml"), text.to_string())])
+}
+
+#[test]
+fn parses_the_documented_example() {
+    let d = parse(GOOD).unwrap();
+    assert_eq!(d.settings.port_range, (20000, 20099));
+    let s = d.service("billing_app").unwrap();
+    assert_eq!(s.runtime, Runtime::Crun);
+    assert_eq!(s.line, Some(5));
+    let web = &s.processes[&Ident::parse("web").unwrap()];
+    assert_eq!(web.count, 4);
+    assert!(web.port, "health implies a port");
+    assert_eq!(
+        web.health.as_ref().unwrap().interval,
+        Duration::from_secs(5)
+    );
+    let worker = &s.processes[&Ident::parse("worker").unwrap()];
+    assert!(!worker.port);
+    assert_eq!(worker.stop_signal.as_deref(), Some("SIGQUIT"));
+    assert_eq!(
+        s.image_for("abc").unwrap(),
+        "oci:/var/lib/images/billing:abc"
+    );
+}
+
+#[test]
+fn defaults() {
+    let d =
+        parse("[services.a]\nimage = \"oci:/i:{revision}\"\n[services.a.processes.w]\n").unwrap();
+    let s = d.service("a").unwrap();
+    assert_eq!(s.runtime, Runtime::Runc);
+    let w = s.processes.values().next().unwrap();
+    assert_eq!(w.count, 1);
+    assert_eq!(w.stop_timeout, Duration::from_secs(30));
+    assert_eq!(w.stop_signal, None);
+    assert_eq!(d.settings, HostSettings::default());
+}
+
+const BASE: &str = "[services.a]\nimage = \"oci:/i:{revision}\"\n[services.a.processes.web]\n";
+
+/// (name, file text, expected line, substrings the message must contain)
+fn bad_cases() -> Vec<(&'static str, String, usize, Vec<&'static str>)> {
+    let with = |extra: &str| format!("{BASE}{extra}\n");
+    vec![
+        ("toml syntax", "[services.a\n".into(), 1, vec!["services.toml:1"]),
+        ("unknown top-level key", "colour = 1\n".into(), 1, vec!["colour"]),
+        ("unknown shim key", "[shim]\nport_rang = [1,2]\n".into(), 2, vec!["port_rang"]),
+        ("unknown service key", "[services.a]\nimage = \"oci:/i:{revision}\"\nimg = 1\n".into(), 3, vec!["img"]),
+        ("unknown process key", with("cont = 1"), 4, vec!["cont"]),
+        ("unknown health key", with("health = { path = \"/h\", intervall = \"5s\" }"), 4, vec!["intervall"]),
+        ("bad id chars", "[services.Billing]\nimage = \"oci:/i:{revision}\"\n[services.Billing.processes.w]\n".into(), 1, vec!["services.Billing", "'B'"]),
+        ("id too long", format!("[services.{0}]\nimage = \"oci:/i:{{revision}}\"\n[services.{0}.processes.w]\n", "a".repeat(65)), 1, vec!["1 to 64"]),
+        ("bad process name", "[services.a]\nimage = \"oci:/i:{revision}\"\n[services.a.processes.\"web app\"]\n".into(), 3, vec!["processes.web app", "' '"]),
+        ("bad duration", with("stop_timeout = \"5 parsecs\""), 4, vec!["services.a.processes.web.stop_timeout", "unknown unit"]),
+        ("duration without unit", with("health = { path = \"/h\", interval = \"30\" }"), 4, vec!["health.interval", "no unit"]),
+        ("interval below 1s", with("health = { path = \"/h\", interval = \"500ms\", timeout = \"100ms\" }"), 4, vec!["health.interval", "at least 1s"]),
+        ("timeout above interval", with("health = { path = \"/h\", interval = \"2s\", timeout = \"3s\" }"), 4, vec!["health.timeout"]),
+        ("health path relative", with("health = { path = \"health\" }"), 4, vec!["health.path"]),
+        ("unhealthy_after zero", with("health = { path = \"/h\", unhealthy_after = 0 }"), 4, vec!["unhealthy_after"]),
+        ("negative count", with("count = -1"), 4, vec!["count", "out of range"]),
+        ("huge count", with("count = 100000"), 4, vec!["count"]),
+        ("count wrong type", with("count = \"four\""), 4, vec!["count"]),
+        ("unknown runtime", "[services.a]\nimage = \"oci:/i:{revision}\"\nruntime = \"docker\"\n[services.a.processes.w]\n".into(), 3, vec!["docker"]),
+        ("missing image", "[services.a]\n[services.a.processes.w]\n".into(), 1, vec!["services.a.image", "missing"]),
+        ("image bad scheme", "[services.a]\nimage = \"http://x/{revision}\"\n[services.a.processes.w]\n".into(), 2, vec!["services.a.image"]),
+        ("bad stop signal", with("stop_signal = \"SIGFOO\""), 4, vec!["stop_signal", "SIGFOO"]),
+        ("bad env name", "[services.a]\nimage = \"oci:/i:{revision}\"\nenv = { \"1X\" = \"y\" }\n[services.a.processes.w]\n".into(), 3, vec!["services.a.env.1X"]),
+        ("relative env file", "[services.a]\nimage = \"oci:/i:{revision}\"\nenv_files = [\"secrets.env\"]\n[services.a.processes.w]\n".into(), 3, vec!["env_files", "absolute"]),
+        ("bad user", "[services.a]\nimage = \"oci:/i:{revision}\"\nuser = \"a:b:c\"\n[services.a.processes.w]\n".into(), 3, vec!["services.a.user"]),
+        ("no processes", "[services.a]\nimage = \"oci:/i:{revision}\"\n".into(), 1, vec!["services.a.processes", "at least one"]),
+        ("empty command", with("command = []"), 4, vec!["command"]),
+        ("port range reversed", format!("[shim]\nport_range = [30000, 20000]\n{BASE}"), 2, vec!["shim.port_range"]),
+        ("port range privileged", format!("[shim]\nport_range = [80, 90]\n{BASE}"), 2, vec!["shim.port_range"]),
+        ("port=false with health", with("port = false\nhealth = { path = \"/h\" }"), 3, vec!["port"]),
+    ]
+}
+
+#[test]
+fn bad_definitions_name_file_line_and_key() {
+    let cases = bad_cases();
+    assert!(cases.len() >= 20);
+    for (name, text, line, needles) in cases {
+        let err = match parse(&text) {
+            Ok(_) => panic!("{name}: accepted:\n{text}"),
+            Err(e) => e,
+        };
+        assert_eq!(err.line, Some(line), "{name}: wrong line in {err}");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!("/etc/shim/services.toml:{line}")),
+            "{name}: {msg}"
+        );
+        for n in needles {
+            assert!(msg.contains(n), "{name}: {msg:?} lacks {n:?}");
+        }
+    }
+}
+
+#[test]
+fn duplicate_ids_across_files_name_both() {
+    let a = (PathBuf::from("/etc/shim/services.toml"), BASE.to_string());
+    let b = (
+        PathBuf::from("/etc/shim/services.d/b.toml"),
+        format!("\n{BASE}"),
+    );
+    let err = parse_sources(&[a, b]).unwrap_err();
+    assert_eq!(err.file, PathBuf::from("/etc/shim/services.d/b.toml"));
+    assert_eq!(err.line, Some(2));
+    assert!(
+        err.to_string()
+            .contains("already defined in /etc/shim/services.toml:1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn image_without_revision_is_refused_when_a_revision_is_given() {
+    let d = parse("[services.a]\nimage = \"oci:/i:latest\"\n[services.a.processes.w]\n").unwrap();
+    let err = d.service("a").unwrap().image_for("abc").unwrap_err();
+    assert_eq!(err.line, Some(2));
+    assert!(err.to_string().contains("services.a.image"), "{err}");
+    assert!(err.to_string().contains("{revision}"), "{err}");
+}
+
+#[test]
+fn unknown_service_lists_known_ones() {
+    let d = parse(GOOD).unwrap();
+    let err = d.service("nope").unwrap_err().to_string();
+    assert!(err.contains("billing_app"), "{err}");
+}
+
+#[test]
+fn files_are_found_in_order() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("services.toml"), BASE).unwrap();
+    std::fs::create_dir(t.path().join("services.d")).unwrap();
+    std::fs::write(t.path().join("services.d/b.toml"), "").unwrap();
+    std::fs::write(t.path().join("services.d/a.toml"), "").unwrap();
+    std::fs::write(t.path().join("services.d/c.txt"), "").unwrap();
+    let files = config_files(t.path()).unwrap();
+    let names: Vec<_> = files
+        .iter()
+        .map(|f| f.strip_prefix(t.path()).unwrap().display().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        ["services.toml", "services.d/a.toml", "services.d/b.toml"]
+    );
+    assert_eq!(
+        config_files(&t.path().join("services.toml")).unwrap(),
+        files
+    );
+    assert!(load(&t.path().join("missing.toml"))
+        .unwrap_err()
+        .to_string()
+        .contains("missing.toml"));
+}

@@ -1,0 +1,216 @@
+//! Images: turn an image reference into a rootfs a container can run from. The flow is
+//! [`ImageRef::parse`] (pure syntax) → [`ImageStore::resolve`], which asks the reference's
+//! [`Source`] (today an OCI layout directory) for the tagged descriptor, follows image
+//! indexes down to the host platform's manifest, and reads the manifest and config, verifying
+//! every blob's size and sha256 before parsing it → [`ImageStore::ensure_rootfs`], which
+//! unpacks the layers in order into a private temporary directory (verifying each layer's
+//! digest and diff_id while it streams, applying whiteouts, refusing any entry that would
+//! write outside the rootfs) and renames it into a cache keyed by manifest digest, under a
+//! per-digest lock. Nothing is written during resolution; the unpacked rootfs is only ever
+//! visible complete.
+
+mod digest;
+mod layout;
+mod reference;
+mod resolve;
+mod store;
+mod unpack;
+
+#[cfg(test)]
+mod store_tests;
+#[cfg(test)]
+mod testutil;
+#[cfg(test)]
+mod umoci_compare_tests;
+#[cfg(test)]
+mod unpack_tests;
+
+use std::io::{self, Read};
+use std::path::PathBuf;
+
+pub use digest::Digest;
+pub use reference::ImageRef;
+pub use store::ImageStore;
+
+/// What the container needs from the image config (the OCI `config` section).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct ImageConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// `K=V` strings, in image order.
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    pub stop_signal: Option<String>,
+}
+
+/// An image whose manifest and config have been read and verified; enough to build a
+/// container spec and to unpack the rootfs.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    pub reference: ImageRef,
+    /// `sha256:<hex>` of the platform-specific manifest (not of an index above it): the
+    /// identity of the filesystem, hence the rootfs cache key.
+    pub manifest_digest: String,
+    pub config: ImageConfig,
+    /// Layers in application order (lowest first).
+    pub layers: Vec<Layer>,
+}
+
+/// One layer of a resolved image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    /// Digest of the blob as stored (compressed).
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+    pub compression: Compression,
+    /// Digest of the uncompressed tar stream, from the config's `rootfs.diff_ids`.
+    pub diff_id: Digest,
+}
+
+/// How a layer blob is compressed; derived from its media type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+}
+
+/// Where an image's objects come from. Resolution and unpacking only go through this, so
+/// new kinds of reference (an `oci-archive:` tarball, a registry) only need a new
+/// implementation. Implementations hand out raw bytes; callers verify them.
+pub trait Source {
+    /// Human-readable location for error messages, e.g. `OCI layout /srv/images/app`.
+    fn describe(&self) -> String;
+    /// The descriptors the reference's tag points at: usually one manifest or index, but a
+    /// layout may tag one manifest per platform under the same name.
+    fn tagged_descriptors(&self) -> Result<Vec<oci_spec::image::Descriptor>, ImageError>;
+    /// Opens the blob with this digest.
+    fn open_blob(&self, digest: &Digest) -> Result<Blob, ImageError>;
+}
+
+/// An unverified blob stream and where it comes from (a path or URL, for messages).
+pub struct Blob {
+    pub reader: Box<dyn Read + Send>,
+    pub origin: String,
+}
+
+/// Errors of this module. Each message names the object (reference, path, digest, tar
+/// entry) and the cause, since they end up in front of an operator without more context.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("invalid image reference {input:?}: {reason}")]
+    InvalidReference { input: String, reason: String },
+
+    #[error("{path}: not a usable OCI image layout: {reason}")]
+    InvalidLayout { path: PathBuf, reason: String },
+
+    #[error(
+        "tag {tag:?} not found in OCI layout {layout}; available tags: {}",
+        list_or_none(available)
+    )]
+    TagNotFound {
+        layout: PathBuf,
+        tag: String,
+        available: Vec<String>,
+    },
+
+    #[error(
+        "{image}: no manifest for platform {wanted}; available: {}",
+        list_or_none(available)
+    )]
+    PlatformNotFound {
+        image: String,
+        wanted: String,
+        available: Vec<String>,
+    },
+
+    #[error("{what} {digest}: unsupported media type {media_type:?}{hint}")]
+    UnsupportedMediaType {
+        what: &'static str,
+        digest: String,
+        media_type: String,
+        /// Extra explanation, starting with "; " when present.
+        hint: String,
+    },
+
+    #[error("{what}: unsupported digest {digest:?} (only sha256:<64 lowercase hex> is supported)")]
+    UnsupportedDigest { what: String, digest: String },
+
+    #[error("blob {expected} ({origin}): digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch {
+        expected: String,
+        actual: String,
+        origin: String,
+    },
+
+    #[error("blob {digest} ({origin}): size mismatch: descriptor says {expected} bytes, blob has {actual}")]
+    SizeMismatch {
+        digest: String,
+        origin: String,
+        expected: u64,
+        actual: String,
+    },
+
+    #[error("blob {digest} ({origin}): {cause}")]
+    BlobRead {
+        digest: String,
+        origin: String,
+        cause: io::Error,
+    },
+
+    #[error("layer {layer}: uncompressed content has digest {actual} but the image config's diff_id is {expected}")]
+    DiffIdMismatch {
+        layer: String,
+        expected: String,
+        actual: String,
+    },
+
+    #[error("{what} {origin}: invalid: {reason}")]
+    InvalidImage {
+        what: &'static str,
+        origin: String,
+        reason: String,
+    },
+
+    /// An entry that would escape the rootfs or otherwise cannot be applied safely; the
+    /// unpack is refused rather than silently skipping the entry.
+    #[error("layer {layer}: refusing tar entry {entry:?}: {reason}")]
+    UnsafeEntry {
+        layer: String,
+        entry: String,
+        reason: String,
+    },
+
+    #[error("layer {layer}: tar entry {entry:?}: {cause}")]
+    Unpack {
+        layer: String,
+        entry: String,
+        cause: io::Error,
+    },
+
+    #[error("{path}: {op}: {cause}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        cause: io::Error,
+    },
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "(none)".to_string()
+    } else {
+        items.join(", ")
+    }
+}
+
+impl ImageError {
+    pub(crate) fn io(path: impl Into<PathBuf>, op: &'static str, cause: io::Error) -> Self {
+        ImageError::Io {
+            path: path.into(),
+            op,
+            cause,
+        }
+    }
+}

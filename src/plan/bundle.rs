@@ -1,0 +1,117 @@
+//! The OCI runtime config (`config.json`) of one instance, built with oci-spec from its
+//! defaults, which are what `runc spec` gives: no-new-privileges, the runtime's default
+//! capability set, the masked and read-only paths. On top: the instance's argv, env, user and
+//! cwd; the host's network (instances serve on host ports handed out as `$PORT`); the cgroup
+//! below the unit's own; the overlay mount point as root.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, Mount, MountBuilder, Spec};
+
+use super::{merge_env, plan_args, unit::SLICE, InstanceDir, InstanceKey, PlanContext};
+use crate::config::ProcessDef;
+
+fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, String> {
+    MountBuilder::default()
+        .destination(PathBuf::from(dest))
+        .typ(typ)
+        .source(PathBuf::from(source))
+        .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(|e| format!("building mount {dest}: {e}"))
+}
+
+pub(super) fn plan_config(
+    cx: &PlanContext<'_>,
+    process: &ProcessDef,
+    key: &InstanceKey,
+    dir: &Path,
+    port: Option<u16>,
+) -> Result<Spec, String> {
+    let mut spec = Spec::default();
+    let d = InstanceDir(dir);
+
+    // Root: the instance's overlay. With read_only it is mounted read-only by the runtime, so
+    // the instance has no writable layer except a tmpfs on /tmp.
+    if let Some(root) = spec.root_mut() {
+        root.set_path(d.rootfs());
+        root.set_readonly(Some(process.read_only));
+    }
+    spec.set_hostname(None);
+
+    if let Some(p) = spec.process_mut() {
+        p.set_args(Some(plan_args(cx, process)?));
+        p.set_env(Some(merge_env(cx, process, key, port)));
+        p.set_cwd(PathBuf::from(
+            cx.image
+                .working_dir
+                .as_deref()
+                .filter(|w| !w.is_empty())
+                .unwrap_or("/"),
+        ));
+        p.user_mut().set_uid(cx.user.uid);
+        p.user_mut().set_gid(cx.user.gid);
+        p.set_terminal(Some(false));
+        // No rlimits of our own: the container inherits the unit's (LimitNOFILE= etc.), which
+        // systemd sets within what the host allows. A fixed value here fails where the host's
+        // hard limit is lower, and crun refuses RLIMIT_MEMLOCK where the host caps it.
+        p.set_rlimits(None);
+    }
+
+    if let Some(linux) = spec.linux_mut() {
+        // The host's network (ports are host ports) and hostname, like `--network host`.
+        if let Some(ns) = linux.namespaces_mut() {
+            ns.retain(|n| {
+                !matches!(
+                    n.typ(),
+                    LinuxNamespaceType::Network | LinuxNamespaceType::Uts
+                )
+            });
+        }
+        // Below the unit's own cgroup (Delegate=yes): stopping the unit, or killing its
+        // cgroup, takes the container with it.
+        linux.set_cgroups_path(Some(PathBuf::from(format!(
+            "/{SLICE}/{}/container",
+            key.unit_name()
+        ))));
+    }
+
+    let mut mounts: Vec<Mount> = spec.mounts().clone().unwrap_or_default();
+    // sysfs cannot be mounted fresh without a network namespace of the container's own; bind
+    // the host's read-only instead, as podman does for --network=host.
+    for m in mounts.iter_mut() {
+        if m.destination() == Path::new("/sys") {
+            *m = mount(
+                "/sys",
+                "bind",
+                "/sys",
+                &["rbind", "nosuid", "noexec", "nodev", "ro"],
+            )?;
+        }
+    }
+    for f in cx.host_files {
+        let p = f.display().to_string();
+        mounts.push(mount(
+            &p,
+            "bind",
+            &p,
+            &["bind", "ro", "nosuid", "nodev", "noexec"],
+        )?);
+    }
+    if process.read_only {
+        mounts.push(mount(
+            "/tmp",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "nodev", "mode=1777", "size=65536k"],
+        )?);
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(spec)
+}
+
+/// `config.json` text, pretty and stable.
+pub fn render_config(spec: &Spec) -> String {
+    // A Spec always serializes: it is plain data with string keys.
+    serde_json::to_string_pretty(spec).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}

@@ -1,0 +1,245 @@
+//! Planning, and nothing else: a validated [`ServiceDef`], a revision and what the image says
+//! become, per instance, the transient unit's properties ([`UnitSpec`]) and the OCI runtime
+//! config (`config.json`). No I/O happens here: every fact from the host (paths, ports,
+//! secrets, the image config) comes in through [`PlanContext`], so the output is a pure
+//! function of its input and is snapshot-tested.
+
+mod bundle;
+mod unit;
+mod user;
+
+pub use bundle::render_config;
+pub use unit::{Prop, UnitSpec};
+pub use user::{parse_user_spec, resolve_user, ResolvedUser};
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::{Ident, ProcessDef, ServiceDef};
+use crate::image::ImageConfig;
+
+/// Identifies one instance: service, process, revision, index (1-based).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct InstanceKey {
+    pub service: Ident,
+    pub process: Ident,
+    pub revision: String,
+    pub index: u32,
+}
+
+/// Unit names carry at most this much of the revision; the full one is in SHIM_REVISION.
+pub const REV_IN_NAME: usize = 12;
+
+impl InstanceKey {
+    /// `shim-billing_app-web-279d9035886d-1`: the unit name without `.service`, also used as the
+    /// container id and the instance directory name. All parts are validated idents or
+    /// revisions (`[A-Za-z0-9._-]`), which are valid unit-name characters as they are.
+    pub fn stem(&self) -> String {
+        let rev: String = self.revision.chars().take(REV_IN_NAME).collect();
+        format!(
+            "shim-{}-{}-{}-{}",
+            self.service, self.process, rev, self.index
+        )
+    }
+
+    pub fn unit_name(&self) -> String {
+        format!("{}.service", self.stem())
+    }
+}
+
+/// `shim-<service>-*` matches every unit of one service (ids cannot contain `*`).
+pub fn service_unit_pattern(service: &str) -> String {
+    format!("shim-{service}-*")
+}
+
+/// Revisions go into unit names, paths and image tags: keep them to characters safe in all.
+pub fn validate_revision(rev: &str) -> Result<(), String> {
+    if rev.is_empty() || rev.len() > 128 {
+        return Err(format!("revision {rev:?} must be 1 to 128 characters"));
+    }
+    if rev.starts_with(['.', '-']) {
+        return Err(format!("revision {rev:?} must not start with '.' or '-'"));
+    }
+    match rev
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        Some(c) => Err(format!(
+            "revision {rev:?} contains {c:?}; use letters, digits, '.', '_' and '-' (a git SHA is ideal)"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Host facts the plan depends on, gathered by the caller.
+#[derive(Debug, Clone)]
+pub struct PlanContext<'a> {
+    pub service: &'a ServiceDef,
+    pub revision: &'a str,
+    pub image: &'a ImageConfig,
+    /// The shared, read-only unpacked image.
+    pub rootfs: &'a Path,
+    /// Variables from `env_files`, in file order (values may be redacted for display).
+    pub secrets: &'a [(String, String)],
+    pub user: ResolvedUser,
+    /// Absolute path of the OCI runtime binary.
+    pub runtime_bin: &'a Path,
+    /// Absolute path of the shim binary, run as ExecStartPre/ExecStopPost helper.
+    pub shim_exe: &'a Path,
+    /// Where instance directories live (`/run/shim/instances`): on tmpfs, gone at reboot
+    /// together with the transient units.
+    pub instances_dir: &'a Path,
+    /// Host files bind-mounted read-only into every container (resolv.conf, hosts) that exist.
+    pub host_files: &'a [PathBuf],
+}
+
+/// Everything needed to start one instance.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstancePlan {
+    pub key: InstanceKey,
+    pub port: Option<u16>,
+    /// The instance directory: config.json (0600), the overlay, the pid file.
+    pub dir: PathBuf,
+    pub unit: UnitSpec,
+    pub config: oci_spec::runtime::Spec,
+}
+
+/// Layout of an instance directory; shared by the planner and `shim instance prepare/cleanup`.
+pub struct InstanceDir<'a>(pub &'a Path);
+
+impl InstanceDir<'_> {
+    pub fn config(&self) -> PathBuf {
+        self.0.join("config.json")
+    }
+    pub fn pid_file(&self) -> PathBuf {
+        self.0.join("container.pid")
+    }
+    /// Mount point of the instance's overlay; the container's root.
+    pub fn rootfs(&self) -> PathBuf {
+        self.0.join("rootfs")
+    }
+    /// upper/ and work/ of the overlay: the instance's private writable layer.
+    pub fn layer(&self) -> PathBuf {
+        self.0.join("layer")
+    }
+}
+
+/// Plans instance `index` of `process`.
+pub fn plan_instance(
+    cx: &PlanContext<'_>,
+    process: &ProcessDef,
+    index: u32,
+    port: Option<u16>,
+) -> Result<InstancePlan, String> {
+    let key = InstanceKey {
+        service: cx.service.id.clone(),
+        process: process.name.clone(),
+        revision: cx.revision.to_string(),
+        index,
+    };
+    let dir = cx.instances_dir.join(key.stem());
+    let config = bundle::plan_config(cx, process, &key, &dir, port)?;
+    let unit = unit::plan_unit(cx, process, &key, &dir, port);
+    Ok(InstancePlan {
+        key,
+        port,
+        dir,
+        unit,
+        config,
+    })
+}
+
+/// Picks `n` ports from `range` (inclusive), lowest first, skipping any in `taken` (ports of
+/// running instances, which must never be handed out twice) and any `in_use` by other programs.
+pub fn allocate_ports(
+    range: (u16, u16),
+    n: usize,
+    taken: &BTreeSet<u16>,
+    in_use: impl Fn(u16) -> bool,
+) -> Result<Vec<u16>, String> {
+    let mut out = Vec::with_capacity(n);
+    for port in range.0..=range.1 {
+        if out.len() == n {
+            break;
+        }
+        if !taken.contains(&port) && !in_use(port) {
+            out.push(port);
+        }
+    }
+    if out.len() < n {
+        return Err(format!(
+            "port_range {}..{} has only {} free ports, {n} needed; widen [shim] port_range",
+            range.0,
+            range.1,
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// The final environment: image env, then service env, process env, env_files, then what shim
+/// itself sets. Later sources override earlier ones; the first position of a name is kept so
+/// the order stays stable.
+pub fn merge_env(
+    cx: &PlanContext<'_>,
+    process: &ProcessDef,
+    key: &InstanceKey,
+    port: Option<u16>,
+) -> Vec<String> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |k: &str, v: &str| match env.iter_mut().find(|(ek, _)| ek == k) {
+        Some(slot) => slot.1 = v.to_string(),
+        None => env.push((k.to_string(), v.to_string())),
+    };
+    set(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
+    for kv in &cx.image.env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+        set(k, v);
+    }
+    for (k, v) in &cx.service.env {
+        set(k, v);
+    }
+    for (k, v) in &process.env {
+        set(k, v);
+    }
+    for (k, v) in cx.secrets {
+        set(k, v);
+    }
+    if let Some(port) = port {
+        set("PORT", &port.to_string());
+    }
+    set("SHIM_SERVICE", key.service.as_str());
+    set("SHIM_PROCESS", key.process.as_str());
+    set("SHIM_REVISION", &key.revision);
+    set("SHIM_INSTANCE", &key.index.to_string());
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// The argv: the process's command, else the image's entrypoint + cmd.
+pub fn plan_args(cx: &PlanContext<'_>, process: &ProcessDef) -> Result<Vec<String>, String> {
+    let args = match &process.command {
+        Some(c) => c.clone(),
+        None => cx
+            .image
+            .entrypoint
+            .iter()
+            .chain(cx.image.cmd.iter())
+            .cloned()
+            .collect(),
+    };
+    if args.is_empty() {
+        return Err(format!(
+            "process {:?}: the image has no entrypoint or cmd, so the process needs a command",
+            process.name.as_str()
+        ));
+    }
+    Ok(args)
+}
+
+#[cfg(test)]
+mod tests;

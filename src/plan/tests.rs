@@ -1,0 +1,206 @@
+use super::*;
+use crate::config::{parse_sources, Definitions};
+
+const DEF: &str = r#"
+[services.billing_app]
+image = "oci:/var/lib/images/billing:{revision}"
+env = { RAILS_ENV = "production", SHARED = "service" }
+user = "1000:1000"
+
+[services.billing_app.processes.web]
+command = ["/app/bin/server", "--port", "$PORT"]
+count = 2
+health = { path = "/health" }
+stop_timeout = "20s"
+env = { SHARED = "process" }
+
+[services.billing_app.processes.worker]
+count = 1
+read_only = true
+"#;
+
+fn defs() -> Definitions {
+    parse_sources(&[(PathBuf::from("/etc/shim/services.toml"), DEF.into())]).unwrap()
+}
+
+fn image() -> ImageConfig {
+    ImageConfig {
+        entrypoint: vec!["/app/entry".into()],
+        cmd: vec!["worker".into()],
+        env: vec!["PATH=/app/bin:/bin".into(), "RAILS_ENV=development".into()],
+        working_dir: Some("/app".into()),
+        user: Some("app".into()),
+        stop_signal: Some("SIGQUIT".into()),
+    }
+}
+
+fn with_cx<T>(f: impl FnOnce(&PlanContext<'_>) -> T) -> T {
+    let d = defs();
+    let img = image();
+    let secrets = vec![(
+        "DB_PASSWORD".to_string(),
+        "<secret from /etc/shim/secrets/billing.env>".to_string(),
+    )];
+    let host_files = vec![PathBuf::from("/etc/resolv.conf")];
+    let cx = PlanContext {
+        service: d.service("billing_app").unwrap(),
+        revision: "279d9035886d4c0427549863c4c2101e4a63e041",
+        image: &img,
+        rootfs: Path::new("/var/lib/shim/images/rootfs/abc123"),
+        secrets: &secrets,
+        user: ResolvedUser {
+            uid: 1000,
+            gid: 1000,
+        },
+        runtime_bin: Path::new("/usr/sbin/runc"),
+        shim_exe: Path::new("/usr/bin/shim"),
+        instances_dir: Path::new("/run/shim/instances/billing_app"),
+        host_files: &host_files,
+    };
+    f(&cx)
+}
+
+fn process<'a>(cx: &'a PlanContext<'_>, name: &str) -> &'a crate::config::ProcessDef {
+    cx.service
+        .processes
+        .values()
+        .find(|p| p.name.as_str() == name)
+        .unwrap()
+}
+
+#[test]
+fn web_instance_snapshot() {
+    with_cx(|cx| {
+        let p = plan_instance(cx, process(cx, "web"), 1, Some(20000)).unwrap();
+        assert_eq!(p.unit.name, "shim-billing_app-web-279d9035886d-1.service");
+        insta::assert_snapshot!("web_unit", p.unit.render());
+        insta::assert_snapshot!("web_config", render_config(&p.config));
+    });
+}
+
+#[test]
+fn read_only_worker_snapshot() {
+    with_cx(|cx| {
+        let p = plan_instance(cx, process(cx, "worker"), 1, None).unwrap();
+        insta::assert_snapshot!("worker_unit", p.unit.render());
+        insta::assert_snapshot!("worker_config", render_config(&p.config));
+    });
+}
+
+#[test]
+fn show_output_snapshot() {
+    with_cx(|cx| {
+        let plans = vec![plan_instance(cx, process(cx, "web"), 2, Some(20001)).unwrap()];
+        insta::assert_snapshot!(
+            "show_output",
+            crate::cli::show_render_for_tests(&plans, &["a note".to_string()])
+        );
+    });
+}
+
+#[test]
+fn env_precedence_and_shim_vars() {
+    with_cx(|cx| {
+        let p = process(cx, "web");
+        let key = InstanceKey {
+            service: cx.service.id.clone(),
+            process: p.name.clone(),
+            revision: "r1".into(),
+            index: 3,
+        };
+        let env = merge_env(cx, p, &key, Some(20005));
+        let get = |k: &str| {
+            env.iter()
+                .find_map(|e| e.strip_prefix(&format!("{k}=")).map(str::to_string))
+        };
+        assert_eq!(
+            get("PATH").as_deref(),
+            Some("/app/bin:/bin"),
+            "image PATH wins over default"
+        );
+        assert_eq!(
+            get("RAILS_ENV").as_deref(),
+            Some("production"),
+            "service env over image env"
+        );
+        assert_eq!(
+            get("SHARED").as_deref(),
+            Some("process"),
+            "process env over service env"
+        );
+        assert!(get("DB_PASSWORD").is_some());
+        assert_eq!(get("PORT").as_deref(), Some("20005"));
+        assert_eq!(get("SHIM_INSTANCE").as_deref(), Some("3"));
+        assert_eq!(env.iter().filter(|e| e.starts_with("PATH=")).count(), 1);
+    });
+}
+
+#[test]
+fn secrets_never_reach_unit_properties() {
+    with_cx(|cx| {
+        let p = plan_instance(cx, process(cx, "web"), 1, Some(1)).unwrap();
+        let rendered = p.unit.render();
+        assert!(!rendered.contains("DB_PASSWORD"));
+        assert!(!p.unit.properties.iter().any(|(k, _)| k == "Environment"));
+        assert!(render_config(&p.config).contains("DB_PASSWORD"));
+    });
+}
+
+#[test]
+fn args_fall_back_to_image() {
+    with_cx(|cx| {
+        assert_eq!(
+            plan_args(cx, process(cx, "worker")).unwrap(),
+            ["/app/entry", "worker"]
+        );
+        assert_eq!(
+            plan_args(cx, process(cx, "web")).unwrap()[0],
+            "/app/bin/server"
+        );
+    });
+}
+
+#[test]
+fn stop_signal_falls_back_to_image_then_sigterm() {
+    with_cx(|cx| {
+        assert_eq!(unit::stop_signal(cx, process(cx, "web")), "SIGQUIT");
+    });
+}
+
+#[test]
+fn ports_skip_taken_and_busy() {
+    let taken: BTreeSet<u16> = [20000, 20002].into();
+    let got = allocate_ports((20000, 20010), 3, &taken, |p| p == 20003).unwrap();
+    assert_eq!(got, [20001, 20004, 20005]);
+    let err = allocate_ports((20000, 20001), 3, &taken, |_| false).unwrap_err();
+    assert!(err.contains("only 1 free"), "{err}");
+    assert_eq!(
+        allocate_ports((1, 2), 0, &taken, |_| true).unwrap(),
+        Vec::<u16>::new()
+    );
+}
+
+#[test]
+fn revisions_are_checked() {
+    assert!(validate_revision("279d9035886d4c0427549863c4c2101e4a63e041").is_ok());
+    assert!(validate_revision("v1.2.3_rc-1").is_ok());
+    assert!(validate_revision("").is_err());
+    assert!(validate_revision("a/b").is_err());
+    assert!(validate_revision("-x").is_err());
+    assert!(validate_revision(&"a".repeat(129)).is_err());
+}
+
+#[test]
+fn unit_names_are_short_and_readable() {
+    let key = InstanceKey {
+        service: crate::config::Ident::parse("billing_app").unwrap(),
+        process: crate::config::Ident::parse("web").unwrap(),
+        revision: "279d9035886d4c0427549863c4c2101e4a63e041".into(),
+        index: 4,
+    };
+    assert_eq!(
+        key.unit_name(),
+        "shim-billing_app-web-279d9035886d-4.service"
+    );
+    assert_eq!(service_unit_pattern("billing_app"), "shim-billing_app-*");
+}

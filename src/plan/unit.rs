@@ -1,0 +1,235 @@
+//! Transient unit properties for one instance, as plain data ([`Prop`]) that the systemd module
+//! turns into D-Bus variants and `shim show` prints in unit-file syntax.
+//!
+//! The shape: `Type=forking` + `PIDFile=` around `runc run --detach`, so the container's init
+//! becomes the unit's main process and no runtime or shim process stays resident;
+//! `Delegate=yes` so the runtime may create the container's cgroup below the unit's own (the
+//! container cannot escape the unit); `ExecStartPre`/`ExecStopPost` run `shim instance
+//! prepare/cleanup` to mount and discard the instance's writable layer and the runtime state.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{InstanceDir, InstanceKey, PlanContext};
+use crate::config::ProcessDef;
+
+/// A transient unit: its name and properties in the order they are sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnitSpec {
+    pub name: String,
+    pub properties: Vec<(String, Prop)>,
+}
+
+/// One command line of `ExecStart=` and friends (D-Bus `a(sasb)`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Exec {
+    pub path: String,
+    pub argv: Vec<String>,
+    pub ignore_failure: bool,
+}
+
+/// A property value, typed as systemd's D-Bus API wants it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Prop {
+    Str(String),
+    Bool(bool),
+    /// Microseconds (`t`), for `*USec` properties.
+    USec(u64),
+    U32(u32),
+    I32(i32),
+    Strv(Vec<String>),
+    /// `aay`: each string sent as bytes (LogExtraFields).
+    Bytes(Vec<String>),
+    Exec(Vec<Exec>),
+}
+
+/// The slice all instances live in, so their cgroup path is known in advance.
+pub const SLICE: &str = "shim.slice";
+
+/// How long systemd waits before restarting a crashed instance. Growing backoff belongs to the
+/// probe (supervision); this keeps a crash loop from spinning.
+pub const RESTART_SEC: Duration = Duration::from_secs(2);
+
+fn usec(d: Duration) -> Prop {
+    Prop::USec(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+fn exec(argv: Vec<String>, ignore_failure: bool) -> Prop {
+    Prop::Exec(vec![Exec {
+        path: argv[0].clone(),
+        argv,
+        ignore_failure,
+    }])
+}
+
+/// The signal number for a normalised name; config validation only lets known names through.
+pub fn signal_number(name: &str) -> i32 {
+    nix::sys::signal::Signal::from_str(name)
+        .map(|s| s as i32)
+        .unwrap_or(libc::SIGTERM)
+}
+
+/// The stop signal: the process's, else the image's, else SIGTERM.
+pub fn stop_signal(cx: &PlanContext<'_>, process: &ProcessDef) -> String {
+    process
+        .stop_signal
+        .clone()
+        .or_else(|| {
+            cx.image
+                .stop_signal
+                .as_deref()
+                .and_then(|s| crate::config::normalise_signal(s).ok())
+        })
+        .unwrap_or_else(|| "SIGTERM".into())
+}
+
+/// The journal fields that tag every line of the instance's output, and that `shim status`
+/// reads back to know what a unit is.
+pub fn log_fields(key: &InstanceKey, port: Option<u16>) -> Vec<String> {
+    let mut f = vec![
+        format!("SHIM_SERVICE={}", key.service),
+        format!("SHIM_PROCESS={}", key.process),
+        format!("SHIM_REVISION={}", key.revision),
+        format!("SHIM_INSTANCE={}", key.index),
+    ];
+    if let Some(p) = port {
+        f.push(format!("SHIM_PORT={p}"));
+    }
+    f
+}
+
+pub(super) fn plan_unit(
+    cx: &PlanContext<'_>,
+    process: &ProcessDef,
+    key: &InstanceKey,
+    dir: &Path,
+    port: Option<u16>,
+) -> UnitSpec {
+    let d = InstanceDir(dir);
+    let s = |v: &str| v.to_string();
+    let shim = cx.shim_exe.display().to_string();
+    let runtime = cx.runtime_bin.display().to_string();
+    let dir_s = dir.display().to_string();
+    let stem = key.stem();
+    let rev12: String = key.revision.chars().take(super::REV_IN_NAME).collect();
+    let signal = stop_signal(cx, process);
+
+    let props: Vec<(&str, Prop)> = vec![
+        (
+            "Description",
+            Prop::Str(format!(
+                "shim {} {} #{} (revision {rev12})",
+                key.service, key.process, key.index
+            )),
+        ),
+        ("Slice", Prop::Str(s(SLICE))),
+        ("Type", Prop::Str(s("forking"))),
+        ("PIDFile", Prop::Str(d.pid_file().display().to_string())),
+        ("GuessMainPID", Prop::Bool(false)),
+        ("Delegate", Prop::Bool(true)),
+        (
+            "ExecStartPre",
+            exec(
+                vec![
+                    shim.clone(),
+                    s("instance"),
+                    s("prepare"),
+                    s("--lower"),
+                    cx.rootfs.display().to_string(),
+                    dir_s.clone(),
+                ],
+                false,
+            ),
+        ),
+        (
+            "ExecStart",
+            exec(
+                vec![
+                    runtime.clone(),
+                    s("run"),
+                    s("--detach"),
+                    s("--pid-file"),
+                    d.pid_file().display().to_string(),
+                    s("--bundle"),
+                    dir_s.clone(),
+                    stem.clone(),
+                ],
+                false,
+            ),
+        ),
+        (
+            "ExecStopPost",
+            exec(
+                vec![
+                    shim,
+                    s("instance"),
+                    s("cleanup"),
+                    s("--runtime"),
+                    runtime,
+                    dir_s,
+                ],
+                // Cleanup is idempotent and must not turn a clean stop into a failure.
+                true,
+            ),
+        ),
+        // Stop like `docker stop`: the stop signal to the container's init only, then after
+        // stop_timeout SIGKILL to everything left in the cgroup.
+        ("KillMode", Prop::Str(s("mixed"))),
+        ("KillSignal", Prop::I32(signal_number(&signal))),
+        ("TimeoutStopUSec", usec(process.stop_timeout)),
+        ("Restart", Prop::Str(s("always"))),
+        ("RestartUSec", usec(RESTART_SEC)),
+        // Never stop retrying for good: a dependency outage must not leave a service dead.
+        ("StartLimitIntervalUSec", Prop::USec(0)),
+        // Unload the unit once stopped or failed, so the same name can be started again.
+        ("CollectMode", Prop::Str(s("inactive-or-failed"))),
+        (
+            "SyslogIdentifier",
+            Prop::Str(format!("{}-{}-{}", key.service, key.process, key.index)),
+        ),
+        ("LogExtraFields", Prop::Bytes(log_fields(key, port))),
+    ];
+    UnitSpec {
+        name: key.unit_name(),
+        properties: props.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+    }
+}
+
+impl UnitSpec {
+    /// Unit-file syntax, for `shim show` and snapshots.
+    pub fn render(&self) -> String {
+        let mut out = format!("# {}\n", self.name);
+        for (k, v) in &self.properties {
+            let value = match v {
+                Prop::Str(s) => s.clone(),
+                Prop::Bool(b) => if *b { "yes" } else { "no" }.to_string(),
+                Prop::USec(u) => crate::config::format_duration(Duration::from_micros(*u)),
+                Prop::U32(n) => n.to_string(),
+                Prop::I32(n) => n.to_string(),
+                Prop::Strv(v) => v.join(" "),
+                Prop::Bytes(v) => {
+                    for f in v {
+                        out.push_str(&format!("{k}={f}\n"));
+                    }
+                    continue;
+                }
+                Prop::Exec(cmds) => cmds
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{}{}",
+                            if c.ignore_failure { "-" } else { "" },
+                            c.argv.join(" ")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ; "),
+            };
+            out.push_str(&format!("{k}={value}\n"));
+        }
+        out
+    }
+}

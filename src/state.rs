@@ -1,0 +1,98 @@
+//! What is deployed, persisted under the state directory (`/var/lib/shim/state/<id>.json`):
+//! the current and previous revision of each service, and whether it was stopped on purpose.
+//! Written atomically (temp file, fsync, rename) so a crash leaves the old or the new record,
+//! never half of one. `shim reconcile` (at boot) reads it to bring services back.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceState {
+    pub current: Option<String>,
+    pub previous: Option<String>,
+    /// Set by `shim stop`: reconcile must not bring the service back.
+    #[serde(default)]
+    pub stopped: bool,
+}
+
+pub struct StateStore {
+    dir: PathBuf,
+}
+
+impl StateStore {
+    pub fn new(state_root: &Path) -> StateStore {
+        StateStore {
+            dir: state_root.join("state"),
+        }
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    pub fn load(&self, id: &str) -> Result<ServiceState> {
+        let p = self.path(id);
+        match std::fs::read(&p) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).with_context(|| format!("reading {}", p.display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ServiceState::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+        }
+    }
+
+    pub fn save(&self, id: &str, st: &ServiceState) -> Result<()> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
+        let p = self.path(id);
+        let data = serde_json::to_vec_pretty(st)?;
+        write_atomic(&p, &data, 0o644)
+    }
+}
+
+/// Writes `data` to `path` via a temp file in the same directory, fsync and rename.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(data)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_defaults() {
+        let t = tempfile::tempdir().unwrap();
+        let s = StateStore::new(t.path());
+        assert_eq!(s.load("a").unwrap(), ServiceState::default());
+        let st = ServiceState {
+            current: Some("b".into()),
+            previous: Some("a".into()),
+            stopped: false,
+        };
+        s.save("a", &st).unwrap();
+        assert_eq!(s.load("a").unwrap(), st);
+        // No temp files are left behind.
+        let names: Vec<_> = std::fs::read_dir(t.path().join("state"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("a.json")]);
+    }
+}

@@ -1,0 +1,365 @@
+//! [`Systemd`] over D-Bus with zbus: `org.freedesktop.systemd1.Manager` on the system bus.
+//! See systemd's org.freedesktop.systemd1(5) for the methods and property types used here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::pin;
+use std::time::Duration;
+
+use futures_util::future::{select, Either};
+use futures_util::StreamExt;
+use zbus::{Connection, OwnedObjectPath, OwnedVariant, Variant};
+
+use super::{JobOutcome, Systemd, SystemdError, UnitInfo};
+use crate::plan::{Prop, UnitSpec};
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1"
+)]
+trait Manager {
+    fn subscribe(&self) -> zbus::Result<()>;
+
+    fn start_transient_unit(
+        &self,
+        name: &str,
+        mode: &str,
+        properties: Vec<(&str, Variant<'_>)>,
+        aux: Vec<(&str, Vec<(&str, Variant<'_>)>)>,
+    ) -> zbus::Result<OwnedObjectPath>;
+
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+
+    #[allow(clippy::type_complexity)]
+    fn list_units_by_patterns(
+        &self,
+        states: &[&str],
+        patterns: &[&str],
+    ) -> zbus::Result<
+        Vec<(
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            OwnedObjectPath,
+            u32,
+            String,
+            OwnedObjectPath,
+        )>,
+    >;
+
+    #[zbus(signal)]
+    fn job_removed(
+        &self,
+        id: u32,
+        job: OwnedObjectPath,
+        unit: String,
+        result: String,
+    ) -> zbus::Result<()>;
+}
+
+#[zbus::proxy(interface = "org.freedesktop.DBus.Properties")]
+trait Props {
+    fn get_all(&self, interface: &str) -> zbus::Result<HashMap<String, OwnedVariant>>;
+}
+
+/// A connection to systemd on the system bus.
+pub struct DbusSystemd {
+    conn: Connection,
+}
+
+/// Resolves after `d`. zbus' default runtime has no public timer, so a short-lived thread
+/// sleeps and wakes the task; shim makes a handful of these per command.
+async fn sleep(d: Duration) {
+    let fired: Shared = Default::default();
+    let state = fired.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(d);
+        if let Ok(mut g) = state.lock() {
+            g.0 = true;
+            if let Some(w) = g.1.take() {
+                w.wake();
+            }
+        }
+    });
+    Fired(fired).await
+}
+
+type Shared = std::sync::Arc<std::sync::Mutex<(bool, Option<std::task::Waker>)>>;
+struct Fired(Shared);
+
+impl Future for Fired {
+    type Output = ();
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        match self.0.lock() {
+            Ok(mut g) if !g.0 => {
+                g.1 = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+            _ => std::task::Poll::Ready(()),
+        }
+    }
+}
+
+/// Runs `fut` with a deadline.
+async fn with_timeout<T>(fut: impl Future<Output = T>, d: Duration) -> Option<T> {
+    match select(pin!(fut), pin!(sleep(d))).await {
+        Either::Left((v, _)) => Some(v),
+        Either::Right(_) => None,
+    }
+}
+
+fn to_variant(p: &Prop) -> Variant<'static> {
+    match p {
+        Prop::Str(s) => Variant::from(s.clone()),
+        Prop::Bool(b) => Variant::from(*b),
+        Prop::USec(u) => Variant::from(*u),
+        Prop::U32(n) => Variant::from(*n),
+        Prop::I32(n) => Variant::from(*n),
+        Prop::Strv(v) => Variant::from(v.clone()),
+        Prop::Bytes(v) => Variant::from(
+            v.iter()
+                .map(|s| s.as_bytes().to_vec())
+                .collect::<Vec<Vec<u8>>>(),
+        ),
+        Prop::Exec(cmds) => Variant::from(
+            cmds.iter()
+                .map(|c| (c.path.clone(), c.argv.clone(), c.ignore_failure))
+                .collect::<Vec<(String, Vec<String>, bool)>>(),
+        ),
+    }
+}
+
+fn call_err(call: &'static str, unit: &str, e: zbus::Error) -> SystemdError {
+    let message = match &e {
+        zbus::Error::MethodError(name, Some(msg), _) => format!("{msg} ({name})"),
+        other => other.to_string(),
+    };
+    SystemdError::Call {
+        call,
+        unit: unit.to_string(),
+        message,
+    }
+}
+
+fn is_no_such_unit(e: &zbus::Error) -> bool {
+    matches!(e, zbus::Error::MethodError(name, _, _)
+        if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit")
+}
+
+impl DbusSystemd {
+    pub fn connect() -> Result<DbusSystemd, SystemdError> {
+        let conn = zbus::block_on(Connection::system())
+            .map_err(|e| SystemdError::Connect(e.to_string()))?;
+        Ok(DbusSystemd { conn })
+    }
+
+    async fn manager(&self) -> Result<ManagerProxy<'_>, SystemdError> {
+        ManagerProxy::new(&self.conn)
+            .await
+            .map_err(|e| SystemdError::Connect(e.to_string()))
+    }
+
+    /// Issues one job per unit with `issue`, then waits for all of them through `JobRemoved`.
+    /// `issue` returning `Ok(None)` means no job was needed (e.g. the unit is already gone).
+    async fn run_jobs<'a, F, Fut>(
+        &'a self,
+        units: &'a [String],
+        timeout: Duration,
+        issue: F,
+    ) -> Result<Vec<JobOutcome>, SystemdError>
+    where
+        F: Fn(ManagerProxy<'a>, &'a str) -> Fut,
+        Fut: Future<Output = Result<Option<OwnedObjectPath>, SystemdError>> + 'a,
+    {
+        let manager = self.manager().await?;
+        // Needed for JobRemoved to be sent; a second call on one connection says so, harmlessly.
+        match manager.subscribe().await {
+            Ok(()) => {}
+            Err(zbus::Error::MethodError(name, _, _))
+                if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => {}
+            Err(e) => return Err(call_err("Subscribe", "", e)),
+        }
+        // Subscribe to JobRemoved before the calls, so that no job can finish unseen.
+        let mut removed = manager
+            .receive_job_removed()
+            .await
+            .map_err(|e| call_err("AddMatch JobRemoved", "", e))?;
+
+        let mut pending: HashMap<OwnedObjectPath, String> = HashMap::new();
+        let mut outcomes = Vec::new();
+        for unit in units {
+            match issue(manager.clone(), unit).await {
+                Ok(Some(job)) => {
+                    pending.insert(job, unit.clone());
+                }
+                Ok(None) => outcomes.push(JobOutcome {
+                    unit: unit.clone(),
+                    result: "done".into(),
+                }),
+                Err(e) => {
+                    // Wait for what was already issued, so the caller sees a consistent state.
+                    let _ = with_timeout(drain(&mut removed, &mut pending), timeout).await;
+                    return Err(e);
+                }
+            }
+        }
+        let waited = with_timeout(
+            async {
+                let mut done = Vec::new();
+                while !pending.is_empty() {
+                    let Some(signal) = removed.next().await else {
+                        break;
+                    };
+                    let Ok(args) = signal.args() else { continue };
+                    if let Some(unit) = pending.remove(&args.job) {
+                        done.push(JobOutcome {
+                            unit,
+                            result: args.result.clone(),
+                        });
+                    }
+                }
+                done
+            },
+            timeout,
+        )
+        .await;
+        match waited {
+            Some(done) => {
+                outcomes.extend(done);
+                Ok(outcomes)
+            }
+            None => Err(SystemdError::Timeout(
+                timeout,
+                pending.values().cloned().collect::<Vec<_>>().join(", "),
+            )),
+        }
+    }
+}
+
+async fn drain(removed: &mut JobRemovedStream, pending: &mut HashMap<OwnedObjectPath, String>) {
+    while !pending.is_empty() {
+        let Some(signal) = removed.next().await else {
+            break;
+        };
+        if let Ok(args) = signal.args() {
+            pending.remove(&args.job);
+        }
+    }
+}
+
+fn variant_u32(m: &HashMap<String, OwnedVariant>, k: &str) -> u32 {
+    m.get(k)
+        .and_then(|v| u32::try_from(v.try_clone().ok()?).ok())
+        .unwrap_or(0)
+}
+
+fn variant_u64(m: &HashMap<String, OwnedVariant>, k: &str) -> u64 {
+    m.get(k)
+        .and_then(|v| u64::try_from(v.try_clone().ok()?).ok())
+        .unwrap_or(0)
+}
+
+fn extra_fields(m: &HashMap<String, OwnedVariant>) -> BTreeMap<String, String> {
+    let Some(v) = m.get("LogExtraFields").and_then(|v| v.try_clone().ok()) else {
+        return BTreeMap::new();
+    };
+    let raw: Vec<Vec<u8>> = Vec::try_from(v).unwrap_or_default();
+    raw.iter()
+        .filter_map(|f| {
+            let s = String::from_utf8_lossy(f);
+            let (k, v) = s.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+impl Systemd for DbusSystemd {
+    fn list_units(&self, patterns: &[String]) -> Result<Vec<UnitInfo>, SystemdError> {
+        zbus::block_on(async {
+            let manager = self.manager().await?;
+            let pats: Vec<&str> = patterns.iter().map(|s| s.as_str()).collect();
+            let listed = manager
+                .list_units_by_patterns(&[], &pats)
+                .await
+                .map_err(|e| call_err("ListUnitsByPatterns", &patterns.join(" "), e))?;
+            // One GetAll per unit, all in flight at once: one round trip's latency in total.
+            let reads = listed.iter().map(|u| {
+                let path = u.6.clone();
+                async move {
+                    let props = PropsProxy::builder(&self.conn)
+                        .destination("org.freedesktop.systemd1")
+                        .path(path)
+                        .build()
+                        .await?;
+                    props.get_all("org.freedesktop.systemd1.Service").await
+                }
+            });
+            let props = futures_util::future::join_all(reads).await;
+            let mut out = Vec::new();
+            for (u, p) in listed.into_iter().zip(props) {
+                // A unit can vanish between the listing and the read: skip it.
+                let Ok(p) = p else { continue };
+                out.push(UnitInfo {
+                    name: u.0,
+                    description: u.1,
+                    load_state: u.2,
+                    active_state: u.3,
+                    sub_state: u.4,
+                    main_pid: variant_u32(&p, "MainPID"),
+                    n_restarts: variant_u32(&p, "NRestarts"),
+                    main_start_usec: variant_u64(&p, "ExecMainStartTimestamp"),
+                    fields: extra_fields(&p),
+                });
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        })
+    }
+
+    fn start_transient(
+        &self,
+        units: &[UnitSpec],
+        timeout: Duration,
+    ) -> Result<Vec<JobOutcome>, SystemdError> {
+        let names: Vec<String> = units.iter().map(|u| u.name.clone()).collect();
+        let by_name: HashMap<&str, &UnitSpec> =
+            units.iter().map(|u| (u.name.as_str(), u)).collect();
+        zbus::block_on(self.run_jobs(&names, timeout, |m, name| {
+            let spec = by_name.get(name).copied();
+            async move {
+                let Some(spec) = spec else { return Ok(None) };
+                let props: Vec<(&str, Variant<'_>)> = spec
+                    .properties
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), to_variant(v)))
+                    .collect();
+                m.start_transient_unit(name, "fail", props, vec![])
+                    .await
+                    .map(Some)
+                    .map_err(|e| call_err("StartTransientUnit", name, e))
+            }
+        }))
+    }
+
+    fn stop_units(
+        &self,
+        names: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<JobOutcome>, SystemdError> {
+        zbus::block_on(self.run_jobs(names, timeout, |m, name| async move {
+            match m.stop_unit(name, "replace").await {
+                Ok(job) => Ok(Some(job)),
+                // Already gone is what we wanted: stopping is idempotent.
+                Err(e) if is_no_such_unit(&e) => Ok(None),
+                Err(e) => Err(call_err("StopUnit", name, e)),
+            }
+        }))
+    }
+}

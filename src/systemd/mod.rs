@@ -1,0 +1,112 @@
+//! The one place that talks to systemd. Callers see the [`Systemd`] trait with plain types
+//! ([`UnitSpec`] in, [`UnitInfo`]/[`JobOutcome`] out); zbus types never leave this module.
+//!
+//! Flow of a start: connect to the system bus, `Subscribe`, open the `JobRemoved` stream
+//! *before* calling `StartTransientUnit` (else a fast job could finish unseen), call it for
+//! every unit, then read the stream until every job returned has been removed, or time out.
+//! zbus 6 is async only; each public call runs to completion with `zbus::block_on`, which keeps
+//! the rest of shim synchronous.
+
+mod dbus;
+mod fake;
+
+pub use dbus::DbusSystemd;
+#[allow(unused_imports)] // used by unit tests of the modules that drive the trait
+pub use fake::FakeSystemd;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::plan::UnitSpec;
+
+/// What shim knows about one of its units, from one listing plus one property read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnitInfo {
+    pub name: String,
+    pub description: String,
+    pub load_state: String,
+    pub active_state: String,
+    pub sub_state: String,
+    pub main_pid: u32,
+    pub n_restarts: u32,
+    /// Microseconds since the epoch when the main process started, 0 if never.
+    pub main_start_usec: u64,
+    /// `SHIM_*` fields from LogExtraFields: what service/process/revision/instance/port it is.
+    pub fields: BTreeMap<String, String>,
+}
+
+impl UnitInfo {
+    pub fn field(&self, k: &str) -> Option<&str> {
+        self.fields.get(k).map(|s| s.as_str())
+    }
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self.active_state.as_str(),
+            "active" | "activating" | "reloading"
+        )
+    }
+}
+
+/// How a job ended: systemd's `JobRemoved` result ("done", "failed", "timeout", "canceled",
+/// "dependency", "skipped") per unit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobOutcome {
+    pub unit: String,
+    pub result: String,
+}
+
+impl JobOutcome {
+    pub fn ok(&self) -> bool {
+        self.result == "done"
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    #[error(
+        "cannot connect to systemd on the system bus: {0} (is systemd PID 1 and dbus running?)"
+    )]
+    Connect(String),
+    #[error("{call} {unit}: {message}")]
+    Call {
+        call: &'static str,
+        unit: String,
+        message: String,
+    },
+    #[error("timed out after {0:?} waiting for systemd jobs of: {1}")]
+    Timeout(Duration, String),
+}
+
+/// The operations shim needs from systemd. Everything is batched: one call covers many units.
+pub trait Systemd {
+    /// Units whose names match any of the glob patterns, with their properties.
+    fn list_units(&self, patterns: &[String]) -> Result<Vec<UnitInfo>, SystemdError>;
+    /// Starts transient units and waits for their start jobs to finish.
+    fn start_transient(
+        &self,
+        units: &[UnitSpec],
+        timeout: Duration,
+    ) -> Result<Vec<JobOutcome>, SystemdError>;
+    /// Stops units and waits for the stop jobs. Units that do not exist count as stopped.
+    fn stop_units(
+        &self,
+        names: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<JobOutcome>, SystemdError>;
+}
+
+/// The last lines a unit wrote to the journal, for error messages (best effort).
+pub fn journal_tail(unit: &str, lines: usize) -> String {
+    let out = std::process::Command::new("journalctl")
+        .args(["--no-pager", "-o", "short-precise", "-n"])
+        .arg(lines.to_string())
+        .arg("-u")
+        .arg(unit)
+        .output();
+    match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).trim_end().to_string(),
+        Err(e) => format!("(journalctl failed: {e})"),
+    }
+}
