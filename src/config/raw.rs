@@ -112,8 +112,9 @@ pub(super) fn parse_file(file: &Path, text: &str) -> Result<ParsedFile, ConfigEr
         ConfigError {
             file: file.to_path_buf(),
             line,
-            key: String::new(),
-            // toml's message already names the key ("unknown field `x`, expected ...").
+            // For unknown fields toml's message names the key already; for a wrong type it
+            // points at the value only, so recover the key from the text.
+            key: e.span().map(|s| key_at(text, s.start)).unwrap_or_default(),
             message: e.message().trim().to_string(),
         }
     })?;
@@ -415,4 +416,36 @@ pub(crate) fn normalise_signal(s: &str) -> Result<String, String> {
     nix::sys::signal::Signal::from_str(&name)
         .map(|sig| sig.as_str().to_string())
         .map_err(|_| format!("{s:?} is not a signal name (e.g. SIGTERM, SIGINT, SIGQUIT)"))
+}
+
+/// The dotted key whose value starts at byte `pos`: the last `[table]` header above it plus
+/// the `key =` on its line (best effort, for error messages only).
+fn key_at(text: &str, pos: usize) -> String {
+    let pos = pos.min(text.len());
+    let line_start = text[..pos].rfind('\n').map_or(0, |i| i + 1);
+    let before = &text[line_start..pos];
+    let key = before
+        .rfind('=')
+        .map(|eq| before[..eq].trim())
+        .map(|k| {
+            k.rsplit(['{', ','])
+                .next()
+                .unwrap_or(k)
+                .trim()
+                .trim_matches('"')
+                .to_string()
+        })
+        .unwrap_or_default();
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(['[', ']']).trim().to_string())
+        .unwrap_or_default();
+    match (table.is_empty(), key.is_empty()) {
+        (_, true) => table,
+        (true, false) => key,
+        (false, false) => format!("{table}.{key}"),
+    }
 }

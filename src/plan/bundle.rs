@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespaceType, Mount, MountBuilder, Spec};
+use oci_spec::runtime::{LinuxDeviceCgroupBuilder, LinuxNamespaceType, Mount, MountBuilder, Spec};
 
 use super::{merge_env, plan_args, unit::SLICE, InstanceDir, InstanceKey, PlanContext};
 use crate::config::ProcessDef;
@@ -70,6 +70,16 @@ pub(super) fn plan_config(
         }
         // Below the unit's own cgroup (Delegate=yes): stopping the unit, or killing its
         // cgroup, takes the container with it.
+        // Deny every device, then the runtime adds its default allowed ones (null, zero, tty,
+        // random, ...): what `runc spec` writes.
+        let deny_all = LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()
+            .map_err(|e| format!("building device rule: {e}"))?;
+        if let Some(res) = linux.resources_mut() {
+            res.set_devices(Some(vec![deny_all]));
+        }
         linux.set_cgroups_path(Some(PathBuf::from(format!(
             "/{SLICE}/{}/container",
             key.unit_name()
@@ -110,8 +120,23 @@ pub(super) fn plan_config(
     Ok(spec)
 }
 
-/// `config.json` text, pretty and stable.
+/// `config.json` text, pretty and stable: oci-spec keeps capabilities in hash sets, so
+/// their order is sorted here to keep output (and snapshots) deterministic.
 pub fn render_config(spec: &Spec) -> String {
-    // A Spec always serializes: it is plain data with string keys.
-    serde_json::to_string_pretty(spec).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    let mut value = match serde_json::to_value(spec) {
+        Ok(v) => v,
+        // A Spec is plain data with string keys; serializing it cannot fail.
+        Err(e) => return format!("{{\"error\": \"{e}\"}}"),
+    };
+    if let Some(caps) = value
+        .pointer_mut("/process/capabilities")
+        .and_then(|c| c.as_object_mut())
+    {
+        for set in caps.values_mut() {
+            if let Some(list) = set.as_array_mut() {
+                list.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+            }
+        }
+    }
+    serde_json::to_string_pretty(&value).unwrap_or_default()
 }

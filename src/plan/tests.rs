@@ -8,7 +8,7 @@ env = { RAILS_ENV = "production", SHARED = "service" }
 user = "1000:1000"
 
 [services.billing_app.processes.web]
-command = ["/app/bin/server", "--port", "$PORT"]
+command = ["/app/bin/server", "--listen", "0.0.0.0"]
 count = 2
 health = { path = "/health" }
 stop_timeout = "20s"
