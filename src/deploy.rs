@@ -475,3 +475,123 @@ pub fn stop_units(sd: &dyn Systemd, units: &[UnitInfo], timeout: Duration) -> Re
     }
     Ok(names)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_sources;
+    use crate::image::{ImageRef, ResolvedImage};
+    use crate::systemd::FakeSystemd;
+
+    fn prepared(dirs: &Dirs) -> Prepared {
+        let defs = parse_sources(&[(
+            PathBuf::from("/etc/shim/services.toml"),
+            "[shim]\nport_range = [30000, 30010]\n[services.app]\nimage = \"oci:/i:{revision}\"\n\
+             [services.app.processes.web]\ncount = 2\nport = true\ncommand = [\"/app\"]\n\
+             [services.app.processes.worker]\ncommand = [\"/w\"]\n"
+                .into(),
+        )])
+        .unwrap();
+        Prepared {
+            service: defs.service("app").unwrap().clone(),
+            revision: "r1".into(),
+            image: ResolvedImage {
+                reference: ImageRef::parse("oci:/i:r1").unwrap(),
+                manifest_digest: format!("sha256:{}", "a".repeat(64)),
+                config: ImageConfig::default(),
+                layers: vec![],
+            },
+            rootfs: dirs.state.join("rootfs"),
+            secrets: vec![("S".into(), "v".into())],
+            user: ResolvedUser { uid: 0, gid: 0 },
+            user_note: None,
+            runtime_bin: "/usr/sbin/runc".into(),
+            shim_exe: "/usr/bin/shim".into(),
+            instances_dir: dirs.instances("app"),
+            host_files: vec![],
+            port_range: defs.settings.port_range,
+        }
+    }
+
+    fn dirs(t: &tempfile::TempDir) -> Dirs {
+        Dirs {
+            state: t.path().join("state"),
+            run: t.path().join("run"),
+        }
+    }
+
+    #[test]
+    fn starts_missing_instances_once_with_distinct_ports() {
+        let t = tempfile::tempdir().unwrap();
+        let d = dirs(&t);
+        let p = prepared(&d);
+        let sd = FakeSystemd::default();
+        let r = start_instances(&sd, &p, &p.all_instances(), &d).unwrap();
+        assert_eq!(r.started.len(), 3);
+        let ports: BTreeSet<String> = sd
+            .units
+            .borrow()
+            .values()
+            .filter_map(|u| u.field("SHIM_PORT").map(str::to_string))
+            .collect();
+        assert_eq!(ports, ["30000", "30001"].map(String::from).into());
+        // Bundles are written, root-only.
+        use std::os::unix::fs::PermissionsExt;
+        let cfg = d.instances("app").join("shim-app-web-r1-1/config.json");
+        assert_eq!(
+            std::fs::metadata(&cfg).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // Again: nothing new is started.
+        let again = start_instances(&sd, &p, &p.all_instances(), &d).unwrap();
+        assert!(again.started.is_empty());
+        assert_eq!(again.already_running.len(), 3);
+    }
+
+    #[test]
+    fn a_failed_start_rolls_back_everything_it_started() {
+        let t = tempfile::tempdir().unwrap();
+        let d = dirs(&t);
+        let p = prepared(&d);
+        let sd = FakeSystemd::default();
+        sd.fail_start
+            .borrow_mut()
+            .push("shim-app-web-r1-2.service".into());
+        let err = start_instances(&sd, &p, &p.all_instances(), &d).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("shim-app-web-r1-2.service (failed)"),
+            "{err}"
+        );
+        assert!(
+            sd.units.borrow().is_empty(),
+            "units left: {:?}",
+            sd.units.borrow().keys()
+        );
+        let calls = sd.calls.borrow();
+        assert_eq!(
+            calls.iter().filter(|c| c.starts_with("stop ")).count(),
+            3,
+            "{calls:?}"
+        );
+        let left: Vec<_> = std::fs::read_dir(d.instances("app")).unwrap().collect();
+        assert!(left.is_empty(), "instance dirs left: {left:?}");
+    }
+
+    #[test]
+    fn env_files_parse_like_docker_and_name_bad_lines() {
+        let p = Path::new("/etc/shim/secrets/a.env");
+        let v = parse_env_file(p, "# c\n\nA=1\nexport B='two words'\nC=\"x=y\"\nD=\n").unwrap();
+        assert_eq!(
+            v,
+            [("A", "1"), ("B", "two words"), ("C", "x=y"), ("D", "")]
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+        let e = parse_env_file(p, "A=1\nnonsense\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/shim/secrets/a.env:2: expected KEY=VALUE"
+        );
+        assert!(parse_env_file(p, "1A=x").is_err());
+    }
+}

@@ -38,9 +38,7 @@ pub enum Prop {
     Bool(bool),
     /// Microseconds (`t`), for `*USec` properties.
     USec(u64),
-    U32(u32),
     I32(i32),
-    Strv(Vec<String>),
     /// `aay`: each string sent as bytes (LogExtraFields).
     Bytes(Vec<String>),
     Exec(Vec<Exec>),
@@ -207,9 +205,7 @@ impl UnitSpec {
                 Prop::Str(s) => s.clone(),
                 Prop::Bool(b) => if *b { "yes" } else { "no" }.to_string(),
                 Prop::USec(u) => crate::config::format_duration(Duration::from_micros(*u)),
-                Prop::U32(n) => n.to_string(),
                 Prop::I32(n) => n.to_string(),
-                Prop::Strv(v) => v.join(" "),
                 Prop::Bytes(v) => {
                     for f in v {
                         out.push_str(&format!("{k}={f}\n"));

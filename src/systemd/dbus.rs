@@ -120,9 +120,7 @@ fn to_variant(p: &Prop) -> Variant<'static> {
         Prop::Str(s) => Variant::from(s.clone()),
         Prop::Bool(b) => Variant::from(*b),
         Prop::USec(u) => Variant::from(*u),
-        Prop::U32(n) => Variant::from(*n),
         Prop::I32(n) => Variant::from(*n),
-        Prop::Strv(v) => Variant::from(v.clone()),
         Prop::Bytes(v) => Variant::from(
             v.iter()
                 .map(|s| s.as_bytes().to_vec())

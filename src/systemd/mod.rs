@@ -8,10 +8,11 @@
 //! the rest of shim synchronous.
 
 mod dbus;
+#[cfg(test)]
 mod fake;
 
 pub use dbus::DbusSystemd;
-#[allow(unused_imports)] // used by unit tests of the modules that drive the trait
+#[cfg(test)]
 pub use fake::FakeSystemd;
 
 use std::collections::BTreeMap;
@@ -40,12 +41,6 @@ pub struct UnitInfo {
 impl UnitInfo {
     pub fn field(&self, k: &str) -> Option<&str> {
         self.fields.get(k).map(|s| s.as_str())
-    }
-    pub fn is_active(&self) -> bool {
-        matches!(
-            self.active_state.as_str(),
-            "active" | "activating" | "reloading"
-        )
     }
 }
 

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Builds the integration test binary, boots a fresh systemd sandbox, runs the tests inside it
+# (real systemd as PID 1, D-Bus, journald, runc, crun), and always tears the sandbox down.
+# Extra arguments go to the test binary (e.g. a test name filter).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NAME="${SHIM_SANDBOX_NAME:-it-$$}"
+cargo build --locked --bins
+BIN=$(cargo test --locked --test integration --no-run --message-format=json 2>/dev/null \
+  | jq -r 'select(.reason=="compiler-artifact" and .target.name=="integration" and .executable!=null) | .executable' | tail -1)
+[ -x "$BIN" ] || { echo "integration test binary not built"; exit 1; }
+trap 'bash tests/sandbox/sandbox.sh down --name "$NAME" >/dev/null 2>&1 || true' EXIT
+bash tests/sandbox/sandbox.sh up --name "$NAME"
+bash tests/sandbox/sandbox.sh exec --name "$NAME" -- "$BIN" --test-threads=1 "$@"
