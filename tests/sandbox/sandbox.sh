@@ -60,6 +60,10 @@ MASKED_UNITS=(
   systemd-binfmt.service proc-sys-fs-binfmt_misc.automount proc-sys-fs-binfmt_misc.mount
   # Installed on the host for other work; slow to start and not needed by shim.
   postgresql.service postgresql@.service
+  # Installed with podman: its auto-update job and API socket have no use here (and the
+  # auto-update job fails without a registry, marking the sandbox degraded).
+  podman-auto-update.service podman-auto-update.timer podman-restart.service
+  podman.socket podman.service podman-clean-transient.service
 )
 
 die() { echo "sandbox.sh: $*" >&2; exit 1; }
