@@ -40,5 +40,6 @@ fn image_error_is_bad_input(e: &ImageError) -> bool {
         ImageError::InvalidReference { .. }
             | ImageError::TagNotFound { .. }
             | ImageError::PlatformNotFound { .. }
+            | ImageError::InvalidLayout { .. }
     )
 }

@@ -391,16 +391,12 @@ fn refuses_dotdot_escape() {
 
 #[test]
 fn refuses_to_write_through_symlinks() {
-    let cases: Vec<(&str, Box<dyn Fn(&Scratch) -> String>)> = vec![
-        (
-            "absolute",
-            Box::new(|s: &Scratch| s.host.display().to_string()),
-        ),
-        ("relative", Box::new(|_: &Scratch| "../host".to_string())),
-        (
-            "dotdots",
-            Box::new(|_: &Scratch| "../../../../../../../../..".to_string()),
-        ),
+    // Where the planted symlink points, given the scratch area.
+    type Target = fn(&Scratch) -> String;
+    let cases: [(&str, Target); 3] = [
+        ("absolute", |s| s.host.display().to_string()),
+        ("relative", |_| "../host".to_string()),
+        ("dotdots", |_| "../../../../../../../../..".to_string()),
     ];
     for (what, target) in &cases {
         for same_layer in [false, true] {
