@@ -60,6 +60,7 @@ pub struct Prepared {
     pub instances_dir: PathBuf,
     pub host_files: Vec<PathBuf>,
     pub port_range: (u16, u16),
+    pub restrict_devices: bool,
 }
 
 /// Parses an env file: `KEY=VALUE` lines, `#` comments, blank lines, optional `export `,
@@ -155,6 +156,18 @@ fn resolve_image_user(
     Ok((u, None))
 }
 
+/// Whether this process's capability bounding set has CAP_SYS_RESOURCE (see
+/// `PlanContext::restrict_devices`); a host without it cannot give it to systemd or crun.
+fn has_cap_sys_resource() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24; // linux/capability.h
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
 /// Gathers the host facts for `id` at `revision`. With `unpack` false (dry run) nothing is
 /// written: the image is read and verified, but not unpacked.
 pub fn prepare(
@@ -212,6 +225,7 @@ pub fn prepare(
         shim_exe,
         host_files,
         port_range: defs.settings.port_range,
+        restrict_devices: svc.runtime != crate::config::Runtime::Crun || has_cap_sys_resource(),
         service: svc,
     })
 }
@@ -230,6 +244,7 @@ impl Prepared {
             shim_exe: &self.shim_exe,
             instances_dir: &self.instances_dir,
             host_files: &self.host_files,
+            restrict_devices: self.restrict_devices,
         }
     }
 
@@ -510,6 +525,7 @@ mod tests {
             instances_dir: dirs.instances("app"),
             host_files: vec![],
             port_range: defs.settings.port_range,
+            restrict_devices: true,
         }
     }
 

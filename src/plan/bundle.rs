@@ -52,10 +52,10 @@ pub(super) fn plan_config(
         p.user_mut().set_uid(cx.user.uid);
         p.user_mut().set_gid(cx.user.gid);
         p.set_terminal(Some(false));
-        // No rlimits of our own: the container inherits the unit's (LimitNOFILE= etc.), which
-        // systemd sets within what the host allows. A fixed value here fails where the host's
-        // hard limit is lower, and crun refuses RLIMIT_MEMLOCK where the host caps it.
-        p.set_rlimits(None);
+        // rlimits stay as `runc spec` writes them (RLIMIT_NOFILE 1024): lowering needs no
+        // privilege, while raising above the unit's hard limit needs CAP_SYS_RESOURCE, which
+        // some hosts (this project's CI machines) do not have. Without any rlimits crun sets
+        // RLIMIT_MEMLOCK itself and fails the same way.
     }
 
     if let Some(linux) = spec.linux_mut() {
@@ -78,7 +78,9 @@ pub(super) fn plan_config(
             .build()
             .map_err(|e| format!("building device rule: {e}"))?;
         if let Some(res) = linux.resources_mut() {
-            res.set_devices(Some(vec![deny_all]));
+            if cx.restrict_devices {
+                res.set_devices(Some(vec![deny_all]));
+            }
         }
         linux.set_cgroups_path(Some(PathBuf::from(format!(
             "/{SLICE}/{}/container",

@@ -93,6 +93,10 @@ pub struct PlanContext<'a> {
     pub instances_dir: &'a Path,
     /// Host files bind-mounted read-only into every container (resolv.conf, hosts) that exist.
     pub host_files: &'a [PathBuf],
+    /// Whether config.json restricts devices (deny-all + the runtime's defaults). crun loads an
+    /// eBPF device filter for that and first raises RLIMIT_MEMLOCK, which needs
+    /// CAP_SYS_RESOURCE: on hosts without it the filter is left out for crun.
+    pub restrict_devices: bool,
 }
 
 /// Everything needed to start one instance.

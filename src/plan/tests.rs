@@ -56,6 +56,7 @@ fn with_cx<T>(f: impl FnOnce(&PlanContext<'_>) -> T) -> T {
         shim_exe: Path::new("/usr/bin/shim"),
         instances_dir: Path::new("/run/shim/instances/billing_app"),
         host_files: &host_files,
+        restrict_devices: true,
     };
     f(&cx)
 }

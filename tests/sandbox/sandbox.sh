@@ -12,6 +12,15 @@
 #   sandbox.sh pid    [--name NAME]                      host PID of the sandbox's PID 1
 #   sandbox.sh status [--name NAME]                      exit 0 if up, print state
 #
+# exec: runs CMD via nsenter in all the sandbox's namespaces, as root, with a
+# clean environment (PATH, HOME=/root, USER, SHELL; TERM, LANG, LC_ALL,
+# RUST_LOG, RUST_BACKTRACE, NO_COLOR, COLORTERM passed through; more with
+# --env K=V), in the caller's working directory if it exists inside (the
+# repository is bind-mounted at the same path), else /root. stdin/stdout/
+# stderr are the caller's (a tty works). The exit code is CMD's; 128+N if CMD
+# died of signal N (except SIGINT/SIGQUIT: 1); 125 if the sandbox is not up.
+# If the exec process itself is killed (e.g. by timeout(1)), CMD gets SIGTERM.
+#
 # NAME defaults to $SHIM_SANDBOX_NAME or "default". Several names can run at once.
 # Environment knobs: SHIM_SANDBOX_BASE (default /tmp/shim-sandbox),
 # SHIM_SANDBOX_BOOT_TIMEOUT (seconds, default 30), SHIM_SANDBOX_TMPFS_SIZE
@@ -99,8 +108,9 @@ require_up() {
 }
 
 # True if PID $1 is gone or a zombie. Why zombies count: unshare is
-# reparented to the host's init once `up` returns, and this VM's init reaps
-# orphans only about once a second.
+# reparented to the host's init once `up` returns, and this VM's init
+# (process_api) reaps orphans late or never (zombie unshare processes were
+# seen lingering for many minutes). They hold nothing but a PID.
 is_gone() {
   local st
   st="$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null || true)"
@@ -137,13 +147,17 @@ sandbox_cgroup_path() {
   local r
   r="$(cgroup2_root)"
   [[ -n "$r" ]] || return 0
-  echo "$r/shim-sandbox/$NAME"
+  if [[ "$BASE" == /tmp/shim-sandbox ]]; then
+    echo "$r/shim-sandbox/$NAME"
+  else # same NAME under another SHIM_SANDBOX_BASE must not share the cgroup
+    echo "$r/shim-sandbox/$NAME-$(echo "$BASE" | md5sum | cut -c1-8)"
+  fi
 }
 
 # Remove the cgroup subtree under $1 depth-first (kept: $1 itself if $2=keep).
 # Kills leftovers first (cgroup.kill exists since Linux 5.14).
 remove_cgroup_tree() {
-  local cg="$1" keep="${2:-}" d i
+  local cg="$1" keep="${2:-}" i
   [[ -n "$cg" && -d "$cg" ]] || return 0
   if [[ -w "$cg/cgroup.kill" ]]; then
     echo 1 >"$cg/cgroup.kill" 2>/dev/null || true
@@ -196,6 +210,11 @@ prepare_root() {
   done
   # Journal on disk (in upper/) so it survives `reboot` like on a real host.
   mkdir -p "$root/var/log/journal"
+  # /dev/kmsg is the host kernel's ring buffer, shared by all sandboxes: with
+  # the default ReadKMsg=yes each sandbox's journal would import the host's
+  # dmesg and the other sandboxes' journald messages.
+  mkdir -p "$root/etc/systemd/journald.conf.d"
+  printf '[Journal]\nReadKMsg=no\n' >"$root/etc/systemd/journald.conf.d/50-shim-sandbox.conf"
 }
 
 # ---------------------------------------------------------------- boot
@@ -425,7 +444,13 @@ cmd_status() {
 
 cmd_exec() {
   local pid dir=/root cg
-  pid="$(require_up)"
+  pid="$(sandbox_pid)"
+  if ! is_sandbox_pid "$pid"; then
+    # 125, not 1: lets callers tell "sandbox not up" from the command's own
+    # failure (same convention as docker/podman run).
+    echo "sandbox.sh: sandbox '$NAME' is not up (run: $0 up --name $NAME)" >&2
+    exit 125
+  fi
   (($# > 0)) || die "exec: no command (usage: exec [--name NAME] -- CMD...)"
   # Same working directory inside if it exists there (the repo is mounted at
   # the same path), else /root.

@@ -37,7 +37,7 @@ static UNHEALTHY: AtomicBool = AtomicBool::new(false);
 const MAX_LINE: usize = 16 * 1024;
 const MAX_HEADERS: usize = 100;
 
-// libc is linked by std anyway; declaring the two functions we need avoids a
+// libc is linked by std anyway; declaring the few functions we need avoids a
 // dependency on the libc crate.
 extern "C" {
     fn signal(signum: i32, handler: usize) -> usize;
