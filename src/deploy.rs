@@ -168,6 +168,18 @@ fn has_cap_sys_resource() -> bool {
         .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
 }
 
+/// The path of the running shim binary, for the units' ExecStartPre/ExecStopPost. If the
+/// package was upgraded while this command runs, /proc/self/exe says "… (deleted)": the new
+/// binary at the same path is the one units should run.
+fn shim_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding the shim binary")?;
+    let text = exe.to_string_lossy();
+    Ok(match text.strip_suffix(" (deleted)") {
+        Some(p) => PathBuf::from(p),
+        None => exe,
+    })
+}
+
 /// Gathers the host facts for `id` at `revision`. With `unpack` false (dry run) nothing is
 /// written: the image is read and verified, but not unpacked.
 pub fn prepare(
@@ -204,10 +216,7 @@ pub fn prepare(
             .unwrap_or_default()
     };
     let (user, user_note) = resolve_image_user(&svc, &image.config, &rootfs, unpack)?;
-    let shim_exe = std::env::current_exe()
-        .context("finding the shim binary")?
-        .canonicalize()
-        .context("finding the shim binary")?;
+    let shim_exe = shim_binary()?;
     let host_files = ["/etc/resolv.conf", "/etc/hosts"]
         .iter()
         .map(PathBuf::from)

@@ -41,5 +41,10 @@ fn image_error_is_bad_input(e: &ImageError) -> bool {
             | ImageError::TagNotFound { .. }
             | ImageError::PlatformNotFound { .. }
             | ImageError::InvalidLayout { .. }
+            | ImageError::InvalidArchive { .. }
+            | ImageError::ManifestNotFound { .. }
+            | ImageError::RepositoryNotFound { .. }
+            | ImageError::Credentials { .. }
+            | ImageError::NotRecorded { .. }
     )
 }

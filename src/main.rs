@@ -5,13 +5,18 @@
 
 mod cli;
 mod config;
+mod cron;
 mod deploy;
 mod error;
 mod image;
+mod lock;
+mod nginx;
 mod plan;
+mod probe;
 mod runtime;
 mod state;
 mod systemd;
+mod upgrade;
 
 use clap::Parser;
 

@@ -16,6 +16,25 @@ pub struct ServiceState {
     /// Set by `shim stop`: reconcile must not bring the service back.
     #[serde(default)]
     pub stopped: bool,
+    /// An upgrade in progress (or interrupted): which revision, and how far it got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrading: Option<Attempt>,
+}
+
+/// How far an upgrade got; what the next one (or reconcile) must repair if it was killed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub revision: String,
+    pub phase: Phase,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// New instances may be starting; nginx still points at the old revision.
+    Starting,
+    /// nginx points at the new revision; old instances may still be running.
+    Switched,
 }
 
 pub struct StateStore {
@@ -85,6 +104,10 @@ mod tests {
             current: Some("b".into()),
             previous: Some("a".into()),
             stopped: false,
+            upgrading: Some(Attempt {
+                revision: "c".into(),
+                phase: Phase::Switched,
+            }),
         };
         s.save("a", &st).unwrap();
         assert_eq!(s.load("a").unwrap(), st);

@@ -1,11 +1,13 @@
 //! The command line: one file per subcommand, each with its clap `*Args` (doc comments are the
 //! `--help` text) and a `run`.
 
+mod image;
 mod instance;
 mod show;
 mod start;
 mod status;
 mod stop;
+mod upgrade;
 
 use std::path::PathBuf;
 
@@ -33,9 +35,12 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     Start(start::StartArgs),
+    Upgrade(upgrade::UpgradeArgs),
+    Rollback(upgrade::RollbackArgs),
     Stop(stop::StopArgs),
     Status(status::StatusArgs),
     Show(show::ShowArgs),
+    Image(image::ImageArgs),
     #[command(hide = true)]
     Instance(instance::InstanceArgs),
 }
@@ -43,9 +48,12 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Start(a) => start::run(&cli.config, a),
+        Command::Upgrade(a) => upgrade::run_upgrade(&cli.config, a),
+        Command::Rollback(a) => upgrade::run_rollback(&cli.config, a),
         Command::Stop(a) => stop::run(&cli.config, a),
         Command::Status(a) => status::run(a),
         Command::Show(a) => show::run(&cli.config, a),
+        Command::Image(a) => image::run(&cli.config, a),
         Command::Instance(a) => instance::run(a),
     }
 }

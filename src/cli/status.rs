@@ -187,6 +187,8 @@ mod tests {
             main_pid: pid,
             n_restarts: if pid > 0 { 0 } else { 3 },
             main_start_usec: 1_000_000,
+            exec_main_code: 0,
+            exec_main_status: 0,
             fields,
         }
     }

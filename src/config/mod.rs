@@ -106,14 +106,42 @@ impl Runtime {
 pub struct HostSettings {
     /// Inclusive range of host ports handed to instances as `$PORT`.
     pub port_range: (u16, u16),
+    /// The unit reloaded after an upstream file changes.
+    pub nginx_unit: String,
+    /// Registries (`host[:port]`) spoken to over plain HTTP instead of HTTPS.
+    pub insecure_registries: Vec<String>,
+    /// Registry credentials, podman's auth.json format, readable by root only.
+    pub auth_file: PathBuf,
+}
+
+impl HostSettings {
+    /// What the image store needs of these settings.
+    pub fn registry(&self) -> crate::image::RegistrySettings {
+        crate::image::RegistrySettings {
+            insecure_registries: self.insecure_registries.clone(),
+            auth_file: self.auth_file.clone(),
+        }
+    }
 }
 
 impl Default for HostSettings {
     fn default() -> Self {
         HostSettings {
             port_range: (20000, 29999),
+            nginx_unit: "nginx.service".into(),
+            insecure_registries: Vec::new(),
+            auth_file: PathBuf::from(crate::image::DEFAULT_AUTH_FILE),
         }
     }
+}
+
+/// Where a process's instances are announced to nginx.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Proxy {
+    /// The `upstream` block's name.
+    pub upstream: String,
+    /// The file shim owns and rewrites; the nginx site includes it.
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -140,6 +168,11 @@ pub struct ProcessDef {
     pub read_only: bool,
     /// Process-level env, applied over the service's.
     pub env: BTreeMap<String, String>,
+    pub proxy: Option<Proxy>,
+    /// How long old instances keep running after nginx stopped sending them requests.
+    pub drain: Duration,
+    /// Never run two instances at once, even during an upgrade: old stopped before new start.
+    pub singleton: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -259,7 +292,11 @@ pub fn load(path: &Path) -> Result<Definitions, ConfigError> {
         })?;
         sources.push((file, text));
     }
-    parse_sources(&sources)
+    let defs = parse_sources(&sources)?;
+    // Every command that loads definitions and then pulls (start, show, upgrade) uses the
+    // host's registry settings without passing them down each call chain.
+    crate::image::set_host_registry_settings(defs.settings.registry());
+    Ok(defs)
 }
 
 /// Pure core of [`load`]: validates the given (file, text) pairs as one set of definitions.

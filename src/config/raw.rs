@@ -11,7 +11,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    line_of, parse_duration, ConfigError, Health, HostSettings, Ident, ProcessDef, Runtime,
+    line_of, parse_duration, ConfigError, Health, HostSettings, Ident, ProcessDef, Proxy, Runtime,
     ServiceDef,
 };
 
@@ -27,6 +27,9 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawShim {
     port_range: Option<Spanned<[i64; 2]>>,
+    nginx_unit: Option<Spanned<String>>,
+    insecure_registries: Option<Vec<Spanned<String>>>,
+    auth_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -55,12 +58,23 @@ struct RawProcess {
     count: Option<Spanned<i64>>,
     health: Option<Spanned<RawHealth>>,
     port: Option<bool>,
+    proxy: Option<Spanned<RawProxy>>,
+    drain: Option<Spanned<String>>,
+    #[serde(default)]
+    singleton: bool,
     stop_timeout: Option<Spanned<String>>,
     stop_signal: Option<Spanned<String>>,
     #[serde(default)]
     read_only: bool,
     #[serde(default)]
     env: BTreeMap<Spanned<String>, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    upstream: Spanned<String>,
+    file: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -143,6 +157,38 @@ pub(super) fn parse_file(file: &Path, text: &str) -> Result<ParsedFile, ConfigEr
                 }
                 // Proven by the range checks just above.
                 s.port_range = (lo as u16, hi as u16);
+            }
+            if let Some(unit) = &shim.get_ref().nginx_unit {
+                let u = unit.get_ref();
+                let ok = u.ends_with(".service")
+                    && u.len() > 8
+                    && u.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || ":_.@-".contains(c));
+                if !ok {
+                    return cx.err(
+                        &unit.span(),
+                        "shim.nginx_unit".into(),
+                        format!("{u:?} is not a service unit name like \"nginx.service\""),
+                    );
+                }
+                s.nginx_unit = u.clone();
+            }
+            for r in shim.get_ref().insecure_registries.iter().flatten() {
+                if let Err(m) = crate::image::validate_registry_host(r.get_ref()) {
+                    return cx.err(&r.span(), "shim.insecure_registries".into(), m);
+                }
+                s.insecure_registries.push(r.get_ref().to_ascii_lowercase());
+            }
+            if let Some(f) = &shim.get_ref().auth_file {
+                let path = PathBuf::from(f.get_ref());
+                if !path.is_absolute() {
+                    return cx.err(
+                        &f.span(),
+                        "shim.auth_file".into(),
+                        format!("{:?} must be an absolute path", f.get_ref()),
+                    );
+                }
+                s.auth_file = path;
             }
             Some((s, Some(line_of(text, shim.span().start))))
         }
@@ -334,6 +380,46 @@ fn validate_process(
         ),
     };
     let env = validate_env(cx, &r.env, prefix)?;
+    let proxy = match &r.proxy {
+        None => None,
+        Some(px) => {
+            let px_r = px.get_ref();
+            let up = px_r.upstream.get_ref();
+            if up.is_empty()
+                || !up
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return cx.err(
+                    &px_r.upstream.span(),
+                    format!("{prefix}.proxy.upstream"),
+                    format!("{up:?} is not an nginx upstream name (letters, digits, '_', '-')"),
+                );
+            }
+            let file = PathBuf::from(px_r.file.get_ref());
+            if !file.is_absolute() || file.extension().is_none_or(|e| e != "conf") {
+                return cx.err(
+                    &px_r.file.span(),
+                    format!("{prefix}.proxy.file"),
+                    format!(
+                        "{:?} must be an absolute path ending in .conf",
+                        px_r.file.get_ref()
+                    ),
+                );
+            }
+            if health.is_none() {
+                return cx.err(&px.span(), format!("{prefix}.proxy"), "a proxied process needs a health check: nginx is only switched to instances that answer it".into());
+            }
+            Some(Proxy {
+                upstream: up.clone(),
+                file,
+            })
+        }
+    };
+    let drain = match &r.drain {
+        None => Duration::from_secs(5),
+        Some(d) => cx.duration(d, format!("{prefix}.drain"))?,
+    };
     Ok(ProcessDef {
         name,
         command,
@@ -344,6 +430,9 @@ fn validate_process(
         stop_signal,
         read_only: r.read_only,
         env,
+        proxy,
+        drain,
+        singleton: r.singleton,
     })
 }
 

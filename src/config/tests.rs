@@ -183,3 +183,57 @@ fn files_are_found_in_order() {
         .to_string()
         .contains("missing.toml"));
 }
+
+#[test]
+fn registry_settings() {
+    let d = parse(&format!(
+        "[shim]\ninsecure_registries = [\"127.0.0.1:5000\", \"Reg.Local\"]\nauth_file = \"/etc/shim/creds.json\"\n{BASE}"
+    ))
+    .unwrap();
+    assert_eq!(
+        d.settings.insecure_registries,
+        vec!["127.0.0.1:5000", "reg.local"]
+    );
+    assert_eq!(d.settings.auth_file, PathBuf::from("/etc/shim/creds.json"));
+    let r = d.settings.registry();
+    assert_eq!(r.insecure_registries.len(), 2);
+    assert_eq!(
+        HostSettings::default().auth_file,
+        PathBuf::from("/etc/shim/auth.json")
+    );
+    // Registry references are accepted as service images.
+    let d = parse("[services.a]\nimage = \"registry.example.com:5000/team/app:{revision}\"\n[services.a.processes.w]\n").unwrap();
+    assert_eq!(
+        d.service("a").unwrap().image_for("abc").unwrap(),
+        "registry.example.com:5000/team/app:abc"
+    );
+
+    for (text, line, needles) in [
+        (
+            "[shim]\ninsecure_registries = [\"http://h:5000\"]\n",
+            2,
+            vec!["shim.insecure_registries", "without a scheme"],
+        ),
+        (
+            "[shim]\ninsecure_registries = [\n  \"ok:1\",\n  \"h:x\"]\n",
+            4,
+            vec!["shim.insecure_registries", "invalid port"],
+        ),
+        (
+            "[shim]\nauth_file = \"auth.json\"\n",
+            2,
+            vec!["shim.auth_file", "absolute"],
+        ),
+        (
+            "[services.a]\nimage = \"team/app:{revision}\"\n[services.a.processes.w]\n",
+            2,
+            vec!["services.a.image", "not a registry host"],
+        ),
+    ] {
+        let err = parse(text).unwrap_err();
+        assert_eq!(err.line, Some(line), "{text}: {err}");
+        for n in needles {
+            assert!(err.to_string().contains(n), "{text}: {err}");
+        }
+    }
+}

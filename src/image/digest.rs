@@ -38,12 +38,11 @@ impl Digest {
     }
 
     /// The digest of `data`.
-    #[cfg(test)]
     pub fn of(data: &[u8]) -> Digest {
         Digest::from_hasher(Sha256::new_with_prefix(data))
     }
 
-    fn from_hasher(h: Sha256) -> Digest {
+    pub(crate) fn from_hasher(h: Sha256) -> Digest {
         Digest {
             hex: hex::encode(h.finalize()),
         }

@@ -91,7 +91,7 @@ impl Source for OciLayout {
         let (found, available) = select_tag(index.manifests(), &self.tag);
         if found.is_empty() {
             return Err(ImageError::TagNotFound {
-                layout: self.path.clone(),
+                location: self.describe(),
                 tag: self.tag.clone(),
                 available,
             });
@@ -99,7 +99,7 @@ impl Source for OciLayout {
         Ok(found)
     }
 
-    fn open_blob(&self, digest: &Digest) -> Result<Blob, ImageError> {
+    fn open_blob(&self, digest: &Digest, _size: u64) -> Result<Blob, ImageError> {
         let path = self.path.join("blobs/sha256").join(digest.hex());
         let file = File::open(&path).map_err(|e| ImageError::BlobRead {
             digest: digest.to_string(),

@@ -1,21 +1,37 @@
 //! Images: turn an image reference into a rootfs a container can run from. The flow is
 //! [`ImageRef::parse`] (pure syntax) → [`ImageStore::resolve`], which asks the reference's
-//! [`Source`] (today an OCI layout directory) for the tagged descriptor, follows image
-//! indexes down to the host platform's manifest, and reads the manifest and config, verifying
-//! every blob's size and sha256 before parsing it → [`ImageStore::ensure_rootfs`], which
-//! unpacks the layers in order into a private temporary directory (verifying each layer's
-//! digest and diff_id while it streams, applying whiteouts, refusing any entry that would
-//! write outside the rootfs) and renames it into a cache keyed by manifest digest, under a
-//! per-digest lock. Nothing is written during resolution; the unpacked rootfs is only ever
-//! visible complete.
+//! [`Source`] for the tagged descriptor, follows image indexes down to the host platform's
+//! manifest, and reads the manifest and config, verifying every blob's size and sha256
+//! before parsing it → [`ImageStore::ensure_rootfs`], which unpacks the layers in order into
+//! a private temporary directory (verifying each layer's digest and diff_id while it
+//! streams, applying whiteouts, refusing any entry that would write outside the rootfs) and
+//! renames it into a cache keyed by manifest digest, under a per-digest lock. The unpacked
+//! rootfs is only ever visible complete.
+//!
+//! Sources: an OCI layout directory is read in place (`layout`). Registries (`registry`,
+//! over the OCI distribution API) and OCI archives (`archive`) are copied blob by blob into
+//! the content store (`blobs`: verified while streaming, resumable, locked per digest) and
+//! read from there (`remote`); layers download in parallel while earlier ones unpack.
+//! Resolved references are recorded (`refs`) for `shim image ls`, `rm` and `prune` (`gc`).
 
+mod archive;
+mod auth;
+mod blobs;
 mod digest;
+mod gc;
 mod layout;
+mod lock;
+pub mod progress;
 mod reference;
+mod refs;
+mod registry;
+mod remote;
 mod resolve;
 mod store;
 mod unpack;
 
+#[cfg(test)]
+mod pull_tests;
 #[cfg(test)]
 mod store_tests;
 #[cfg(test)]
@@ -27,10 +43,50 @@ mod unpack_tests;
 
 use std::io::{self, Read};
 use std::path::PathBuf;
+use std::sync::RwLock;
 
+pub use auth::DEFAULT_AUTH_FILE;
 pub use digest::Digest;
-pub use reference::ImageRef;
+pub use gc::InUse;
+pub use reference::{validate_registry_host, ImageRef};
 pub use store::ImageStore;
+
+/// Host settings for registries, from the `[shim]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrySettings {
+    /// `host[:port]` of registries spoken to over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// Credentials in podman's auth.json format.
+    pub auth_file: PathBuf,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        RegistrySettings {
+            insecure_registries: Vec::new(),
+            auth_file: PathBuf::from(DEFAULT_AUTH_FILE),
+        }
+    }
+}
+
+static HOST_REGISTRY_SETTINGS: RwLock<Option<RegistrySettings>> = RwLock::new(None);
+
+/// Makes `s` what [`ImageStore::new`] uses. Called when the definitions are loaded, so
+/// that every command pulling images (start, show, upgrade) honours `[shim]` without
+/// threading the settings through each of them.
+pub fn set_host_registry_settings(s: RegistrySettings) {
+    if let Ok(mut g) = HOST_REGISTRY_SETTINGS.write() {
+        *g = Some(s);
+    }
+}
+
+fn host_registry_settings() -> RegistrySettings {
+    HOST_REGISTRY_SETTINGS
+        .read()
+        .ok()
+        .and_then(|g| g.clone())
+        .unwrap_or_default()
+}
 
 /// What the container needs from the image config (the OCI `config` section).
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
@@ -74,19 +130,37 @@ pub struct Layer {
 pub enum Compression {
     None,
     Gzip,
+    Zstd,
 }
 
 /// Where an image's objects come from. Resolution and unpacking only go through this, so
-/// new kinds of reference (an `oci-archive:` tarball, a registry) only need a new
-/// implementation. Implementations hand out raw bytes; callers verify them.
-pub trait Source {
+/// each kind of reference only needs its implementation. Implementations hand out raw
+/// bytes; callers verify them.
+pub trait Source: Send + Sync {
     /// Human-readable location for error messages, e.g. `OCI layout /srv/images/app`.
     fn describe(&self) -> String;
     /// The descriptors the reference's tag points at: usually one manifest or index, but a
     /// layout may tag one manifest per platform under the same name.
     fn tagged_descriptors(&self) -> Result<Vec<oci_spec::image::Descriptor>, ImageError>;
-    /// Opens the blob with this digest.
-    fn open_blob(&self, digest: &Digest) -> Result<Blob, ImageError>;
+    /// Opens the blob with this digest; `size` is what its descriptor announces.
+    fn open_blob(&self, digest: &Digest, size: u64) -> Result<Blob, ImageError>;
+    /// Opens a manifest or index (registries serve those from their own endpoint).
+    fn open_manifest(&self, digest: &Digest, size: u64) -> Result<Blob, ImageError> {
+        self.open_blob(digest, size)
+    }
+    /// Makes a blob local ahead of [`Source::open_blob`], so that layers can download in
+    /// parallel while earlier ones unpack. Nothing to do for local sources.
+    fn prefetch(&self, _digest: &Digest, _size: u64) -> Result<(), ImageError> {
+        Ok(())
+    }
+    /// Whether blobs come over the network or from another file (worth prefetching).
+    fn is_remote(&self) -> bool {
+        false
+    }
+    /// Whether the blob is already local (for progress totals).
+    fn is_local(&self, _digest: &Digest) -> bool {
+        true
+    }
 }
 
 /// An unverified blob stream and where it comes from (a path or URL, for messages).
@@ -106,13 +180,83 @@ pub enum ImageError {
     InvalidLayout { path: PathBuf, reason: String },
 
     #[error(
-        "tag {tag:?} not found in OCI layout {layout}; available tags: {}",
+        "tag {tag:?} not found in {location}; available tags: {}",
         list_or_none(available)
     )]
     TagNotFound {
-        layout: PathBuf,
+        /// e.g. `OCI layout /srv/images/app`.
+        location: String,
         tag: String,
         available: Vec<String>,
+    },
+
+    #[error("{path}: not a usable OCI archive: {reason}")]
+    InvalidArchive { path: PathBuf, reason: String },
+
+    #[error(
+        "manifest {reference:?} not found in {registry}/{repository}{}",
+        match available {
+            Some(tags) => format!("; available tags: {}", list_or_none(tags)),
+            None => String::new(),
+        }
+    )]
+    ManifestNotFound {
+        registry: String,
+        repository: String,
+        reference: String,
+        /// The repository's tags, when they could be listed.
+        available: Option<Vec<String>>,
+    },
+
+    #[error("repository {repository:?} not found in registry {registry}")]
+    RepositoryNotFound {
+        registry: String,
+        repository: String,
+    },
+
+    #[error("registry {registry} refused access to {repository}: {reason}")]
+    Unauthorized {
+        registry: String,
+        repository: String,
+        reason: String,
+    },
+
+    #[error("cannot reach registry {registry} ({url}): {cause}{hint}")]
+    Unreachable {
+        registry: String,
+        url: String,
+        cause: String,
+        /// Extra explanation, starting with "; " when present.
+        hint: String,
+    },
+
+    #[error("registry answered {status} to GET {url}: {message}")]
+    RegistryStatus {
+        url: String,
+        status: u16,
+        message: String,
+    },
+
+    #[error("blob {digest} ({origin}): download failed after {attempts} attempts with {got} of {size} bytes received: {cause}")]
+    DownloadFailed {
+        digest: String,
+        origin: String,
+        attempts: u32,
+        got: u64,
+        size: u64,
+        cause: String,
+    },
+
+    #[error("registry credentials {path}: {reason}")]
+    Credentials { path: PathBuf, reason: String },
+
+    #[error(
+        "{reference} is not a pulled image; pulled: {}",
+        list_or_none(recorded)
+    )]
+    NotRecorded {
+        reference: String,
+        recorded: Vec<String>,
     },
 
     #[error(

@@ -52,11 +52,8 @@ pub(crate) fn layer_compression(media_type: &str) -> Result<Compression, &'stati
         | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Ok(Compression::Gzip),
         "application/vnd.oci.image.layer.v1.tar+zstd"
         | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
-        | "application/vnd.docker.image.rootfs.diff.tar.zstd" => Err(
-            "; zstd-compressed layers are not supported yet (convert the image with \
-             `skopeo copy --dest-compress-format gzip`)",
-        ),
-        _ => Err("; supported layer types are uncompressed and gzip-compressed tar"),
+        | "application/vnd.docker.image.rootfs.diff.tar.zstd" => Ok(Compression::Zstd),
+        _ => Err("; supported layer types are uncompressed, gzip- and zstd-compressed tar"),
     }
 }
 
@@ -175,7 +172,11 @@ fn read_json_blob(
             ),
         });
     }
-    let blob = source.open_blob(&digest)?;
+    let blob = if what == "config" {
+        source.open_blob(&digest, size)?
+    } else {
+        source.open_manifest(&digest, size)?
+    };
     let origin = blob.origin.clone();
     let mut reader = VerifyingReader::new(blob.reader, digest.clone(), size, origin.clone());
     // usize::try_from cannot fail on the 64-bit hosts we run on, and size is bounded above.
@@ -204,12 +205,21 @@ fn parse_json<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// Resolves `reference` through `source` for the platform `want`.
-pub(crate) fn resolve(
+/// What resolution read besides the result: the descriptor the tag pointed at and every
+/// JSON blob on the way (indexes, manifest, config), for the record of the pull.
+#[derive(Debug, Clone)]
+pub(crate) struct Chain {
+    pub top: Descriptor,
+    pub json_blobs: Vec<(Digest, u64)>,
+}
+
+/// Resolves `reference` through `source` for the platform `want`; also returns the
+/// [`Chain`] of what was read.
+pub(crate) fn resolve_chain(
     source: &dyn Source,
     reference: &ImageRef,
     want: &Platform,
-) -> Result<ResolvedImage, ImageError> {
+) -> Result<(ResolvedImage, Chain), ImageError> {
     let not_found = |available| ImageError::PlatformNotFound {
         image: reference.to_string(),
         wanted: want.to_string(),
@@ -217,14 +227,21 @@ pub(crate) fn resolve(
     };
     let tagged = source.tagged_descriptors()?;
     let mut desc = select_platform(&tagged, want).map_err(not_found)?.clone();
+    let top = desc.clone();
+    let mut json_blobs = Vec::new();
     let mut depth = 0;
     let (manifest_digest, manifest_json) = loop {
         let media_type = desc.media_type().to_string();
         match kind_of(&media_type) {
-            Some(Kind::Manifest) => break read_json_blob(source, &desc, "manifest")?,
+            Some(Kind::Manifest) => {
+                let (digest, data) = read_json_blob(source, &desc, "manifest")?;
+                json_blobs.push((digest.clone(), desc.size()));
+                break (digest, data);
+            }
             Some(Kind::Index) if depth < MAX_INDEX_DEPTH => {
                 depth += 1;
                 let (digest, data) = read_json_blob(source, &desc, "image index")?;
+                json_blobs.push((digest.clone(), desc.size()));
                 let index: ImageIndex = parse_json(&data, "image index", &digest)?;
                 desc = select_platform(index.manifests(), want)
                     .map_err(not_found)?
@@ -241,8 +258,14 @@ pub(crate) fn resolve(
                 return Err(ImageError::UnsupportedMediaType {
                     what: "tagged object",
                     digest: desc.digest().to_string(),
+                    hint: if media_type.contains("manifest.v1") {
+                        "; Docker schema 1 manifests are obsolete: push the image again with \
+                         a current tool"
+                            .to_string()
+                    } else {
+                        "; expected an image manifest or index".to_string()
+                    },
                     media_type,
-                    hint: "; expected an image manifest or index".to_string(),
                 })
             }
         }
@@ -260,6 +283,7 @@ pub(crate) fn resolve(
         });
     }
     let (config_digest, config_json) = read_json_blob(source, config_desc, "config")?;
+    json_blobs.push((config_digest.clone(), config_desc.size()));
     let image_config: ImageConfiguration = parse_json(&config_json, "config", &config_digest)?;
     let invalid_config = |reason: String| ImageError::InvalidImage {
         what: "config",
@@ -305,12 +329,15 @@ pub(crate) fn resolve(
         })
         .collect::<Result<Vec<_>, ImageError>>()?;
 
-    Ok(ResolvedImage {
-        reference: reference.clone(),
-        manifest_digest: manifest_digest.to_string(),
-        config: image_config_of(&image_config),
-        layers,
-    })
+    Ok((
+        ResolvedImage {
+            reference: reference.clone(),
+            manifest_digest: manifest_digest.to_string(),
+            config: image_config_of(&image_config),
+            layers,
+        },
+        Chain { top, json_blobs },
+    ))
 }
 
 /// The run-time part of the config; absent fields become empty, and empty strings are
@@ -429,10 +456,9 @@ mod tests {
             layer_compression("application/vnd.docker.image.rootfs.diff.tar.gzip"),
             Ok(Compression::Gzip)
         );
-        assert!(
-            layer_compression("application/vnd.oci.image.layer.v1.tar+zstd")
-                .unwrap_err()
-                .contains("zstd")
+        assert_eq!(
+            layer_compression("application/vnd.oci.image.layer.v1.tar+zstd"),
+            Ok(Compression::Zstd)
         );
         assert!(layer_compression("text/plain").is_err());
     }

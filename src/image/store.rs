@@ -1,53 +1,208 @@
-//! The image store: resolution entry point and the cache of unpacked rootfs directories,
-//! `<root>/rootfs/<manifest hex>/`. A cached rootfs is only ever published complete: it is
-//! built in `<root>/rootfs/.tmp-<hex>-<pid>`, flushed, and renamed into place while holding
-//! an exclusive flock on `<root>/rootfs/.lock-<hex>`, so concurrent callers wait for one
-//! unpack and then find it done, and whatever a crash left behind is recognisable as a
-//! temporary directory and removed by the next caller holding the lock.
+//! The image store, `<root>` (e.g. `/var/lib/shim/images`): the entry point of resolution,
+//! the content store (`blobs/`, see `blobs`), the record of resolved references
+//! (`refs.json`, see `refs`) and the cache of unpacked rootfs directories,
+//! `rootfs/<manifest hex>/`.
+//!
+//! Resolution asks the reference's [`Source`] for the manifest and config and records the
+//! result; registries and archives copy what they read into the content store on the way.
+//! Unpacking downloads the missing layers in parallel while applying the ones already
+//! there, in order. A cached rootfs is only ever published complete: it is built in
+//! `rootfs/.tmp-<hex>-<pid>`, flushed, and renamed into place while holding an exclusive
+//! flock on `rootfs/.lock-<hex>`, so concurrent callers wait for one unpack and then find it
+//! done, and whatever a crash left behind is recognisable as a temporary directory and
+//! removed by the next caller holding the lock.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use flate2::read::MultiGzDecoder;
-use nix::fcntl::{Flock, FlockArg};
 
+use super::archive::OciArchive;
+use super::blobs::BlobStore;
 use super::digest::{HashingReader, VerifyingReader};
 use super::layout::OciLayout;
-use super::resolve::{self, Platform};
+use super::lock;
+use super::progress::{self, Progress, Quiet};
+use super::refs::{self, BlobRef, RefDb, RefRecord};
+use super::registry::Client;
+use super::remote::{self, Recorded, RegistryRemote, StoreSource};
+use super::resolve::{self, Chain, Platform};
 use super::unpack::Unpacker;
-use super::{Compression, Digest, ImageError, ImageRef, Layer, ResolvedImage, Source};
+use super::{
+    Compression, Digest, ImageError, ImageRef, Layer, RegistrySettings, ResolvedImage, Source,
+};
 
 /// Large reads keep syscalls down: tar reads headers 512 bytes at a time.
 const LAYER_READ_BUFFER: usize = 256 * 1024;
 
-/// Owns `<root>` (e.g. `/var/lib/shim/images`).
-#[derive(Debug, Clone)]
+/// Layers downloaded at once (skopeo and podman default to 6; a single host deploying
+/// does not need to hit its registry harder).
+const PARALLEL_DOWNLOADS: usize = 4;
+
+/// Owns `<root>` (e.g. `/var/lib/shim/images`): `blobs/` (the content store), `rootfs/`
+/// (unpacked images) and `refs.json` (what was resolved).
+#[derive(Clone)]
 pub struct ImageStore {
     root: PathBuf,
+    pub(crate) blobs: BlobStore,
+    settings: RegistrySettings,
+    progress: Arc<dyn Progress>,
+}
+
+impl std::fmt::Debug for ImageStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageStore")
+            .field("root", &self.root)
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+/// A recorded image and what of it is on this host, for `shim image ls`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoredImage {
+    #[serde(flatten)]
+    pub record: RefRecord,
+    /// Every blob the record lists is in the store (always true for layouts).
+    pub complete: bool,
+    /// Bytes of the image's blobs in the store.
+    pub stored_bytes: u64,
+    pub unpacked: bool,
 }
 
 impl ImageStore {
+    /// The store at `root`, with the registry settings the loaded definitions gave (see
+    /// [`super::set_host_registry_settings`]) and a progress display if a user watches.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        ImageStore { root: root.into() }
+        Self::with_settings(root, super::host_registry_settings()).with_progress(progress::auto())
     }
 
-    /// The [`Source`] serving a reference. Lives on the store so future sources (registries)
-    /// can keep their blob cache under `<root>`.
-    pub fn source(&self, r: &ImageRef) -> Box<dyn Source> {
-        match r {
-            ImageRef::OciLayout { path, tag } => Box::new(OciLayout::new(path, tag)),
+    /// The store at `root` with explicit registry settings, quiet.
+    pub fn with_settings(root: impl Into<PathBuf>, settings: RegistrySettings) -> Self {
+        let root = root.into();
+        ImageStore {
+            blobs: BlobStore::new(&root),
+            root,
+            settings,
+            progress: Arc::new(Quiet),
         }
     }
 
-    /// Reads the tagged manifest (through an index if needed, for the host platform) and its
-    /// config, verifying every blob's digest and size. Writes nothing.
-    pub fn resolve(&self, r: &ImageRef) -> Result<ResolvedImage, ImageError> {
-        resolve::resolve(self.source(r).as_ref(), r, &Platform::host())
+    pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
+        self.progress = progress;
+        self
     }
 
-    fn rootfs_dir(&self) -> PathBuf {
+    pub(crate) fn refs(&self) -> RefDb {
+        RefDb::new(&self.root)
+    }
+
+    /// The [`Source`] serving a reference: layouts are read in place, registries and
+    /// archives through the content store.
+    pub fn source(&self, r: &ImageRef) -> Result<Box<dyn Source>, ImageError> {
+        Ok(match r {
+            ImageRef::OciLayout { path, tag } => Box::new(OciLayout::new(path, tag)),
+            ImageRef::OciArchive { path, tag } => Box::new(StoreSource {
+                remote: OciArchive::new(path.clone(), tag.clone()),
+                blobs: self.blobs.clone(),
+                progress: self.progress.clone(),
+            }),
+            ImageRef::Registry(rr) => Box::new(StoreSource {
+                remote: RegistryRemote {
+                    client: Client::new(rr, &self.settings)?,
+                    reference: rr.clone(),
+                },
+                blobs: self.blobs.clone(),
+                progress: self.progress.clone(),
+            }),
+        })
+    }
+
+    /// Reads the tagged manifest (through an index if needed, for the host platform) and its
+    /// config, verifying every blob's digest and size, and records the result. For registries
+    /// and archives the manifest and config are copied into the content store on the way;
+    /// if the registry cannot be reached, an earlier pull of the same reference is used (with
+    /// a warning), so services restart while their registry is down.
+    pub fn resolve(&self, r: &ImageRef) -> Result<ResolvedImage, ImageError> {
+        let resolved = self
+            .source(r)
+            .and_then(|src| resolve::resolve_chain(src.as_ref(), r, &Platform::host()));
+        let (img, chain) = match resolved {
+            Ok(x) => x,
+            Err(e @ ImageError::Unreachable { .. }) => match self.resolve_recorded(r) {
+                Some(x) => {
+                    tracing::warn!(
+                        "{e}; using the manifest pulled earlier, {}",
+                        x.0.manifest_digest
+                    );
+                    x
+                }
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
+        self.record(r, &img, &chain)?;
+        Ok(img)
+    }
+
+    /// The image as an earlier pull recorded it, if everything resolution reads is stored.
+    fn resolve_recorded(&self, r: &ImageRef) -> Option<(ResolvedImage, Chain)> {
+        let rec = self.refs().get(&r.to_string()).ok()??;
+        let top = Digest::parse(&rec.top)?;
+        let desc = remote::recorded_descriptor(&self.blobs, &top, &rec.top_media_type)?;
+        let source = StoreSource {
+            remote: Recorded {
+                top: desc,
+                origin: r.to_string(),
+            },
+            blobs: self.blobs.clone(),
+            progress: Arc::new(Quiet),
+        };
+        resolve::resolve_chain(&source, r, &Platform::host()).ok()
+    }
+
+    fn record(&self, r: &ImageRef, img: &ResolvedImage, chain: &Chain) -> Result<(), ImageError> {
+        let in_store = !matches!(r, ImageRef::OciLayout { .. });
+        let blobs = if in_store {
+            chain
+                .json_blobs
+                .iter()
+                .map(|(d, size)| (d, *size))
+                .chain(img.layers.iter().map(|l| (&l.digest, l.size)))
+                .map(|(d, size)| BlobRef {
+                    digest: d.to_string(),
+                    size,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let rec = RefRecord {
+            reference: r.to_string(),
+            manifest: img.manifest_digest.clone(),
+            top: chain.top.digest().to_string(),
+            top_media_type: chain.top.media_type().to_string(),
+            blobs,
+            layers_size: img.layers.iter().map(|l| l.size).sum(),
+            resolved_at: refs::now_secs(),
+        };
+        match self.refs().record(rec) {
+            Ok(()) => Ok(()),
+            // A layout is read in place and needs nothing from the store: a read-only or
+            // foreign store (a dry run as another user) must not stop it.
+            Err(e) if !in_store => {
+                tracing::debug!("not recording {r}: {e}");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) fn rootfs_dir(&self) -> PathBuf {
         self.root.join("rootfs")
     }
 
@@ -56,10 +211,74 @@ impl ImageStore {
         self.rootfs_dir().join(manifest_digest.hex())
     }
 
-    /// Returns the unpacked rootfs of `img`, unpacking it first if it is not cached. Safe to
-    /// call concurrently from several processes; on error nothing is left behind.
+    pub(crate) fn rootfs_lock_path(&self, manifest_digest: &Digest) -> PathBuf {
+        self.rootfs_dir()
+            .join(format!(".lock-{}", manifest_digest.hex()))
+    }
+
+    /// Returns the unpacked rootfs of `img`, downloading missing layers and unpacking it
+    /// first if it is not cached. Safe to call concurrently from several processes; on error
+    /// nothing is left behind but verified blobs and resumable partial downloads.
     pub fn ensure_rootfs(&self, img: &ResolvedImage) -> Result<PathBuf, ImageError> {
-        self.ensure_rootfs_with(img, self.source(&img.reference).as_ref(), true)
+        let source = self.source(&img.reference)?;
+        self.ensure_rootfs_with(img, source.as_ref(), true)
+    }
+
+    /// Downloads the layers of `img` into the content store without unpacking them.
+    pub fn fetch_layers(&self, img: &ResolvedImage) -> Result<(), ImageError> {
+        let source = self.source(&img.reference)?;
+        self.begin_progress(img, source.as_ref());
+        let r = img
+            .layers
+            .iter()
+            .try_for_each(|l| source.prefetch(&l.digest, l.size));
+        self.progress.end();
+        r
+    }
+
+    fn begin_progress(&self, img: &ResolvedImage, source: &dyn Source) {
+        let missing: Vec<&Layer> = img
+            .layers
+            .iter()
+            .filter(|l| !source.is_local(&l.digest))
+            .collect();
+        self.progress.begin(
+            &img.reference.to_string(),
+            missing.len(),
+            missing.iter().map(|l| l.size).sum(),
+        );
+    }
+
+    /// Whether the rootfs of `manifest_digest` is unpacked.
+    pub fn is_unpacked(&self, manifest_digest: &Digest) -> bool {
+        is_cached(&self.rootfs_path(manifest_digest)).unwrap_or(false)
+    }
+
+    /// Every recorded image and how much of it is here.
+    pub fn list(&self) -> Result<Vec<StoredImage>, ImageError> {
+        Ok(self
+            .refs()
+            .load()?
+            .into_iter()
+            .map(|record| {
+                let mut complete = true;
+                let mut stored_bytes = 0;
+                for b in &record.blobs {
+                    match Digest::parse(&b.digest).and_then(|d| self.blobs.size(&d)) {
+                        Some(n) => stored_bytes += n,
+                        None => complete = false,
+                    }
+                }
+                let unpacked =
+                    Digest::parse(&record.manifest).is_some_and(|d| self.is_unpacked(&d));
+                StoredImage {
+                    record,
+                    complete,
+                    stored_bytes,
+                    unpacked,
+                }
+            })
+            .collect())
     }
 
     pub(crate) fn ensure_rootfs_with(
@@ -85,25 +304,9 @@ impl ImageStore {
             Err(e) => return Err(ImageError::io(&dir, "creating", e)),
         }
 
-        let lock_path = dir.join(format!(".lock-{}", digest.hex()));
-        let lock_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| ImageError::io(&lock_path, "opening lock", e))?;
         // The lock is released when `_lock` drops (or the process dies), which is what makes
-        // any temporary directory found while holding it stale. The lock file itself stays:
-        // deleting it would let a waiter lock an unlinked inode while a newcomer locks a new one.
-        let _lock = Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, e)| {
-            ImageError::io(
-                &lock_path,
-                "locking",
-                io::Error::from_raw_os_error(e as i32),
-            )
-        })?;
+        // any temporary directory found while holding it stale.
+        let _lock = lock::lock(&self.rootfs_lock_path(&digest))?;
 
         // Someone else may have finished while we waited.
         if is_cached(&target)? {
@@ -116,10 +319,18 @@ impl ImageStore {
             .mode(0o700)
             .create(&tmp)
             .map_err(|e| ImageError::io(&tmp, "creating", e))?;
-        let built = unpack_image(source, &img.layers, &tmp, preserve_ownership)
-            .and_then(|()| publish(&tmp, &target, &dir));
+        self.begin_progress(img, source);
+        let built = unpack_image(
+            source,
+            &img.layers,
+            &tmp,
+            preserve_ownership,
+            self.progress.as_ref(),
+        )
+        .and_then(|()| publish(&tmp, &target, &dir));
+        self.progress.end();
         if let Err(e) = built {
-            if let Err(rm) = fs::remove_dir_all(&tmp) {
+            if let Err(rm) = remove_tree(&tmp) {
                 tracing::warn!(path = %tmp.display(), "removing failed unpack: {rm}");
             }
             return Err(e);
@@ -127,6 +338,32 @@ impl ImageStore {
         tracing::info!(image = %img.reference, source = %source.describe(), rootfs = %target.display(), "unpacked image");
         Ok(target)
     }
+}
+
+/// Removes a directory tree, making directories writable first if that is what stops it
+/// (an unpacked image has read-only directories; root does not care, other users do).
+pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            make_dirs_writable(path)?;
+            fs::remove_dir_all(path)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn make_dirs_writable(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let m = fs::symlink_metadata(path)?;
+    if m.is_dir() {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
+        for e in fs::read_dir(path)? {
+            make_dirs_writable(&e?.path())?;
+        }
+    }
+    Ok(())
 }
 
 fn is_cached(target: &Path) -> Result<bool, ImageError> {
@@ -155,8 +392,7 @@ fn remove_stale_tmp(dir: &Path, hex: &str) -> Result<(), ImageError> {
         if entry.file_name().to_string_lossy().starts_with(&prefix) {
             let path = entry.path();
             tracing::info!(path = %path.display(), "removing leftover of an interrupted unpack");
-            fs::remove_dir_all(&path)
-                .map_err(|e| ImageError::io(&path, "removing stale unpack", e))?;
+            remove_tree(&path).map_err(|e| ImageError::io(&path, "removing stale unpack", e))?;
         }
     }
     Ok(())
@@ -176,19 +412,75 @@ fn publish(tmp: &Path, target: &Path, dir: &Path) -> Result<(), ImageError> {
         .map_err(|e| ImageError::io(dir, "syncing", e))
 }
 
-/// Unpacks `layers` in order into the empty directory `dest`.
+/// Unpacks `layers` in order into the empty directory `dest`. For remote sources, up to
+/// [`PARALLEL_DOWNLOADS`] layers download into the store while earlier ones are applied.
 pub(crate) fn unpack_image(
     source: &dyn Source,
     layers: &[Layer],
     dest: &Path,
     preserve_ownership: bool,
+    progress: &dyn Progress,
 ) -> Result<(), ImageError> {
     let mut unpacker = Unpacker::new(dest, preserve_ownership);
     unpacker.init_root()?;
-    for layer in layers {
-        unpack_layer(&mut unpacker, source, layer)?;
+    let n = layers.len();
+    if !source.is_remote() || n == 0 {
+        for (i, layer) in layers.iter().enumerate() {
+            progress.unpacking(i, n);
+            unpack_layer(&mut unpacker, source, layer)?;
+        }
+        return Ok(());
     }
-    Ok(())
+    let done: Mutex<Vec<Option<Result<(), ImageError>>>> =
+        Mutex::new((0..n).map(|_| None).collect());
+    let ready = Condvar::new();
+    let next = AtomicUsize::new(0);
+    let cancel = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..PARALLEL_DOWNLOADS.min(n) {
+            s.spawn(|| loop {
+                if cancel.load(Ordering::Relaxed) {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let r = source.prefetch(&layers[i].digest, layers[i].size);
+                let failed = r.is_err();
+                if let Ok(mut d) = done.lock() {
+                    d[i] = Some(r);
+                }
+                ready.notify_all();
+                if failed {
+                    break;
+                }
+            });
+        }
+        let result = (|| {
+            for (i, layer) in layers.iter().enumerate() {
+                let fetched = {
+                    let mut d = done.lock().expect("download state lock poisoned");
+                    loop {
+                        if let Some(r) = d[i].take() {
+                            break r;
+                        }
+                        d = ready.wait(d).expect("download state lock poisoned");
+                    }
+                };
+                fetched?;
+                progress.unpacking(i, n);
+                unpack_layer(&mut unpacker, source, layer)?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            cancel.store(true, Ordering::Relaxed);
+            // Workers that stopped on an error leave later layers unclaimed: nobody waits
+            // for them any more.
+        }
+        result
+    })
 }
 
 /// Streams one layer blob through digest verification, decompression and diff_id hashing
@@ -199,7 +491,7 @@ fn unpack_layer(
     source: &dyn Source,
     layer: &Layer,
 ) -> Result<(), ImageError> {
-    let blob = source.open_blob(&layer.digest)?;
+    let blob = source.open_blob(&layer.digest, layer.size)?;
     let origin = blob.origin.clone();
     let mut verifier = VerifyingReader::new(
         BufReader::with_capacity(LAYER_READ_BUFFER, blob.reader),
@@ -226,10 +518,18 @@ fn apply_stream<R: Read>(
     blob: R,
     origin: &str,
 ) -> Result<Digest, ImageError> {
-    let tar: Box<dyn Read + '_> = match layer.compression {
-        Compression::None => Box::new(blob),
-        Compression::Gzip => Box::new(MultiGzDecoder::new(blob)),
-    };
+    let tar: Box<dyn Read + '_> =
+        match layer.compression {
+            Compression::None => Box::new(blob),
+            Compression::Gzip => Box::new(MultiGzDecoder::new(blob)),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(blob).map_err(|e| {
+                ImageError::BlobRead {
+                    digest: layer.digest.to_string(),
+                    origin: origin.to_string(),
+                    cause: e,
+                }
+            })?),
+        };
     let mut hashing = HashingReader::new(tar);
     unpacker.apply_layer(&layer.digest.to_string(), &mut hashing)?;
     hashing

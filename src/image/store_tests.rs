@@ -54,8 +54,11 @@ impl Fixture {
     }
 
     fn ensure(&self, img: &ResolvedImage) -> Result<std::path::PathBuf, ImageError> {
-        self.store
-            .ensure_rootfs_with(img, self.store.source(&img.reference).as_ref(), is_root())
+        self.store.ensure_rootfs_with(
+            img,
+            self.store.source(&img.reference).unwrap().as_ref(),
+            is_root(),
+        )
     }
 
     /// Names in `<store>/rootfs`, excluding lock files.
@@ -270,19 +273,52 @@ fn not_a_layout() {
 fn unsupported_layer_media_type_is_named() {
     let mut f = fixture(&two_layers());
     let mut manifest = f.layout.manifest.clone();
-    manifest["layers"][1]["mediaType"] = json!("application/vnd.oci.image.layer.v1.tar+zstd");
+    manifest["layers"][1]["mediaType"] = json!("application/vnd.oci.image.layer.v1.tar+bzip2");
     f.layout.set_manifest(manifest);
     let err = f.resolve().unwrap_err();
     assert!(matches!(err, ImageError::UnsupportedMediaType { .. }));
     let msg = err.to_string();
     assert!(
-        msg.contains("application/vnd.oci.image.layer.v1.tar+zstd") && msg.contains("zstd"),
+        msg.contains("application/vnd.oci.image.layer.v1.tar+bzip2") && msg.contains("zstd"),
         "{msg}"
     );
     assert!(
         msg.contains(&f.layout.layer_digests[1].to_string()),
         "{msg}"
     );
+}
+
+#[test]
+fn zstd_layers_unpack_like_gzip_ones() {
+    let layers = two_layers();
+    let zstd: Vec<_> = layers
+        .iter()
+        .map(|(tar, _)| (tar.clone(), Compression::Zstd))
+        .collect();
+    let f = fixture(&zstd);
+    let img = f.resolve().unwrap();
+    assert!(img
+        .layers
+        .iter()
+        .all(|l| l.compression == Compression::Zstd));
+    let rootfs = f.ensure(&img).unwrap();
+    assert_eq!(fs::read_to_string(rootfs.join("etc/new")).unwrap(), "new");
+    assert!(!rootfs.join("etc/old").exists());
+    assert!(rootfs.join("bin/app2").exists());
+
+    // A zstd layer whose bytes are corrupt fails on its digest.
+    let path = f.layout.blob_path(&f.layout.layer_digests[0]);
+    let mut data = fs::read(&path).unwrap();
+    let i = data.len() / 2;
+    data[i] ^= 0xff;
+    fs::write(&path, &data).unwrap();
+    let g = fixture(&zstd);
+    fs::write(g.layout.blob_path(&g.layout.layer_digests[0]), &data).unwrap();
+    let img = g.resolve().unwrap();
+    assert!(matches!(
+        g.ensure(&img),
+        Err(ImageError::DigestMismatch { .. })
+    ));
 }
 
 #[test]

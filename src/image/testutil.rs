@@ -164,6 +164,10 @@ impl TestLayout {
             let (blob, media_type) = match compression {
                 Compression::None => (tar.clone(), "application/vnd.oci.image.layer.v1.tar"),
                 Compression::Gzip => (gzip(tar), "application/vnd.oci.image.layer.v1.tar+gzip"),
+                Compression::Zstd => (
+                    zstd::encode_all(&tar[..], 3).unwrap(),
+                    "application/vnd.oci.image.layer.v1.tar+zstd",
+                ),
             };
             let digest = write_blob(dir, &blob);
             descs.push(

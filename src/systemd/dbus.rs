@@ -31,6 +31,8 @@ trait Manager {
 
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
 
+    fn reload_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+
     #[allow(clippy::type_complexity)]
     fn list_units_by_patterns(
         &self,
@@ -258,6 +260,12 @@ fn variant_u32(m: &HashMap<String, OwnedVariant>, k: &str) -> u32 {
         .unwrap_or(0)
 }
 
+fn variant_i32(m: &HashMap<String, OwnedVariant>, k: &str) -> i32 {
+    m.get(k)
+        .and_then(|v| i32::try_from(v.try_clone().ok()?).ok())
+        .unwrap_or(0)
+}
+
 fn variant_u64(m: &HashMap<String, OwnedVariant>, k: &str) -> u64 {
     m.get(k)
         .and_then(|v| u64::try_from(v.try_clone().ok()?).ok())
@@ -313,6 +321,8 @@ impl Systemd for DbusSystemd {
                     main_pid: variant_u32(&p, "MainPID"),
                     n_restarts: variant_u32(&p, "NRestarts"),
                     main_start_usec: variant_u64(&p, "ExecMainStartTimestamp"),
+                    exec_main_code: variant_i32(&p, "ExecMainCode"),
+                    exec_main_status: variant_i32(&p, "ExecMainStatus"),
                     fields: extra_fields(&p),
                 });
             }
@@ -344,6 +354,21 @@ impl Systemd for DbusSystemd {
                     .map_err(|e| call_err("StartTransientUnit", name, e))
             }
         }))
+    }
+
+    fn reload_unit(&self, name: &str, timeout: Duration) -> Result<JobOutcome, SystemdError> {
+        let names = [name.to_string()];
+        let mut out = zbus::block_on(self.run_jobs(&names, timeout, |m, name| async move {
+            m.reload_unit(name, "replace")
+                .await
+                .map(Some)
+                .map_err(|e| call_err("ReloadUnit", name, e))
+        }))?;
+        out.pop().ok_or_else(|| SystemdError::Call {
+            call: "ReloadUnit",
+            unit: name.to_string(),
+            message: "no job outcome".into(),
+        })
     }
 
     fn stop_units(

@@ -86,6 +86,8 @@ impl Systemd for FakeSystemd {
                     main_pid: 4242,
                     n_restarts: 0,
                     main_start_usec: 1,
+                    exec_main_code: 0,
+                    exec_main_status: 0,
                     fields,
                 },
             );
@@ -95,6 +97,14 @@ impl Systemd for FakeSystemd {
             });
         }
         Ok(out)
+    }
+
+    fn reload_unit(&self, name: &str, _timeout: Duration) -> Result<JobOutcome, SystemdError> {
+        self.calls.borrow_mut().push(format!("reload {name}"));
+        Ok(JobOutcome {
+            unit: name.to_string(),
+            result: "done".into(),
+        })
     }
 
     fn stop_units(

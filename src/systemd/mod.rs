@@ -34,11 +34,29 @@ pub struct UnitInfo {
     pub n_restarts: u32,
     /// Microseconds since the epoch when the main process started, 0 if never.
     pub main_start_usec: u64,
+    /// How the last main process ended: `ExecMainCode` (CLD_EXITED=1, CLD_KILLED=2, ...)
+    /// and `ExecMainStatus` (exit status or signal number).
+    pub exec_main_code: i32,
+    pub exec_main_status: i32,
     /// `SHIM_*` fields from LogExtraFields: what service/process/revision/instance/port it is.
     pub fields: BTreeMap<String, String>,
 }
 
 impl UnitInfo {
+    /// How the last main process ended, for error messages.
+    pub fn last_exit(&self) -> Option<String> {
+        match self.exec_main_code {
+            1 => Some(format!("exited with status {}", self.exec_main_status)),
+            2 | 3 => Some(format!(
+                "killed by signal {}",
+                nix::sys::signal::Signal::try_from(self.exec_main_status)
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_else(|_| self.exec_main_status.to_string())
+            )),
+            _ => None,
+        }
+    }
+
     pub fn field(&self, k: &str) -> Option<&str> {
         self.fields.get(k).map(|s| s.as_str())
     }
@@ -84,6 +102,8 @@ pub trait Systemd {
         units: &[UnitSpec],
         timeout: Duration,
     ) -> Result<Vec<JobOutcome>, SystemdError>;
+    /// Reloads a unit (e.g. nginx) and waits for the job.
+    fn reload_unit(&self, name: &str, timeout: Duration) -> Result<JobOutcome, SystemdError>;
     /// Stops units and waits for the stop jobs. Units that do not exist count as stopped.
     fn stop_units(
         &self,

@@ -30,7 +30,7 @@ pub fn in_sandbox() -> bool {
 
 macro_rules! require_sandbox {
     () => {
-        if !common::in_sandbox() {
+        if !crate::common::in_sandbox() {
             return;
         }
     };
@@ -74,20 +74,27 @@ pub fn shim_ok(config: &Path, args: &[&str]) -> String {
     stdout(&o)
 }
 
-/// The test app image: an OCI layout with tags `rev1`, `rev2` (built once per test run with
+/// The test app image: an OCI layout with tags `rev1`, `rev2`, `revbad`, `revcrash` (built once per test run with
 /// umoci, by tests/sandbox/build-test-image.sh).
 pub fn image_layout() -> &'static Path {
     static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
     LAYOUT.get_or_init(|| {
         let dir = PathBuf::from("/var/lib/shim-test/images/testapp");
         let script = repo_root().join("tests/sandbox/build-test-image.sh");
-        for (tag, rev) in [("rev1", "rev1"), ("rev2", "rev2")] {
+        // revbad: health always fails; revcrash: exits 3 at boot, before listening.
+        for (tag, env) in [
+            ("rev1", ""),
+            ("rev2", ""),
+            ("revbad", "APP_HEALTH_FAIL=1"),
+            ("revcrash", "APP_CRASH_AFTER_MS=50 APP_BOOT_DELAY_MS=500"),
+        ] {
             let o = run(Command::new("bash")
                 .arg(&script)
                 .arg(&dir)
                 .arg(tag)
-                .arg(rev)
-                .arg(TESTAPP));
+                .arg(tag)
+                .arg(TESTAPP)
+                .env("IMAGE_ENV", env));
             assert!(
                 o.status.success(),
                 "building test image: {}\n{}",

@@ -3,6 +3,8 @@
 //! `common::in_sandbox`.
 
 mod common;
+mod registry;
+mod upgrade;
 
 use std::process::Command;
 use std::time::Duration;

@@ -123,6 +123,10 @@ echo testapp >"$ROOTFS/etc/hostname"
 chmod 0644 "$ROOTFS"/etc/{passwd,group,hosts,resolv.conf,hostname}
 
 # --- image ------------------------------------------------------------------
+# IMAGE_ENV="K=V K2=V2" adds variables to the image config (e.g. APP_HEALTH_FAIL=1 for a
+# revision whose health check fails).
+extra_env=()
+for kv in ${IMAGE_ENV:-}; do extra_env+=(--config.env "$kv"); done
 umoci repack --image "$LAYOUT:$TAG" "$BUNDLE"
 umoci config --image "$LAYOUT:$TAG" \
   --config.entrypoint /app/testapp \
@@ -130,6 +134,7 @@ umoci config --image "$LAYOUT:$TAG" \
   --config.workingdir /app \
   --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   --config.env "APP_REVISION=$REVISION" \
+  "${extra_env[@]}" \
   --config.exposedports 8080/tcp \
   --config.label "org.opencontainers.image.revision=$REVISION" \
   --history.created_by "build-test-image.sh $TAG $REVISION"

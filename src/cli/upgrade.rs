@@ -1,0 +1,108 @@
+//! `shim upgrade` and `shim rollback`: the deploy hook's commands. See `upgrade.rs` for the
+//! steps and their failure handling.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::deploy::Dirs;
+use crate::error::BadInput;
+use crate::state::StateStore;
+use crate::upgrade::{converge, Options};
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    crate::config::parse_duration(s)
+}
+
+/// Switch a service to a revision with no dropped requests: start the new instances, wait
+/// until they are healthy, point nginx at them, drain and stop the old ones. Also the first
+/// deploy of a service. If anything fails, the old revision keeps serving.
+///
+/// Example: shim upgrade --id billing_app --revision 279d9035886d4c0427549863c4c2101e4a63e041
+#[derive(Args, Debug)]
+pub struct UpgradeArgs {
+    /// Service id.
+    #[arg(long)]
+    pub id: String,
+    /// The revision to deploy (fills {revision} in the image reference).
+    #[arg(long)]
+    pub revision: String,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CommonArgs {
+    /// Print the plan and stop; nothing is changed.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Time for new instances to become healthy (default: each process's health.start_period).
+    #[arg(long, value_parser = parse_duration_arg)]
+    pub timeout: Option<Duration>,
+    /// How long to wait for another shim command working on the same service.
+    #[arg(long, value_parser = parse_duration_arg, default_value = "5min")]
+    pub lock_timeout: Duration,
+    /// One JSON object per step (for CI logs).
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl CommonArgs {
+    pub fn options(&self, verb: &'static str) -> Options {
+        Options {
+            dry_run: self.dry_run,
+            timeout: self.timeout,
+            lock_timeout: self.lock_timeout,
+            json: self.json,
+            refuse_other_revision: false,
+            verb,
+        }
+    }
+}
+
+/// Go back to the previous revision, through the same health-gated flow as upgrade.
+///
+/// Example: shim rollback --id billing_app
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    /// Service id.
+    #[arg(long)]
+    pub id: String,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+pub fn run_upgrade(config: &Path, args: UpgradeArgs) -> Result<()> {
+    let defs = crate::config::load(config)?;
+    converge(
+        &defs,
+        &args.id,
+        &args.revision,
+        &Dirs::from_env(),
+        &args.common.options("upgrade"),
+    )
+}
+
+pub fn run_rollback(config: &Path, args: RollbackArgs) -> Result<()> {
+    let defs = crate::config::load(config)?;
+    defs.service(&args.id)?;
+    let dirs = Dirs::from_env();
+    let st = StateStore::new(&dirs.state).load(&args.id)?;
+    let Some(previous) = st.previous else {
+        return Err(BadInput(format!(
+            "service {} has no previous revision to roll back to (current: {})",
+            args.id,
+            st.current.as_deref().unwrap_or("none")
+        ))
+        .into());
+    };
+    converge(
+        &defs,
+        &args.id,
+        &previous,
+        &dirs,
+        &args.common.options("rollback"),
+    )
+}

@@ -1,0 +1,380 @@
+//! Removing images: `shim image rm` (one reference) and `shim image prune` (everything no
+//! service needs). What is kept is decided by pure functions over the records
+//! ([`plan_prune`]) and the mounts of running instances ([`InUse::from_mountinfo`]); the
+//! removal itself then takes each object's lock without waiting (an object being downloaded
+//! or unpacked right now is skipped, not waited for) and deletes it.
+//!
+//! Races with a concurrent pull are closed by holding the records' lock for the whole prune
+//! (a pull records its image before downloading layers, so it waits until the prune is
+//! over), and by a grace period: blobs, rootfs directories and records younger than it are
+//! kept, which covers a `shim start` between unpacking and mounting.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::lock;
+use super::refs::{now_secs, RefRecord};
+use super::resolve::{self, Platform};
+use super::store::remove_tree;
+use super::{Digest, ImageError, ImageRef, ImageStore};
+
+/// Rootfs directories that running instances have mounted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InUse {
+    pub rootfs: BTreeSet<Digest>,
+}
+
+impl InUse {
+    /// Every `<rootfs_dir>/<64 hex>` mentioned in a mount table (an instance's overlay has
+    /// it as `lowerdir=`). Matching anywhere on the line is deliberately broad: a false
+    /// positive keeps a directory, a false negative would pull it from under a container.
+    pub fn from_mountinfo(text: &str, rootfs_dir: &Path) -> InUse {
+        let prefix = format!(
+            "{}/",
+            rootfs_dir.display().to_string().trim_end_matches('/')
+        );
+        let mut rootfs = BTreeSet::new();
+        for line in text.lines() {
+            let mut rest = line;
+            while let Some(i) = rest.find(&prefix) {
+                rest = &rest[i + prefix.len()..];
+                let hex: String = rest.chars().take(64).collect();
+                if let Some(d) = Digest::parse(&format!("sha256:{hex}")) {
+                    rootfs.insert(d);
+                }
+            }
+        }
+        InUse { rootfs }
+    }
+
+    /// The mounts of this host (this process's mount namespace, which is systemd's).
+    pub fn current(store: &ImageStore) -> Result<InUse, ImageError> {
+        let path = Path::new("/proc/self/mountinfo");
+        let text = fs::read_to_string(path).map_err(|e| ImageError::io(path, "reading", e))?;
+        Ok(InUse::from_mountinfo(&text, &store.rootfs_dir()))
+    }
+}
+
+/// What `rm` did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RemoveReport {
+    pub reference: String,
+    pub blobs_removed: usize,
+    pub bytes_freed: u64,
+    pub rootfs_removed: bool,
+    /// Why the rootfs stayed, when it did and existed.
+    pub rootfs_kept: Option<String>,
+}
+
+/// What `prune` did (or would do, in a dry run).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PruneReport {
+    pub records_removed: Vec<String>,
+    pub records_kept: Vec<String>,
+    pub blobs_removed: usize,
+    pub rootfs_removed: Vec<String>,
+    pub rootfs_in_use: Vec<String>,
+    pub bytes_freed: u64,
+    /// Kept references with no record: their blobs cannot be identified.
+    pub unrecorded: Vec<String>,
+    pub partials_removed: usize,
+}
+
+/// The decision of a prune over the records.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct PrunePlan {
+    pub keep_records: BTreeSet<String>,
+    pub keep_blobs: BTreeSet<String>,
+    pub keep_rootfs: BTreeSet<String>,
+    pub drop_records: BTreeSet<String>,
+}
+
+/// Keeps the records of `keep` (references as displayed) and those resolved less than
+/// `grace` ago, with their blobs and rootfs; everything else is dropped.
+pub(crate) fn plan_prune(
+    records: &[RefRecord],
+    keep: &BTreeSet<String>,
+    now: u64,
+    grace: Duration,
+) -> PrunePlan {
+    let mut plan = PrunePlan::default();
+    for r in records {
+        let recent = now.saturating_sub(r.resolved_at) < grace.as_secs();
+        if keep.contains(&r.reference) || recent {
+            plan.keep_records.insert(r.reference.clone());
+            plan.keep_rootfs.insert(r.manifest.clone());
+            plan.keep_blobs
+                .extend(r.blobs.iter().map(|b| b.digest.clone()));
+        } else {
+            plan.drop_records.insert(r.reference.clone());
+        }
+    }
+    plan
+}
+
+/// Whether a file changed (was written or renamed) less than `grace` ago.
+fn is_recent(path: &Path, grace: Duration) -> bool {
+    if grace.is_zero() {
+        return false;
+    }
+    fs::symlink_metadata(path).is_ok_and(|m| {
+        let now = now_secs() as i64;
+        now.saturating_sub(m.ctime()) < grace.as_secs() as i64
+    })
+}
+
+impl ImageStore {
+    /// The unpacked rootfs directories, by manifest digest.
+    fn list_rootfs(&self) -> Result<Vec<Digest>, ImageError> {
+        let dir = self.rootfs_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(ImageError::io(&dir, "listing", e)),
+        };
+        let mut out = Vec::new();
+        for e in entries {
+            let e = e.map_err(|e| ImageError::io(&dir, "listing", e))?;
+            if let Some(d) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| Digest::parse(&format!("sha256:{n}")))
+            {
+                out.push(d);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes one rootfs unless it is being unpacked. Returns whether it was.
+    fn remove_rootfs(&self, d: &Digest) -> Result<bool, ImageError> {
+        let Some(l) = lock::try_lock(&self.rootfs_lock_path(d))? else {
+            return Ok(false);
+        };
+        let path = self.rootfs_path(d);
+        // Out of the way first, so that nobody sees a half-deleted tree as the cache.
+        let doomed = self
+            .rootfs_dir()
+            .join(format!(".tmp-{}-rm{}", d.hex(), std::process::id()));
+        match fs::rename(&path, &doomed) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(ImageError::io(&path, "moving aside for removal", e)),
+        }
+        remove_tree(&doomed).map_err(|e| ImageError::io(&doomed, "removing", e))?;
+        drop(l);
+        Ok(true)
+    }
+
+    /// Removes a blob if nobody is downloading it; returns the bytes freed.
+    fn remove_blob(&self, d: &Digest) -> Result<Option<u64>, ImageError> {
+        let size = self.blobs.size(d).unwrap_or(0);
+        Ok(self.blobs.remove(d)?.then_some(size))
+    }
+
+    /// Forgets `r` and removes its blobs and rootfs, except what another recorded image
+    /// shares or a running instance has mounted.
+    pub fn remove(&self, r: &ImageRef, in_use: &InUse) -> Result<RemoveReport, ImageError> {
+        let name = r.to_string();
+        self.refs().update(|records| {
+            let Some(pos) = records.iter().position(|x| x.reference == name) else {
+                return Err(ImageError::NotRecorded {
+                    reference: name.clone(),
+                    recorded: records.iter().map(|x| x.reference.clone()).collect(),
+                });
+            };
+            let gone = records.remove(pos);
+            let mut report = RemoveReport {
+                reference: name.clone(),
+                ..Default::default()
+            };
+            let shared: BTreeSet<&str> = records
+                .iter()
+                .flat_map(|x| x.blobs.iter().map(|b| b.digest.as_str()))
+                .collect();
+            for b in &gone.blobs {
+                if shared.contains(b.digest.as_str()) {
+                    continue;
+                }
+                if let Some(d) = Digest::parse(&b.digest) {
+                    if let Some(n) = self.remove_blob(&d)? {
+                        report.blobs_removed += 1;
+                        report.bytes_freed += n;
+                    }
+                }
+            }
+            if let Some(d) = Digest::parse(&gone.manifest) {
+                if self.is_unpacked(&d) {
+                    if in_use.rootfs.contains(&d) {
+                        report.rootfs_kept = Some("mounted by a running instance".into());
+                    } else if let Some(other) = records.iter().find(|x| x.manifest == gone.manifest)
+                    {
+                        report.rootfs_kept = Some(format!("also the image of {}", other.reference));
+                    } else {
+                        report.rootfs_removed = self.remove_rootfs(&d)?;
+                        if !report.rootfs_removed {
+                            report.rootfs_kept = Some("being unpacked right now".into());
+                        }
+                    }
+                }
+            }
+            Ok(report)
+        })
+    }
+
+    /// Removes every record, blob and rootfs not needed by `keep` (the current and previous
+    /// revisions of the services), by a running instance (`in_use`), or by anything younger
+    /// than `grace`. With `dry_run`, only reports.
+    pub fn prune(
+        &self,
+        keep: &[ImageRef],
+        in_use: &InUse,
+        grace: Duration,
+        dry_run: bool,
+    ) -> Result<PruneReport, ImageError> {
+        let keep_names: BTreeSet<String> = keep.iter().map(|r| r.to_string()).collect();
+        self.refs().update(|records| {
+            let mut report = PruneReport::default();
+            let plan = plan_prune(records, &keep_names, now_secs(), grace);
+            let mut keep_rootfs = plan.keep_rootfs.clone();
+            // Kept references never resolved on this host (or whose record was lost):
+            // layouts can be resolved locally to find their rootfs; others cannot.
+            for r in keep {
+                let name = r.to_string();
+                if records.iter().any(|x| x.reference == name) {
+                    continue;
+                }
+                let local = match r {
+                    ImageRef::OciLayout { .. } => self
+                        .source(r)
+                        .and_then(|s| resolve::resolve_chain(s.as_ref(), r, &Platform::host()))
+                        .ok(),
+                    _ => None,
+                };
+                match local {
+                    Some((img, _)) => {
+                        keep_rootfs.insert(img.manifest_digest);
+                    }
+                    None => report.unrecorded.push(name),
+                }
+            }
+            report.records_kept = plan.keep_records.iter().cloned().collect();
+            report.records_removed = plan.drop_records.iter().cloned().collect();
+
+            for (d, size) in self.blobs.list()? {
+                if plan.keep_blobs.contains(&d.to_string())
+                    || is_recent(&self.blobs.path(&d), grace)
+                {
+                    continue;
+                }
+                if dry_run {
+                    report.blobs_removed += 1;
+                    report.bytes_freed += size;
+                } else if let Some(n) = self.remove_blob(&d)? {
+                    report.blobs_removed += 1;
+                    report.bytes_freed += n;
+                }
+            }
+            for d in self.list_rootfs()? {
+                if keep_rootfs.contains(&d.to_string()) {
+                    continue;
+                }
+                if in_use.rootfs.contains(&d) {
+                    report.rootfs_in_use.push(d.to_string());
+                    continue;
+                }
+                if is_recent(&self.rootfs_path(&d), grace) {
+                    continue;
+                }
+                if dry_run || self.remove_rootfs(&d)? {
+                    report.rootfs_removed.push(d.to_string());
+                }
+            }
+            if !dry_run {
+                let keep_blob = |d: &Digest| plan.keep_blobs.contains(&d.to_string());
+                report.partials_removed = self.blobs.sweep(&keep_blob)?.len();
+                records.retain(|x| !plan.drop_records.contains(&x.reference));
+            }
+            Ok(report)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::refs::BlobRef;
+
+    const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    #[test]
+    fn mountinfo_in_use() {
+        let text = format!(
+            "36 35 98:0 / /mnt1 rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n\
+             412 29 0:51 / /run/shim/instances/app/shim-app-web-r1-1/rootfs rw,relatime - overlay overlay rw,lowerdir=/var/lib/shim/images/rootfs/{},upperdir=/run/shim/instances/app/shim-app-web-r1-1/upper,workdir=/run/shim/instances/app/shim-app-web-r1-1/work\n\
+             413 29 0:52 / /x rw - overlay overlay rw,lowerdir=/other/images/rootfs/{}\n\
+             414 29 0:53 / /y rw - overlay overlay rw,lowerdir=/var/lib/shim/images/rootfs/short:/var/lib/shim/images/rootfs/{}\n",
+            &A[7..],
+            &B[7..],
+            &B[7..],
+        );
+        let u = InUse::from_mountinfo(&text, Path::new("/var/lib/shim/images/rootfs"));
+        assert_eq!(
+            u.rootfs
+                .into_iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>(),
+            vec![A.to_string(), B.to_string()]
+        );
+        assert!(InUse::from_mountinfo("", Path::new("/r")).rootfs.is_empty());
+    }
+
+    fn rec(name: &str, manifest: &str, blobs: &[&str], at: u64) -> RefRecord {
+        RefRecord {
+            reference: name.into(),
+            manifest: manifest.into(),
+            top: manifest.into(),
+            top_media_type: String::new(),
+            blobs: blobs
+                .iter()
+                .map(|d| BlobRef {
+                    digest: d.to_string(),
+                    size: 1,
+                })
+                .collect(),
+            layers_size: 0,
+            resolved_at: at,
+        }
+    }
+
+    #[test]
+    fn prune_plan_keeps_deployed_and_recent() {
+        let records = [
+            rec("h/app:r1", "m1", &["m1", "c1", "l1", "shared"], 100),
+            rec("h/app:r2", "m2", &["m2", "c2", "l2", "shared"], 100),
+            rec("h/app:r3", "m3", &["m3", "c3", "l3"], 100),
+            rec("h/new:r1", "m4", &["m4", "l4"], 990),
+        ];
+        let keep: BTreeSet<String> = ["h/app:r2".to_string(), "h/gone:x".to_string()].into();
+        let plan = plan_prune(&records, &keep, 1000, Duration::from_secs(60));
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(plan.keep_records, set(&["h/app:r2", "h/new:r1"]));
+        assert_eq!(plan.drop_records, set(&["h/app:r1", "h/app:r3"]));
+        assert_eq!(plan.keep_rootfs, set(&["m2", "m4"]));
+        assert_eq!(
+            plan.keep_blobs,
+            set(&["m2", "c2", "l2", "shared", "m4", "l4"])
+        );
+        // Without grace, only what is kept explicitly stays.
+        let plan = plan_prune(&records, &keep, 1000, Duration::ZERO);
+        assert_eq!(plan.keep_records, set(&["h/app:r2"]));
+    }
+}
