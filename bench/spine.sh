@@ -13,13 +13,14 @@ N="${1:-20}"
 bash tests/install-deps.sh
 command -v podman >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends podman conmon >/dev/null; }
 cargo build --release --bins --quiet
+T="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release"
 SB="bash tests/sandbox/sandbox.sh"
 trap '$SB down --name bench >/dev/null 2>&1 || true' EXIT
 $SB down --name bench >/dev/null 2>&1 || true
 $SB up --name bench >/dev/null
-$SB exec --name bench -- env N="$N" bash -euo pipefail -c '
-SHIM=$PWD/target/release/shim
-bash tests/sandbox/build-test-image.sh /var/lib/bench/img rev1 rev1 target/release/shim-testapp >/dev/null
+$SB exec --name bench -- env N="$N" T="$T" bash -euo pipefail -c '
+SHIM=$T/shim
+bash tests/sandbox/build-test-image.sh /var/lib/bench/img rev1 rev1 $T/shim-testapp >/dev/null
 mkdir -p /tmp/bcfg
 cat > /tmp/bcfg/services.toml <<TOML
 [services.bench]

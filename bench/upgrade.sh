@@ -12,13 +12,14 @@ N="${1:-10}"
 bash tests/install-deps.sh
 command -v podman >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends podman conmon >/dev/null; }
 cargo build --release --bins --quiet
+T="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release"
 SB="bash tests/sandbox/sandbox.sh"
 trap '$SB down --name benchup >/dev/null 2>&1 || true' EXIT
 $SB down --name benchup >/dev/null 2>&1 || true
 $SB up --name benchup >/dev/null
-$SB exec --name benchup -- env N="$N" bash -euo pipefail -c '
-SHIM=$PWD/target/release/shim
-for t in rev1 rev2; do bash tests/sandbox/build-test-image.sh /var/lib/bench/img $t $t target/release/shim-testapp >/dev/null; done
+$SB exec --name benchup -- env N="$N" T="$T" bash -euo pipefail -c '
+SHIM=$T/shim
+for t in rev1 rev2; do bash tests/sandbox/build-test-image.sh /var/lib/bench/img $t $t $T/shim-testapp >/dev/null; done
 systemctl start nginx
 mkdir -p /tmp/ucfg
 cat > /tmp/ucfg/services.toml <<TOML

@@ -43,6 +43,14 @@ impl Dirs {
     pub fn instances(&self, service: &str) -> PathBuf {
         self.run.join("instances").join(service)
     }
+    /// podman's store for shim's containers (`runtime = "podman"`): graph root under the state
+    /// directory, run root on /run's tmpfs (see docs/podman.md).
+    pub fn podman(&self) -> plan::PodmanStorage {
+        plan::PodmanStorage {
+            root: self.state.join("podman"),
+            runroot: self.run.join("podman"),
+        }
+    }
 }
 
 /// Everything a plan of one service at one revision needs, gathered before anything changes.
@@ -61,6 +69,8 @@ pub struct Prepared {
     pub host_files: Vec<PathBuf>,
     pub port_range: (u16, u16),
     pub restrict_devices: bool,
+    pub restart: plan::RestartPolicy,
+    pub podman: plan::PodmanStorage,
 }
 
 /// Parses an env file: `KEY=VALUE` lines, `#` comments, blank lines, optional `export `,
@@ -171,13 +181,24 @@ fn has_cap_sys_resource() -> bool {
 /// The path of the running shim binary, for the units' ExecStartPre/ExecStopPost. If the
 /// package was upgraded while this command runs, /proc/self/exe says "… (deleted)": the new
 /// binary at the same path is the one units should run.
-fn shim_binary() -> Result<PathBuf> {
+pub fn shim_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("finding the shim binary")?;
     let text = exe.to_string_lossy();
     Ok(match text.strip_suffix(" (deleted)") {
         Some(p) => PathBuf::from(p),
         None => exe,
     })
+}
+
+/// How systemd should space out restarts here: asks the manager for its version over D-Bus.
+/// Where there is no systemd to ask (`shim show` on a build machine), the policy that works
+/// everywhere.
+pub fn restart_policy(max_delay: Duration) -> plan::RestartPolicy {
+    let major = crate::systemd::DbusSystemd::connect()
+        .and_then(|sd| crate::systemd::Systemd::version(&sd))
+        .ok()
+        .and_then(|v| crate::systemd::parse_major_version(&v));
+    plan::RestartPolicy::for_version(major, max_delay)
 }
 
 /// Gathers the host facts for `id` at `revision`. With `unpack` false (dry run) nothing is
@@ -202,7 +223,8 @@ pub fn prepare(
     })?;
     let secrets = read_secrets(&svc)?;
     let runtime_bin = crate::runtime::runtime_binary(svc.runtime)?;
-    let store = ImageStore::new(dirs.images());
+    let store = ImageStore::with_settings(dirs.images(), defs.settings.registry())
+        .with_progress(crate::image::progress::auto());
     let image = store
         .resolve(&image_ref)
         .with_context(|| format!("resolving image {reference}"))?;
@@ -235,6 +257,8 @@ pub fn prepare(
         host_files,
         port_range: defs.settings.port_range,
         restrict_devices: svc.runtime != crate::config::Runtime::Crun || has_cap_sys_resource(),
+        restart: restart_policy(defs.settings.restart_max_delay),
+        podman: dirs.podman(),
         service: svc,
     })
 }
@@ -254,6 +278,8 @@ impl Prepared {
             instances_dir: &self.instances_dir,
             host_files: &self.host_files,
             restrict_devices: self.restrict_devices,
+            restart: self.restart,
+            podman: &self.podman,
         }
     }
 
@@ -351,8 +377,9 @@ fn write_bundle(p: &InstancePlan) -> Result<()> {
         .mode(0o700)
         .create(&p.dir)
         .with_context(|| format!("creating {}", p.dir.display()))?;
-    let json = plan::render_config(&p.config);
-    crate::state::write_atomic(&plan::InstanceDir(&p.dir).config(), json.as_bytes(), 0o600)
+    // config.json (runc/crun) or the env file (podman): both hold the secrets.
+    let (path, text) = p.render_files().map_err(|m| anyhow!(BadInput(m)))?;
+    crate::state::write_atomic(&path, text.as_bytes(), 0o600)
 }
 
 /// Removes instance directories of `prepared`'s service that no unit uses any more.
@@ -535,6 +562,8 @@ mod tests {
             host_files: vec![],
             port_range: defs.settings.port_range,
             restrict_devices: true,
+            restart: plan::RestartPolicy::StartLimit,
+            podman: dirs.podman(),
         }
     }
 

@@ -7,8 +7,13 @@ use std::io::{Seek, Write};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use nix::fcntl::{Flock, FlockArg};
+
+/// Another command holds the lock.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Busy(String);
 
 #[derive(Debug)]
 pub struct ServiceLock(#[allow(dead_code)] Flock<std::fs::File>);
@@ -27,6 +32,16 @@ fn holder_line() -> String {
 }
 
 impl ServiceLock {
+    /// Takes the lock if nobody holds it; `None` if another shim command does (the probe
+    /// skips a run rather than wait for an upgrade).
+    pub fn try_acquire(run_dir: &Path, id: &str) -> Result<Option<ServiceLock>> {
+        match Self::acquire(run_dir, id, Duration::ZERO) {
+            Ok(l) => Ok(Some(l)),
+            Err(e) if e.downcast_ref::<Busy>().is_some() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Takes the lock, waiting up to `timeout` for another holder to finish.
     pub fn acquire(run_dir: &Path, id: &str, timeout: Duration) -> Result<ServiceLock> {
         let dir = run_dir.join("locks");
@@ -51,10 +66,11 @@ impl ServiceLock {
                 Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
                     if Instant::now() >= deadline {
                         let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                        bail!(
+                        return Err(Busy(format!(
                             "service {id} is locked by another shim command ({}); waited {timeout:?} (--lock-timeout)",
                             holder.trim()
-                        );
+                        ))
+                        .into());
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
@@ -81,6 +97,7 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("--lock-timeout"), "{msg}");
+        assert!(ServiceLock::try_acquire(t.path(), "app").unwrap().is_none());
         // Another service is independent.
         ServiceLock::acquire(t.path(), "other", Duration::ZERO).unwrap();
         drop(first);

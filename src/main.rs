@@ -15,6 +15,7 @@ mod plan;
 mod probe;
 mod runtime;
 mod state;
+mod supervise;
 mod systemd;
 mod upgrade;
 

@@ -1,8 +1,10 @@
 //! What is deployed, persisted under the state directory (`/var/lib/shim/state/<id>.json`):
 //! the current and previous revision of each service, and whether it was stopped on purpose.
 //! Written atomically (temp file, fsync, rename) so a crash leaves the old or the new record,
-//! never half of one. `shim reconcile` (at boot) reads it to bring services back.
+//! never half of one. `shim reconcile` (at boot) reads it to bring services back. It also
+//! says whether supervision is paused (`shim supervise pause`), which survives reboots.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -19,6 +21,19 @@ pub struct ServiceState {
     /// An upgrade in progress (or interrupted): which revision, and how far it got.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrading: Option<Attempt>,
+    /// `shim supervise pause --id`: the probe leaves the whole service alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+    /// `shim supervise pause --id --process`: the probe leaves these processes alone.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub paused_processes: BTreeSet<String>,
+}
+
+impl ServiceState {
+    /// Whether the probe must leave `process` alone.
+    pub fn is_paused(&self, process: &str) -> bool {
+        self.paused || self.paused_processes.contains(process)
+    }
 }
 
 /// How far an upgrade got; what the next one (or reconcile) must repair if it was killed.
@@ -108,7 +123,10 @@ mod tests {
                 revision: "c".into(),
                 phase: Phase::Switched,
             }),
+            paused: false,
+            paused_processes: ["web".to_string()].into(),
         };
+        assert!(st.is_paused("web") && !st.is_paused("worker"));
         s.save("a", &st).unwrap();
         assert_eq!(s.load("a").unwrap(), st);
         // No temp files are left behind.

@@ -2,8 +2,10 @@
 //! request, as an explicit sequence of steps, each timed and reported:
 //!
 //! ```text
-//! lock → fetch → recover → plan → [singletons] → start → health → switch → drain → stop-old → record
+//! lock → fetch → recover → plan → [singletons] → start → health → switch → drain → stop-old → record → probe
 //! ```
+//!
+//! The last step creates (or refreshes) the service's probe timer (see `supervise`).
 //!
 //! Nothing changes before `start`: the lock, the image, and the repair of an interrupted
 //! attempt come first. Until `switch` the old revision serves, so any failure there stops the
@@ -35,8 +37,14 @@ pub struct Options {
     pub json: bool,
     /// `shim start`: refuse instead of replacing a running revision.
     pub refuse_other_revision: bool,
-    /// What the command is called in messages ("upgrade", "start", "rollback").
+    /// What the command is called in messages ("upgrade", "start", "rollback", "reconcile").
     pub verb: &'static str,
+    /// The definitions the command read; the probe timer runs `shim --config` with it.
+    pub config: std::path::PathBuf,
+    /// `shim reconcile` of the current revision: instances that do not become healthy are
+    /// kept (there is nothing else to serve; systemd and the probe keep retrying them)
+    /// instead of being stopped, and the command fails at the end.
+    pub keep_unhealthy: bool,
 }
 
 /// One line per step: name, duration, details. JSON lines with `--json`.
@@ -216,10 +224,20 @@ fn wait_healthy(
     sd: &dyn Systemd,
     p: &Prepared,
     timeout_override: Option<Duration>,
+    started: &[String],
     details: &mut Vec<String>,
 ) -> Result<(), Vec<Unhealthy>> {
     let start = Instant::now();
     let mut healthy: BTreeSet<String> = BTreeSet::new();
+    // Instances that were running before this command may have been restarted long ago
+    // (a crash, a health kill): only restarts from now on count against them.
+    let baseline: BTreeMap<String, u32> = deploy::service_units(sd, p.service.id.as_str())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|u| !started.contains(&u.name))
+        .map(|u| (u.name, u.n_restarts))
+        .collect();
+    let restarted = |u: &UnitInfo| u.n_restarts > baseline.get(&u.name).copied().unwrap_or(0);
     let mut last: BTreeMap<String, String> = BTreeMap::new();
     loop {
         let units: Vec<UnitInfo> = deploy::service_units(sd, p.service.id.as_str())
@@ -243,7 +261,7 @@ fn wait_healthy(
                 continue;
             }
             let deadline = timeout_override.unwrap_or(h.start_period);
-            if u.n_restarts > 0 || u.active_state != "active" {
+            if restarted(u) || u.active_state != "active" {
                 failed.push(Unhealthy {
                     unit: u.name.clone(),
                     reason: u
@@ -292,7 +310,7 @@ fn wait_healthy(
             let restarted: Vec<Unhealthy> = now
                 .iter()
                 .filter(|u| healthy.contains(&u.name))
-                .filter(|u2| u2.n_restarts > 0 || u2.active_state != "active")
+                .filter(|u2| restarted(u2) || u2.active_state != "active")
                 .map(|u2| Unhealthy {
                     unit: u2.name.clone(),
                     reason: u2
@@ -335,6 +353,8 @@ fn switch(
                     u.field("SHIM_PORT")?.parse().ok()?,
                 ))
             })
+            // Instances beyond `count` are stopped right after the switch (scaled down).
+            .filter(|(i, _)| *i <= def.count)
             .collect();
         ports.sort();
         let ports: Vec<u16> = ports.into_iter().map(|(_, p)| p).collect();
@@ -429,6 +449,19 @@ pub fn converge(
     dirs: &Dirs,
     opts: &Options,
 ) -> Result<()> {
+    converge_locked(defs, id, revision, dirs, opts, None)
+}
+
+/// [`converge`] by a caller that may already hold the service's lock (reconcile takes it
+/// before it looks at the service, so that what it saw is still true when it acts).
+pub fn converge_locked(
+    defs: &Definitions,
+    id: &str,
+    revision: &str,
+    dirs: &Dirs,
+    opts: &Options,
+    lock: Option<ServiceLock>,
+) -> Result<()> {
     let rep = Reporter {
         json: opts.json,
         quiet_details: false,
@@ -437,12 +470,12 @@ pub fn converge(
     if !opts.json {
         println!("{} {id} to {revision}", opts.verb);
     }
-    let _lock = if opts.dry_run {
-        None
-    } else {
-        Some(rep.step("lock", |_| {
+    let _lock = match lock {
+        Some(l) => Some(l),
+        None if opts.dry_run => None,
+        None => Some(rep.step("lock", |_| {
             ServiceLock::acquire(&dirs.run, id, opts.lock_timeout)
-        })?)
+        })?),
     };
     let prepared = rep.step("fetch", |d| {
         let p = deploy::prepare(defs, id, revision, dirs, !opts.dry_run)?;
@@ -570,7 +603,7 @@ pub fn converge(
     };
 
     let health = rep.step("health", |d| {
-        wait_healthy(&sd, &prepared, opts.timeout, d).map_err(|failed| {
+        wait_healthy(&sd, &prepared, opts.timeout, &report.started, d).map_err(|failed| {
             let mut msg = format!(
                 "{} instance(s) of {revision} did not become healthy:",
                 failed.len()
@@ -588,13 +621,20 @@ pub fn converge(
             anyhow!(msg)
         })
     });
+    let mut unhealthy = None;
     if let Err(e) = health {
-        bail_out(&sd, &prepared, &report.started, &store, &mut st);
-        let serving = st.current.clone().unwrap_or_else(|| "nothing".into());
-        return Err(e.context(format!(
-            "{} of {id} to {revision} bailed out; {serving} is still serving",
-            opts.verb
-        )));
+        if opts.keep_unhealthy {
+            // Nothing else serves this revision: keep what runs, point nginx at it and let
+            // systemd and the probe retry until it is healthy.
+            unhealthy = Some(e);
+        } else {
+            bail_out(&sd, &prepared, &report.started, &store, &mut st);
+            let serving = st.current.clone().unwrap_or_else(|| "nothing".into());
+            return Err(e.context(format!(
+                "{} of {id} to {revision} bailed out; {serving} is still serving",
+                opts.verb
+            )));
+        }
     }
 
     if let Err(e) = rep.step("switch", |d| {
@@ -668,6 +708,31 @@ pub fn converge(
         ));
         Ok(())
     })?;
+    rep.step("probe", |d| {
+        let change = crate::supervise::ensure_probe_timer(
+            &sd,
+            &prepared.service,
+            &prepared.shim_exe,
+            &opts.config,
+            dirs,
+        )?;
+        let timer = crate::plan::probe::probe_timer_name(id);
+        let every =
+            crate::config::format_duration(crate::plan::probe::probe_interval(&prepared.service));
+        let what = match change {
+            crate::supervise::TimerChange::Unchanged => "unchanged",
+            crate::supervise::TimerChange::Created => "created",
+            crate::supervise::TimerChange::Replaced => "replaced",
+        };
+        d.push(format!("{timer} {what}: probe every {every}"));
+        Ok(())
+    })?;
+    if let Some(e) = unhealthy {
+        return Err(e.context(format!(
+            "{} of {id} to {revision}: instances kept running although not healthy yet; systemd and the probe keep retrying them",
+            opts.verb
+        )));
+    }
     if opts.json {
         println!(
             "{}",

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what shim's tests, demo and benchmarks need on a bare Debian 12 machine:
-# systemd/dbus (booted as PID 1 in the sandbox), the OCI runtimes, umoci/skopeo to build test
-# images, nginx, and small tools the tests use. Idempotent; quick when all is present.
+# systemd/dbus (booted as PID 1 in the sandbox), the OCI runtimes (runc, crun; podman with
+# conmon), umoci/skopeo to build test images, nginx, and small tools the tests use.
+# Idempotent; quick when all is present.
 set -euo pipefail
 PKGS=(systemd dbus runc crun umoci skopeo nginx-light busybox-static iproute2 curl jq procps util-linux
-  docker-registry apache2-utils)
+  docker-registry apache2-utils podman conmon)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

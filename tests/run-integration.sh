@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the integration test binary, boots a fresh systemd sandbox, runs the tests inside it
 # (real systemd as PID 1, D-Bus, journald, runc, crun), and always tears the sandbox down.
-# Extra arguments go to the test binary (e.g. a test name filter).
+# Extra arguments go to the test binary (e.g. a test name filter). Then, unless a filter
+# excludes it (run with no filter, or one starting with "supervise" or "reboot"), the reboot
+# scenario, which reboots a sandbox of its own and so runs from here (tests/reboot-test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NAME="${SHIM_SANDBOX_NAME:-it-$$}"
@@ -12,3 +14,20 @@ BIN=$(cargo test --locked --test integration --no-run --message-format=json 2>/d
 trap 'bash tests/sandbox/sandbox.sh down --name "$NAME" >/dev/null 2>&1 || true' EXIT
 bash tests/sandbox/sandbox.sh up --name "$NAME"
 bash tests/sandbox/sandbox.sh exec --name "$NAME" -- "$BIN" --test-threads=1 "$@"
+bash tests/sandbox/sandbox.sh down --name "$NAME" >/dev/null 2>&1 || true
+reboot=$(( $# == 0 ))
+for a in "$@"; do
+  case "$a" in supervise* | reboot*) reboot=1 ;; esac
+done
+if (( reboot )); then
+  bash tests/reboot-test.sh
+fi
+# The Debian package (tests/deb-test.sh: builds it with packaging/build-deb.sh, installs it in
+# a fresh sandbox of its own, deploys the packaged example): with no filter, or "deb".
+deb=$(( $# == 0 ))
+for a in "$@"; do
+  case "$a" in deb*) deb=1 ;; esac
+done
+if (( deb )); then
+  SHIM_DEB_SANDBOX_NAME="deb-$$" bash tests/deb-test.sh
+fi

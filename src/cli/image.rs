@@ -41,6 +41,8 @@ pub enum ImageCommand {
 /// [docker://]host[:port]/repository[:tag][@sha256:…]; or give --id and --revision to pull
 /// what `shim start` would run. Registries listed in [shim] insecure_registries are spoken
 /// to over plain HTTP; credentials come from [shim] auth_file (default /etc/shim/auth.json).
+///
+/// Example: shim image pull --id billing_app --revision 279d9035886d
 #[derive(Args, Debug)]
 pub struct PullArgs {
     /// The image to pull.
@@ -58,6 +60,8 @@ pub struct PullArgs {
 }
 
 /// List pulled images: reference, manifest digest, size, whether the rootfs is unpacked.
+///
+/// Example: shim image ls --json
 #[derive(Args, Debug)]
 pub struct LsArgs {
     /// Machine-readable output: a JSON array.
@@ -67,6 +71,8 @@ pub struct LsArgs {
 
 /// Forget images and remove their blobs and rootfs, except what another pulled image shares
 /// or a running instance uses.
+///
+/// Example: shim image rm oci:/var/lib/images/billing:0f3a1c2b9d8e
 #[derive(Args, Debug)]
 pub struct RmArgs {
     /// References as `shim image ls` shows them.
@@ -76,6 +82,8 @@ pub struct RmArgs {
 
 /// Remove every image, blob and rootfs that is not needed by the current or previous
 /// revision of a defined service, by a running instance, or by a pull younger than --grace.
+///
+/// Example: shim image prune --dry-run
 #[derive(Args, Debug)]
 pub struct PruneArgs {
     /// Only show what would be removed.

@@ -1,12 +1,17 @@
 //! The command line: one file per subcommand, each with its clap `*Args` (doc comments are the
 //! `--help` text) and a `run`.
 
+mod generate;
 mod image;
 mod instance;
+mod logs;
+mod probe;
+mod reconcile;
 mod show;
 mod start;
 mod status;
 mod stop;
+mod supervise;
 mod upgrade;
 
 use std::path::PathBuf;
@@ -14,14 +19,18 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-const AFTER_HELP: &str = "\
-Exit codes: 0 success; 1 the operation failed; 2 bad input (definitions, flags), nothing changed.
-
-Definitions are read from /etc/shim/services.toml and /etc/shim/services.d/*.toml.";
+/// Shown after the top-level --help and in shim(1): the exit codes come from `error.rs`.
+fn after_help() -> String {
+    format!(
+        "{}\nDefinitions are read from /etc/shim/services.toml and /etc/shim/services.d/*.toml.\n\
+         Documentation: /usr/share/doc/shim (docs/ in the repository), man shim-COMMAND.",
+        crate::error::render_exit_codes_help()
+    )
+}
 
 /// Run containers on this host as systemd units: no daemon, systemd supervises.
 #[derive(Parser, Debug)]
-#[command(name = "shim", version, after_help = AFTER_HELP)]
+#[command(name = "shim", version, after_help = after_help())]
 pub struct Cli {
     /// Service definitions: a file (plus services.d/*.toml beside it) or a directory holding
     /// services.toml and/or services.d/.
@@ -40,9 +49,15 @@ pub enum Command {
     Stop(stop::StopArgs),
     Status(status::StatusArgs),
     Show(show::ShowArgs),
+    Logs(logs::LogsArgs),
     Image(image::ImageArgs),
+    Supervise(supervise::SuperviseArgs),
+    Reconcile(reconcile::ReconcileArgs),
+    Probe(probe::ProbeArgs),
     #[command(hide = true)]
     Instance(instance::InstanceArgs),
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -51,10 +66,15 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Upgrade(a) => upgrade::run_upgrade(&cli.config, a),
         Command::Rollback(a) => upgrade::run_rollback(&cli.config, a),
         Command::Stop(a) => stop::run(&cli.config, a),
-        Command::Status(a) => status::run(a),
+        Command::Status(a) => status::run(&cli.config, a),
         Command::Show(a) => show::run(&cli.config, a),
         Command::Image(a) => image::run(&cli.config, a),
+        Command::Supervise(a) => supervise::run(&cli.config, a),
+        Command::Reconcile(a) => reconcile::run(&cli.config, a),
+        Command::Probe(a) => probe::run(&cli.config, a),
+        Command::Logs(a) => logs::run(&cli.config, a),
         Command::Instance(a) => instance::run(a),
+        Command::Generate(a) => generate::run(a),
     }
 }
 

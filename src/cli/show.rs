@@ -33,11 +33,14 @@ pub fn render(plans: &[InstancePlan], notes: &[String]) -> String {
     }
     for p in plans {
         out.push_str(&p.unit.render());
-        out.push_str(&format!(
-            "# {}\n",
-            plan::InstanceDir(&p.dir).config().display()
-        ));
-        out.push_str(&plan::render_config(&p.config));
+        // config.json (runc/crun) or the env file (podman), secrets already redacted.
+        match p.render_files() {
+            Ok((path, text)) => {
+                out.push_str(&format!("# {}\n", path.display()));
+                out.push_str(text.trim_end());
+            }
+            Err(e) => out.push_str(&format!("# error: {e}")),
+        }
         out.push_str("\n\n");
     }
     out

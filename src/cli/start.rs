@@ -29,7 +29,7 @@ pub struct StartArgs {
 
 pub fn run(config: &Path, args: StartArgs) -> Result<()> {
     let defs = crate::config::load(config)?;
-    let mut opts = args.common.options("start");
+    let mut opts = args.common.options("start", config);
     opts.refuse_other_revision = true;
     converge(&defs, &args.id, &args.revision, &Dirs::from_env(), &opts)
 }

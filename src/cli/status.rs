@@ -1,12 +1,20 @@
 //! `shim status`: one listing of shim's units over D-Bus plus one batched property read, shown
-//! as a table per service or as JSON. Building rows and rendering are pure.
+//! as a table per service or as JSON, with what supervision says about them (paused, the
+//! next retry of a crash-looping instance, the probe timer). Building rows and rendering are
+//! pure.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
 
+use crate::deploy::Dirs;
+use crate::plan::probe::{probe_timer_name, service_of_probe_timer};
+use crate::state::StateStore;
+use crate::supervise::{self, Memory, Retry};
 use crate::systemd::{DbusSystemd, Systemd, UnitInfo};
 
 /// Show the instances shim runs on this host.
@@ -36,14 +44,44 @@ pub struct InstanceRow {
     pub port: Option<u16>,
     pub restarts: u32,
     pub uptime_secs: Option<u64>,
+    /// The probe leaves this instance alone (`shim supervise pause`).
+    pub paused: bool,
+    /// Waiting to be restarted (a crash loop): which retry comes next and in how long.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_retry: Option<Retry>,
 }
 
-pub fn rows(units: &[UnitInfo], id: Option<&str>, now_usec: u64) -> Vec<InstanceRow> {
+/// What supervision knows about one service.
+#[derive(Debug, Clone, Default)]
+pub struct Supervision {
+    pub paused: bool,
+    pub paused_processes: BTreeSet<String>,
+    /// What the probe remembers (retries of crash-looping units).
+    pub memory: Memory,
+    /// The probe timer's state ("active"), None without one.
+    pub probe: Option<String>,
+}
+
+pub fn rows(
+    units: &[UnitInfo],
+    id: Option<&str>,
+    now_usec: u64,
+    sup: &BTreeMap<String, Supervision>,
+    max_delay: Duration,
+) -> Vec<InstanceRow> {
+    let none = Supervision::default();
     let mut rows: Vec<InstanceRow> = units
         .iter()
         .filter(|u| u.field("SHIM_SERVICE").is_some())
         .filter(|u| id.is_none() || u.field("SHIM_SERVICE") == id)
-        .map(|u| InstanceRow {
+        .map(|u| {
+            (
+                u,
+                sup.get(u.field("SHIM_SERVICE").unwrap_or_default())
+                    .unwrap_or(&none),
+            )
+        })
+        .map(|(u, s)| InstanceRow {
             service: u.field("SHIM_SERVICE").unwrap_or_default().to_string(),
             process: u.field("SHIM_PROCESS").unwrap_or_default().to_string(),
             instance: u
@@ -61,6 +99,15 @@ pub fn rows(units: &[UnitInfo], id: Option<&str>, now_usec: u64) -> Vec<Instance
                 && u.main_start_usec != 0
                 && now_usec >= u.main_start_usec)
                 .then(|| (now_usec - u.main_start_usec) / 1_000_000),
+            paused: s.paused
+                || u.field("SHIM_PROCESS")
+                    .is_some_and(|p| s.paused_processes.contains(p)),
+            next_retry: supervise::pending_retry(
+                u,
+                &s.memory.units.get(&u.name).cloned().unwrap_or_default(),
+                max_delay,
+                now_usec,
+            ),
         })
         .collect();
     rows.sort_by(|a, b| {
@@ -83,8 +130,36 @@ fn human_secs(s: u64) -> String {
     }
 }
 
+/// The line above a service's table: its name and what supervision says.
+fn service_header(svc: &str, s: Option<&Supervision>) -> String {
+    let mut notes = Vec::new();
+    if let Some(s) = s {
+        match &s.probe {
+            Some(state) => notes.push(format!("probe {state}")),
+            None => notes.push("no probe timer".to_string()),
+        }
+        if s.paused {
+            notes.push("supervision paused".to_string());
+        } else if !s.paused_processes.is_empty() {
+            notes.push(format!(
+                "supervision paused for {}",
+                s.paused_processes
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    if notes.is_empty() {
+        format!("{svc}\n")
+    } else {
+        format!("{svc} ({})\n", notes.join("; "))
+    }
+}
+
 /// A plain text table, one block per service.
-pub fn render_table(rows: &[InstanceRow]) -> String {
+pub fn render_table(rows: &[InstanceRow], sup: &BTreeMap<String, Supervision>) -> String {
     if rows.is_empty() {
         return "no shim instances are running\n".into();
     }
@@ -103,7 +178,22 @@ pub fn render_table(rows: &[InstanceRow]) -> String {
                     r.process.clone(),
                     r.instance.to_string(),
                     r.revision.chars().take(12).collect(),
-                    format!("{}/{}", r.state, r.sub_state),
+                    match &r.next_retry {
+                        Some(n) if n.by == "probe" => format!(
+                            "{}/{}, retry {} in {}",
+                            r.state,
+                            r.sub_state,
+                            n.retry,
+                            human_secs(n.in_secs)
+                        ),
+                        Some(n) => format!(
+                            "{}/{}, restart in {}",
+                            r.state,
+                            r.sub_state,
+                            human_secs(n.in_secs)
+                        ),
+                        None => format!("{}/{}", r.state, r.sub_state),
+                    },
                     r.main_pid
                         .map(|p| p.to_string())
                         .unwrap_or_else(|| "-".into()),
@@ -132,7 +222,7 @@ pub fn render_table(rows: &[InstanceRow]) -> String {
             s.push('\n');
             s
         };
-        out.push_str(&format!("{svc}\n"));
+        out.push_str(&service_header(svc, sup.get(svc)));
         out.push_str(&line(header.iter().map(|h| h.to_string()).collect()));
         for row in cells {
             out.push_str(&line(row));
@@ -141,22 +231,49 @@ pub fn render_table(rows: &[InstanceRow]) -> String {
     out
 }
 
-pub fn run(args: StatusArgs) -> Result<()> {
+pub fn run(config: &Path, args: StatusArgs) -> Result<()> {
     let sd = DbusSystemd::connect()?;
-    let pattern = match &args.id {
-        Some(id) => crate::plan::service_unit_pattern(id),
-        None => "shim-*".to_string(),
+    let patterns = match &args.id {
+        Some(id) => vec![crate::plan::service_unit_pattern(id), probe_timer_name(id)],
+        None => vec!["shim-*".to_string()],
     };
-    let units = sd.list_units(&[pattern])?;
+    let units = sd.list_units(&patterns)?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0);
-    let rows = rows(&units, args.id.as_deref(), now);
+    // Supervision facts of every service shown; best effort, status must work regardless.
+    let dirs = Dirs::from_env();
+    let store = StateStore::new(&dirs.state);
+    let max_delay = crate::config::load(config)
+        .map(|d| d.settings.restart_max_delay)
+        .unwrap_or_else(|_| crate::config::HostSettings::default().restart_max_delay);
+    let services: BTreeSet<&str> = units
+        .iter()
+        .filter_map(|u| u.field("SHIM_SERVICE"))
+        .collect();
+    let sup: BTreeMap<String, Supervision> = services
+        .into_iter()
+        .map(|id| {
+            let st = store.load(id).unwrap_or_default();
+            let probe = units
+                .iter()
+                .find(|u| service_of_probe_timer(&u.name) == Some(id))
+                .map(|u| u.active_state.clone());
+            let s = Supervision {
+                paused: st.paused,
+                paused_processes: st.paused_processes,
+                memory: supervise::load_memory(&dirs, id),
+                probe,
+            };
+            (id.to_string(), s)
+        })
+        .collect();
+    let rows = rows(&units, args.id.as_deref(), now, &sup, max_delay);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        print!("{}", render_table(&rows));
+        print!("{}", render_table(&rows, &sup));
     }
     Ok(())
 }
@@ -189,27 +306,72 @@ mod tests {
             main_start_usec: 1_000_000,
             exec_main_code: 0,
             exec_main_status: 0,
+            exec_main_exit_usec: 0,
+            failed_since_usec: 0,
+            restart_usec_next: 0,
             fields,
         }
     }
 
     #[test]
     fn table_and_json_snapshot() {
+        let mut crashing = unit("billing_app", "worker", 2, None, 0);
+        crashing.active_state = "failed".into();
+        crashing.sub_state = "failed".into();
+        crashing.exec_main_exit_usec = 3_720_000_000;
         let units = vec![
             unit("billing_app", "web", 2, Some(20001), 4343),
             unit("billing_app", "web", 1, Some(20000), 4242),
             unit("billing_app", "worker", 1, None, 0),
+            crashing,
             unit("other", "web", 1, Some(20002), 77),
         ];
-        let r = rows(&units, None, 3_726_000_000);
-        insta::assert_snapshot!("status_table", render_table(&r));
-        insta::assert_json_snapshot!("status_json", rows(&units, Some("other"), 3_726_000_000));
+        let mut sup = BTreeMap::new();
+        let mut billing = Supervision {
+            probe: Some("active".into()),
+            paused_processes: ["worker".to_string()].into(),
+            ..Default::default()
+        };
+        billing.memory.units.insert(
+            "shim-billing_app-worker-279d9035886d-2.service".into(),
+            supervise::UnitMemory {
+                retries: 2,
+                last_start_usec: 3_700_000_000,
+                ..Default::default()
+            },
+        );
+        sup.insert("billing_app".to_string(), billing);
+        sup.insert(
+            "other".to_string(),
+            Supervision {
+                paused: true,
+                probe: Some("active".into()),
+                ..Default::default()
+            },
+        );
+        let max = Duration::from_secs(300);
+        let r = rows(&units, None, 3_726_000_000, &sup, max);
+        insta::assert_snapshot!("status_table", render_table(&r, &sup));
+        insta::assert_json_snapshot!(
+            "status_json",
+            rows(&units, Some("other"), 3_726_000_000, &sup, max)
+        );
+        // The crash-looping worker waits for its 3rd retry: 16 s after it failed, 10 s from now.
+        let w = r.iter().find(|r| r.state == "failed").unwrap();
+        assert_eq!(
+            w.next_retry,
+            Some(Retry {
+                by: "probe",
+                retry: 3,
+                in_secs: 10
+            })
+        );
     }
 
     #[test]
     fn ignores_units_without_shim_fields() {
         let mut u = unit("a", "web", 1, None, 1);
         u.fields.clear();
-        assert!(rows(&[u], None, 0).is_empty());
+        assert!(rows(&[u], None, 0, &BTreeMap::new(), Duration::from_secs(300)).is_empty());
     }
 }

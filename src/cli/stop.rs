@@ -1,5 +1,6 @@
 //! `shim stop`: stop every instance of a service and remember that it is stopped (so reboot
-//! reconciliation leaves it down). Idempotent; works for services no longer defined.
+//! reconciliation leaves it down). The probe timer goes first, so that no probe brings an
+//! instance back meanwhile. Idempotent; works for services no longer defined.
 
 use std::path::Path;
 use std::time::Duration;
@@ -35,6 +36,8 @@ pub fn run(config: &Path, args: StopArgs) -> Result<()> {
         .unwrap_or(Duration::from_secs(300));
     let dirs = Dirs::from_env();
     let sd = DbusSystemd::connect()?;
+    // Stopping the probe's units also stops a probe running right now.
+    let had_probe = crate::supervise::remove_probe_timer(&sd, &args.id)?;
     let units = deploy::service_units(&sd, &args.id)?;
     let stopped = deploy::stop_units(&sd, &units, timeout)?;
     deploy::remove_stale_dirs(&dirs.instances(&args.id), &Default::default())?;
@@ -45,6 +48,13 @@ pub fn run(config: &Path, args: StopArgs) -> Result<()> {
     if st.current.is_some() || !stopped.is_empty() {
         st.stopped = true;
         store.save(&args.id, &st)?;
+    }
+    crate::supervise::forget(&dirs, &args.id)?;
+    if had_probe {
+        println!(
+            "removed  {}",
+            crate::plan::probe::probe_timer_name(&args.id)
+        );
     }
     for u in &stopped {
         println!("stopped  {u}");

@@ -50,7 +50,7 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
-    pub fn options(&self, verb: &'static str) -> Options {
+    pub fn options(&self, verb: &'static str, config: &Path) -> Options {
         Options {
             dry_run: self.dry_run,
             timeout: self.timeout,
@@ -58,6 +58,8 @@ impl CommonArgs {
             json: self.json,
             refuse_other_revision: false,
             verb,
+            config: config.to_path_buf(),
+            keep_unhealthy: false,
         }
     }
 }
@@ -81,7 +83,7 @@ pub fn run_upgrade(config: &Path, args: UpgradeArgs) -> Result<()> {
         &args.id,
         &args.revision,
         &Dirs::from_env(),
-        &args.common.options("upgrade"),
+        &args.common.options("upgrade", config),
     )
 }
 
@@ -103,6 +105,6 @@ pub fn run_rollback(config: &Path, args: RollbackArgs) -> Result<()> {
         &args.id,
         &previous,
         &dirs,
-        &args.common.options("rollback"),
+        &args.common.options("rollback", config),
     )
 }

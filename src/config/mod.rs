@@ -108,6 +108,9 @@ pub struct HostSettings {
     pub port_range: (u16, u16),
     /// The unit reloaded after an upstream file changes.
     pub nginx_unit: String,
+    /// The longest delay between restarts of a crash-looping instance (the backoff doubles
+    /// from `RestartSec` up to this).
+    pub restart_max_delay: Duration,
     /// Registries (`host[:port]`) spoken to over plain HTTP instead of HTTPS.
     pub insecure_registries: Vec<String>,
     /// Registry credentials, podman's auth.json format, readable by root only.
@@ -129,6 +132,7 @@ impl Default for HostSettings {
         HostSettings {
             port_range: (20000, 29999),
             nginx_unit: "nginx.service".into(),
+            restart_max_delay: Duration::from_secs(300),
             insecure_registries: Vec::new(),
             auth_file: PathBuf::from(crate::image::DEFAULT_AUTH_FILE),
         }
@@ -292,11 +296,7 @@ pub fn load(path: &Path) -> Result<Definitions, ConfigError> {
         })?;
         sources.push((file, text));
     }
-    let defs = parse_sources(&sources)?;
-    // Every command that loads definitions and then pulls (start, show, upgrade) uses the
-    // host's registry settings without passing them down each call chain.
-    crate::image::set_host_registry_settings(defs.settings.registry());
-    Ok(defs)
+    parse_sources(&sources)
 }
 
 /// Pure core of [`load`]: validates the given (file, text) pairs as one set of definitions.

@@ -28,6 +28,7 @@ struct RawFile {
 struct RawShim {
     port_range: Option<Spanned<[i64; 2]>>,
     nginx_unit: Option<Spanned<String>>,
+    restart_max_delay: Option<Spanned<String>>,
     insecure_registries: Option<Vec<Spanned<String>>>,
     auth_file: Option<Spanned<String>>,
 }
@@ -172,6 +173,21 @@ pub(super) fn parse_file(file: &Path, text: &str) -> Result<ParsedFile, ConfigEr
                     );
                 }
                 s.nginx_unit = u.clone();
+            }
+            if let Some(d) = &shim.get_ref().restart_max_delay {
+                let key = "shim.restart_max_delay".to_string();
+                let v = cx.duration(d, key.clone())?;
+                if v < crate::plan::RESTART_SEC {
+                    return cx.err(
+                        &d.span(),
+                        key,
+                        format!(
+                            "must be at least the first restart delay ({})",
+                            super::format_duration(crate::plan::RESTART_SEC)
+                        ),
+                    );
+                }
+                s.restart_max_delay = v;
             }
             for r in shim.get_ref().insecure_registries.iter().flatten() {
                 if let Err(m) = crate::image::validate_registry_host(r.get_ref()) {

@@ -43,7 +43,6 @@ mod unpack_tests;
 
 use std::io::{self, Read};
 use std::path::PathBuf;
-use std::sync::RwLock;
 
 pub use auth::DEFAULT_AUTH_FILE;
 pub use digest::Digest;
@@ -67,25 +66,6 @@ impl Default for RegistrySettings {
             auth_file: PathBuf::from(DEFAULT_AUTH_FILE),
         }
     }
-}
-
-static HOST_REGISTRY_SETTINGS: RwLock<Option<RegistrySettings>> = RwLock::new(None);
-
-/// Makes `s` what [`ImageStore::new`] uses. Called when the definitions are loaded, so
-/// that every command pulling images (start, show, upgrade) honours `[shim]` without
-/// threading the settings through each of them.
-pub fn set_host_registry_settings(s: RegistrySettings) {
-    if let Ok(mut g) = HOST_REGISTRY_SETTINGS.write() {
-        *g = Some(s);
-    }
-}
-
-fn host_registry_settings() -> RegistrySettings {
-    HOST_REGISTRY_SETTINGS
-        .read()
-        .ok()
-        .and_then(|g| g.clone())
-        .unwrap_or_default()
 }
 
 /// What the container needs from the image config (the OCI `config` section).

@@ -26,7 +26,7 @@ use super::blobs::BlobStore;
 use super::digest::{HashingReader, VerifyingReader};
 use super::layout::OciLayout;
 use super::lock;
-use super::progress::{self, Progress, Quiet};
+use super::progress::{Progress, Quiet};
 use super::refs::{self, BlobRef, RefDb, RefRecord};
 use super::registry::Client;
 use super::remote::{self, Recorded, RegistryRemote, StoreSource};
@@ -75,10 +75,10 @@ pub struct StoredImage {
 }
 
 impl ImageStore {
-    /// The store at `root`, with the registry settings the loaded definitions gave (see
-    /// [`super::set_host_registry_settings`]) and a progress display if a user watches.
+    /// The store at `root` with default registry settings (tests).
+    #[cfg(test)]
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self::with_settings(root, super::host_registry_settings()).with_progress(progress::auto())
+        Self::with_settings(root, RegistrySettings::default())
     }
 
     /// The store at `root` with explicit registry settings, quiet.

@@ -5,11 +5,14 @@
 //! function of its input and is snapshot-tested.
 
 mod bundle;
+pub mod podman;
+pub mod probe;
 mod unit;
 mod user;
 
 pub use bundle::render_config;
-pub use unit::{Prop, UnitSpec};
+pub use podman::PodmanStorage;
+pub use unit::{Prop, RestartPolicy, UnitSpec, RESTART_SEC, START_LIMIT_INTERVAL};
 pub use user::{parse_user_spec, resolve_user, ResolvedUser};
 
 use std::collections::BTreeSet;
@@ -17,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::config::{Ident, ProcessDef, ServiceDef};
+use crate::config::{Ident, ProcessDef, Runtime, ServiceDef};
 use crate::image::ImageConfig;
 
 /// Identifies one instance: service, process, revision, index (1-based).
@@ -97,6 +100,10 @@ pub struct PlanContext<'a> {
     /// eBPF device filter for that and first raises RLIMIT_MEMLOCK, which needs
     /// CAP_SYS_RESOURCE: on hosts without it the filter is left out for crun.
     pub restrict_devices: bool,
+    /// How systemd spaces out restarts (depends on its version).
+    pub restart: RestartPolicy,
+    /// podman's store for shim's containers (`runtime = "podman"` only).
+    pub podman: &'a PodmanStorage,
 }
 
 /// Everything needed to start one instance.
@@ -104,10 +111,41 @@ pub struct PlanContext<'a> {
 pub struct InstancePlan {
     pub key: InstanceKey,
     pub port: Option<u16>,
-    /// The instance directory: config.json (0600), the overlay, the pid file.
+    /// The instance directory (0700): config.json or the env file (0600), the overlay, the
+    /// pid file.
     pub dir: PathBuf,
     pub unit: UnitSpec,
-    pub config: oci_spec::runtime::Spec,
+    /// What the runtime reads from the instance directory.
+    pub files: InstanceFiles,
+}
+
+/// The runtime's input, written to the instance directory before the unit starts.
+#[derive(Debug, Clone, Serialize)]
+pub enum InstanceFiles {
+    /// runc/crun: the OCI bundle's `config.json`.
+    Oci(Box<oci_spec::runtime::Spec>),
+    /// podman: the container's whole environment, for `--env-file` (`KEY=VALUE` lines).
+    Podman { env: Vec<String> },
+}
+
+impl InstancePlan {
+    /// The OCI config, for runc/crun instances.
+    #[cfg(test)]
+    pub fn oci_config(&self) -> Option<&oci_spec::runtime::Spec> {
+        match &self.files {
+            InstanceFiles::Oci(spec) => Some(spec),
+            InstanceFiles::Podman { .. } => None,
+        }
+    }
+
+    /// Where the runtime's input goes and its text (holds secrets: mode 0600).
+    pub fn render_files(&self) -> Result<(PathBuf, String), String> {
+        let d = InstanceDir(&self.dir);
+        Ok(match &self.files {
+            InstanceFiles::Oci(spec) => (d.config(), render_config(spec)),
+            InstanceFiles::Podman { env } => (d.env_file(), podman::render_env_file(env)?),
+        })
+    }
 }
 
 /// Layout of an instance directory; shared by the planner and `shim instance prepare/cleanup`.
@@ -116,6 +154,10 @@ pub struct InstanceDir<'a>(pub &'a Path);
 impl InstanceDir<'_> {
     pub fn config(&self) -> PathBuf {
         self.0.join("config.json")
+    }
+    /// podman instances: the env file passed with `--env-file`.
+    pub fn env_file(&self) -> PathBuf {
+        self.0.join("env")
     }
     pub fn pid_file(&self) -> PathBuf {
         self.0.join("container.pid")
@@ -144,14 +186,26 @@ pub fn plan_instance(
         index,
     };
     let dir = cx.instances_dir.join(key.stem());
-    let config = bundle::plan_config(cx, process, &key, &dir, port)?;
-    let unit = unit::plan_unit(cx, process, &key, &dir, port);
+    let (unit, files) = match cx.service.runtime {
+        Runtime::Podman => (
+            podman::plan_unit(cx, process, &key, &dir, port)?,
+            InstanceFiles::Podman {
+                env: podman::plan_env(cx, process, &key, port)?,
+            },
+        ),
+        Runtime::Runc | Runtime::Crun => (
+            unit::plan_unit(cx, process, &key, &dir, port),
+            InstanceFiles::Oci(Box::new(bundle::plan_config(
+                cx, process, &key, &dir, port,
+            )?)),
+        ),
+    };
     Ok(InstancePlan {
         key,
         port,
         dir,
         unit,
-        config,
+        files,
     })
 }
 

@@ -42,6 +42,7 @@ fn with_cx<T>(f: impl FnOnce(&PlanContext<'_>) -> T) -> T {
         "<secret from /etc/shim/secrets/billing.env>".to_string(),
     )];
     let host_files = vec![PathBuf::from("/etc/resolv.conf")];
+    let podman = podman_storage();
     let cx = PlanContext {
         service: d.service("billing_app").unwrap(),
         revision: "279d9035886d4c0427549863c4c2101e4a63e041",
@@ -57,8 +58,149 @@ fn with_cx<T>(f: impl FnOnce(&PlanContext<'_>) -> T) -> T {
         instances_dir: Path::new("/run/shim/instances/billing_app"),
         host_files: &host_files,
         restrict_devices: true,
+        restart: RestartPolicy::StartLimit,
+        podman: &podman,
     };
     f(&cx)
+}
+
+fn podman_storage() -> PodmanStorage {
+    PodmanStorage {
+        root: PathBuf::from("/var/lib/shim/podman"),
+        runroot: PathBuf::from("/run/shim/podman"),
+    }
+}
+
+/// Like `with_cx`, for the same service with `runtime = "podman"`.
+fn with_podman_cx<T>(f: impl FnOnce(&PlanContext<'_>) -> T) -> T {
+    with_cx(|cx| {
+        let mut svc = cx.service.clone();
+        svc.runtime = crate::config::Runtime::Podman;
+        let cx = PlanContext {
+            service: &svc,
+            runtime_bin: Path::new("/usr/bin/podman"),
+            ..cx.clone()
+        };
+        f(&cx)
+    })
+}
+
+#[test]
+fn podman_web_snapshot() {
+    with_podman_cx(|cx| {
+        let p = plan_instance(cx, process(cx, "web"), 1, Some(20000)).unwrap();
+        assert_eq!(p.unit.name, "shim-billing_app-web-279d9035886d-1.service");
+        assert!(p.oci_config().is_none());
+        insta::assert_snapshot!("podman_web_unit", p.unit.render());
+        let (path, env) = p.render_files().unwrap();
+        assert_eq!(
+            path,
+            Path::new("/run/shim/instances/billing_app/shim-billing_app-web-279d9035886d-1/env")
+        );
+        insta::assert_snapshot!("podman_web_env", env);
+    });
+}
+
+#[test]
+fn podman_read_only_worker_snapshot() {
+    with_podman_cx(|cx| {
+        let p = plan_instance(cx, process(cx, "worker"), 1, None).unwrap();
+        insta::assert_snapshot!("podman_worker_unit", p.unit.render());
+    });
+}
+
+#[test]
+fn podman_secrets_only_in_the_env_file() {
+    with_podman_cx(|cx| {
+        let p = plan_instance(cx, process(cx, "web"), 1, Some(1)).unwrap();
+        let rendered = p.unit.render();
+        assert!(!rendered.contains("DB_PASSWORD"), "{rendered}");
+        assert!(!rendered.contains("RAILS_ENV"), "{rendered}");
+        assert!(!p.unit.properties.iter().any(|(k, _)| k == "Environment"));
+        assert!(rendered.contains("--env-file /run/shim/instances/billing_app/"));
+        let (_, env) = p.render_files().unwrap();
+        assert!(env.contains("DB_PASSWORD=<secret from"), "{env}");
+        assert!(env.contains("SHIM_INSTANCE=1\n"), "{env}");
+    });
+}
+
+#[test]
+fn podman_unit_follows_quadlet() {
+    with_podman_cx(|cx| {
+        let p = plan_instance(cx, process(cx, "web"), 1, Some(1)).unwrap();
+        let prop = |k: &str| {
+            p.unit
+                .properties
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(prop("Type"), Some(Prop::Str("notify".into())));
+        assert_eq!(prop("NotifyAccess"), Some(Prop::Str("all".into())));
+        assert_eq!(prop("KillMode"), Some(Prop::Str("mixed".into())));
+        assert_eq!(prop("Delegate"), Some(Prop::Bool(true)));
+        assert_eq!(prop("PIDFile"), None);
+        assert_eq!(prop("ExecStartPre"), None);
+        let Some(Prop::Exec(start)) = prop("ExecStart") else {
+            panic!("no ExecStart")
+        };
+        let argv = &start[0].argv;
+        for flag in [
+            "--rm",
+            "--replace",
+            "--cgroups=split",
+            "--sdnotify=conmon",
+            "--detach",
+        ] {
+            assert!(argv.iter().any(|a| a == flag), "{flag} missing: {argv:?}");
+        }
+        let after = |flag: &str| {
+            argv.iter()
+                .position(|a| a == flag)
+                .map(|i| argv[i + 1].as_str())
+        };
+        assert_eq!(after("--name"), Some("shim-billing_app-web-279d9035886d-1"));
+        assert_eq!(after("--log-driver"), Some("passthrough"));
+        assert_eq!(after("--network"), Some("host"));
+        assert_eq!(after("--user"), Some("1000:1000"));
+        assert_eq!(after("--stop-signal"), Some("SIGQUIT"));
+        assert_eq!(after("--stop-timeout"), Some("20"));
+        assert_eq!(after("--root"), Some("/var/lib/shim/podman"));
+        assert_eq!(
+            after("--rootfs"),
+            Some("/var/lib/shim/images/rootfs/abc123:O")
+        );
+        // The container's argv comes last, after the rootfs.
+        assert_eq!(
+            argv[argv.len() - 3..],
+            ["/app/bin/server", "--listen", "0.0.0.0"]
+        );
+        let Some(Prop::Exec(post)) = prop("ExecStopPost") else {
+            panic!("no ExecStopPost")
+        };
+        assert!(post[0].ignore_failure);
+        assert!(post[0].argv.ends_with(&[
+            "rm".into(),
+            "--force".into(),
+            "--ignore".into(),
+            "--time".into(),
+            "0".into(),
+            "shim-billing_app-web-279d9035886d-1".into()
+        ]));
+    });
+}
+
+#[test]
+fn podman_refuses_env_values_with_line_breaks() {
+    with_podman_cx(|cx| {
+        let secrets = vec![("PEM".to_string(), "a\nb".to_string())];
+        let cx = PlanContext {
+            secrets: &secrets,
+            ..cx.clone()
+        };
+        let err = plan_instance(&cx, process(&cx, "web"), 1, Some(1)).unwrap_err();
+        assert!(err.contains("env PEM"), "{err}");
+    });
 }
 
 fn process<'a>(cx: &'a PlanContext<'_>, name: &str) -> &'a crate::config::ProcessDef {
@@ -75,7 +217,7 @@ fn web_instance_snapshot() {
         let p = plan_instance(cx, process(cx, "web"), 1, Some(20000)).unwrap();
         assert_eq!(p.unit.name, "shim-billing_app-web-279d9035886d-1.service");
         insta::assert_snapshot!("web_unit", p.unit.render());
-        insta::assert_snapshot!("web_config", render_config(&p.config));
+        insta::assert_snapshot!("web_config", render_config(p.oci_config().unwrap()));
     });
 }
 
@@ -84,7 +226,7 @@ fn read_only_worker_snapshot() {
     with_cx(|cx| {
         let p = plan_instance(cx, process(cx, "worker"), 1, None).unwrap();
         insta::assert_snapshot!("worker_unit", p.unit.render());
-        insta::assert_snapshot!("worker_config", render_config(&p.config));
+        insta::assert_snapshot!("worker_config", render_config(p.oci_config().unwrap()));
     });
 }
 
@@ -143,7 +285,7 @@ fn secrets_never_reach_unit_properties() {
         let rendered = p.unit.render();
         assert!(!rendered.contains("DB_PASSWORD"));
         assert!(!p.unit.properties.iter().any(|(k, _)| k == "Environment"));
-        assert!(render_config(&p.config).contains("DB_PASSWORD"));
+        assert!(render_config(p.oci_config().unwrap()).contains("DB_PASSWORD"));
     });
 }
 

@@ -39,19 +39,78 @@ pub enum Prop {
     /// Microseconds (`t`), for `*USec` properties.
     USec(u64),
     I32(i32),
+    U32(u32),
     /// `aay`: each string sent as bytes (LogExtraFields).
     Bytes(Vec<String>),
     Exec(Vec<Exec>),
+    /// `as` (Environment).
+    Strs(Vec<String>),
+    /// `a(st)`: monotonic timer settings, e.g. ("OnUnitActiveSec", 5_000_000) (µs).
+    Timers(Vec<(String, u64)>),
 }
 
 /// The slice all instances live in, so their cgroup path is known in advance.
 pub const SLICE: &str = "shim.slice";
 
-/// How long systemd waits before restarting a crashed instance. Growing backoff belongs to the
-/// probe (supervision); this keeps a crash loop from spinning.
+/// How long systemd waits before restarting a crashed instance: the first step of the backoff.
 pub const RESTART_SEC: Duration = Duration::from_secs(2);
 
-fn usec(d: Duration) -> Prop {
+/// On systemd < 254 (no `RestartSteps=`), a unit started more than this many times within
+/// [`START_LIMIT_INTERVAL`] lands in `failed` (`start-limit-hit`) instead of being restarted
+/// every [`RESTART_SEC`]: one quick restart after a crash or a health kill, then the probe
+/// takes over and retries with a doubling delay (see `supervise`).
+pub const START_LIMIT_BURST: u32 = 2;
+pub const START_LIMIT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How systemd itself spaces out restarts; depends on the manager's version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum RestartPolicy {
+    /// systemd < 254: restart every `RestartSec=` up to the start limit, then `failed`; the
+    /// probe resets and restarts failed units once their backoff has passed, forever.
+    StartLimit,
+    /// systemd ≥ 254: `RestartSteps=`/`RestartMaxDelaySec=` grow the delay from `RestartSec=`
+    /// to `max_delay`, doubling; no start limit.
+    Steps { max_delay: Duration },
+}
+
+/// The version from which systemd knows `RestartSteps=` and `RestartMaxDelaySec=`.
+pub const RESTART_STEPS_SINCE: u32 = 254;
+
+impl RestartPolicy {
+    pub fn for_version(major: Option<u32>, max_delay: Duration) -> RestartPolicy {
+        match major {
+            Some(v) if v >= RESTART_STEPS_SINCE => RestartPolicy::Steps { max_delay },
+            _ => RestartPolicy::StartLimit,
+        }
+    }
+}
+
+/// Restart properties for an instance unit (`Restart=always` either way: never give up).
+pub fn restart_props(policy: RestartPolicy) -> Vec<(&'static str, Prop)> {
+    let mut p = vec![
+        ("Restart", Prop::Str("always".into())),
+        ("RestartUSec", usec(RESTART_SEC)),
+    ];
+    match policy {
+        RestartPolicy::StartLimit => {
+            p.push(("StartLimitIntervalUSec", usec(START_LIMIT_INTERVAL)));
+            p.push(("StartLimitBurst", Prop::U32(START_LIMIT_BURST)));
+        }
+        RestartPolicy::Steps { max_delay } => {
+            // Delays grow geometrically from RestartSec to the max in this many steps:
+            // doubling means log2(max / RestartSec) steps.
+            let ratio = max_delay.as_secs_f64() / RESTART_SEC.as_secs_f64();
+            let steps = ratio.log2().ceil().max(1.0) as u32;
+            p.push(("RestartSteps", Prop::U32(steps)));
+            p.push(("RestartMaxDelayUSec", usec(max_delay.max(RESTART_SEC))));
+            // Never stop retrying for good: a dependency outage must not leave a service dead.
+            p.push(("StartLimitIntervalUSec", Prop::USec(0)));
+        }
+    }
+    p
+}
+
+pub(super) fn usec(d: Duration) -> Prop {
     Prop::USec(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
@@ -178,18 +237,20 @@ pub(super) fn plan_unit(
         ("KillMode", Prop::Str(s("mixed"))),
         ("KillSignal", Prop::I32(signal_number(&signal))),
         ("TimeoutStopUSec", usec(process.stop_timeout)),
-        ("Restart", Prop::Str(s("always"))),
-        ("RestartUSec", usec(RESTART_SEC)),
-        // Never stop retrying for good: a dependency outage must not leave a service dead.
-        ("StartLimitIntervalUSec", Prop::USec(0)),
-        // Unload the unit once stopped or failed, so the same name can be started again.
-        ("CollectMode", Prop::Str(s("inactive-or-failed"))),
+    ];
+    let mut props = props;
+    props.extend(restart_props(cx.restart));
+    props.extend([
+        // Unload the unit once stopped, so the same name can be started again; a failed one
+        // stays loaded so that `shim status` shows it (and its next retry) until the probe
+        // restarts it or `shim stop` resets it.
+        ("CollectMode", Prop::Str(s("inactive"))),
         (
             "SyslogIdentifier",
             Prop::Str(format!("{}-{}-{}", key.service, key.process, key.index)),
         ),
         ("LogExtraFields", Prop::Bytes(log_fields(key, port))),
-    ];
+    ]);
     UnitSpec {
         name: key.unit_name(),
         properties: props.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
@@ -206,6 +267,15 @@ impl UnitSpec {
                 Prop::Bool(b) => if *b { "yes" } else { "no" }.to_string(),
                 Prop::USec(u) => crate::config::format_duration(Duration::from_micros(*u)),
                 Prop::I32(n) => n.to_string(),
+                Prop::U32(n) => n.to_string(),
+                Prop::Strs(v) => v.join(" "),
+                Prop::Timers(v) => {
+                    for (name, u) in v {
+                        let d = crate::config::format_duration(Duration::from_micros(*u));
+                        out.push_str(&format!("{name}={d}\n"));
+                    }
+                    continue;
+                }
                 Prop::Bytes(v) => {
                     for f in v {
                         out.push_str(&format!("{k}={f}\n"));

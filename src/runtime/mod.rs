@@ -5,6 +5,10 @@
 //! upper/work above) at the bundle's `rootfs/`. cleanup: `RUNTIME delete --force`, unmount,
 //! throw the writable layer away. Both are idempotent, since systemd runs them around every
 //! restart and a crash can leave either half done.
+//!
+//! podman instances use neither: podman mounts the instance's overlay itself (`--rootfs
+//! <rootfs>:O`) and the unit's `ExecStopPost` is `podman rm --force --ignore` (see
+//! `plan::podman`).
 
 use std::path::{Path, PathBuf};
 

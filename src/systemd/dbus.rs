@@ -31,6 +31,16 @@ trait Manager {
 
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
 
+    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+
+    fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
+
+    fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
+
+    fn ref_unit(&self, name: &str) -> zbus::Result<()>;
+
+    fn unref_unit(&self, name: &str) -> zbus::Result<()>;
+
     fn reload_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
 
     #[allow(clippy::type_complexity)]
@@ -66,6 +76,41 @@ trait Manager {
 #[zbus::proxy(interface = "org.freedesktop.DBus.Properties")]
 trait Props {
     fn get_all(&self, interface: &str) -> zbus::Result<HashMap<String, OwnedVariant>>;
+
+    fn get(&self, interface: &str, name: &str) -> zbus::Result<OwnedVariant>;
+}
+
+/// Calls shim keeps pending on its bus connection at once. dbus-daemon refuses more than
+/// `max_replies_per_connection` (128 on the system bus, see /usr/share/dbus-1/system.conf)
+/// with LimitsExceeded; with all of 400 units' GetAll in flight, `shim status` silently
+/// lost more than half of them.
+const MAX_CALLS_IN_FLIGHT: usize = 64;
+
+/// What [`UnitInfo`] holds of every service unit, from its Service interface.
+const SERVICE_PROPS: [&str; 4] = [
+    "MainPID",
+    "NRestarts",
+    "ExecMainStartTimestamp",
+    "LogExtraFields",
+];
+
+/// How the last main process ended: read for units not running or restarted.
+const EXIT_PROPS: [&str; 3] = ["ExecMainCode", "ExecMainStatus", "ExecMainExitTimestamp"];
+
+/// Reads `names` of `interface` with one Get each, concurrently.
+async fn get_props(
+    props: &PropsProxy<'_>,
+    interface: &str,
+    names: &[&str],
+) -> zbus::Result<HashMap<String, OwnedVariant>> {
+    let gets = names
+        .iter()
+        .map(|name| async move { (*name, props.get(interface, name).await) });
+    let mut out = HashMap::new();
+    for (name, v) in futures_util::future::join_all(gets).await {
+        out.insert(name.to_string(), v?);
+    }
+    Ok(out)
 }
 
 /// A connection to systemd on the system bus.
@@ -123,6 +168,7 @@ fn to_variant(p: &Prop) -> Variant<'static> {
         Prop::Bool(b) => Variant::from(*b),
         Prop::USec(u) => Variant::from(*u),
         Prop::I32(n) => Variant::from(*n),
+        Prop::U32(n) => Variant::from(*n),
         Prop::Bytes(v) => Variant::from(
             v.iter()
                 .map(|s| s.as_bytes().to_vec())
@@ -133,7 +179,16 @@ fn to_variant(p: &Prop) -> Variant<'static> {
                 .map(|c| (c.path.clone(), c.argv.clone(), c.ignore_failure))
                 .collect::<Vec<(String, Vec<String>, bool)>>(),
         ),
+        Prop::Strs(v) => Variant::from(v.clone()),
+        Prop::Timers(v) => Variant::from(v.clone()),
     }
+}
+
+fn to_props(spec: &UnitSpec) -> Vec<(&str, Variant<'static>)> {
+    spec.properties
+        .iter()
+        .map(|(k, v)| (k.as_str(), to_variant(v)))
+        .collect()
 }
 
 fn call_err(call: &'static str, unit: &str, e: zbus::Error) -> SystemdError {
@@ -295,19 +350,59 @@ impl Systemd for DbusSystemd {
                 .list_units_by_patterns(&[], &pats)
                 .await
                 .map_err(|e| call_err("ListUnitsByPatterns", &patterns.join(" "), e))?;
-            // One GetAll per unit, all in flight at once: one round trip's latency in total.
+            // The few properties shim reads, one Get each, all in flight at once up to
+            // MAX_CALLS_IN_FLIGHT: a few round trips' latency in total. (Not GetAll: the
+            // Service interface has some 250 properties, and decoding them was most of the
+            // CPU time of a probe run.) How the last main process ended is only read where it
+            // matters: a unit that is not running, or was restarted.
             let reads = listed.iter().map(|u| {
                 let path = u.6.clone();
+                let is_service = u.0.ends_with(".service");
+                let running = u.3 == "active" && u.4 == "running";
+                let failed = u.3 == "failed";
+                let auto_restart = u.4 == "auto-restart";
                 async move {
+                    // Timers and other units have no Service interface: the listing says
+                    // all shim needs of them.
+                    if !is_service {
+                        return Ok(HashMap::new());
+                    }
                     let props = PropsProxy::builder(&self.conn)
                         .destination("org.freedesktop.systemd1")
                         .path(path)
                         .build()
                         .await?;
-                    props.get_all("org.freedesktop.systemd1.Service").await
+                    const SERVICE: &str = "org.freedesktop.systemd1.Service";
+                    let mut all = get_props(&props, SERVICE, &SERVICE_PROPS).await?;
+                    if !running || variant_u32(&all, "NRestarts") > 0 {
+                        all.extend(get_props(&props, SERVICE, &EXIT_PROPS).await?);
+                    }
+                    // When a failed unit failed, and when an automatic restart comes (≥ 254;
+                    // unknown before, hence no error).
+                    if failed {
+                        all.extend(
+                            get_props(
+                                &props,
+                                "org.freedesktop.systemd1.Unit",
+                                &["StateChangeTimestamp"],
+                            )
+                            .await?,
+                        );
+                    }
+                    if auto_restart {
+                        all.extend(
+                            get_props(&props, SERVICE, &["RestartUSecNext"])
+                                .await
+                                .unwrap_or_default(),
+                        );
+                    }
+                    Ok::<_, zbus::Error>(all)
                 }
             });
-            let props = futures_util::future::join_all(reads).await;
+            let props: Vec<_> = futures_util::stream::iter(reads)
+                .buffered((MAX_CALLS_IN_FLIGHT / SERVICE_PROPS.len()).max(1))
+                .collect()
+                .await;
             let mut out = Vec::new();
             for (u, p) in listed.into_iter().zip(props) {
                 // A unit can vanish between the listing and the read: skip it.
@@ -323,6 +418,9 @@ impl Systemd for DbusSystemd {
                     main_start_usec: variant_u64(&p, "ExecMainStartTimestamp"),
                     exec_main_code: variant_i32(&p, "ExecMainCode"),
                     exec_main_status: variant_i32(&p, "ExecMainStatus"),
+                    exec_main_exit_usec: variant_u64(&p, "ExecMainExitTimestamp"),
+                    failed_since_usec: variant_u64(&p, "StateChangeTimestamp"),
+                    restart_usec_next: variant_u64(&p, "RestartUSecNext"),
                     fields: extra_fields(&p),
                 });
             }
@@ -343,12 +441,7 @@ impl Systemd for DbusSystemd {
             let spec = by_name.get(name).copied();
             async move {
                 let Some(spec) = spec else { return Ok(None) };
-                let props: Vec<(&str, Variant<'_>)> = spec
-                    .properties
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), to_variant(v)))
-                    .collect();
-                m.start_transient_unit(name, "fail", props, vec![])
+                m.start_transient_unit(name, "fail", to_props(spec), vec![])
                     .await
                     .map(Some)
                     .map_err(|e| call_err("StartTransientUnit", name, e))
@@ -376,13 +469,127 @@ impl Systemd for DbusSystemd {
         names: &[String],
         timeout: Duration,
     ) -> Result<Vec<JobOutcome>, SystemdError> {
-        zbus::block_on(self.run_jobs(names, timeout, |m, name| async move {
+        let out = zbus::block_on(self.run_jobs(names, timeout, |m, name| async move {
             match m.stop_unit(name, "replace").await {
                 Ok(job) => Ok(Some(job)),
                 // Already gone is what we wanted: stopping is idempotent.
                 Err(e) if is_no_such_unit(&e) => Ok(None),
                 Err(e) => Err(call_err("StopUnit", name, e)),
             }
+        }))?;
+        // Instances use CollectMode=inactive so that a crash-looping one stays visible as
+        // failed; stopping one that failed must unload it all the same.
+        self.reset_failed(names)?;
+        Ok(out)
+    }
+
+    fn start_units(
+        &self,
+        names: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<JobOutcome>, SystemdError> {
+        zbus::block_on(self.run_jobs(names, timeout, |m, name| async move {
+            m.start_unit(name, "replace")
+                .await
+                .map(Some)
+                .map_err(|e| call_err("StartUnit", name, e))
         }))
+    }
+
+    fn start_transient_with_aux(
+        &self,
+        unit: &UnitSpec,
+        aux: &[UnitSpec],
+        timeout: Duration,
+    ) -> Result<JobOutcome, SystemdError> {
+        let names = [unit.name.clone()];
+        let mut out = zbus::block_on(self.run_jobs(&names, timeout, |m, name| async move {
+            let aux: Vec<(&str, Vec<(&str, Variant<'_>)>)> =
+                aux.iter().map(|a| (a.name.as_str(), to_props(a))).collect();
+            m.start_transient_unit(name, "fail", to_props(unit), aux)
+                .await
+                .map(Some)
+                .map_err(|e| call_err("StartTransientUnit", name, e))
+        }))?;
+        out.pop().ok_or_else(|| SystemdError::Call {
+            call: "StartTransientUnit",
+            unit: unit.name.clone(),
+            message: "no job outcome".into(),
+        })
+    }
+
+    fn kill_main(&self, name: &str, signal: i32) -> Result<(), SystemdError> {
+        zbus::block_on(async {
+            self.manager()
+                .await?
+                .kill_unit(name, "main", signal)
+                .await
+                .map_err(|e| call_err("KillUnit", name, e))
+        })
+    }
+
+    fn reset_failed(&self, names: &[String]) -> Result<(), SystemdError> {
+        zbus::block_on(async {
+            let m = self.manager().await?;
+            for name in names {
+                match m.reset_failed_unit(name).await {
+                    Ok(()) => {}
+                    Err(e) if is_no_such_unit(&e) => {}
+                    Err(e) => return Err(call_err("ResetFailedUnit", name, e)),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn restart_failed(&self, name: &str, timeout: Duration) -> Result<JobOutcome, SystemdError> {
+        let names = [name.to_string()];
+        zbus::block_on(async {
+            let m = self.manager().await?;
+            // The reference lives as long as this connection or until UnrefUnit.
+            m.ref_unit(name)
+                .await
+                .map_err(|e| call_err("RefUnit", name, e))?;
+            let r = async {
+                m.reset_failed_unit(name)
+                    .await
+                    .map_err(|e| call_err("ResetFailedUnit", name, e))?;
+                self.run_jobs(&names, timeout, |m, name| async move {
+                    m.start_unit(name, "replace")
+                        .await
+                        .map(Some)
+                        .map_err(|e| call_err("StartUnit", name, e))
+                })
+                .await
+            }
+            .await;
+            let _ = m.unref_unit(name).await;
+            let mut out = r?;
+            out.pop().ok_or_else(|| SystemdError::Call {
+                call: "StartUnit",
+                unit: name.to_string(),
+                message: "no job outcome".into(),
+            })
+        })
+    }
+
+    fn version(&self) -> Result<String, SystemdError> {
+        zbus::block_on(async {
+            let props = PropsProxy::builder(&self.conn)
+                .destination("org.freedesktop.systemd1")
+                .path("/org/freedesktop/systemd1")
+                .build()
+                .await
+                .map_err(|e| call_err("Get Version", "", e))?;
+            let v = props
+                .get("org.freedesktop.systemd1.Manager", "Version")
+                .await
+                .map_err(|e| call_err("Get Version", "", e))?;
+            String::try_from(v).map_err(|e| SystemdError::Call {
+                call: "Get Version",
+                unit: String::new(),
+                message: e.to_string(),
+            })
+        })
     }
 }

@@ -88,6 +88,9 @@ impl Systemd for FakeSystemd {
                     main_start_usec: 1,
                     exec_main_code: 0,
                     exec_main_status: 0,
+                    exec_main_exit_usec: 0,
+                    failed_since_usec: 0,
+                    restart_usec_next: 0,
                     fields,
                 },
             );
@@ -122,5 +125,67 @@ impl Systemd for FakeSystemd {
             });
         }
         Ok(out)
+    }
+
+    fn start_units(
+        &self,
+        names: &[String],
+        _timeout: Duration,
+    ) -> Result<Vec<JobOutcome>, SystemdError> {
+        let mut out = Vec::new();
+        for n in names {
+            self.calls.borrow_mut().push(format!("start-unit {n}"));
+            let mut units = self.units.borrow_mut();
+            let result = match units.get_mut(n) {
+                Some(u) => {
+                    u.active_state = "active".into();
+                    u.sub_state = "running".into();
+                    "done"
+                }
+                None => "failed",
+            };
+            out.push(JobOutcome {
+                unit: n.clone(),
+                result: result.into(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn start_transient_with_aux(
+        &self,
+        unit: &UnitSpec,
+        aux: &[UnitSpec],
+        timeout: Duration,
+    ) -> Result<JobOutcome, SystemdError> {
+        let all: Vec<UnitSpec> = std::iter::once(unit.clone())
+            .chain(aux.iter().cloned())
+            .collect();
+        let mut out = self.start_transient(&all, timeout)?;
+        Ok(out.remove(0))
+    }
+
+    fn kill_main(&self, name: &str, signal: i32) -> Result<(), SystemdError> {
+        self.calls
+            .borrow_mut()
+            .push(format!("kill {name} {signal}"));
+        Ok(())
+    }
+
+    fn reset_failed(&self, names: &[String]) -> Result<(), SystemdError> {
+        for n in names {
+            self.calls.borrow_mut().push(format!("reset-failed {n}"));
+        }
+        Ok(())
+    }
+
+    fn restart_failed(&self, name: &str, timeout: Duration) -> Result<JobOutcome, SystemdError> {
+        self.reset_failed(&[name.to_string()])?;
+        let mut out = self.start_units(&[name.to_string()], timeout)?;
+        Ok(out.remove(0))
+    }
+
+    fn version(&self) -> Result<String, SystemdError> {
+        Ok("252.39-1~deb12u2".into())
     }
 }

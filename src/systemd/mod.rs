@@ -38,6 +38,13 @@ pub struct UnitInfo {
     /// and `ExecMainStatus` (exit status or signal number).
     pub exec_main_code: i32,
     pub exec_main_status: i32,
+    /// Microseconds since the epoch when the last main process exited, 0 if it has not.
+    pub exec_main_exit_usec: u64,
+    /// For a failed unit, when it entered that state (µs since the epoch); 0 otherwise.
+    pub failed_since_usec: u64,
+    /// systemd ≥ 254: the delay before the next automatic restart (`RestartUSecNext`), which
+    /// grows with `RestartSteps=`; 0 where systemd does not say (252).
+    pub restart_usec_next: u64,
     /// `SHIM_*` fields from LogExtraFields: what service/process/revision/instance/port it is.
     pub fields: BTreeMap<String, String>,
 }
@@ -105,11 +112,49 @@ pub trait Systemd {
     /// Reloads a unit (e.g. nginx) and waits for the job.
     fn reload_unit(&self, name: &str, timeout: Duration) -> Result<JobOutcome, SystemdError>;
     /// Stops units and waits for the stop jobs. Units that do not exist count as stopped.
+    /// A stopped unit that had failed is reset too, so that it is unloaded like any other
+    /// stopped transient unit (units keep their failed state visible until then).
     fn stop_units(
         &self,
         names: &[String],
         timeout: Duration,
     ) -> Result<Vec<JobOutcome>, SystemdError>;
+    /// Starts units that are loaded (e.g. a failed instance after its backoff) and waits for
+    /// the start jobs.
+    fn start_units(
+        &self,
+        names: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<JobOutcome>, SystemdError>;
+    /// Starts one transient unit together with auxiliary transient units created in the same
+    /// call (a timer and the service it triggers), and waits for the main unit's job.
+    fn start_transient_with_aux(
+        &self,
+        unit: &UnitSpec,
+        aux: &[UnitSpec],
+        timeout: Duration,
+    ) -> Result<JobOutcome, SystemdError>;
+    /// Sends `signal` to the unit's main process only (`KillUnit` with whom = "main").
+    fn kill_main(&self, name: &str, signal: i32) -> Result<(), SystemdError>;
+    /// Clears the failed state (and the start rate limit) of units; missing units are fine.
+    fn reset_failed(&self, names: &[String]) -> Result<(), SystemdError>;
+    /// Clears a failed unit's failed state and start limit and starts it again, waiting for
+    /// the start job. A reference is held meanwhile: once reset, a unit with
+    /// `CollectMode=inactive` would otherwise be unloaded before the start arrives.
+    fn restart_failed(&self, name: &str, timeout: Duration) -> Result<JobOutcome, SystemdError>;
+    /// The manager's `Version` property, e.g. "252.39-1~deb12u2".
+    fn version(&self) -> Result<String, SystemdError>;
+}
+
+/// The major version in systemd's `Version` string ("252.39-1~deb12u2" → 252, "v254" → 254).
+pub fn parse_major_version(v: &str) -> Option<u32> {
+    let digits: String = v
+        .trim()
+        .trim_start_matches(['v', 'V'])
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
 }
 
 /// The last lines a unit wrote to the journal, for error messages (best effort).
@@ -123,5 +168,18 @@ pub fn journal_tail(unit: &str, lines: usize) -> String {
     match out {
         Ok(o) => String::from_utf8_lossy(&o.stdout).trim_end().to_string(),
         Err(e) => format!("(journalctl failed: {e})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn major_versions() {
+        assert_eq!(parse_major_version("252.39-1~deb12u2"), Some(252));
+        assert_eq!(parse_major_version("254"), Some(254));
+        assert_eq!(parse_major_version("v256.7"), Some(256));
+        assert_eq!(parse_major_version("unknown"), None);
     }
 }

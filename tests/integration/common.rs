@@ -227,9 +227,57 @@ pub fn unit_cgroup(unit: &str) -> PathBuf {
     PathBuf::from(format!("/sys/fs/cgroup/shim.slice/{unit}"))
 }
 
-/// Container ids the runtime still has state for.
+/// podman's store for shim's containers (shim's `Dirs::podman`, default dirs).
+pub const PODMAN_ROOT: &str = "/var/lib/shim/podman";
+pub const PODMAN_RUNROOT: &str = "/run/shim/podman";
+
+/// `podman` on shim's store.
+pub fn podman(args: &[&str]) -> Output {
+    run(Command::new("podman")
+        .args(["--root", PODMAN_ROOT, "--runroot", PODMAN_RUNROOT])
+        .args(args))
+}
+
+/// Makes podman usable on this host the way docs/podman.md tells operators to: in the sandbox
+/// the cgroup v2 tree has no pids controller (podman's default pids limit would fail every
+/// start) and there is no CAP_SYS_RESOURCE (crun, podman's default runtime here, fails to
+/// raise RLIMIT_MEMLOCK). Writes the sandbox's own /etc/containers/containers.conf (the
+/// sandbox's /etc is a throw-away overlay) and says what it set.
+pub fn configure_podman_host() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let controllers =
+            std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
+        let cap_sys_resource = std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("CapBnd:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .is_some_and(|c| c & (1 << 24) != 0);
+        let mut containers = String::new();
+        let mut engine = String::new();
+        if !controllers.split_whitespace().any(|c| c == "pids") {
+            containers.push_str("pids_limit = 0\n");
+        }
+        if !cap_sys_resource {
+            engine.push_str("runtime = \"runc\"\n");
+        }
+        let text = format!("[containers]\n{containers}[engine]\n{engine}");
+        eprintln!("podman host configuration (/etc/containers/containers.conf):\n{text}");
+        std::fs::create_dir_all("/etc/containers").expect("mkdir /etc/containers");
+        std::fs::write("/etc/containers/containers.conf", text).expect("write containers.conf");
+    });
+}
+
+/// Container ids the runtime still has state for (for podman: names in shim's store).
 pub fn runtime_containers(runtime: &str) -> Vec<String> {
-    let o = run(Command::new(runtime).args(["list", "-q"]));
+    let o = if runtime == "podman" {
+        let o = podman(&["ps", "-a", "--format", "{{.Names}}"]);
+        assert!(o.status.success(), "podman ps: {}", stderr(&o));
+        o
+    } else {
+        run(Command::new(runtime).args(["list", "-q"]))
+    };
     stdout(&o)
         .lines()
         .map(|l| l.trim().to_string())

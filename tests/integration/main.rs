@@ -3,7 +3,9 @@
 //! `common::in_sandbox`.
 
 mod common;
+mod logs;
 mod registry;
+mod supervise;
 mod upgrade;
 
 use std::process::Command;
@@ -37,9 +39,16 @@ fn ports_of(rows: &[serde_json::Value]) -> Vec<u16> {
 }
 
 /// Done-when 1–4 for one runtime: three instances answer on their own ports; `systemctl stop`
-/// of one leaves nothing; SIGKILL of a container's init is repaired by systemd; the journal
+/// of one leaves nothing; SIGKILL of a unit's main process is repaired by systemd; the journal
 /// has the app's output; SIGKILL of everything plus `shim stop` leaves nothing.
+///
+/// The main process is the container's init for runc/crun and conmon for podman (Quadlet's
+/// model, docs/podman.md); for podman, SIGKILL of the container's init is checked as well.
 fn lifecycle(runtime: &str) {
+    let podman = runtime == "podman";
+    if podman {
+        configure_podman_host();
+    }
     let id = format!("life_{runtime}");
     let cfg = TestConfig::new(&service_toml(&id, runtime, 3));
     let out = shim_ok(cfg.path(), &["start", "--id", &id, "--revision", "rev1"]);
@@ -94,27 +103,64 @@ fn lifecycle(runtime: &str) {
     });
     assert!(journal.contains("revision=rev1"), "{journal}");
 
-    // 2a. systemctl stop of one unit: its container is gone, no process, no runtime state.
     let unit0 = rows[0]["unit"].as_str().unwrap().to_string();
-    let pid0 = rows[0]["main_pid"].as_u64().unwrap() as u32;
     let stem0 = unit0.trim_end_matches(".service").to_string();
+    if podman {
+        // The main PID is conmon; the container's init is in the payload cgroup below.
+        let main: u32 = unit_prop(&unit0, "MainPID").parse().unwrap();
+        let comm = std::fs::read_to_string(format!("/proc/{main}/comm")).unwrap_or_default();
+        assert_eq!(comm.trim(), "conmon", "main process of {unit0}");
+        // SIGKILL of the container's init: conmon exits with it, systemd restarts the unit.
+        let init = podman_init_pid(&unit0);
+        nix_kill(init);
+        wait_for(Duration::from_secs(20), "the restarted instance", || {
+            let p: u32 = unit_prop(&unit0, "MainPID").parse().ok()?;
+            (p != 0 && p != main && unit_prop(&unit0, "ActiveState") == "active").then_some(p)
+        });
+        assert!(!pid_alive(init), "killed init {init} still there");
+        let port0 = rows[0]["port"].as_u64().unwrap() as u16;
+        assert!(wait_answer(port0).contains("revision=rev1"));
+    }
+
+    // 2a. systemctl stop of one unit: its container is gone, no process, no runtime state.
+    let pid0: u32 = unit_prop(&unit0, "MainPID").parse().unwrap();
     assert!(
         runtime_containers(runtime).contains(&stem0),
         "runtime knows the container while it runs"
     );
+    // podman mounts the container's root under its own store, named by the container's id.
+    let mount_key0 = if podman {
+        podman_container_id(&stem0)
+    } else {
+        stem0.clone()
+    };
+    assert!(
+        !mounts_containing(&mount_key0).is_empty(),
+        "no mount of {stem0} ({mount_key0}) while it runs"
+    );
+    let inner0 = if podman {
+        podman_init_pid(&unit0)
+    } else {
+        pid0
+    };
     let o = run(Command::new("systemctl").args(["stop", &unit0]));
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         !pid_alive(pid0),
-        "container init {pid0} survived systemctl stop"
+        "main process {pid0} survived systemctl stop"
+    );
+    assert!(
+        !pid_alive(inner0),
+        "container init {inner0} survived systemctl stop"
     );
     assert!(
         !runtime_containers(runtime).contains(&stem0),
         "runtime state of {stem0} left behind"
     );
     assert!(
-        mounts_containing(&stem0).is_empty(),
-        "overlay of {stem0} still mounted"
+        mounts_containing(&mount_key0).is_empty(),
+        "overlay of {stem0} still mounted: {:?}",
+        mounts_containing(&mount_key0)
     );
     assert!(
         !unit_cgroup(&unit0).exists(),
@@ -167,12 +213,40 @@ fn lifecycle(runtime: &str) {
     // Stop is idempotent.
     let again = shim_ok(cfg.path(), &["stop", "--id", &id]);
     assert!(again.contains("no running instances"), "{again}");
+    if podman {
+        let left = sh(&format!(
+            "ls {PODMAN_RUNROOT}/overlay-containers/ 2>/dev/null"
+        ));
+        assert_eq!(stdout(&left).trim(), "", "podman container state left");
+    }
     for p in ports {
         assert!(
             http_get(p, "/").is_none(),
             "port {p} still answers after stop"
         );
     }
+}
+
+/// The container's init of a podman unit: the process in its `libpod-payload-*` cgroup.
+fn podman_init_pid(unit: &str) -> u32 {
+    let dir = unit_cgroup(unit);
+    let payload = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .flatten()
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("libpod-payload-")
+        })
+        .unwrap_or_else(|| panic!("no libpod-payload cgroup below {}", dir.display()));
+    let pids = cgroup_pids(&payload.path());
+    *pids.first().expect("no process in the payload cgroup")
+}
+
+fn podman_container_id(name: &str) -> String {
+    let o = podman(&["inspect", "--format", "{{.Id}}", name]);
+    assert!(o.status.success(), "podman inspect {name}: {}", stderr(&o));
+    stdout(&o).trim().to_string()
 }
 
 fn nix_kill(pid: u32) {
@@ -190,6 +264,105 @@ fn lifecycle_runc() {
 fn lifecycle_crun() {
     require_sandbox!();
     lifecycle("crun");
+}
+
+#[test]
+fn lifecycle_podman() {
+    require_sandbox!();
+    lifecycle("podman");
+}
+
+/// runtime = "podman": `shim show` prints the podman unit and the env file (secrets redacted);
+/// secrets reach the container only through the root-only env file, never the unit; `user`,
+/// image env and `read_only` (root read-only, /tmp writable) apply as with runc/crun.
+#[test]
+fn podman_env_secrets_user_and_read_only() {
+    require_sandbox!();
+    configure_podman_host();
+    let id = "psecrets";
+    let secrets = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secrets.path(), "DB_PASSWORD='hunter2-very-secret'\n").unwrap();
+    let toml = format!(
+        r#"
+[services.psecrets]
+image = "oci:{{layout}}:{{revision}}"
+runtime = "podman"
+env = {{ FROM_DEFINITION = "yes" }}
+env_files = ["{}"]
+user = "app"
+
+[services.psecrets.processes.web]
+health = {{ path = "/health" }}
+
+[services.psecrets.processes.ro]
+port = true
+read_only = true
+"#,
+        secrets.path().display()
+    );
+    let cfg = TestConfig::new(&toml);
+    let show = shim_ok(cfg.path(), &["show", "--id", id, "--revision", "rev1"]);
+    assert!(show.contains("Type=notify"), "{show}");
+    assert!(show.contains("--sdnotify=conmon"), "{show}");
+    assert!(show.contains("DB_PASSWORD=<secret from"), "{show}");
+    assert!(!show.contains("hunter2"), "{show}");
+
+    shim_ok(cfg.path(), &["start", "--id", id, "--revision", "rev1"]);
+    let rows = status(cfg.path(), id);
+    let row = |p: &str| rows.iter().find(|r| r["process"] == p).unwrap().clone();
+    let (web, ro) = (row("web"), row("ro"));
+    let port = web["port"].as_u64().unwrap() as u16;
+    let ro_port = ro["port"].as_u64().unwrap() as u16;
+    wait_answer(port);
+    wait_answer(ro_port);
+    let (_, env) = http_get(port, "/env").unwrap();
+    assert!(env.contains("DB_PASSWORD=hunter2-very-secret"), "{env}");
+    assert!(env.contains("FROM_DEFINITION=yes"), "{env}");
+    assert!(env.contains("APP_REVISION=rev1"), "image env: {env}");
+    assert!(env.contains(&format!("PORT={port}")), "{env}");
+    let (_, who) = http_get(port, "/whoami").unwrap();
+    assert!(who.contains("uid=1000"), "{who}");
+    let unit = web["unit"].as_str().unwrap().to_string();
+    let shown = stdout(&run(Command::new("systemctl").args(["show", &unit])));
+    assert!(
+        !shown.contains("hunter2"),
+        "secret visible in systemctl show"
+    );
+    let dir = format!(
+        "/run/shim/instances/{id}/{}",
+        unit.trim_end_matches(".service")
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(format!("{dir}/env")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    // A writable root for web; for ro a read-only root (the app runs as uid 1000, so its own
+    // writes cannot tell: the mount table does) with a writable tmpfs on /tmp.
+    let root_opts = |port: u16| {
+        let (code, mounts) = http_get(port, "/read?path=/proc/self/mounts").unwrap();
+        assert_eq!(code, 200, "{mounts}");
+        mounts
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.get(1) == Some(&"/"))
+            .and_then(|f| f.get(3).map(|o| o.to_string()))
+            .unwrap_or_else(|| panic!("no root mount in {mounts}"))
+    };
+    assert!(root_opts(port).starts_with("rw"), "{}", root_opts(port));
+    assert!(
+        root_opts(ro_port).starts_with("ro"),
+        "{}",
+        root_opts(ro_port)
+    );
+    assert_eq!(
+        http_get(ro_port, "/write?path=/tmp/note&data=x").unwrap().0,
+        200
+    );
+    shim_ok(cfg.path(), &["stop", "--id", id]);
+    assert!(runtime_containers("podman").iter().all(|c| !c.contains(id)));
 }
 
 /// Secrets reach the container through config.json and never appear in unit properties;

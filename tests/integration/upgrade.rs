@@ -188,6 +188,16 @@ fn ten_upgrades_under_load_drop_nothing() {
     enable_site(id);
     assert_eq!(served_revision(), "revision=rev1");
 
+    // --dry-run prints the plan and changes nothing.
+    let dry = shim_ok(
+        cfg.path(),
+        &["upgrade", "--id", id, "--revision", "rev2", "--dry-run"],
+    );
+    assert!(dry.contains("start 3 new instance(s) of rev2"), "{dry}");
+    assert!(dry.contains("dry run: nothing changed"), "{dry}");
+    assert!(units_matching(&format!("shim-{id}-*-rev2-*")).is_empty());
+    assert_eq!(served_revision(), "revision=rev1");
+
     let load = Load::start();
     std::thread::sleep(Duration::from_millis(300));
     let mut times = Vec::new();

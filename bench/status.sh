@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# `shim status` at scale, in a fresh systemd sandbox: 100 services × 4 instances = 400 units,
+# against `systemctl list-units 'shim-*'` and `podman ps` at the same count.
+#
+# The 400 shim units are transient units made with systemd-run exactly as shim names and tags
+# them (shim-<svc>-web-<rev>-<i>.service in shim.slice, LogExtraFields SHIM_SERVICE/PROCESS/
+# REVISION/INSTANCE/PORT), each running `sleep infinity` instead of a container: `shim status`
+# only reads systemd (one ListUnitsByPatterns, one GetAll per unit) and shim's state files, so
+# what runs inside the unit does not change what it measures, and 400 real containers would
+# not fit this 2-core machine beside the podman ones. The podman side runs real containers
+# (`podman run -d`, the test image, `sleep`), PODMAN_COUNT of them (default 400).
+#
+# Usage: bench/status.sh [RUNS] (default 20; median of RUNS, interleaved)
+# Env: PODMAN_COUNT (default 400; 0 skips podman), SERVICES (100), INSTANCES (4).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS="${1:-20}"
+cargo build --release --bins --quiet
+T="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/release"
+SB="bash tests/sandbox/sandbox.sh"
+NAME=bench-status
+trap '$SB down --name $NAME >/dev/null 2>&1 || true' EXIT
+$SB down --name $NAME >/dev/null 2>&1 || true
+$SB up --name $NAME >/dev/null
+$SB exec --name $NAME --env RUNS="$RUNS" --env T="$T" --env PODMAN_COUNT="${PODMAN_COUNT:-400}" \
+  --env SERVICES="${SERVICES:-100}" --env INSTANCES="${INSTANCES:-4}" -- bash -euo pipefail -c '
+SHIM=$T/shim
+now() { date +%s%N; }
+ms() { echo "scale=1; $1/1000000" | bc -l; }
+median() { sort -n | awk "{ a[NR] = \$1 } END { print a[int((NR + 1) / 2)] }"; }
+REV=279d9035886d4c0427549863c4c2101e4a63e041
+
+t0=$(now)
+port=20000
+for s in $(seq -w 1 "$SERVICES"); do
+  for i in $(seq 1 "$INSTANCES"); do
+    systemd-run --quiet --collect --slice shim.slice \
+      --unit "shim-bench_$s-web-${REV:0:12}-$i.service" \
+      -p "LogExtraFields=SHIM_SERVICE=bench_$s" -p LogExtraFields=SHIM_PROCESS=web \
+      -p "LogExtraFields=SHIM_REVISION=$REV" -p "LogExtraFields=SHIM_INSTANCE=$i" \
+      -p "LogExtraFields=SHIM_PORT=$port" \
+      sleep infinity
+    port=$((port + 1))
+  done
+done
+units=$(systemctl list-units --plain --no-legend "shim-*" | grep -c running)
+echo "created $units running shim-* units in $(ms $(( $(now) - t0 ))) ms"
+
+n=0
+if [ "$PODMAN_COUNT" -gt 0 ]; then
+  bash tests/sandbox/build-test-image.sh /var/lib/bench/img rev1 rev1 $T/shim-testapp >/dev/null
+  # As bench/spine.sh: no pids controller and no CAP_SYS_RESOURCE in the sandbox; storage
+  # on the sandbox tmpfs, since overlayfs cannot stack on the sandbox root (an overlayfs).
+  mkdir -p /etc/containers
+  printf "[containers]\npids_limit = 0\n[engine]\nruntime = \"runc\"\n" > /etc/containers/containers.conf
+  podman() { command podman --root /tmp/podman-root --storage-driver overlay "$@"; }
+  podman pull -q oci:/var/lib/bench/img:rev1 >/dev/null
+  img=$(podman images -q | head -n1)
+  t0=$(now)
+  for c in $(seq 1 "$PODMAN_COUNT"); do
+    podman run -d --network host --entrypoint /bin/sleep "$img" 100000000 >/dev/null
+  done
+  n=$(podman ps -q | wc -l)
+  echo "created $n running podman containers in $(ms $(( $(now) - t0 ))) ms"
+fi
+
+: > /tmp/shim.ns; : > /tmp/shimjson.ns; : > /tmp/sysd.ns; : > /tmp/podman.ns
+rows=$($SHIM status --json | jq length)
+[ "$rows" = "$units" ] || { echo "shim status shows $rows rows, expected $units"; exit 1; }
+for r in $(seq "$RUNS"); do
+  a=$(now); $SHIM status >/dev/null; b=$(now); echo $((b - a)) >> /tmp/shim.ns
+  a=$(now); $SHIM status --json >/dev/null; b=$(now); echo $((b - a)) >> /tmp/shimjson.ns
+  a=$(now); systemctl list-units --no-pager "shim-*" >/dev/null; b=$(now); echo $((b - a)) >> /tmp/sysd.ns
+  if [ "$n" -gt 0 ]; then
+    a=$(now); podman ps >/dev/null; b=$(now); echo $((b - a)) >> /tmp/podman.ns
+  fi
+done
+echo "median of $RUNS runs, $units shim units ($SERVICES services x $INSTANCES instances), $n podman containers:"
+printf "  %-40s %8s ms\n" "shim status" "$(ms $(median < /tmp/shim.ns))"
+printf "  %-40s %8s ms\n" "shim status --json" "$(ms $(median < /tmp/shimjson.ns))"
+printf "  %-40s %8s ms\n" "systemctl list-units shim-*" "$(ms $(median < /tmp/sysd.ns))"
+[ "$n" -gt 0 ] && printf "  %-40s %8s ms\n" "podman ps ($n containers)" "$(ms $(median < /tmp/podman.ns))"
+echo "all runs (ms): shim status: $(for x in $(cat /tmp/shim.ns); do ms $x; done | tr "\n" " ")"
+'

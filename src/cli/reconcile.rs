@@ -1,0 +1,45 @@
+//! `shim reconcile`: bring the host back to the definitions and the recorded revisions (at
+//! boot, from units/shim-reconcile.service, or after editing the definitions). See
+//! `supervise::reconcile`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::deploy::Dirs;
+use crate::supervise::reconcile::{self, Options};
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    crate::config::parse_duration(s)
+}
+
+/// Make this host match the definitions: every service with a recorded current revision
+/// (and not stopped) runs `count` instances of that revision, nginx points at them and its
+/// probe timer runs; leftovers of interrupted upgrades and units of services no longer
+/// defined are removed. Changes only what differs: a second run does nothing.
+///
+/// Example: shim reconcile --dry-run
+#[derive(Args, Debug)]
+pub struct ReconcileArgs {
+    /// Print what would change, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How long to wait for another shim command working on a service.
+    #[arg(long, value_parser = parse_duration_arg, default_value = "5min")]
+    pub lock_timeout: Duration,
+}
+
+pub fn run(config: &Path, args: ReconcileArgs) -> Result<()> {
+    let defs = crate::config::load(config)?;
+    reconcile::run(
+        &defs,
+        &Dirs::from_env(),
+        &Options {
+            dry_run: args.dry_run,
+            lock_timeout: args.lock_timeout,
+            config: config.to_path_buf(),
+        },
+    )
+}

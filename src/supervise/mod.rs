@@ -1,0 +1,431 @@
+//! Supervision beyond what systemd does by itself: systemd restarts a process that exits;
+//! shim's probe also catches processes that are alive but cannot work, instances that are
+//! missing, and crash loops; `shim reconcile` brings the host back to the recorded state
+//! (at boot, when transient units are gone).
+//!
+//! Flow: a successful start/upgrade/reconcile creates the service's probe timer
+//! ([`ensure_probe_timer`], units planned by `plan::probe`). Every interval systemd runs
+//! `shim probe --id ID` ([`probe::run`]): observe the service's units (one D-Bus listing),
+//! health-check the instances concurrently, decide purely ([`probe::decide_counts`],
+//! [`probe::decide_health`]) and act: start missing instances, kill the main process of an
+//! instance that failed `unhealthy_after` checks in a row (systemd's own `Restart=` brings it
+//! back), retry crash-looping units once their backoff has passed.
+//!
+//! Backoff on systemd 252, which has no `RestartSteps=`: instance units carry a start limit
+//! (`plan::START_LIMIT_*`), so after one quick restart a crash loop lands in `failed` (kept
+//! visible by `CollectMode=inactive`). The probe then resets and starts the unit when
+//! [`next_retry_usec`] has passed: `RestartSec` doubling per retry, capped by
+//! `[shim] restart_max_delay` (default 5 min), forever. A unit that stays up for the start
+//! limit interval has its backoff forgotten. On systemd ≥ 254 the units use
+//! `RestartSteps=`/`RestartMaxDelaySec=` and never fail; the probe has nothing to retry.
+//!
+//! What the probe remembers between runs (consecutive failed checks, retries) is in
+//! `/run/shim/supervise/<id>.json` ([`Memory`]): on tmpfs, gone at reboot with the units.
+
+pub mod journal;
+pub mod probe;
+pub mod reconcile;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::config::ServiceDef;
+use crate::deploy::Dirs;
+use crate::plan::probe::{plan_probe, probe_service_name, probe_timer_name, ProbeContext};
+use crate::plan::{RESTART_SEC, START_LIMIT_INTERVAL};
+use crate::systemd::{Systemd, UnitInfo};
+
+/// What the probe remembers about one unit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitMemory {
+    /// Consecutive failed health checks of the process `pid`.
+    #[serde(default, skip_serializing_if = "is_zero32")]
+    pub failures: u32,
+    #[serde(default, skip_serializing_if = "is_zero32")]
+    pub pid: u32,
+    /// Backoff retries since the unit last ran stably.
+    #[serde(default, skip_serializing_if = "is_zero32")]
+    pub retries: u32,
+    /// When the probe last started it (µs since the epoch).
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub last_start_usec: u64,
+    /// When the probe first saw it failed without a known exit time.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub failed_seen_usec: u64,
+}
+
+fn is_zero32(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero64(n: &u64) -> bool {
+    *n == 0
+}
+
+impl UnitMemory {
+    fn is_empty(&self) -> bool {
+        self == &UnitMemory::default()
+    }
+}
+
+/// Everything the probe remembers about one service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Memory {
+    #[serde(default)]
+    pub units: BTreeMap<String, UnitMemory>,
+    /// Conditions already reported once (e.g. an interrupted upgrade), so that a probe every
+    /// few seconds does not repeat them.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub noted: BTreeSet<String>,
+}
+
+fn memory_path(dirs: &Dirs, id: &str) -> PathBuf {
+    dirs.run.join("supervise").join(format!("{id}.json"))
+}
+
+pub fn load_memory(dirs: &Dirs, id: &str) -> Memory {
+    std::fs::read(memory_path(dirs, id))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+pub fn save_memory(dirs: &Dirs, id: &str, m: &Memory) -> Result<()> {
+    let p = memory_path(dirs, id);
+    if m == &Memory::default() {
+        return match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", p.display()))
+            }
+            _ => Ok(()),
+        };
+    }
+    if let Some(dir) = p.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    crate::state::write_atomic(&p, &serde_json::to_vec(m)?, 0o644)
+}
+
+/// Forgets everything about a service (it was stopped).
+pub fn forget(dirs: &Dirs, id: &str) -> Result<()> {
+    save_memory(dirs, id, &Memory::default())
+}
+
+/// The delay of backoff step `step`: `RestartSec` doubled `step` times, at most `max`.
+pub fn backoff_delay(step: u32, max: Duration) -> Duration {
+    let factor = 2u32.saturating_pow(step.min(30));
+    RESTART_SEC.saturating_mul(factor).min(max.max(RESTART_SEC))
+}
+
+pub(crate) fn usecs(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// When a failed unit went down: when systemd says it failed; else the latest of its main
+/// process's exit, the probe's last start of it and when the probe first saw it failed (a
+/// container that exits before systemd reads its pid file leaves no main process exit).
+pub fn failed_since_usec(u: &UnitInfo, m: &UnitMemory) -> u64 {
+    if u.failed_since_usec != 0 {
+        return u.failed_since_usec;
+    }
+    u.exec_main_exit_usec
+        .max(m.last_start_usec)
+        .max(m.failed_seen_usec)
+}
+
+/// When the probe retries a failed unit that it retried `m.retries` times already. Step 0
+/// of the backoff (`RestartSec`) was systemd's own quick restart; the probe's retries start
+/// at step 1.
+pub fn next_retry_usec(u: &UnitInfo, m: &UnitMemory, max: Duration) -> u64 {
+    failed_since_usec(u, m).saturating_add(usecs(backoff_delay(m.retries + 1, max)))
+}
+
+/// Whether a unit ran long enough to count as stable: its backoff is forgotten.
+pub fn is_stable(u: &UnitInfo, now_usec: u64) -> bool {
+    is_running(u)
+        && u.main_start_usec != 0
+        && now_usec.saturating_sub(u.main_start_usec) >= usecs(START_LIMIT_INTERVAL)
+}
+
+pub fn is_running(u: &UnitInfo) -> bool {
+    u.active_state == "active" && u.sub_state == "running" && u.main_pid != 0
+}
+
+/// A unit waiting to be restarted, as `shim status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Retry {
+    /// Who restarts it: "systemd" (between automatic restarts) or "probe" (a failed unit
+    /// after a crash loop, systemd 252).
+    pub by: &'static str,
+    /// The probe's retry number (1 = the first after systemd gave up); for systemd, the
+    /// automatic restart's number.
+    pub retry: u32,
+    /// Seconds until it, 0 if due (the probe acts on its next run).
+    pub in_secs: u64,
+}
+
+/// The next restart of a unit, if it is waiting for one.
+pub fn pending_retry(u: &UnitInfo, m: &UnitMemory, max: Duration, now_usec: u64) -> Option<Retry> {
+    let (by, retry, at) = match (u.active_state.as_str(), u.sub_state.as_str()) {
+        ("failed", _) => ("probe", m.retries + 1, next_retry_usec(u, m, max)),
+        (_, "auto-restart") => {
+            let delay = match u.restart_usec_next {
+                0 => usecs(RESTART_SEC),
+                d => d,
+            };
+            (
+                "systemd",
+                u.n_restarts + 1,
+                u.exec_main_exit_usec.saturating_add(delay),
+            )
+        }
+        _ => return None,
+    };
+    Some(Retry {
+        by,
+        retry,
+        in_secs: at.saturating_sub(now_usec).div_ceil(1_000_000),
+    })
+}
+
+/// Environment the probe needs to see the same state and run directories as the command
+/// that created it (only ever differs from the defaults in tests).
+pub fn probe_env(dirs: &Dirs) -> Vec<(String, String)> {
+    let default = Dirs {
+        state: PathBuf::from("/var/lib/shim"),
+        run: PathBuf::from("/run/shim"),
+    };
+    let mut env = Vec::new();
+    if dirs.state != default.state {
+        env.push(("SHIM_STATE_DIR".into(), dirs.state.display().to_string()));
+    }
+    if dirs.run != default.run {
+        env.push(("SHIM_RUN_DIR".into(), dirs.run.display().to_string()));
+    }
+    env
+}
+
+/// What [`ensure_probe_timer`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerChange {
+    Unchanged,
+    Created,
+    Replaced,
+}
+
+/// How a probe timer is now, for reconcile's plan: `None` when it is what the definitions
+/// ask for and active.
+pub fn probe_timer_drift(
+    sd: &dyn Systemd,
+    svc: &ServiceDef,
+    shim_exe: &Path,
+    config: &Path,
+    dirs: &Dirs,
+) -> Result<Option<String>> {
+    let config = std::path::absolute(config)?;
+    let env = probe_env(dirs);
+    let planned = plan_probe(&ProbeContext {
+        service: svc,
+        shim_exe,
+        config: &config,
+        env: &env,
+    });
+    let name = &planned.timer.name;
+    let now = sd.list_units(std::slice::from_ref(name))?;
+    let want = match &planned.timer.properties[0].1 {
+        crate::plan::Prop::Str(d) => d.clone(),
+        _ => String::new(),
+    };
+    Ok(match now.iter().find(|u| &u.name == name) {
+        None => Some("probe timer missing".into()),
+        Some(u) if u.active_state != "active" => Some(format!("probe timer is {}", u.active_state)),
+        Some(u) if u.description != want => Some("probe timer differs from the definitions".into()),
+        Some(_) => None,
+    })
+}
+
+/// Makes the service's probe timer exist, be active and match the definitions: replaced if
+/// it differs (interval, binary, definitions path), left alone otherwise.
+pub fn ensure_probe_timer(
+    sd: &dyn Systemd,
+    svc: &ServiceDef,
+    shim_exe: &Path,
+    config: &Path,
+    dirs: &Dirs,
+) -> Result<TimerChange> {
+    let Some(_) = probe_timer_drift(sd, svc, shim_exe, config, dirs)? else {
+        return Ok(TimerChange::Unchanged);
+    };
+    let config = std::path::absolute(config)?;
+    let env = probe_env(dirs);
+    let planned = plan_probe(&ProbeContext {
+        service: svc,
+        shim_exe,
+        config: &config,
+        env: &env,
+    });
+    let id = svc.id.as_str();
+    let existed = remove_probe_timer(sd, id)?;
+    // A stopped transient unit is unloaded by systemd's garbage collection, soon after its
+    // stop job; creating one with the same name before that fails ("already exists").
+    let names = [probe_timer_name(id), probe_service_name(id)];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = sd.list_units(&names)?;
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(anyhow!(
+                "{} still loaded 10 s after it was stopped",
+                left.iter()
+                    .map(|u| u.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = sd
+        .start_transient_with_aux(
+            &planned.timer,
+            std::slice::from_ref(&planned.service),
+            Duration::from_secs(30),
+        )
+        .with_context(|| format!("starting the probe timer of {id}"))?;
+    if !out.ok() {
+        return Err(anyhow!("starting {}: {}", out.unit, out.result));
+    }
+    Ok(if existed {
+        TimerChange::Replaced
+    } else {
+        TimerChange::Created
+    })
+}
+
+/// Stops and unloads a service's probe timer and its service (a probe running right now is
+/// stopped too). Returns whether there was anything. Idempotent.
+pub fn remove_probe_timer(sd: &dyn Systemd, id: &str) -> Result<bool> {
+    let names = vec![probe_timer_name(id), probe_service_name(id)];
+    let existed = !sd.list_units(&names)?.is_empty();
+    if existed {
+        let out = sd.stop_units(&names, Duration::from_secs(150))?;
+        if let Some(bad) = out.iter().find(|o| !o.ok()) {
+            return Err(anyhow!("stopping {}: {}", bad.unit, bad.result));
+        }
+    }
+    Ok(existed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(state: &str, sub: &str, exit: u64) -> UnitInfo {
+        UnitInfo {
+            name: "shim-a-web-r-1.service".into(),
+            description: String::new(),
+            load_state: "loaded".into(),
+            active_state: state.into(),
+            sub_state: sub.into(),
+            main_pid: 0,
+            n_restarts: 0,
+            main_start_usec: 0,
+            exec_main_code: 1,
+            exec_main_status: 3,
+            exec_main_exit_usec: exit,
+            failed_since_usec: 0,
+            restart_usec_next: 0,
+            fields: Default::default(),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_from_restart_sec_and_is_capped() {
+        let max = Duration::from_secs(300);
+        let delays: Vec<u64> = (0..10).map(|s| backoff_delay(s, max).as_secs()).collect();
+        assert_eq!(delays, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(backoff_delay(1000, max), max);
+        // A max below RestartSec cannot make the delay shorter than systemd's own.
+        assert_eq!(backoff_delay(3, Duration::ZERO), RESTART_SEC);
+    }
+
+    #[test]
+    fn retries_are_timed_from_the_last_failure() {
+        let max = Duration::from_secs(8);
+        let u = unit("failed", "failed", 10_000_000);
+        let mut m = UnitMemory::default();
+        assert_eq!(next_retry_usec(&u, &m, max), 14_000_000);
+        m.retries = 1;
+        m.last_start_usec = 20_000_000;
+        assert_eq!(next_retry_usec(&u, &m, max), 28_000_000);
+        m.retries = 5;
+        assert_eq!(next_retry_usec(&u, &m, max), 28_000_000);
+        let r = pending_retry(&u, &m, max, 25_500_000).unwrap();
+        assert_eq!(
+            r,
+            Retry {
+                by: "probe",
+                retry: 6,
+                in_secs: 3
+            }
+        );
+        assert_eq!(pending_retry(&u, &m, max, 30_000_000).unwrap().in_secs, 0);
+        // When systemd says when it failed, that is the reference.
+        let mut u2 = u.clone();
+        u2.failed_since_usec = 29_000_000;
+        assert_eq!(next_retry_usec(&u2, &m, max), 37_000_000);
+        let auto = unit("activating", "auto-restart", 10_000_000);
+        assert_eq!(
+            pending_retry(&auto, &UnitMemory::default(), max, 11_000_000)
+                .unwrap()
+                .in_secs,
+            1
+        );
+        assert!(pending_retry(&unit("active", "running", 0), &m, max, 0).is_none());
+    }
+
+    #[test]
+    fn memory_round_trips_and_an_empty_one_is_no_file() {
+        let t = tempfile::tempdir().unwrap();
+        let dirs = Dirs {
+            state: t.path().join("s"),
+            run: t.path().join("r"),
+        };
+        assert_eq!(load_memory(&dirs, "a"), Memory::default());
+        let mut m = Memory::default();
+        m.units.insert(
+            "u".into(),
+            UnitMemory {
+                failures: 2,
+                pid: 7,
+                ..Default::default()
+            },
+        );
+        save_memory(&dirs, "a", &m).unwrap();
+        assert_eq!(load_memory(&dirs, "a"), m);
+        save_memory(&dirs, "a", &Memory::default()).unwrap();
+        assert!(!memory_path(&dirs, "a").exists());
+    }
+
+    #[test]
+    fn probe_env_only_carries_overrides() {
+        let d = Dirs {
+            state: "/var/lib/shim".into(),
+            run: "/run/shim".into(),
+        };
+        assert!(probe_env(&d).is_empty());
+        let d = Dirs {
+            state: "/tmp/s".into(),
+            run: "/run/shim".into(),
+        };
+        assert_eq!(
+            probe_env(&d),
+            vec![("SHIM_STATE_DIR".to_string(), "/tmp/s".to_string())]
+        );
+    }
+}

@@ -1,0 +1,769 @@
+//! One probe run of one service (`shim probe --id ID`, started by the service's probe timer):
+//! observe, decide, act.
+//!
+//! - observe: the definitions, the recorded state (current revision, paused), the service's
+//!   units (one D-Bus listing), what earlier runs remembered ([`Memory`]);
+//! - health checks, one thread per instance, while the main thread deals with counts and
+//!   crash loops ([`decide_counts`]: start missing instances, retry failed ones whose backoff
+//!   has passed);
+//! - [`decide_health`]: after `unhealthy_after` consecutive failed checks (outside
+//!   `start_period`), SIGKILL the unit's main process through D-Bus, so that systemd's own
+//!   `Restart=` path brings the instance back.
+//!
+//! The deciding is pure (unit-tested below); every action is logged to the journal with
+//! SHIM_SERVICE, SHIM_PROCESS, SHIM_INSTANCE, SHIM_UNIT, SHIM_ACTION and SHIM_REASON. A
+//! healthy run logs nothing and writes nothing.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+
+use super::journal::{self, NOTICE, WARNING};
+use super::{
+    backoff_delay, failed_since_usec, is_running, is_stable, load_memory, next_retry_usec,
+    save_memory, usecs, Memory,
+};
+use crate::config::{Definitions, ProcessDef, ServiceDef};
+use crate::deploy::{self, Dirs};
+use crate::lock::ServiceLock;
+use crate::plan::InstanceKey;
+use crate::probe::{self as http, Check};
+use crate::state::{ServiceState, StateStore};
+use crate::systemd::{DbusSystemd, Systemd, UnitInfo};
+
+/// Everything a decision depends on.
+pub struct Inputs<'a> {
+    pub service: &'a ServiceDef,
+    pub state: &'a ServiceState,
+    /// The recorded current revision: the one the probe keeps running.
+    pub revision: &'a str,
+    /// The service's units, all revisions.
+    pub units: &'a [UnitInfo],
+    pub memory: &'a Memory,
+    pub now_usec: u64,
+    pub max_delay: Duration,
+}
+
+/// What the probe does about one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// No unit for this instance: start it.
+    Start {
+        process: String,
+        index: u32,
+        unit: String,
+    },
+    /// Failed after a crash loop and its backoff has passed: reset and start it.
+    Retry {
+        process: String,
+        index: u32,
+        unit: String,
+        retry: u32,
+        waited: Duration,
+    },
+    /// Unhealthy `unhealthy_after` times in a row: kill its main process.
+    Kill {
+        process: String,
+        index: u32,
+        unit: String,
+        reason: String,
+    },
+}
+
+/// A health check to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReq {
+    pub unit: String,
+    pub port: u16,
+    pub path: String,
+    pub timeout: Duration,
+}
+
+fn process_def<'a>(svc: &'a ServiceDef, u: &UnitInfo) -> Option<&'a ProcessDef> {
+    let name = u.field("SHIM_PROCESS")?;
+    svc.processes.values().find(|p| p.name.as_str() == name)
+}
+
+fn index_of(u: &UnitInfo) -> u32 {
+    u.field("SHIM_INSTANCE")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Units of the current revision whose process is defined and not paused.
+fn supervised<'a>(
+    inp: &'a Inputs<'a>,
+) -> impl Iterator<Item = (&'a UnitInfo, &'a ProcessDef)> + 'a {
+    inp.units
+        .iter()
+        .filter(|u| u.field("SHIM_REVISION") == Some(inp.revision))
+        .filter_map(|u| Some((u, process_def(inp.service, u)?)))
+        .filter(|(_, d)| !inp.state.is_paused(d.name.as_str()))
+}
+
+/// The instances to health-check: running, with a health check, past `start_period`.
+pub fn plan_checks(inp: &Inputs<'_>) -> Vec<CheckReq> {
+    supervised(inp)
+        .filter(|(u, _)| is_running(u))
+        .filter_map(|(u, d)| {
+            let h = d.health.as_ref()?;
+            let up = inp.now_usec.saturating_sub(u.main_start_usec);
+            if u.main_start_usec == 0 || up < h.start_period.as_micros() as u64 {
+                return None;
+            }
+            Some(CheckReq {
+                unit: u.name.clone(),
+                port: u.field("SHIM_PORT")?.parse().ok()?,
+                path: h.path.clone(),
+                timeout: h.timeout,
+            })
+        })
+        .collect()
+}
+
+/// Missing instances and crash loops. Returns the actions and the memory after them.
+pub fn decide_counts(inp: &Inputs<'_>) -> (Vec<Action>, Memory) {
+    let mut mem = inp.memory.clone();
+    let mut actions = Vec::new();
+    for (u, d) in supervised(inp) {
+        let m = mem.units.entry(u.name.clone()).or_default();
+        if is_stable(u, inp.now_usec) {
+            // Up long enough: whatever crash loop there was is over.
+            m.retries = 0;
+            m.last_start_usec = 0;
+            m.failed_seen_usec = 0;
+        } else if u.active_state == "failed" {
+            if failed_since_usec(u, m) == 0 {
+                m.failed_seen_usec = inp.now_usec;
+            }
+            let due = next_retry_usec(u, m, inp.max_delay);
+            if inp.now_usec >= due {
+                let since = failed_since_usec(u, m);
+                m.retries += 1;
+                m.last_start_usec = inp.now_usec;
+                m.failed_seen_usec = 0;
+                actions.push(Action::Retry {
+                    process: d.name.to_string(),
+                    index: index_of(u),
+                    unit: u.name.clone(),
+                    retry: m.retries,
+                    waited: Duration::from_micros(inp.now_usec.saturating_sub(since)),
+                });
+            }
+        }
+    }
+    let mut wanted = Vec::new();
+    for d in inp.service.processes.values() {
+        if inp.state.is_paused(d.name.as_str()) {
+            continue;
+        }
+        for index in 1..=d.count {
+            let unit = InstanceKey {
+                service: inp.service.id.clone(),
+                process: d.name.clone(),
+                revision: inp.revision.to_string(),
+                index,
+            }
+            .unit_name();
+            wanted.push(unit.clone());
+            if inp.units.iter().any(|u| u.name == unit) {
+                continue;
+            }
+            // A start that failed before is retried with the same backoff.
+            if let Some(m) = mem.units.get(&unit) {
+                let due = m
+                    .last_start_usec
+                    .saturating_add(usecs(backoff_delay(m.retries, inp.max_delay)));
+                if m.retries > 0 && inp.now_usec < due {
+                    continue;
+                }
+            }
+            actions.push(Action::Start {
+                process: d.name.to_string(),
+                index,
+                unit,
+            });
+        }
+    }
+    // Forget units that are gone and not wanted (stopped, scaled down, other revisions).
+    mem.units.retain(|name, m| {
+        !m.is_empty() && (wanted.contains(name) || inp.units.iter().any(|u| &u.name == name))
+    });
+    (actions, mem)
+}
+
+/// Counts consecutive failed checks per process and kills after `unhealthy_after`.
+pub fn decide_health(
+    inp: &Inputs<'_>,
+    checks: &BTreeMap<String, Check>,
+    mut mem: Memory,
+) -> (Vec<Action>, Memory) {
+    let mut actions = Vec::new();
+    for (u, d) in supervised(inp) {
+        let (Some(c), Some(h)) = (checks.get(&u.name), d.health.as_ref()) else {
+            continue;
+        };
+        let m = mem.units.entry(u.name.clone()).or_default();
+        if m.pid != u.main_pid {
+            // Another process than the one counted: start over.
+            m.failures = 0;
+            m.pid = 0;
+        }
+        if c.healthy() {
+            m.failures = 0;
+            m.pid = 0;
+            continue;
+        }
+        m.failures += 1;
+        m.pid = u.main_pid;
+        if m.failures >= h.unhealthy_after {
+            actions.push(Action::Kill {
+                process: d.name.to_string(),
+                index: index_of(u),
+                unit: u.name.clone(),
+                reason: format!(
+                    "{} consecutive failed health checks of {} (last: {c})",
+                    m.failures, h.path
+                ),
+            });
+            m.failures = 0;
+        }
+    }
+    mem.units.retain(|_, m| !m.is_empty());
+    (actions, mem)
+}
+
+fn now_usec() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Logs a condition once (until it clears), so that a probe every few seconds stays quiet.
+fn note_once(mem: &mut Memory, key: &str, id: &str, message: &str) {
+    if mem.noted.insert(key.to_string()) {
+        journal::send(NOTICE, message, &[("SHIM_SERVICE", id.to_string())]);
+    }
+}
+
+/// One probe run of service `id`.
+pub fn run(config: &Path, id: &str, dirs: &Dirs) -> Result<()> {
+    let mut mem = load_memory(dirs, id);
+    let before = mem.clone();
+    let r = match crate::config::load(config) {
+        Ok(defs) => {
+            mem.noted.retain(|k| !k.starts_with("config:"));
+            run_with(&defs, id, dirs, &mut mem)
+        }
+        // Reported once per distinct error, not every few seconds; the timer stays, so the
+        // probe works again as soon as the definitions do.
+        Err(e) => {
+            let key = format!("config:{e}");
+            if !mem.noted.contains(&key) {
+                mem.noted.retain(|k| !k.starts_with("config:"));
+                mem.noted.insert(key);
+                journal::send(
+                    WARNING,
+                    &format!("cannot read the definitions, nothing is probed: {e}"),
+                    &[("SHIM_SERVICE", id.to_string())],
+                );
+            }
+            Ok(())
+        }
+    };
+    if mem != before {
+        save_memory(dirs, id, &mem)?;
+    }
+    r
+}
+
+fn run_with(defs: &Definitions, id: &str, dirs: &Dirs, mem: &mut Memory) -> Result<()> {
+    let Ok(svc) = defs.service(id) else {
+        note_once(
+            mem,
+            "undefined",
+            id,
+            &format!("service {id} is no longer defined: nothing to probe; `shim reconcile` removes its units and this timer"),
+        );
+        return Ok(());
+    };
+    mem.noted.remove("undefined");
+    let st = StateStore::new(&dirs.state).load(id)?;
+    let Some(revision) = st.current.clone().filter(|_| !st.stopped) else {
+        return Ok(());
+    };
+    if st.paused {
+        return Ok(());
+    }
+    // An upgrade, start or stop is working on the service: leave it alone this time.
+    let Some(_lock) = ServiceLock::try_acquire(&dirs.run, id)? else {
+        return Ok(());
+    };
+    if let Some(a) = &st.upgrading {
+        note_once(
+            mem,
+            "interrupted",
+            id,
+            &format!(
+                "an upgrade of {id} to {} was interrupted; the probe waits until `shim reconcile` or the next upgrade repairs it",
+                a.revision
+            ),
+        );
+        return Ok(());
+    }
+    mem.noted.remove("interrupted");
+
+    let sd = DbusSystemd::connect()?;
+    let units = deploy::service_units(&sd, id)?;
+    let memory = mem.clone();
+    let inp = Inputs {
+        service: svc,
+        state: &st,
+        revision: &revision,
+        units: &units,
+        memory: &memory,
+        now_usec: now_usec(),
+        max_delay: defs.settings.restart_max_delay,
+    };
+    let reqs = plan_checks(&inp);
+    let (count_actions, after_counts) = decide_counts(&inp);
+    let mut after_counts = after_counts;
+
+    // Health checks in threads while this thread deals with counts and crash loops.
+    let checks: BTreeMap<String, Check> = std::thread::scope(|s| {
+        let handles: Vec<_> = reqs
+            .iter()
+            .map(|r| s.spawn(move || (r.unit.clone(), http::check(r.port, &r.path, r.timeout))))
+            .collect();
+        act(
+            &sd,
+            defs,
+            svc,
+            &revision,
+            dirs,
+            &count_actions,
+            &mut after_counts,
+        );
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+
+    // Units may have changed while acting (a retried one restarted): judge checks against
+    // the pids they were made on, which `units` still holds.
+    let (kills, after) = decide_health(&inp, &checks, after_counts);
+    let mut after = after;
+    act(&sd, defs, svc, &revision, dirs, &kills, &mut after);
+    after.noted = mem.noted.clone();
+    *mem = after;
+    Ok(())
+}
+
+fn fields(
+    id: &str,
+    revision: &str,
+    process: &str,
+    index: u32,
+    unit: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("SHIM_SERVICE", id.to_string()),
+        ("SHIM_PROCESS", process.to_string()),
+        ("SHIM_INSTANCE", index.to_string()),
+        ("SHIM_REVISION", revision.to_string()),
+        ("SHIM_UNIT", unit.to_string()),
+    ]
+}
+
+fn act(
+    sd: &dyn Systemd,
+    defs: &Definitions,
+    svc: &ServiceDef,
+    revision: &str,
+    dirs: &Dirs,
+    actions: &[Action],
+    mem: &mut Memory,
+) {
+    let id = svc.id.as_str();
+    let missing: Vec<(String, u32, String)> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Start {
+                process,
+                index,
+                unit,
+            } => Some((process.clone(), *index, unit.clone())),
+            _ => None,
+        })
+        .collect();
+    if !missing.is_empty() {
+        let wanted: Vec<(String, u32)> = missing.iter().map(|(p, i, _)| (p.clone(), *i)).collect();
+        let r = deploy::prepare(defs, id, revision, dirs, true)
+            .and_then(|p| deploy::start_instances(sd, &p, &wanted, dirs));
+        for (process, index, unit) in &missing {
+            let mut f = fields(id, revision, process, *index, unit);
+            f.push(("SHIM_ACTION", "start".into()));
+            match &r {
+                Ok(_) => {
+                    f.push(("SHIM_REASON", "instance missing".into()));
+                    journal::send(NOTICE, &format!("started missing instance {unit}"), &f);
+                    mem.units.remove(unit);
+                }
+                Err(e) => {
+                    let m = mem.units.entry(unit.clone()).or_default();
+                    m.retries += 1;
+                    m.last_start_usec = now_usec();
+                    f.push((
+                        "SHIM_REASON",
+                        format!("instance missing; starting it failed: {e:#}"),
+                    ));
+                    journal::send(
+                        WARNING,
+                        &format!(
+                            "starting missing instance {unit} failed (retry {}): {e:#}",
+                            m.retries
+                        ),
+                        &f,
+                    );
+                }
+            }
+        }
+    }
+    for a in actions {
+        match a {
+            Action::Start { .. } => {}
+            Action::Retry {
+                process,
+                index,
+                unit,
+                retry,
+                waited,
+            } => {
+                let r = sd.restart_failed(unit, deploy::START_TIMEOUT);
+                let mut f = fields(id, revision, process, *index, unit);
+                f.push(("SHIM_ACTION", "retry".into()));
+                f.push((
+                    "SHIM_REASON",
+                    format!("crash loop: retry {retry} after {} s", waited.as_secs()),
+                ));
+                match r {
+                    Ok(out) if out.ok() => journal::send(
+                        NOTICE,
+                        &format!(
+                            "restarted crash-looping instance {unit} (retry {retry}, {} s after it failed)",
+                            waited.as_secs()
+                        ),
+                        &f,
+                    ),
+                    Ok(out) => journal::send(
+                        WARNING,
+                        &format!(
+                            "restarting crash-looping instance {unit} failed: {}",
+                            out.result
+                        ),
+                        &f,
+                    ),
+                    Err(e) => journal::send(
+                        WARNING,
+                        &format!("restarting crash-looping instance {unit} failed: {e}"),
+                        &f,
+                    ),
+                }
+            }
+            Action::Kill {
+                process,
+                index,
+                unit,
+                reason,
+            } => {
+                let mut f = fields(id, revision, process, *index, unit);
+                f.push(("SHIM_ACTION", "kill".into()));
+                f.push(("SHIM_REASON", reason.clone()));
+                match sd.kill_main(unit, libc::SIGKILL) {
+                    Ok(()) => journal::send(
+                        WARNING,
+                        &format!("killed unhealthy instance {unit} so that systemd restarts it: {reason}"),
+                        &f,
+                    ),
+                    Err(e) => journal::send(
+                        WARNING,
+                        &format!("killing unhealthy instance {unit} failed: {e} ({reason})"),
+                        &f,
+                    ),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_sources;
+    use crate::supervise::UnitMemory;
+    use std::path::PathBuf;
+
+    const DEF: &str = r#"
+[services.app]
+image = "oci:/i:{revision}"
+
+[services.app.processes.web]
+count = 2
+health = { path = "/health", interval = "1s", timeout = "1s", unhealthy_after = 3, start_period = "10s" }
+
+[services.app.processes.worker]
+command = ["/w"]
+"#;
+
+    const S: u64 = 1_000_000;
+
+    fn defs() -> Definitions {
+        parse_sources(&[(PathBuf::from("/etc/shim/services.toml"), DEF.into())]).unwrap()
+    }
+
+    fn unit(process: &str, index: u32, state: &str, sub: &str, pid: u32, start: u64) -> UnitInfo {
+        let mut fields = std::collections::BTreeMap::new();
+        fields.insert("SHIM_SERVICE".to_string(), "app".to_string());
+        fields.insert("SHIM_PROCESS".to_string(), process.to_string());
+        fields.insert("SHIM_REVISION".to_string(), "r1".to_string());
+        fields.insert("SHIM_INSTANCE".to_string(), index.to_string());
+        fields.insert("SHIM_PORT".to_string(), (20000 + index).to_string());
+        UnitInfo {
+            name: format!("shim-app-{process}-r1-{index}.service"),
+            description: String::new(),
+            load_state: "loaded".into(),
+            active_state: state.into(),
+            sub_state: sub.into(),
+            main_pid: pid,
+            n_restarts: 0,
+            main_start_usec: start,
+            exec_main_code: 0,
+            exec_main_status: 0,
+            exec_main_exit_usec: 0,
+            failed_since_usec: 0,
+            restart_usec_next: 0,
+            fields,
+        }
+    }
+
+    fn running(process: &str, index: u32, pid: u32) -> UnitInfo {
+        unit(process, index, "active", "running", pid, 100 * S)
+    }
+
+    fn inputs<'a>(
+        d: &'a Definitions,
+        st: &'a ServiceState,
+        units: &'a [UnitInfo],
+        memory: &'a Memory,
+        now: u64,
+    ) -> Inputs<'a> {
+        Inputs {
+            service: d.service("app").unwrap(),
+            state: st,
+            revision: "r1",
+            units,
+            memory,
+            now_usec: now,
+            max_delay: Duration::from_secs(8),
+        }
+    }
+
+    #[test]
+    fn a_healthy_service_needs_nothing_and_remembers_nothing() {
+        let d = defs();
+        let st = ServiceState::default();
+        let units = [
+            running("web", 1, 11),
+            running("web", 2, 12),
+            running("worker", 1, 13),
+        ];
+        let mem = Memory::default();
+        let inp = inputs(&d, &st, &units, &mem, 200 * S);
+        assert_eq!(plan_checks(&inp).len(), 2);
+        let (a, m) = decide_counts(&inp);
+        assert!(a.is_empty(), "{a:?}");
+        let checks = units[..2]
+            .iter()
+            .map(|u| (u.name.clone(), Check::Healthy(200)))
+            .collect();
+        let (a, m) = decide_health(&inp, &checks, m);
+        assert!(a.is_empty());
+        assert_eq!(m, Memory::default());
+    }
+
+    #[test]
+    fn missing_instances_are_started_but_not_other_revisions_or_extras() {
+        let d = defs();
+        let st = ServiceState::default();
+        let mut old = running("web", 2, 9);
+        old.fields.insert("SHIM_REVISION".into(), "r0".into());
+        old.name = "shim-app-web-r0-2.service".into();
+        let units = [running("web", 1, 11), old, running("web", 3, 14)];
+        let mem = Memory::default();
+        let (a, _) = decide_counts(&inputs(&d, &st, &units, &mem, 200 * S));
+        assert_eq!(
+            a,
+            vec![
+                Action::Start {
+                    process: "web".into(),
+                    index: 2,
+                    unit: "shim-app-web-r1-2.service".into()
+                },
+                Action::Start {
+                    process: "worker".into(),
+                    index: 1,
+                    unit: "shim-app-worker-r1-1.service".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn start_period_is_respected() {
+        let d = defs();
+        let st = ServiceState::default();
+        let units = [unit("web", 1, "active", "running", 11, 195 * S)];
+        let mem = Memory::default();
+        assert!(plan_checks(&inputs(&d, &st, &units, &mem, 200 * S)).is_empty());
+        assert_eq!(
+            plan_checks(&inputs(&d, &st, &units, &mem, 206 * S)).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn kills_after_unhealthy_after_consecutive_failures_of_one_process() {
+        let d = defs();
+        let st = ServiceState::default();
+        let units = [running("web", 1, 11), running("web", 2, 12)];
+        let bad: BTreeMap<String, Check> = [(units[0].name.clone(), Check::Status(500))].into();
+        let mut mem = Memory::default();
+        for round in 1..=3 {
+            let inp = inputs(&d, &st, &units, &mem, 200 * S);
+            let (a, m) = decide_health(&inp, &bad, mem.clone());
+            if round < 3 {
+                assert!(a.is_empty(), "round {round}: {a:?}");
+                assert_eq!(m.units[&units[0].name].failures, round);
+            } else {
+                assert_eq!(a.len(), 1);
+                assert!(
+                    matches!(&a[0], Action::Kill { unit, reason, .. }
+                        if unit == &units[0].name && reason.contains("3 consecutive") && reason.contains("HTTP 500")),
+                    "{a:?}"
+                );
+            }
+            mem = m;
+        }
+        // A success in between starts the count over.
+        let mut mem = Memory::default();
+        for (i, c) in [
+            Check::Status(500),
+            Check::Status(500),
+            Check::Healthy(200),
+            Check::Status(500),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let checks = [(units[0].name.clone(), c)].into();
+            let (a, m) = decide_health(
+                &inputs(&d, &st, &units, &mem, 200 * S),
+                &checks,
+                mem.clone(),
+            );
+            assert!(a.is_empty(), "check {i}");
+            mem = m;
+        }
+        // So does a new process (systemd restarted it meanwhile).
+        let restarted = [running("web", 1, 99)];
+        let (a, m) = decide_health(
+            &inputs(&d, &st, &restarted, &mem, 200 * S),
+            &bad,
+            mem.clone(),
+        );
+        assert!(a.is_empty());
+        assert_eq!(m.units[&units[0].name].failures, 1);
+    }
+
+    #[test]
+    fn crash_loops_are_retried_with_doubling_capped_backoff_then_forgotten() {
+        let d = defs();
+        let st = ServiceState::default();
+        let mut failed = unit("worker", 1, "failed", "failed", 0, 0);
+        failed.exec_main_exit_usec = 100 * S;
+        let all = |u: &UnitInfo| [running("web", 1, 11), running("web", 2, 12), u.clone()];
+        let mut mem = Memory::default();
+        // First retry 4 s after the exit (step 0 was systemd's own 2 s restart).
+        let units = all(&failed);
+        let (a, _) = decide_counts(&inputs(&d, &st, &units, &mem, 103 * S));
+        assert!(a.is_empty());
+        let (a, m) = decide_counts(&inputs(&d, &st, &units, &mem, 104 * S));
+        assert!(
+            matches!(&a[..], [Action::Retry { retry: 1, waited, .. }] if waited.as_secs() == 4),
+            "{a:?}"
+        );
+        mem = m;
+        // It crashed again at 106: the next retry waits 8 s, then the cap (8 s) holds.
+        let mut exit = 106 * S;
+        for retry in 2..=4 {
+            failed.exec_main_exit_usec = exit;
+            let units = all(&failed);
+            let (a, _) = decide_counts(&inputs(&d, &st, &units, &mem, exit + 7 * S));
+            assert!(a.is_empty(), "retry {retry} too early: {a:?}");
+            let (a, m) = decide_counts(&inputs(&d, &st, &units, &mem, exit + 8 * S));
+            assert_eq!(a.len(), 1, "retry {retry}");
+            mem = m;
+            exit += 10 * S;
+        }
+        assert_eq!(mem.units[&failed.name].retries, 4);
+        // Once it stays up for the start limit interval, the backoff is forgotten.
+        let up = unit("worker", 1, "active", "running", 7, 200 * S);
+        let units = all(&up);
+        let (_, m) = decide_counts(&inputs(&d, &st, &units, &mem, 231 * S));
+        assert!(!m.units.contains_key(&up.name), "{m:?}");
+    }
+
+    #[test]
+    fn paused_services_and_processes_are_left_alone() {
+        let d = defs();
+        let units = [unit("web", 1, "failed", "failed", 0, 0)];
+        let mem = Memory::default();
+        let st = ServiceState {
+            paused_processes: ["web".to_string()].into(),
+            ..Default::default()
+        };
+        let (a, _) = decide_counts(&inputs(&d, &st, &units, &mem, 500 * S));
+        // Only the worker (not paused) is started; web is neither retried nor completed.
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert!(matches!(&a[0], Action::Start { process, .. } if process == "worker"));
+        let st = ServiceState {
+            paused: true,
+            ..Default::default()
+        };
+        assert!(decide_counts(&inputs(&d, &st, &units, &mem, 500 * S))
+            .0
+            .is_empty());
+    }
+
+    #[test]
+    fn a_failed_start_of_a_missing_instance_backs_off_too() {
+        let d = defs();
+        let st = ServiceState::default();
+        let units = [running("web", 1, 11), running("web", 2, 12)];
+        let mut mem = Memory::default();
+        mem.units.insert(
+            "shim-app-worker-r1-1.service".into(),
+            UnitMemory {
+                retries: 2,
+                last_start_usec: 100 * S,
+                ..Default::default()
+            },
+        );
+        let (a, m) = decide_counts(&inputs(&d, &st, &units, &mem, 107 * S));
+        assert!(a.is_empty(), "{a:?}");
+        assert!(m.units.contains_key("shim-app-worker-r1-1.service"));
+        let (a, _) = decide_counts(&inputs(&d, &st, &units, &mem, 108 * S));
+        assert_eq!(a.len(), 1);
+    }
+}

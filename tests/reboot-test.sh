@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# The reboot scenario of supervision, run from the host (a test inside the sandbox cannot
+# reboot it): boots a fresh sandbox, installs shim as the package would (/usr/bin/shim,
+# shim-reconcile.service enabled), deploys a proxied service to its second revision and
+# stops another one, reboots the sandbox (SIGKILL of its PID 1, /etc and /var kept, /run
+# and every transient unit gone), then checks that shim-reconcile brought the service back
+# at its recorded revision, nginx serves it, its probe timer runs, and the stopped service
+# stayed down. Prints PASS or FAIL; exits non-zero on failure.
+#
+# Usage: tests/reboot-test.sh   (as root; uses $CARGO_TARGET_DIR like cargo)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO="$PWD"
+TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
+case "$TARGET" in /*) ;; *) TARGET="$REPO/$TARGET" ;; esac
+NAME="reboot-$$"
+SB="bash tests/sandbox/sandbox.sh"
+PORT=8377
+
+fail() {
+  echo "reboot test: FAIL: $*"
+  exit 1
+}
+X() { $SB exec --name "$NAME" -- "$@"; }
+
+cargo build --locked --bins --quiet
+[[ -x "$TARGET/debug/shim" && -x "$TARGET/debug/shim-testapp" ]] ||
+  fail "no $TARGET/debug/shim or shim-testapp"
+trap '$SB down --name "$NAME" >/dev/null 2>&1 || true' EXIT
+$SB up --name "$NAME" >/dev/null || fail "the sandbox did not boot"
+
+echo "reboot test: install, deploy, enable shim-reconcile"
+X env SHIM_BIN="$TARGET/debug/shim" APP="$TARGET/debug/shim-testapp" PORT="$PORT" \
+  bash -euo pipefail -c '
+install -m 0755 "$SHIM_BIN" /usr/bin/shim
+L=/var/lib/shim-reboot/images/testapp
+bash tests/sandbox/build-test-image.sh $L rev1 rev1 "$APP" >/dev/null
+bash tests/sandbox/build-test-image.sh $L rev2 rev2 "$APP" >/dev/null
+mkdir -p /etc/shim
+cat >/etc/shim/services.toml <<TOML
+[shim]
+port_range = [27000, 27999]
+
+[services.reb]
+image = "oci:$L:{revision}"
+
+[services.reb.processes.web]
+count = 2
+health = { path = "/health", interval = "1s", timeout = "1s" }
+proxy = { upstream = "reb_web", file = "/etc/nginx/shim/reb.conf" }
+drain = "0s"
+
+[services.reb.processes.worker]
+command = ["/bin/sh", "-c", "trap \"exit 0\" TERM; while true; do sleep 1; done"]
+
+[services.down]
+image = "oci:$L:{revision}"
+
+[services.down.processes.web]
+health = { path = "/health" }
+TOML
+systemctl start nginx
+shim upgrade --id reb --revision rev1 >/dev/null
+cat >/etc/nginx/sites-enabled/shim-reb <<SITE
+include /etc/nginx/shim/reb.conf;
+server {
+  listen 127.0.0.1:$PORT;
+  location / { proxy_pass http://reb_web; }
+}
+SITE
+nginx -t 2>/dev/null && systemctl reload nginx
+shim upgrade --id reb --revision rev2 >/dev/null
+shim start --id down --revision rev1 >/dev/null
+shim stop --id down >/dev/null
+install -m 0644 units/shim-reconcile.service /etc/systemd/system/shim-reconcile.service
+systemctl daemon-reload
+systemctl enable shim-reconcile.service 2>/dev/null
+for i in $(seq 50); do curl -sf "http://127.0.0.1:$PORT/" >/dev/null && break; sleep 0.1; done
+echo "  before reboot: nginx answers $(curl -sf http://127.0.0.1:$PORT/)"
+shim status --id reb | sed "s/^/  /"
+' || fail "setting up before the reboot"
+
+echo "reboot test: reboot"
+t0=$(date +%s.%N)
+$SB reboot --name "$NAME" || fail "the sandbox did not come back after the reboot (see above)"
+echo "  booted in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s (shim-reconcile ran during the boot)"
+
+echo "reboot test: check"
+X env PORT="$PORT" bash -uo pipefail -c '
+fail() { echo "$*"; exit 1; }
+[[ "$(systemctl show -p Result --value shim-reconcile.service)" == success ]] ||
+  fail "shim-reconcile.service: $(systemctl show -p Result --value shim-reconcile.service); $(journalctl -b -u shim-reconcile.service --no-pager | tail -20)"
+[[ "$(systemctl show -p ExecMainStartTimestampMonotonic --value shim-reconcile.service)" != 0 ]] ||
+  fail "shim-reconcile.service did not run at boot"
+journalctl -b -u shim-reconcile.service -o cat --no-pager | sed "s/^/  reconcile: /" | head -30
+rows=$(shim status --id reb --json)
+n=$(jq "[.[] | select(.revision == \"rev2\" and .state == \"active\")] | length" <<<"$rows")
+[[ "$n" == 3 ]] || fail "expected 3 active rev2 instances of reb, got $n: $rows"
+[[ "$(jq "[.[] | select(.revision != \"rev2\")] | length" <<<"$rows")" == 0 ]] || fail "other revisions: $rows"
+ok=""
+for i in $(seq 100); do
+  body=$(curl -sf "http://127.0.0.1:$PORT/") && [[ "$body" == revision=rev2* ]] && { ok=1; break; }
+  sleep 0.1
+done
+[[ -n "$ok" ]] || fail "nginx does not serve rev2: ${body:-no answer}"
+echo "  after reboot: nginx answers $body"
+[[ "$(systemctl is-active shim-probe-reb.timer)" == active ]] || fail "probe timer of reb is not active"
+for i in $(seq 100); do
+  [[ "$(systemctl show -p ExecMainStartTimestampMonotonic --value shim-probe-reb.service)" =~ ^[1-9] ]] && break
+  sleep 0.1
+done
+[[ "$(systemctl show -p ExecMainStartTimestampMonotonic --value shim-probe-reb.service)" =~ ^[1-9] ]] ||
+  fail "the probe of reb never ran"
+echo "  probe timer: $(systemctl show -p Description --value shim-probe-reb.timer), last run result $(systemctl show -p Result --value shim-probe-reb.service)"
+[[ -z "$(systemctl list-units --all --no-legend "shim-down-*")" ]] || fail "the stopped service came back"
+[[ -z "$(systemctl list-units --all --no-legend "shim-probe-down.*")" ]] || fail "the stopped service has a probe timer"
+# A second reconcile after the boot changes nothing.
+out=$(shim reconcile) || fail "shim reconcile failed: $out"
+grep -q "nothing to do" <<<"$out" || fail "reconcile after boot was not a no-op: $out"
+shim status | sed "s/^/  /"
+' || fail "after the reboot: see above"
+echo "reboot test: PASS"
