@@ -49,6 +49,9 @@ pub struct InstanceRow {
     /// Waiting to be restarted (a crash loop): which retry comes next and in how long.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_retry: Option<Retry>,
+    /// How the last process ended, for an instance waiting to be restarted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
 }
 
 /// What supervision knows about one service.
@@ -108,6 +111,9 @@ pub fn rows(
                 max_delay,
                 now_usec,
             ),
+            last_exit: (u.active_state == "failed" || u.sub_state == "auto-restart")
+                .then(|| u.last_exit())
+                .flatten(),
         })
         .collect();
     rows.sort_by(|a, b| {
@@ -178,21 +184,28 @@ pub fn render_table(rows: &[InstanceRow], sup: &BTreeMap<String, Supervision>) -
                     r.process.clone(),
                     r.instance.to_string(),
                     r.revision.chars().take(12).collect(),
-                    match &r.next_retry {
-                        Some(n) if n.by == "probe" => format!(
-                            "{}/{}, retry {} in {}",
-                            r.state,
-                            r.sub_state,
-                            n.retry,
-                            human_secs(n.in_secs)
-                        ),
-                        Some(n) => format!(
-                            "{}/{}, restart in {}",
-                            r.state,
-                            r.sub_state,
-                            human_secs(n.in_secs)
-                        ),
-                        None => format!("{}/{}", r.state, r.sub_state),
+                    {
+                        let exit = r
+                            .last_exit
+                            .as_ref()
+                            .map(|e| format!(" ({e})"))
+                            .unwrap_or_default();
+                        match &r.next_retry {
+                            Some(n) if n.by == "probe" => format!(
+                                "{}/{}{exit}, retry {} in {}",
+                                r.state,
+                                r.sub_state,
+                                n.retry,
+                                human_secs(n.in_secs)
+                            ),
+                            Some(n) => format!(
+                                "{}/{}{exit}, restart in {}",
+                                r.state,
+                                r.sub_state,
+                                human_secs(n.in_secs)
+                            ),
+                            None => format!("{}/{}", r.state, r.sub_state),
+                        }
                     },
                     r.main_pid
                         .map(|p| p.to_string())
@@ -319,6 +332,8 @@ mod tests {
         crashing.active_state = "failed".into();
         crashing.sub_state = "failed".into();
         crashing.exec_main_exit_usec = 3_720_000_000;
+        crashing.exec_main_code = 1;
+        crashing.exec_main_status = 3;
         let units = vec![
             unit("billing_app", "web", 2, Some(20001), 4343),
             unit("billing_app", "web", 1, Some(20000), 4242),

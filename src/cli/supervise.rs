@@ -66,9 +66,11 @@ pub fn run(config: &Path, args: SuperviseArgs) -> Result<()> {
         SuperviseCommand::Resume(t) => (false, t),
     };
     Ident::parse(&t.id).map_err(|m| BadInput(format!("--id: service id {m}")))?;
-    // A process must exist in the definitions (when the service is still defined).
-    if let (Some(p), Ok(defs)) = (&t.process, crate::config::load(config)) {
-        if let Ok(svc) = defs.service(&t.id) {
+    // The service (and the process) must be defined; with no readable definitions, the
+    // pause is recorded anyway (it only ever makes the probe do less).
+    if let Ok(defs) = crate::config::load(config) {
+        let svc = defs.service(&t.id)?;
+        if let Some(p) = &t.process {
             if !svc.processes.values().any(|d| d.name.as_str() == p) {
                 return Err(BadInput(format!(
                     "--process: service {} has no process {p:?} (it has: {})",

@@ -114,8 +114,11 @@ pub fn plan_probe(cx: &ProbeContext<'_>) -> ProbeUnits {
         ("TimeoutStartUSec", usec(RUN_TIMEOUT)),
         // A probe that failed a few times in a row must still run next time.
         ("StartLimitIntervalUSec", Prop::USec(0)),
-        // 5 = notice: systemd's info-level lines about every run are dropped.
+        // 5 = notice: systemd's info-level lines about every run are dropped. What the probe
+        // writes to stderr is an error (it says nothing when all is well): at warning level
+        // (4) it passes that filter.
         ("LogLevelMax", Prop::I32(5)),
+        ("SyslogLevel", Prop::I32(4)),
         ("SyslogIdentifier", Prop::Str("shim-probe".into())),
         // systemd's CPU accounting of the probe unit (CPUUsageNSec), for the benchmark.
         ("CPUAccounting", Prop::Bool(true)),

@@ -63,11 +63,12 @@ pub enum Action {
         retry: u32,
         waited: Duration,
     },
-    /// Unhealthy `unhealthy_after` times in a row: kill its main process.
+    /// Unhealthy `unhealthy_after` times in a row: kill its main process, `pid`.
     Kill {
         process: String,
         index: u32,
         unit: String,
+        pid: u32,
         reason: String,
     },
 }
@@ -223,6 +224,7 @@ pub fn decide_health(
                 process: d.name.to_string(),
                 index: index_of(u),
                 unit: u.name.clone(),
+                pid: u.main_pid,
                 reason: format!(
                     "{} consecutive failed health checks of {} (last: {c})",
                     m.failures, h.path
@@ -329,8 +331,7 @@ fn run_with(defs: &Definitions, id: &str, dirs: &Dirs, mem: &mut Memory) -> Resu
         max_delay: defs.settings.restart_max_delay,
     };
     let reqs = plan_checks(&inp);
-    let (count_actions, after_counts) = decide_counts(&inp);
-    let mut after_counts = after_counts;
+    let (count_actions, mut after_counts) = decide_counts(&inp);
 
     // Health checks in threads while this thread deals with counts and crash loops.
     let checks: BTreeMap<String, Check> = std::thread::scope(|s| {
@@ -352,8 +353,7 @@ fn run_with(defs: &Definitions, id: &str, dirs: &Dirs, mem: &mut Memory) -> Resu
 
     // Units may have changed while acting (a retried one restarted): judge checks against
     // the pids they were made on, which `units` still holds.
-    let (kills, after) = decide_health(&inp, &checks, after_counts);
-    let mut after = after;
+    let (kills, mut after) = decide_health(&inp, &checks, after_counts);
     act(&sd, defs, svc, &revision, dirs, &kills, &mut after);
     after.noted = mem.noted.clone();
     *mem = after;
@@ -475,15 +475,24 @@ fn act(
                 process,
                 index,
                 unit,
+                pid,
                 reason,
             } => {
+                // The checks took a while: if systemd replaced the process meanwhile, the new
+                // one has not failed anything yet.
+                let now = sd
+                    .list_units(std::slice::from_ref(unit))
+                    .unwrap_or_default();
+                if now.first().map(|u| u.main_pid) != Some(*pid) {
+                    continue;
+                }
                 let mut f = fields(id, revision, process, *index, unit);
                 f.push(("SHIM_ACTION", "kill".into()));
                 f.push(("SHIM_REASON", reason.clone()));
                 match sd.kill_main(unit, libc::SIGKILL) {
                     Ok(()) => journal::send(
                         WARNING,
-                        &format!("killed unhealthy instance {unit} so that systemd restarts it: {reason}"),
+                        &format!("killed unhealthy instance {unit} (pid {pid}) so that systemd restarts it: {reason}"),
                         &f,
                     ),
                     Err(e) => journal::send(
