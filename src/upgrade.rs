@@ -158,20 +158,14 @@ fn recover(
         .map(|s| s.as_str())
         .chain([p.revision.as_str()])
         .collect();
-    let units = deploy::service_units(sd, id)?;
-    let mut leftovers: Vec<UnitInfo> = units
-        .into_iter()
-        .filter(|u| !keep.contains(rev_of(u)))
-        .collect();
     // Units of the target revision left by an attempt interrupted before the switch are not
-    // serving; start them afresh so every new instance is health-checked by this run.
-    if st.current.as_deref() != Some(p.revision.as_str()) {
-        leftovers.extend(
-            deploy::service_units(sd, id)?
-                .into_iter()
-                .filter(|u| rev_of(u) == p.revision && st.current.is_some()),
-        );
-    }
+    // serving either; they are started afresh so every new instance is health-checked by this
+    // run.
+    let stale_target = st.current.is_some() && st.current.as_deref() != Some(p.revision.as_str());
+    let leftovers: Vec<UnitInfo> = deploy::service_units(sd, id)?
+        .into_iter()
+        .filter(|u| !keep.contains(rev_of(u)) || (stale_target && rev_of(u) == p.revision))
+        .collect();
     if !leftovers.is_empty() {
         if drain_first {
             // Killed between writing the file and the reload, nginx may still serve the old

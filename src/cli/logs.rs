@@ -313,7 +313,11 @@ pub fn run(config: &std::path::Path, a: LogsArgs) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut shown = 0u64;
-    let reader = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let stdout_pipe = child
+        .stdout
+        .take()
+        .context("journalctl's stdout was not captured")?;
+    let reader = BufReader::new(stdout_pipe);
     for line in reader.lines() {
         let line = line.context("reading journalctl's output")?;
         let Some(e) = parse_entry(&line) else {
