@@ -13,6 +13,7 @@ mod lock;
 mod nginx;
 mod plan;
 mod probe;
+mod run;
 mod runtime;
 mod state;
 mod supervise;

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use std::os::unix::process::CommandExt;
+
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
@@ -24,13 +26,55 @@ enum Step {
     Cleanup {
         #[arg(long)]
         runtime: PathBuf,
+        /// Remove the whole directory afterwards (one-offs: nothing in it is needed again).
+        #[arg(long)]
+        remove: bool,
+        /// Record how the unit ended ($SERVICE_RESULT, $EXIT_CODE, $EXIT_STATUS) in this file.
+        #[arg(long)]
+        record: Option<PathBuf>,
         dir: PathBuf,
     },
+    /// Move into the `runtime` leaf of the unit's cgroup, then execute ARGV (the runtime).
+    Exec {
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        argv: Vec<String>,
+    },
+    /// Block until standard input closes (the anchor of an attached `shim run`).
+    Anchor,
 }
 
 pub fn run(args: InstanceArgs) -> Result<()> {
     match args.step {
         Step::Prepare { lower, dir } => crate::runtime::prepare(&lower, &dir),
-        Step::Cleanup { runtime, dir } => crate::runtime::cleanup(&runtime, &dir),
+        Step::Cleanup {
+            runtime,
+            remove,
+            record,
+            dir,
+        } => {
+            let cleaned = crate::runtime::cleanup(&runtime, &dir);
+            if let Some(file) = record {
+                if let Err(e) = crate::runtime::record_last_result(&file, &dir) {
+                    eprintln!("recording the result: {e:#}");
+                }
+            }
+            cleaned?;
+            if remove {
+                crate::runtime::remove_dir(&dir)?;
+            }
+            Ok(())
+        }
+        Step::Exec { argv } => {
+            crate::runtime::enter_cgroup_leaf("runtime")?;
+            let err = std::process::Command::new(&argv[0]).args(&argv[1..]).exec();
+            Err(anyhow::anyhow!(err).context(format!("executing {}", argv[0])))
+        }
+        Step::Anchor => {
+            // The caller blocked the signals it forwards, and a child inherits the mask.
+            let _ = nix::sys::signal::SigSet::all().thread_unblock();
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+            Ok(())
+        }
     }
 }

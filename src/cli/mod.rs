@@ -7,6 +7,7 @@ mod instance;
 mod logs;
 mod probe;
 mod reconcile;
+mod run;
 mod show;
 mod start;
 mod status;
@@ -49,6 +50,7 @@ pub enum Command {
     Stop(stop::StopArgs),
     Status(status::StatusArgs),
     Show(show::ShowArgs),
+    Run(run::RunArgs),
     Logs(logs::LogsArgs),
     Image(image::ImageArgs),
     Supervise(supervise::SuperviseArgs),
@@ -68,6 +70,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Stop(a) => stop::run(&cli.config, a),
         Command::Status(a) => status::run(&cli.config, a),
         Command::Show(a) => show::run(&cli.config, a),
+        Command::Run(a) => run::run(&cli.config, a),
         Command::Image(a) => image::run(&cli.config, a),
         Command::Supervise(a) => supervise::run(&cli.config, a),
         Command::Reconcile(a) => reconcile::run(&cli.config, a),

@@ -192,6 +192,8 @@ pub struct ServiceDef {
     pub env: BTreeMap<String, String>,
     pub env_files: Vec<PathBuf>,
     pub user: Option<String>,
+    /// `cron = "bin/generate-cron"`: run in the image, prints the app's crontab (`shim cron`).
+    pub cron: Option<String>,
     pub processes: BTreeMap<Ident, ProcessDef>,
 }
 

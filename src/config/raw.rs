@@ -44,6 +44,8 @@ struct RawService {
     #[serde(default)]
     env_files: Vec<Spanned<String>>,
     user: Option<Spanned<String>>,
+    /// The app's crontab generator: a program inside the image that prints a crontab.
+    cron: Option<Spanned<String>>,
     #[serde(default)]
     processes: BTreeMap<Spanned<String>, Spanned<RawProcess>>,
 }
@@ -298,6 +300,25 @@ fn validate_service(
         }
     };
 
+    let cron = match &r.cron {
+        None => None,
+        Some(c) => {
+            let v = c.get_ref();
+            if v.trim().is_empty() || v.contains('\0') || v.trim() != v {
+                return cx.err(
+                    &c.span(),
+                    format!("{prefix}.cron"),
+                    format!(
+                        "{v:?} must be the path of a program in the image that prints a crontab, \
+                         e.g. \"bin/generate-cron\" (relative to the image's working directory) \
+                         or \"/app/bin/generate-cron\""
+                    ),
+                );
+            }
+            Some(v.clone())
+        }
+    };
+
     if r.processes.is_empty() {
         return cx.err(
             &id.span(),
@@ -324,6 +345,7 @@ fn validate_service(
         env,
         env_files,
         user,
+        cron,
         processes,
     })
 }

@@ -5,6 +5,7 @@
 //! function of its input and is snapshot-tested.
 
 mod bundle;
+pub mod oneoff;
 pub mod podman;
 pub mod probe;
 mod unit;

@@ -47,6 +47,12 @@ pub enum Prop {
     Strs(Vec<String>),
     /// `a(st)`: monotonic timer settings, e.g. ("OnUnitActiveSec", 5_000_000) (µs).
     Timers(Vec<(String, u64)>),
+    /// `a(ss)`: calendar timer settings, e.g. ("OnCalendar", "*-*-* 02:00:00").
+    Calendars(Vec<(String, String)>),
+    /// `au` (a scope's PIDs).
+    U32s(Vec<u32>),
+    /// `ay` (StandardInputData).
+    Data(Vec<u8>),
 }
 
 /// The slice all instances live in, so their cgroup path is known in advance.
@@ -269,6 +275,21 @@ impl UnitSpec {
                 Prop::I32(n) => n.to_string(),
                 Prop::U32(n) => n.to_string(),
                 Prop::Strs(v) => v.join(" "),
+                Prop::U32s(v) => v
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                Prop::Data(d) => {
+                    use base64::Engine as _;
+                    base64::engine::general_purpose::STANDARD.encode(d)
+                }
+                Prop::Calendars(v) => {
+                    for (name, spec) in v {
+                        out.push_str(&format!("{name}={spec}\n"));
+                    }
+                    continue;
+                }
                 Prop::Timers(v) => {
                     for (name, u) in v {
                         let d = crate::config::format_duration(Duration::from_micros(*u));

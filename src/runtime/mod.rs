@@ -150,6 +150,92 @@ pub fn cleanup(runtime: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Removes a one-off's bundle directory once cleaned up (nothing in it is needed again).
+pub fn remove_dir(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
+    }
+}
+
+/// The cgroup v2 path of this process (`0::/shim.slice/x.service` → `/shim.slice/x.service`).
+pub fn own_cgroup(proc_self_cgroup: &str) -> Option<&str> {
+    proc_self_cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::trim)
+        .filter(|p| p.starts_with('/'))
+}
+
+/// Moves this process into a `leaf` child of its own (delegated) cgroup, so that the
+/// container's cgroup, a sibling, is never below a cgroup that holds processes (cgroup v2's
+/// "no internal processes" rule, which bites once controllers are enabled). Best effort: on a
+/// host without a unified hierarchy it does nothing.
+pub fn enter_cgroup_leaf(leaf: &str) -> Result<()> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let Some(path) = own_cgroup(&text) else {
+        return Ok(());
+    };
+    let dir = Path::new("/sys/fs/cgroup")
+        .join(path.trim_start_matches('/'))
+        .join(leaf);
+    if !dir
+        .parent()
+        .is_some_and(|p| p.join("cgroup.procs").is_file())
+    {
+        return Ok(());
+    }
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("creating cgroup {}", dir.display())),
+    }
+    std::fs::write(dir.join("cgroup.procs"), b"0\n")
+        .with_context(|| format!("moving into cgroup {}", dir.display()))
+}
+
+/// What systemd says of a unit's end in ExecStopPost's environment, recorded for
+/// `shim cron list` (the unit itself may be unloaded by then).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LastResult {
+    /// When it ended, seconds since the epoch.
+    pub ended: u64,
+    /// `$SERVICE_RESULT`: "success", "exit-code", "signal", "timeout", ...
+    pub result: String,
+    /// `$EXIT_CODE`/`$EXIT_STATUS`: "exited" + "3", "killed" + "TERM", ...
+    pub exit_code: String,
+    pub exit_status: String,
+    /// The revision that ran, if the run said (the `revision` file in its directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+}
+
+/// Writes `file` atomically from ExecStopPost's environment.
+pub fn record_last_result(file: &Path, dir: &Path) -> Result<()> {
+    let env = |k: &str| std::env::var(k).unwrap_or_default();
+    let last = LastResult {
+        ended: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        result: env("SERVICE_RESULT"),
+        exit_code: env("EXIT_CODE"),
+        exit_status: env("EXIT_STATUS"),
+        revision: std::fs::read_to_string(dir.join("revision"))
+            .ok()
+            .map(|s| s.trim().to_string()),
+    };
+    if let Some(parent) = file.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&last)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, file).with_context(|| format!("renaming to {}", file.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +254,15 @@ mod tests {
             container_id(Path::new("/run/shim/instances/a/shim-a-web-abc-1")).unwrap(),
             "shim-a-web-abc-1"
         );
+    }
+
+    #[test]
+    fn own_cgroup_is_the_unified_line() {
+        assert_eq!(
+            own_cgroup("0::/shim.slice/shimrun-a-1.service\n"),
+            Some("/shim.slice/shimrun-a-1.service")
+        );
+        assert_eq!(own_cgroup("1:name=systemd:/x\n"), None);
     }
 
     #[test]

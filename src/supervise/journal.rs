@@ -18,32 +18,46 @@ pub const NOTICE: u8 = 5;
 /// Encodes one entry. Values with a newline use the binary form: the name, a newline, the
 /// value's length as little-endian u64, the value, a newline.
 pub fn encode(priority: u8, message: &str, fields: &[(&str, String)]) -> Vec<u8> {
+    let priority = priority.to_string();
+    let mut all: Vec<(&str, &[u8])> = vec![
+        ("MESSAGE", message.as_bytes()),
+        ("PRIORITY", priority.as_bytes()),
+        ("SYSLOG_IDENTIFIER", b"shim-probe"),
+    ];
+    all.extend(fields.iter().map(|(k, v)| (*k, v.as_bytes())));
+    encode_fields(&all)
+}
+
+/// The native protocol's encoding of any fields; values may be arbitrary bytes.
+pub fn encode_fields(fields: &[(&str, &[u8])]) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut put = |k: &str, v: &str| {
-        if v.contains('\n') {
+    for (k, v) in fields {
+        if v.contains(&b'\n') {
             out.extend_from_slice(k.as_bytes());
             out.push(b'\n');
             out.extend_from_slice(&(v.len() as u64).to_le_bytes());
-            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(v);
             out.push(b'\n');
         } else {
-            out.extend_from_slice(format!("{k}={v}\n").as_bytes());
+            out.extend_from_slice(k.as_bytes());
+            out.push(b'=');
+            out.extend_from_slice(v);
+            out.push(b'\n');
         }
-    };
-    put("MESSAGE", message);
-    put("PRIORITY", &priority.to_string());
-    put("SYSLOG_IDENTIFIER", "shim-probe");
-    for (k, v) in fields {
-        put(k, v);
     }
     out
 }
 
+/// Sends an encoded entry to journald; false where there is no journal.
+pub fn send_raw(entry: &[u8]) -> bool {
+    UnixDatagram::unbound()
+        .and_then(|s| s.send_to(entry, SOCKET))
+        .is_ok()
+}
+
 /// Writes one entry; falls back to stderr. When run from a terminal the line is printed too.
 pub fn send(priority: u8, message: &str, fields: &[(&str, String)]) {
-    let sent = UnixDatagram::unbound()
-        .and_then(|s| s.send_to(&encode(priority, message, fields), SOCKET))
-        .is_ok();
+    let sent = send_raw(&encode(priority, message, fields));
     if !sent || std::io::stderr().is_terminal() {
         let tags: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
         eprintln!("shim probe: {message} ({})", tags.join(" "));

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::os::fd::BorrowedFd;
 use std::pin::pin;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use futures_util::future::{select, Either};
 use futures_util::StreamExt;
 use zbus::{Connection, OwnedObjectPath, OwnedVariant, Variant};
 
-use super::{JobOutcome, Systemd, SystemdError, UnitInfo};
+use super::{JobOutcome, Systemd, SystemdError, TimerInfo, UnitInfo};
 use crate::plan::{Prop, UnitSpec};
 
 #[zbus::proxy(
@@ -181,6 +182,9 @@ fn to_variant(p: &Prop) -> Variant<'static> {
         ),
         Prop::Strs(v) => Variant::from(v.clone()),
         Prop::Timers(v) => Variant::from(v.clone()),
+        Prop::Calendars(v) => Variant::from(v.clone()),
+        Prop::U32s(v) => Variant::from(v.clone()),
+        Prop::Data(d) => Variant::from(d.clone()),
     }
 }
 
@@ -295,6 +299,88 @@ impl DbusSystemd {
                 pending.values().cloned().collect::<Vec<_>>().join(", "),
             )),
         }
+    }
+}
+
+/// Things only one-offs and cron need; not in the [`Systemd`] trait because only the thin
+/// effectful modules (`run`, `cron_sync`) use them, against the real systemd.
+impl DbusSystemd {
+    /// Starts `unit` (with auxiliary units created in the same call) whose properties include
+    /// file descriptors, e.g. `StandardInputFileDescriptor`: systemd receives duplicates.
+    pub fn start_with_fds(
+        &self,
+        unit: &UnitSpec,
+        aux: &[UnitSpec],
+        fds: &[(&str, BorrowedFd<'_>)],
+        timeout: Duration,
+    ) -> Result<JobOutcome, SystemdError> {
+        let names = [unit.name.clone()];
+        let mut out = zbus::block_on(self.run_jobs(&names, timeout, |m, name| async move {
+            let aux: Vec<(&str, Vec<(&str, Variant<'_>)>)> =
+                aux.iter().map(|a| (a.name.as_str(), to_props(a))).collect();
+            let mut props = to_props(unit);
+            for (k, fd) in fds {
+                props.push((k, Variant::from(zbus::Fd::from(*fd))));
+            }
+            m.start_transient_unit(name, "fail", props, aux)
+                .await
+                .map(Some)
+                .map_err(|e| call_err("StartTransientUnit", name, e))
+        }))?;
+        out.pop().ok_or_else(|| SystemdError::Call {
+            call: "StartTransientUnit",
+            unit: unit.name.clone(),
+            message: "no job outcome".into(),
+        })
+    }
+
+    /// Drops the reference `AddRef=yes` gave this client, so the unit can be unloaded.
+    pub fn unref(&self, name: &str) -> Result<(), SystemdError> {
+        zbus::block_on(async {
+            match self.manager().await?.unref_unit(name).await {
+                Ok(()) => Ok(()),
+                Err(e) if is_no_such_unit(&e) => Ok(()),
+                Err(e) => Err(call_err("UnrefUnit", name, e)),
+            }
+        })
+    }
+
+    /// Timers whose names match `patterns`: state and when they elapse next / last did.
+    pub fn timers(&self, patterns: &[String]) -> Result<Vec<TimerInfo>, SystemdError> {
+        zbus::block_on(async {
+            let manager = self.manager().await?;
+            let pats: Vec<&str> = patterns.iter().map(|s| s.as_str()).collect();
+            let listed = manager
+                .list_units_by_patterns(&[], &pats)
+                .await
+                .map_err(|e| call_err("ListUnitsByPatterns", &patterns.join(" "), e))?;
+            let mut out = Vec::new();
+            for u in listed.iter().filter(|u| u.0.ends_with(".timer")) {
+                let props = async {
+                    PropsProxy::builder(&self.conn)
+                        .destination("org.freedesktop.systemd1")
+                        .path(u.6.clone())
+                        .build()
+                        .await
+                }
+                .await
+                .map_err(|e| call_err("Properties", &u.0, e))?;
+                let m = get_props(
+                    &props,
+                    "org.freedesktop.systemd1.Timer",
+                    &["NextElapseUSecRealtime", "LastTriggerUSec"],
+                )
+                .await
+                .map_err(|e| call_err("Get", &u.0, e))?;
+                out.push(TimerInfo {
+                    name: u.0.clone(),
+                    active_state: u.3.clone(),
+                    next_elapse_usec: variant_u64(&m, "NextElapseUSecRealtime"),
+                    last_trigger_usec: variant_u64(&m, "LastTriggerUSec"),
+                });
+            }
+            Ok(out)
+        })
     }
 }
 

@@ -69,6 +69,17 @@ impl UnitInfo {
     }
 }
 
+/// A timer, as `shim cron list` and `shim status` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TimerInfo {
+    pub name: String,
+    pub active_state: String,
+    /// When it elapses next, µs since the epoch; 0 if never.
+    pub next_elapse_usec: u64,
+    /// When it last elapsed, µs since the epoch; 0 if never.
+    pub last_trigger_usec: u64,
+}
+
 /// How a job ended: systemd's `JobRemoved` result ("done", "failed", "timeout", "canceled",
 /// "dependency", "skipped") per unit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
