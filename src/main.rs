@@ -6,6 +6,7 @@
 mod cli;
 mod config;
 mod cron;
+mod cron_sync;
 mod deploy;
 mod error;
 mod image;

@@ -129,7 +129,7 @@ pub fn render_time(usec: u64, offset_secs: i64) -> String {
 }
 
 /// The local time zone's offset from UTC at `usec`, in seconds (0 if unknown).
-fn local_offset(usec: u64) -> i64 {
+pub fn local_offset(usec: u64) -> i64 {
     let t = (usec / 1_000_000) as libc::time_t;
     // SAFETY: localtime_r only writes the `tm` we own; a zeroed tm is a valid value.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };

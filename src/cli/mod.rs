@@ -1,10 +1,11 @@
 //! The command line: one file per subcommand, each with its clap `*Args` (doc comments are the
 //! `--help` text) and a `run`.
 
+mod cron;
 mod generate;
 mod image;
 mod instance;
-mod logs;
+pub mod logs;
 mod probe;
 mod reconcile;
 mod run;
@@ -51,6 +52,7 @@ pub enum Command {
     Status(status::StatusArgs),
     Show(show::ShowArgs),
     Run(run::RunArgs),
+    Cron(cron::CronArgs),
     Logs(logs::LogsArgs),
     Image(image::ImageArgs),
     Supervise(supervise::SuperviseArgs),
@@ -71,6 +73,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status(a) => status::run(&cli.config, a),
         Command::Show(a) => show::run(&cli.config, a),
         Command::Run(a) => run::run(&cli.config, a),
+        Command::Cron(a) => cron::run(&cli.config, a),
         Command::Image(a) => image::run(&cli.config, a),
         Command::Supervise(a) => supervise::run(&cli.config, a),
         Command::Reconcile(a) => reconcile::run(&cli.config, a),

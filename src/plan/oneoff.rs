@@ -344,7 +344,7 @@ pub fn plan_cron_job(j: &CronJobUnits<'_>) -> (UnitSpec, UnitSpec) {
         ("AccuracyUSec", Prop::USec(1_000_000)),
         ("RandomizedDelayUSec", Prop::USec(0)),
         ("Persistent", Prop::Bool(false)),
-        ("Unit", Prop::Str(format!("{stem}.service"))),
+        // It triggers the service of the same name (Unit= cannot be set on transient timers).
     ];
     let mut service: Vec<(&str, Prop)> = vec![
         ("Description", Prop::Str(description)),

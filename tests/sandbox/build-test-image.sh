@@ -9,6 +9,7 @@
 #   TAG         tag to (re)create, e.g. v1. An existing TAG is replaced.
 #   REVISION    baked into the image as env APP_REVISION (GET / echoes it)
 #               and as the org.opencontainers.image.revision label.
+#   IMAGE_CRONTAB (env) the crontab bin/generate-cron prints (default: empty).
 #   APP_BINARY  defaults to target/release/shim-testapp in the repository
 #               (build it with: cargo build --release --bin shim-testapp).
 #
@@ -94,6 +95,12 @@ for a in sh ls cat sleep echo id env touch wget; do
 done
 
 install -m 0755 "$APP" "$ROOTFS/app/testapp"
+# The app's crontab generator (services.ID.cron = "bin/generate-cron"): prints /app/crontab,
+# which is IMAGE_CRONTAB (empty by default).
+install -d -m 0755 "$ROOTFS/app/bin"
+printf '%s' "${IMAGE_CRONTAB:-}" >"$ROOTFS/app/crontab"
+printf '#!/bin/sh\ncat /app/crontab\n' >"$ROOTFS/app/bin/generate-cron"
+chmod 0755 "$ROOTFS/app/bin/generate-cron"
 # Shared libraries, at the path the binary will look for them (as ldd
 # reports: "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6" and the loader as a
 # bare "/lib64/ld-linux-x86-64.so.2"). cp -L: copy the file, not the symlink,

@@ -1,0 +1,287 @@
+//! `shim cron sync|list` (and `exec`, run by the jobs' units): see `cron_sync.rs`.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use crate::config::Ident;
+use crate::cron_sync::{self, CronState};
+use crate::deploy::Dirs;
+use crate::error::BadInput;
+use crate::lock::ServiceLock;
+use crate::plan::oneoff;
+use crate::systemd::{DbusSystemd, TimerInfo};
+
+/// The app's crontab as systemd timers.
+#[derive(Args, Debug)]
+pub struct CronArgs {
+    #[command(subcommand)]
+    step: Step,
+}
+
+#[derive(Subcommand, Debug)]
+enum Step {
+    Sync(SyncArgs),
+    List(ListArgs),
+    #[command(hide = true)]
+    Exec(ExecArgs),
+}
+
+/// Run the service's generate-cron at a revision and install its crontab as timers.
+///
+/// Replaces the previous revision's jobs atomically; a bad crontab changes nothing. Also done
+/// by `shim upgrade`/`start` (after the switch) and `shim reconcile`.
+///
+/// Example: shim cron sync --id billing_app --revision 279d9035886d
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// Service id, as in [services.ID].
+    #[arg(long)]
+    pub id: String,
+    /// Revision (default: the service's current revision).
+    #[arg(long)]
+    pub revision: Option<String>,
+}
+
+/// List cron jobs: schedule as written, calendar specs, next run, last result.
+///
+/// Example: shim cron list --id billing_app
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Only this service.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Machine-readable output: a JSON array of jobs.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    #[arg(long)]
+    pub id: String,
+    #[arg(long)]
+    pub job: String,
+}
+
+pub fn run(config: &Path, args: CronArgs) -> Result<()> {
+    match args.step {
+        Step::Sync(a) => sync(config, a),
+        Step::List(a) => list(a),
+        Step::Exec(a) => {
+            let defs = crate::config::load(config)?;
+            cron_sync::exec_job(&defs, &Dirs::from_env(), &a.id, &a.job)
+        }
+    }
+}
+
+fn sync(config: &Path, a: SyncArgs) -> Result<()> {
+    let defs = crate::config::load(config)?;
+    let dirs = Dirs::from_env();
+    let svc = defs.service(&a.id)?;
+    if svc.cron.is_none() {
+        return Err(anyhow!(BadInput(format!(
+            "{}:{}: services.{}: no `cron` key (e.g. cron = \"bin/generate-cron\"), so there is no crontab to sync",
+            svc.source.display(),
+            svc.line.unwrap_or(0),
+            a.id
+        ))));
+    }
+    let revision = crate::run::revision_to_run(&dirs, &a.id, a.revision.as_deref())?;
+    let _lock = ServiceLock::acquire(&dirs.run, &a.id, std::time::Duration::from_secs(600))?;
+    let prepared = crate::deploy::prepare(&defs, &a.id, &revision, &dirs, true)?;
+    let jobs = cron_sync::generate(&prepared, &dirs)?;
+    let sd = DbusSystemd::connect()?;
+    for line in cron_sync::install(&sd, &prepared, &dirs, config, Some(&jobs))? {
+        println!("{line}");
+    }
+    println!("{} cron job(s) of {} at revision {revision}", jobs.len(), a.id);
+    Ok(())
+}
+
+/// One job, as listed. The JSON field names are a stable interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobRow {
+    pub service: String,
+    pub job: String,
+    pub revision: String,
+    pub line: usize,
+    pub schedule: String,
+    pub calendars: Vec<String>,
+    pub command: String,
+    /// The timer's state ("active", or "missing" when it is not loaded).
+    pub timer: String,
+    /// Next run, µs since the epoch (0: none).
+    pub next_usec: u64,
+    /// How the last run ended ("success", "exit-code", ...), if it ran.
+    pub last_result: Option<String>,
+    pub last_exit: Option<String>,
+    /// When the last run ended, seconds since the epoch.
+    pub last_ended: Option<u64>,
+}
+
+/// Rows from the state files, the timers and the recorded results. Pure.
+pub fn rows(
+    states: &[(String, CronState)],
+    timers: &[TimerInfo],
+    last: &dyn Fn(&str, &str) -> Option<crate::runtime::LastResult>,
+) -> Vec<JobRow> {
+    let mut out = Vec::new();
+    for (id, st) in states {
+        for j in &st.jobs {
+            let name = format!("{}.timer", oneoff::cron_stem(id, &j.key));
+            let t = timers.iter().find(|t| t.name == name);
+            let l = last(id, &j.key);
+            out.push(JobRow {
+                service: id.clone(),
+                job: j.key.clone(),
+                revision: st.revision.clone(),
+                line: j.line,
+                schedule: j.schedule.clone(),
+                calendars: j.calendars.clone(),
+                command: j.command.clone(),
+                timer: t
+                    .map(|t| t.active_state.clone())
+                    .unwrap_or_else(|| "missing".into()),
+                next_usec: t.map(|t| t.next_elapse_usec).unwrap_or(0),
+                last_result: l.as_ref().map(|l| l.result.clone()),
+                last_exit: l.as_ref().map(|l| {
+                    if l.exit_code == "exited" {
+                        format!("status {}", l.exit_status)
+                    } else {
+                        format!("{} {}", l.exit_code, l.exit_status)
+                    }
+                }),
+                last_ended: l.as_ref().map(|l| l.ended),
+            });
+        }
+    }
+    out
+}
+
+/// The table. Pure.
+pub fn render(rows: &[JobRow], offset_secs: i64) -> String {
+    if rows.is_empty() {
+        return "no cron jobs installed\n".into();
+    }
+    let time = |usec: u64| {
+        if usec == 0 {
+            "-".to_string()
+        } else {
+            crate::cli::logs::render_time(usec, offset_secs)[..19].to_string()
+        }
+    };
+    let mut table = vec![[
+        "SERVICE".to_string(),
+        "JOB".into(),
+        "SCHEDULE".into(),
+        "NEXT".into(),
+        "LAST".into(),
+        "COMMAND".into(),
+    ]];
+    for r in rows {
+        let last = match (&r.last_result, &r.last_exit, r.last_ended) {
+            (Some(res), Some(exit), Some(t)) => {
+                format!("{res} ({exit}) {}", time(t * 1_000_000))
+            }
+            _ => "never ran".into(),
+        };
+        let next = if r.timer == "active" {
+            time(r.next_usec)
+        } else {
+            format!("timer {}", r.timer)
+        };
+        table.push([
+            r.service.clone(),
+            r.job.clone(),
+            r.schedule.clone(),
+            next,
+            last,
+            oneoff::describe_argv(std::slice::from_ref(&r.command)),
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for row in &table {
+        for (i, c) in row.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let mut s = String::new();
+    for (n, row) in table.iter().enumerate() {
+        let mut line = String::new();
+        for (i, c) in row.iter().enumerate() {
+            if i == row.len() - 1 {
+                line.push_str(c);
+            } else {
+                line.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        s.push_str(line.trim_end());
+        s.push('\n');
+        if n > 0 {
+            let r = &rows[n - 1];
+            s.push_str(&format!(
+                "    line {} of the crontab at revision {}; OnCalendar={}\n",
+                r.line,
+                r.revision,
+                r.calendars.join(" | ")
+            ));
+        }
+    }
+    s
+}
+
+fn list(a: ListArgs) -> Result<()> {
+    let dirs = Dirs::from_env();
+    let mut states = Vec::new();
+    match &a.id {
+        Some(id) => {
+            Ident::parse(id).map_err(|m| BadInput(format!("--id: service id {m}")))?;
+            if let Some(st) = cron_sync::load_state(&dirs, id)? {
+                states.push((id.clone(), st));
+            }
+        }
+        None => {
+            let dir = dirs.state.join("cron");
+            let mut ids: Vec<String> = std::fs::read_dir(&dir)
+                .map(|rd| {
+                    rd.flatten()
+                        .filter_map(|e| {
+                            let n = e.file_name().to_string_lossy().to_string();
+                            n.strip_suffix(".json").map(str::to_string)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            ids.sort();
+            for id in ids {
+                if let Some(st) = cron_sync::load_state(&dirs, &id)? {
+                    states.push((id, st));
+                }
+            }
+        }
+    }
+    let sd = DbusSystemd::connect()?;
+    let pattern = match &a.id {
+        Some(id) => format!("{}{id}-*.timer", oneoff::CRON_PREFIX),
+        None => format!("{}*.timer", oneoff::CRON_PREFIX),
+    };
+    let timers = sd.timers(&[pattern])?;
+    let last = |id: &str, key: &str| {
+        let b = std::fs::read(cron_sync::last_path(&dirs, id, key)).ok()?;
+        serde_json::from_slice(&b).ok()
+    };
+    let rows = rows(&states, &timers, &last);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        print!("{}", render(&rows, crate::cli::logs::local_offset(now)));
+    }
+    Ok(())
+}
