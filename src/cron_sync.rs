@@ -86,11 +86,7 @@ pub fn jobs_from_entries(entries: &[CronEntry]) -> Vec<CronJob> {
             let base = hex::encode(h.finalize())[..10].to_string();
             let n = seen.entry(base.clone()).or_insert(0);
             *n += 1;
-            let key = if *n == 1 {
-                base
-            } else {
-                format!("{base}-{n}")
-            };
+            let key = if *n == 1 { base } else { format!("{base}-{n}") };
             CronJob {
                 key,
                 line: e.line,
@@ -112,7 +108,9 @@ pub fn is_key(s: &str) -> bool {
         None => (s, None),
     };
     hash.len() == 10
-        && hash.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        && hash
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
         && n.is_none_or(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
 }
 
@@ -211,10 +209,17 @@ pub fn generate(prepared: &Prepared, dirs: &Dirs) -> Result<Vec<CronJob>> {
     let out = crate::run::run_capture(prepared, dirs, std::slice::from_ref(program))
         .with_context(|| format!("running {what}"))?;
     if out.code != 0 {
-        bail!("{what} exited with status {}; see its output above or `shim logs --id {}`", out.code, svc.id);
+        bail!(
+            "{what} exited with status {}; see its output above or `shim logs --id {}`",
+            out.code,
+            svc.id
+        );
     }
-    let text = String::from_utf8(out.stdout)
-        .map_err(|_| anyhow!(BadInput(format!("{what} printed a crontab that is not UTF-8"))))?;
+    let text = String::from_utf8(out.stdout).map_err(|_| {
+        anyhow!(BadInput(format!(
+            "{what} printed a crontab that is not UTF-8"
+        )))
+    })?;
     let entries =
         cron::parse_crontab(&text).map_err(|e| anyhow!(BadInput(format!("{what}: {e}"))))?;
     Ok(jobs_from_entries(&entries))
@@ -361,7 +366,10 @@ pub fn services_with_timers(sd: &DbusSystemd) -> Result<BTreeSet<String>> {
     Ok(units
         .iter()
         .filter_map(|u| {
-            let stem = u.name.strip_prefix(oneoff::CRON_PREFIX)?.strip_suffix(".timer")?;
+            let stem = u
+                .name
+                .strip_prefix(oneoff::CRON_PREFIX)?
+                .strip_suffix(".timer")?;
             // `<id>-<key>`, and keys may hold one '-' themselves.
             let (head, tail) = stem.rsplit_once('-')?;
             if is_key(tail) {
@@ -372,6 +380,59 @@ pub fn services_with_timers(sd: &DbusSystemd) -> Result<BTreeSet<String>> {
             }
         })
         .collect())
+}
+
+/// What is wrong with a service's cron timers at `revision`, if anything (reconcile).
+pub fn drift(
+    sd: &DbusSystemd,
+    svc: &crate::config::ServiceDef,
+    dirs: &Dirs,
+    revision: &str,
+) -> Result<Option<String>> {
+    let id = svc.id.as_str();
+    let state = load_state(dirs, id)?;
+    let units = sd.list_units(&[format!("{}{id}-*.timer", oneoff::CRON_PREFIX)])?;
+    let active: BTreeSet<String> = units
+        .iter()
+        .filter(|u| u.active_state == "active")
+        .filter_map(|u| key_of_unit(id, &u.name).map(str::to_string))
+        .collect();
+    let Some(program) = &svc.cron else {
+        return Ok((state.is_some() || !active.is_empty()).then(|| {
+            format!(
+                "no cron key any more: remove {} cron timer(s)",
+                active.len()
+            )
+        }));
+    };
+    let Some(st) = state else {
+        return Ok(Some(format!("crontab of {revision} not installed")));
+    };
+    if st.revision != revision || &st.source != program {
+        return Ok(Some(format!(
+            "cron jobs run {} from {}, not {revision} from {program}",
+            st.revision, st.source
+        )));
+    }
+    let d = diff_timers(&active, &st.jobs);
+    Ok(match (d.add.len(), d.remove.len()) {
+        (0, 0) => None,
+        (a, r) => Some(format!("{a} cron timer(s) missing, {r} extra")),
+    })
+}
+
+/// Brings a service's cron timers in line with its definition at `revision` (reconcile).
+pub fn repair(
+    sd: &DbusSystemd,
+    defs: &crate::config::Definitions,
+    dirs: &Dirs,
+    config: &Path,
+    id: &str,
+    revision: &str,
+) -> Result<Vec<String>> {
+    let prepared = crate::deploy::prepare(defs, id, revision, dirs, true)?;
+    let jobs = jobs_for(&prepared, dirs)?;
+    install(sd, &prepared, dirs, config, jobs.as_deref())
 }
 
 /// `shim cron exec`: run by a job's service. Reads the state, plans the container at the
@@ -473,7 +534,10 @@ mod tests {
             Some("0123456789-2")
         );
         assert_eq!(key_of_unit("app", "shimcron-app-x-0123456789.timer"), None);
-        assert_eq!(key_of_unit("app-x", "shimcron-app-x-0123456789.timer"), Some("0123456789"));
+        assert_eq!(
+            key_of_unit("app-x", "shimcron-app-x-0123456789.timer"),
+            Some("0123456789")
+        );
         assert_eq!(key_of_unit("app", "shim-app-web-1.service"), None);
     }
 

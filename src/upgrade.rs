@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Serialize;
 
 use crate::config::{Definitions, ProcessDef};
@@ -559,6 +559,25 @@ pub fn converge_locked(
         }
         return Ok(());
     }
+    // The app's crontab at the new revision, read before anything changes: a bad one stops the
+    // upgrade here. Installed after the switch (step "cron").
+    let has_cron_state = crate::cron_sync::state_path(dirs, id).exists();
+    let cron_jobs = if prepared.service.cron.is_some() || has_cron_state {
+        Some(rep.step("crontab", |d| {
+            let jobs = crate::cron_sync::jobs_for(&prepared, dirs)?;
+            match &jobs {
+                Some(j) => d.push(format!(
+                    "{} job(s) from {}",
+                    j.len(),
+                    prepared.service.cron.as_deref().unwrap_or("")
+                )),
+                None => d.push("no cron key any more: its timers go".into()),
+            }
+            Ok(jobs)
+        })?)
+    } else {
+        None
+    };
 
     st.upgrading = Some(Attempt {
         revision: revision.to_string(),
@@ -721,6 +740,16 @@ pub fn converge_locked(
         d.push(format!("{timer} {what}: probe every {every}"));
         Ok(())
     })?;
+    if let Some(jobs) = &cron_jobs {
+        rep.step("cron", |d| {
+            let lines = crate::cron_sync::install(&sd, &prepared, dirs, &opts.config, jobs.as_deref())
+                .context(format!(
+                    "{revision} is serving, but its cron jobs were not installed (the previous ones may still run); run `shim cron sync --id {id}`"
+                ))?;
+            d.extend(lines);
+            Ok(())
+        })?;
+    }
     if let Some(e) = unhealthy {
         return Err(e.context(format!(
             "{} of {id} to {revision}: instances kept running although not healthy yet; systemd and the probe keep retrying them",

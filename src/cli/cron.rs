@@ -97,7 +97,11 @@ fn sync(config: &Path, a: SyncArgs) -> Result<()> {
     for line in cron_sync::install(&sd, &prepared, &dirs, config, Some(&jobs))? {
         println!("{line}");
     }
-    println!("{} cron job(s) of {} at revision {revision}", jobs.len(), a.id);
+    println!(
+        "{} cron job(s) of {} at revision {revision}",
+        jobs.len(),
+        a.id
+    );
     Ok(())
 }
 

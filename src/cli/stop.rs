@@ -38,6 +38,9 @@ pub fn run(config: &Path, args: StopArgs) -> Result<()> {
     let sd = DbusSystemd::connect()?;
     // Stopping the probe's units also stops a probe running right now.
     let had_probe = crate::supervise::remove_probe_timer(&sd, &args.id)?;
+    // Its cron jobs stop too (a job running now finishes); their state stays, so a later
+    // start at the same revision brings them back.
+    let cron_removed = crate::cron_sync::remove_all(&sd, &args.id)?;
     let units = deploy::service_units(&sd, &args.id)?;
     let stopped = deploy::stop_units(&sd, &units, timeout)?;
     deploy::remove_stale_dirs(&dirs.instances(&args.id), &Default::default())?;
@@ -55,6 +58,9 @@ pub fn run(config: &Path, args: StopArgs) -> Result<()> {
             "removed  {}",
             crate::plan::probe::probe_timer_name(&args.id)
         );
+    }
+    for l in &cron_removed {
+        println!("{l}");
     }
     for u in &stopped {
         println!("stopped  {u}");

@@ -164,11 +164,15 @@ pub fn run(defs: &Definitions, dirs: &Dirs, opts: &Options) -> Result<()> {
                 } else {
                     "not deployed"
                 };
-                if timer_loaded {
-                    say(id, format!("{why}: remove its probe timer"));
+                let cron_timers = !sd
+                    .list_units(&[format!("{}{id}-*.timer", crate::plan::oneoff::CRON_PREFIX)])?
+                    .is_empty();
+                if timer_loaded || cron_timers {
+                    say(id, format!("{why}: remove its probe and cron timers"));
                     acted = true;
                     if !opts.dry_run {
                         super::remove_probe_timer(&sd, id)?;
+                        crate::cron_sync::remove_all(&sd, id)?;
                     }
                 } else {
                     say(id, format!("{why}: nothing to do"));
@@ -227,6 +231,19 @@ pub fn run(defs: &Definitions, dirs: &Dirs, opts: &Options) -> Result<()> {
             }
             continue;
         }
+        if let Some(why) = crate::cron_sync::drift(&sd, svc, dirs, &revision)? {
+            acted = true;
+            say(id, format!("{revision}: {why}: sync it"));
+            if !opts.dry_run {
+                match crate::cron_sync::repair(&sd, defs, dirs, &opts.config, id, &revision) {
+                    Ok(lines) => lines.iter().for_each(|l| say(id, l.clone())),
+                    Err(e) => {
+                        eprintln!("shim: reconcile of {id}: cron: {e:#}");
+                        failed.push(id.to_string());
+                    }
+                }
+            }
+        }
         match super::probe_timer_drift(&sd, svc, &shim_exe, &opts.config, dirs)? {
             None => say(id, format!("{revision}: ok{paused}")),
             Some(t) => {
@@ -258,12 +275,17 @@ pub fn run(defs: &Definitions, dirs: &Dirs, opts: &Options) -> Result<()> {
             orphans.entry(s.to_string()).or_default();
         }
     }
+    for id in crate::cron_sync::services_with_timers(&sd)? {
+        if !defined.contains(id.as_str()) {
+            orphans.entry(id).or_default();
+        }
+    }
     for (id, units) in &orphans {
         acted = true;
         say(
             id,
             format!(
-                "not defined: stop {} instance(s) and its probe timer",
+                "not defined: stop {} instance(s) and its probe and cron timers",
                 units.len()
             ),
         );
@@ -273,6 +295,7 @@ pub fn run(defs: &Definitions, dirs: &Dirs, opts: &Options) -> Result<()> {
         let r = (|| -> Result<()> {
             let _lock = ServiceLock::acquire(&dirs.run, id, opts.lock_timeout)?;
             super::remove_probe_timer(&sd, id)?;
+            crate::cron_sync::remove_all(&sd, id)?;
             deploy::stop_units(&sd, units, Duration::from_secs(300))?;
             let inst = dirs.instances(id);
             deploy::remove_stale_dirs(&inst, &Default::default())?;

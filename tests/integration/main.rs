@@ -3,8 +3,10 @@
 //! `common::in_sandbox`.
 
 mod common;
+mod cron;
 mod logs;
 mod registry;
+mod run;
 mod supervise;
 mod upgrade;
 
