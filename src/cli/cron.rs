@@ -14,7 +14,9 @@ use crate::lock::ServiceLock;
 use crate::plan::oneoff;
 use crate::systemd::{DbusSystemd, TimerInfo};
 
-/// The app's crontab as systemd timers.
+/// The app's crontab as systemd timers: sync it at a revision, list the jobs.
+///
+/// Example: shim cron list --id billing_app
 #[derive(Args, Debug)]
 pub struct CronArgs {
     #[command(subcommand)]

@@ -16,10 +16,11 @@ use crate::run::RunRequest;
 /// shim's; Ctrl-C, SIGTERM and SIGHUP reach it. If shim itself is killed, systemd stops the
 /// command. Shim's own failures exit 1 (2 for bad input) before the command runs.
 ///
-/// Examples:
-///   shim run --id billing_app -- bin/rails db:migrate
+/// Example: shim run --id billing_app -- bin/rails db:migrate
+///
+/// More examples:
 ///   shim run --id billing_app -t -- bin/rails console
-///   pg_dump ... | shim run --id billing_app -i -- bin/restore
+///   gunzip -c dump.gz | shim run --id billing_app -i -- bin/restore
 ///   shim run --id billing_app --detach -- bin/rake reindex    (prints the unit name)
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment)]

@@ -347,3 +347,104 @@ fn unit_names_are_short_and_readable() {
     );
     assert_eq!(service_unit_pattern("billing_app"), "shim-billing_app-*");
 }
+
+fn run_request<'a>(
+    process: Option<&'a crate::config::ProcessDef>,
+    attach: oneoff::Attach,
+) -> oneoff::OneOff<'a> {
+    let stem = oneoff::run_stem(
+        "billing_app",
+        "279d9035886d4c0427549863c4c2101e4a63e041",
+        "a1b2c3",
+    );
+    oneoff::OneOff {
+        dir: PathBuf::from(format!("/run/shim/runs/billing_app/{stem}")),
+        fields: vec![("SHIM_RUN".into(), stem.clone())],
+        stem,
+        process,
+        argv: vec!["bin/rails".into(), "console".into()],
+        env: vec![("TERM".into(), "xterm-256color".into())],
+        attach,
+    }
+}
+
+#[test]
+fn oneoff_attached_snapshot() {
+    with_cx(|cx| {
+        let req = run_request(None, oneoff::Attach::Pipes);
+        let p = oneoff::plan_oneoff(cx, &req).unwrap();
+        assert_eq!(
+            p.unit.name,
+            "shimrun-billing_app-279d9035886d-a1b2c3.service"
+        );
+        insta::assert_snapshot!("oneoff_attached_unit", p.unit.render());
+        // The anchor scope the unit is bound to.
+        let anchor = oneoff::plan_anchor(&req.stem, 4242);
+        insta::assert_snapshot!("oneoff_anchor_scope", anchor.render());
+    });
+}
+
+#[test]
+fn oneoff_config_has_the_command_a_terminal_and_no_instance_vars() {
+    with_cx(|cx| {
+        let web = process(cx, "web");
+        let req = run_request(Some(web), oneoff::Attach::Tty);
+        let spec = oneoff::plan_oneoff_config(cx, &req).unwrap();
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!(p.args().as_ref().unwrap(), &["bin/rails", "console"]);
+        assert_eq!(p.terminal(), Some(true));
+        let env = p.env().as_ref().unwrap();
+        // The borrowed process's env, secrets, TERM and SHIM_RUN; no port, no instance.
+        assert!(env.contains(&"SHARED=process".to_string()), "{env:?}");
+        assert!(env.iter().any(|e| e.starts_with("DB_PASSWORD=")));
+        assert!(env.contains(&"TERM=xterm-256color".to_string()));
+        assert!(env.contains(&"SHIM_RUN=shimrun-billing_app-279d9035886d-a1b2c3".to_string()));
+        assert!(!env
+            .iter()
+            .any(|e| e.starts_with("PORT=") || e.starts_with("SHIM_INSTANCE=")));
+        assert_eq!(
+            spec.linux().as_ref().unwrap().cgroups_path().as_deref(),
+            Some(Path::new(
+                "/shim.slice/shimrun-billing_app-279d9035886d-a1b2c3.service/container"
+            ))
+        );
+        // Detached: no terminal, no anchor, no reference held.
+        let req = run_request(None, oneoff::Attach::Detached);
+        let p = oneoff::plan_oneoff(cx, &req).unwrap();
+        assert_eq!(p.config.process().as_ref().unwrap().terminal(), Some(false));
+        let names: Vec<&str> = p.unit.properties.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(!names.contains(&"BindsTo") && !names.contains(&"AddRef"));
+        // Secrets never reach unit properties.
+        assert!(!p.unit.render().contains("DB_PASSWORD"));
+        // No command: refused.
+        let mut empty = run_request(None, oneoff::Attach::Pipes);
+        empty.argv.clear();
+        assert!(oneoff::plan_oneoff(cx, &empty).is_err());
+    });
+}
+
+#[test]
+fn cron_job_units_snapshot() {
+    let calendars = vec![
+        "*-*-01,15 03:00:00".to_string(),
+        "Mon *-*-* 03:00:00".to_string(),
+    ];
+    let (timer, service) = oneoff::plan_cron_job(&oneoff::CronJobUnits {
+        service: "billing_app",
+        job: "0a1b2c3d4e",
+        schedule_text: "0 3 1,15 * mon",
+        command: "bin/rake invoices:send",
+        calendars: &calendars,
+        stdin: Some("yes\n"),
+        shim_exe: Path::new("/usr/bin/shim"),
+        runtime_bin: Path::new("/usr/sbin/runc"),
+        config: Path::new("/etc/shim/services.toml"),
+        dir: Path::new("/run/shim/cron/billing_app/0a1b2c3d4e"),
+        last_file: Path::new("/var/lib/shim/cron/billing_app/0a1b2c3d4e.last.json"),
+        stop_timeout: std::time::Duration::from_secs(30),
+    });
+    assert_eq!(timer.name, "shimcron-billing_app-0a1b2c3d4e.timer");
+    assert_eq!(service.name, "shimcron-billing_app-0a1b2c3d4e.service");
+    insta::assert_snapshot!("cron_timer", timer.render());
+    insta::assert_snapshot!("cron_service", service.render());
+}
