@@ -18,7 +18,7 @@ RUNS="${1:-20}"
 cargo build --release --bins --quiet
 T="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/release"
 SB="bash tests/sandbox/sandbox.sh"
-NAME=bench-status
+NAME="${SHIM_SANDBOX_NAME:-bench-status}"
 trap '$SB down --name $NAME >/dev/null 2>&1 || true' EXIT
 $SB down --name $NAME >/dev/null 2>&1 || true
 $SB up --name $NAME >/dev/null
