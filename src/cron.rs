@@ -44,7 +44,6 @@
 use std::fmt::Write as _;
 
 /// One job of a crontab, ready to become a timer.
-#[allow(dead_code)] // used by shim cron sync (next step)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CronEntry {
     /// 1-based line number in the crontab.
@@ -63,7 +62,6 @@ pub struct CronEntry {
 }
 
 /// A line of the crontab that cannot be run as a timer, with why.
-#[allow(dead_code)] // used by shim cron sync (next step)
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("crontab line {line}: {text:?}: {reason}")]
 pub struct CronError {
@@ -92,7 +90,6 @@ impl Values {
 }
 
 /// A parsed schedule: the values each field allows, as cron's bit sets, and cron's star flags.
-#[allow(dead_code)] // used by shim cron sync (next step)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Schedule {
     minutes: Values,
@@ -163,7 +160,6 @@ const REBOOT: &str =
 const KEYWORDS: &str = "@hourly, @daily, @midnight, @weekly, @monthly, @yearly or @annually";
 
 /// Parses a whole crontab. Stops at the first line that cannot become a timer.
-#[allow(dead_code)] // used by shim cron sync (next step)
 pub fn parse_crontab(text: &str) -> Result<Vec<CronEntry>, CronError> {
     let mut env: Vec<(String, String)> = Vec::new();
     let mut entries = Vec::new();
@@ -217,7 +213,7 @@ pub fn parse_crontab(text: &str) -> Result<Vec<CronEntry>, CronError> {
 }
 
 /// Parses a schedule alone: five fields or an `@keyword`, nothing after it.
-#[allow(dead_code)] // used by shim cron sync (next step)
+#[cfg(test)]
 pub fn parse_schedule(text: &str) -> Result<Schedule, String> {
     let (_, schedule, rest) = split_schedule(text.trim())?;
     if !rest.is_empty() {
@@ -228,7 +224,6 @@ pub fn parse_schedule(text: &str) -> Result<Schedule, String> {
 
 /// systemd `OnCalendar=` specs whose union elapses exactly when cron runs `schedule`, in
 /// the local time zone. Empty when the schedule can never fire (`0 0 31 2 *`).
-#[allow(dead_code)] // used by shim cron sync (next step)
 pub fn to_calendar_specs(schedule: &Schedule) -> Vec<String> {
     let s = schedule;
     let time = format!(

@@ -93,7 +93,14 @@ pub fn parse_entry(line: &str) -> Option<Entry> {
     Some(Entry {
         usec: get("__REALTIME_TIMESTAMP")?.parse().ok()?,
         process: get("SHIM_PROCESS").unwrap_or_else(|| "?".into()),
-        instance: get("SHIM_INSTANCE").unwrap_or_else(|| "?".into()),
+        // One-offs have no instance number: a run shows its tag (the end of its unit name),
+        // a cron job its key.
+        instance: get("SHIM_INSTANCE")
+            .or_else(|| get("SHIM_CRON"))
+            .or_else(|| {
+                get("SHIM_RUN").and_then(|r| r.rsplit('-').next().map(str::to_string))
+            })
+            .unwrap_or_else(|| "?".into()),
         revision: get("SHIM_REVISION").unwrap_or_default(),
         message: get("MESSAGE").unwrap_or_default(),
     })
@@ -193,7 +200,10 @@ pub fn journalctl_args(a: &LogsArgs, revision: Option<&str>) -> Vec<String> {
     let mut v: Vec<String> = ["--no-pager", "--quiet", "--all", "-o", "json"]
         .map(String::from)
         .to_vec();
-    v.push("--output-fields=MESSAGE,SHIM_PROCESS,SHIM_INSTANCE,SHIM_REVISION".into());
+    v.push(
+        "--output-fields=MESSAGE,SHIM_PROCESS,SHIM_INSTANCE,SHIM_REVISION,SHIM_RUN,SHIM_CRON"
+            .into(),
+    );
     if a.follow {
         v.push("--follow".into());
     }
@@ -493,7 +503,7 @@ mod tests {
         assert_eq!(
             journalctl_args(&a, Some("rev1")).join(" "),
             "--no-pager --quiet --all -o json \
-             --output-fields=MESSAGE,SHIM_PROCESS,SHIM_INSTANCE,SHIM_REVISION \
+             --output-fields=MESSAGE,SHIM_PROCESS,SHIM_INSTANCE,SHIM_REVISION,SHIM_RUN,SHIM_CRON \
              --follow --lines=50 --since=-600s \
              SHIM_SERVICE=billing_app SHIM_PROCESS=web SHIM_REVISION=rev1 SHIM_INSTANCE=2"
         );
