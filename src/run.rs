@@ -20,8 +20,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -170,12 +169,14 @@ pub fn run(defs: &Definitions, dirs: &Dirs, req: &RunRequest) -> Result<i32> {
     }
     // Before any thread exists (image pulls, D-Bus), so that every thread inherits the mask
     // and the signals wait for the forwarding thread.
-    let signals = forwarded_signals(req.tty);
-    if !req.detach {
-        signals
-            .thread_block()
+    let forwarder = if req.detach {
+        None
+    } else {
+        let set = forwarded_signals(req.tty);
+        set.thread_block()
             .context("blocking signals to forward them")?;
-    }
+        Some(Forwarder::start(set))
+    };
     let revision = revision_to_run(dirs, &req.id, req.revision.as_deref())?;
     let prepared = deploy::prepare(defs, &req.id, &revision, dirs, true)?;
     let attach = if req.detach {
@@ -200,7 +201,7 @@ pub fn run(defs: &Definitions, dirs: &Dirs, req: &RunRequest) -> Result<i32> {
         attach,
         req.interactive || req.tty,
         sink,
-        Some(signals),
+        forwarder.as_ref(),
     )?;
     Ok(finished.code)
 }
@@ -231,7 +232,7 @@ fn run_prepared(
     attach: Attach,
     stdin: bool,
     sink: Sink,
-    signals: Option<SigSet>,
+    signals: Option<&Forwarder>,
 ) -> Result<Finished> {
     if prepared.service.runtime == Runtime::Podman {
         bail!(
@@ -370,7 +371,7 @@ fn attached(
     attach: Attach,
     stdin: bool,
     sink: Sink,
-    signals: Option<SigSet>,
+    signals: Option<&Forwarder>,
     prepared: &Prepared,
     process: &str,
     stem: &str,
@@ -433,12 +434,8 @@ fn attached(
             copy_output(std::fs::File::from(fd), is_stdout, capture && is_stdout, &f)
         }));
     }
-    // Signal forwarder: a thread of its own, waiting on the blocked set.
-    let done = Arc::new(AtomicBool::new(false));
-    if let Some(set) = signals {
-        let name = unit.name.clone();
-        let done = done.clone();
-        std::thread::spawn(move || forward_signals(set, &name, &done));
+    if let Some(f) = signals {
+        f.set(Target::Unit(unit.name.clone()));
     }
 
     let info = loop {
@@ -449,7 +446,9 @@ fn attached(
             None => bail!("{} disappeared before its exit status was read", unit.name),
         }
     };
-    done.store(true, Ordering::SeqCst);
+    if let Some(f) = signals {
+        f.set(Target::Done);
+    }
     let _ = sd.unref(&unit.name);
     let mut stdout = Vec::new();
     for t in threads {
@@ -471,21 +470,60 @@ fn attached(
     Ok(Finished { code, stdout })
 }
 
-fn forward_signals(set: SigSet, unit: &str, done: &AtomicBool) {
-    let mut sd: Option<DbusSystemd> = None;
-    while let Ok(sig) = set.wait() {
-        if done.load(Ordering::SeqCst) {
-            return;
-        }
-        if sd.is_none() {
-            sd = DbusSystemd::connect().ok();
-        }
-        if let Some(sd) = &sd {
-            if let Err(e) = sd.kill_main(unit, sig as i32) {
-                if sig != Signal::SIGWINCH {
-                    eprintln!("shim run: passing {sig} to {unit}: {e}");
+/// Where forwarded signals go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// Nothing runs yet: a signal ends shim (as it would without forwarding); if the unit was
+    /// being started, the anchor's end stops it.
+    Preparing,
+    Unit(String),
+    /// The command ended; shim is cleaning up and finishes on its own.
+    Done,
+}
+
+/// A thread that waits for the blocked signals and passes them to the run's runtime.
+pub struct Forwarder {
+    target: Arc<Mutex<Target>>,
+}
+
+impl Forwarder {
+    /// Starts the thread; the signals must already be blocked in every thread.
+    fn start(set: SigSet) -> Forwarder {
+        let target = Arc::new(Mutex::new(Target::Preparing));
+        let t = target.clone();
+        std::thread::spawn(move || {
+            let mut sd: Option<DbusSystemd> = None;
+            while let Ok(sig) = set.wait() {
+                let now = t.lock().map(|g| g.clone()).unwrap_or(Target::Done);
+                match now {
+                    Target::Preparing => {
+                        if sig != Signal::SIGWINCH {
+                            eprintln!("shim run: {sig} before the command started; stopping");
+                            std::process::exit(128 + sig as i32);
+                        }
+                    }
+                    Target::Done => {}
+                    Target::Unit(unit) => {
+                        if sd.is_none() {
+                            sd = DbusSystemd::connect().ok();
+                        }
+                        if let Some(sd) = &sd {
+                            if let Err(e) = sd.kill_main(&unit, sig as i32) {
+                                if sig != Signal::SIGWINCH {
+                                    eprintln!("shim run: passing {sig} to {unit}: {e}");
+                                }
+                            }
+                        }
+                    }
                 }
             }
+        });
+        Forwarder { target }
+    }
+
+    fn set(&self, t: Target) {
+        if let Ok(mut g) = self.target.lock() {
+            *g = t;
         }
     }
 }

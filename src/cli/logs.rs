@@ -97,9 +97,7 @@ pub fn parse_entry(line: &str) -> Option<Entry> {
         // a cron job its key.
         instance: get("SHIM_INSTANCE")
             .or_else(|| get("SHIM_CRON"))
-            .or_else(|| {
-                get("SHIM_RUN").and_then(|r| r.rsplit('-').next().map(str::to_string))
-            })
+            .or_else(|| get("SHIM_RUN").and_then(|r| r.rsplit('-').next().map(str::to_string)))
             .unwrap_or_else(|| "?".into()),
         revision: get("SHIM_REVISION").unwrap_or_default(),
         message: get("MESSAGE").unwrap_or_default(),

@@ -59,6 +59,18 @@ fn assert_no_run_left(id: &str, runtime: &str) {
     assert!(m.is_empty(), "mounts left: {m:?}");
 }
 
+/// The pid of the run's container process whose argv[0] is `argv0` (not `runc init` any more).
+fn command_pid(unit: &str, argv0: &str) -> Option<u32> {
+    cgroup_pids(&unit_cgroup(unit).join("container"))
+        .into_iter()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .ok()
+                .and_then(|c| c.split(|b| *b == 0).next().map(|a| a == argv0.as_bytes()))
+                .unwrap_or(false)
+        })
+}
+
 fn exit_codes_and_output(id: &str, runtime: &str) {
     let cfg = TestConfig::new(&run_toml(id, runtime));
     let c = cfg.path();
@@ -132,13 +144,12 @@ fn exit_codes_and_output(id: &str, runtime: &str) {
             .into_iter()
             .find(|u| unit_prop(u, "ActiveState") == "active")
     });
-    let stem = unit.trim_end_matches(".service").to_string();
-    let pid = wait_for(Duration::from_secs(10), "the container's pid", || {
-        let pids = cgroup_pids(&unit_cgroup(&unit).join("container"));
-        pids.first().copied()
+    let pid = wait_for(Duration::from_secs(10), "the command to run", || {
+        command_pid(&unit, "sleep")
     });
-    let o = run(Command::new(runtime).args(["kill", &stem, "KILL"]));
-    assert!(o.status.success(), "{runtime} kill: {}", stderr(&o));
+    // From the host, as the OOM killer or an operator's `kill -9` would.
+    let o = run(Command::new("kill").args(["-KILL", &pid.to_string()]));
+    assert!(o.status.success(), "kill: {}", stderr(&o));
     let out = child.wait_with_output().expect("wait shim run");
     assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
     assert!(!pid_alive(pid));
@@ -253,11 +264,11 @@ fn run_stdin_journal_detach_and_bad_input() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    wait_for(Duration::from_secs(20), "the trap to be set", || {
+    wait_for(Duration::from_secs(20), "the shell to run", || {
         units_matching(&format!("shimrun-{id}-*.service"))
             .into_iter()
             .find(|u| unit_prop(u, "ActiveState") == "active")
-            .filter(|u| !cgroup_pids(&unit_cgroup(u).join("container")).is_empty())
+            .and_then(|u| command_pid(&u, "/bin/sh"))
     });
     std::thread::sleep(Duration::from_millis(300));
     let _ = run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
@@ -337,10 +348,8 @@ fn run_killed_shim_leaves_nothing() {
             .into_iter()
             .find(|u| unit_prop(u, "ActiveState") == "active")
     });
-    let pid = wait_for(Duration::from_secs(10), "the container", || {
-        cgroup_pids(&unit_cgroup(&unit).join("container"))
-            .first()
-            .copied()
+    let pid = wait_for(Duration::from_secs(10), "the command to run", || {
+        command_pid(&unit, "sleep")
     });
     child.kill().expect("SIGKILL shim");
     let _ = child.wait();
@@ -360,11 +369,19 @@ fn screen() -> String {
     tmux(&["capture-pane", "-p", "-t", "t"])
 }
 
+/// Waits until the screen satisfies `f`; on timeout, fails showing the last screen.
 fn wait_screen(what: &str, f: impl Fn(&str) -> bool) -> String {
-    wait_for(Duration::from_secs(20), what, || {
+    let start = std::time::Instant::now();
+    loop {
         let s = screen();
-        f(&s).then_some(s)
-    })
+        if f(&s) {
+            return s;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            panic!("timed out waiting for {what}; the screen:\n{s}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -400,9 +417,11 @@ fn run_tty_console_through_tmux() {
         "echo answer-$((6*7)); tty; stty size",
         "Enter",
     ]);
-    let s = wait_screen("the answer", |s| s.contains("answer-42"));
+    // (`stty size` prints "rows cols"; the screen is read until its answer is there.)
+    let s = wait_screen("the answer and the size 30 120", |s| {
+        s.contains("answer-42") && s.lines().any(|l| l.trim() == "30 120")
+    });
     assert!(s.contains("/dev/pts/"), "{s}");
-    assert!(s.contains("30 120"), "{s}");
 
     // Ctrl-C interrupts the foreground command, not the session.
     tmux(&["send-keys", "-t", "t", "sleep 100", "Enter"]);
@@ -421,7 +440,9 @@ fn run_tty_console_through_tmux() {
     tmux(&["resize-window", "-t", "t", "-x", "100", "-y", "25"]);
     std::thread::sleep(Duration::from_millis(500));
     tmux(&["send-keys", "-t", "t", "clear; stty size", "Enter"]);
-    wait_screen("the new size", |s| s.contains("25 100"));
+    wait_screen("the new size 25 100", |s| {
+        s.lines().any(|l| l.trim() == "25 100")
+    });
 
     // Job control works in the shell.
     tmux(&["send-keys", "-t", "t", "sleep 200 &", "Enter"]);
