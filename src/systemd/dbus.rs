@@ -588,20 +588,7 @@ impl Systemd for DbusSystemd {
         aux: &[UnitSpec],
         timeout: Duration,
     ) -> Result<JobOutcome, SystemdError> {
-        let names = [unit.name.clone()];
-        let mut out = zbus::block_on(self.run_jobs(&names, timeout, |m, name| async move {
-            let aux: Vec<(&str, Vec<(&str, Variant<'_>)>)> =
-                aux.iter().map(|a| (a.name.as_str(), to_props(a))).collect();
-            m.start_transient_unit(name, "fail", to_props(unit), aux)
-                .await
-                .map(Some)
-                .map_err(|e| call_err("StartTransientUnit", name, e))
-        }))?;
-        out.pop().ok_or_else(|| SystemdError::Call {
-            call: "StartTransientUnit",
-            unit: unit.name.clone(),
-            message: "no job outcome".into(),
-        })
+        self.start_with_fds(unit, aux, &[], timeout)
     }
 
     fn kill_main(&self, name: &str, signal: i32) -> Result<(), SystemdError> {

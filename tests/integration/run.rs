@@ -71,82 +71,79 @@ fn command_pid(unit: &str, argv0: &str) -> Option<u32> {
         })
 }
 
+/// `shim run --id ID --revision rev1 ARGS…`, waited for.
+fn shim_run(config: &std::path::Path, id: &str, args: &[&str]) -> std::process::Output {
+    run(shim_cmd(config)
+        .args(["run", "--id", id, "--revision", "rev1"])
+        .args(args))
+}
+
+/// Starts `shim run --id ID --revision rev1 ARGS…` with piped output and waits until the
+/// command `argv0` runs in its container; returns the child, the unit and the command's pid.
+fn spawn_run(
+    config: &std::path::Path,
+    id: &str,
+    args: &[&str],
+    argv0: &str,
+) -> (std::process::Child, String, u32) {
+    let child = shim_cmd(config)
+        .args(["run", "--id", id, "--revision", "rev1"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shim run");
+    let (unit, pid) = wait_for(Duration::from_secs(20), "the run's command", || {
+        units_matching(&format!("shimrun-{id}-*.service"))
+            .into_iter()
+            .find(|u| unit_prop(u, "ActiveState") == "active")
+            .and_then(|u| command_pid(&u, argv0).map(|p| (u, p)))
+    });
+    (child, unit, pid)
+}
+
 fn exit_codes_and_output(id: &str, runtime: &str) {
     let cfg = TestConfig::new(&run_toml(id, runtime));
     let c = cfg.path();
 
     // 0, with stdout and stderr apart, and the definition's env.
-    let o = run(shim_cmd(c).args([
-        "run",
-        "--id",
+    let o = shim_run(
+        c,
         id,
-        "--revision",
-        "rev1",
-        "--",
-        "/bin/sh",
-        "-c",
-        "echo out:$FROM_DEFINITION:$SHIM_SERVICE:$SHIM_REVISION; echo err >&2",
-    ]));
+        &[
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo out:$FROM_DEFINITION:$SHIM_SERVICE:$SHIM_REVISION; echo err >&2",
+        ],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stdout(&o), format!("out:yes:{id}:rev1\n"));
     assert!(stderr(&o).contains("err"), "{}", stderr(&o));
 
     // 1 and any other status are passed through.
     for code in [1, 42] {
-        let o = run(shim_cmd(c).args([
-            "run",
-            "--id",
-            id,
-            "--revision",
-            "rev1",
-            "--",
-            "/bin/sh",
-            "-c",
-            &format!("exit {code}"),
-        ]));
+        let o = shim_run(c, id, &["--", "/bin/sh", "-c", &format!("exit {code}")]);
         assert_eq!(o.status.code(), Some(code), "{}", stderr(&o));
     }
 
     // --process borrows that process's env.
-    let o = run(shim_cmd(c).args([
-        "run",
-        "--id",
+    let o = shim_run(
+        c,
         id,
-        "--revision",
-        "rev1",
-        "--process",
-        "quick",
-        "--",
-        "/bin/sh",
-        "-c",
-        "echo $FROM_PROCESS",
-    ]));
+        &[
+            "--process",
+            "quick",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo $FROM_PROCESS",
+        ],
+    );
     assert_eq!(stdout(&o), "quick\n", "{}", stderr(&o));
 
     // 137: the container's init SIGKILLed from outside.
-    let child = shim_cmd(c)
-        .args([
-            "run",
-            "--id",
-            id,
-            "--revision",
-            "rev1",
-            "--",
-            "sleep",
-            "300",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn shim run");
-    let unit = wait_for(Duration::from_secs(20), "the run's unit", || {
-        units_matching(&format!("shimrun-{id}-*.service"))
-            .into_iter()
-            .find(|u| unit_prop(u, "ActiveState") == "active")
-    });
-    let pid = wait_for(Duration::from_secs(10), "the command to run", || {
-        command_pid(&unit, "sleep")
-    });
+    let (child, _unit, pid) = spawn_run(c, id, &["--", "sleep", "300"], "sleep");
     // From the host, as the OOM killer or an operator's `kill -9` would.
     let o = run(Command::new("kill").args(["-KILL", &pid.to_string()]));
     assert!(o.status.success(), "kill: {}", stderr(&o));
@@ -248,28 +245,17 @@ fn run_stdin_journal_detach_and_bad_input() {
     assert_eq!(stdout(&out), "");
 
     // SIGTERM to shim reaches the command, which exits on its own terms.
-    let child = shim_cmd(c)
-        .args([
-            "run",
-            "--id",
-            id,
-            "--revision",
-            "rev1",
+    let (child, _, _) = spawn_run(
+        c,
+        id,
+        &[
             "--",
             "/bin/sh",
             "-c",
             "trap 'echo got-term; exit 7' TERM; echo ready; while true; do sleep 0.1; done",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    wait_for(Duration::from_secs(20), "the shell to run", || {
-        units_matching(&format!("shimrun-{id}-*.service"))
-            .into_iter()
-            .find(|u| unit_prop(u, "ActiveState") == "active")
-            .and_then(|u| command_pid(&u, "/bin/sh"))
-    });
+        ],
+        "/bin/sh",
+    );
     std::thread::sleep(Duration::from_millis(300));
     let _ = run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
     let out = child.wait_with_output().expect("wait");
@@ -277,18 +263,17 @@ fn run_stdin_journal_detach_and_bad_input() {
     assert!(stdout(&out).contains("got-term"), "{}", stdout(&out));
 
     // --detach prints the unit and returns; the command runs on, output in the journal.
-    let o = run(shim_cmd(c).args([
-        "run",
-        "--id",
+    let o = shim_run(
+        c,
         id,
-        "--revision",
-        "rev1",
-        "--detach",
-        "--",
-        "/bin/sh",
-        "-c",
-        "sleep 1; echo detached-done",
-    ]));
+        &[
+            "--detach",
+            "--",
+            "/bin/sh",
+            "-c",
+            "sleep 1; echo detached-done",
+        ],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let unit = stdout(&o).trim().to_string();
     assert!(unit.starts_with(&format!("shimrun-{id}-rev1-")) && unit.ends_with(".service"));
@@ -298,17 +283,7 @@ fn run_stdin_journal_detach_and_bad_input() {
     });
 
     // Bad input: exit 2, nothing started.
-    let o = run(shim_cmd(c).args([
-        "run",
-        "--id",
-        id,
-        "--revision",
-        "rev1",
-        "--process",
-        "nope",
-        "--",
-        "true",
-    ]));
+    let o = shim_run(c, id, &["--process", "nope", "--", "true"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("no such process"), "{}", stderr(&o));
     let o = run(shim_cmd(c).args(["run", "--id", id, "--", "true"]));
@@ -326,31 +301,12 @@ fn run_killed_shim_leaves_nothing() {
     let cfg = TestConfig::new(&run_toml(id, "runc"));
     // `quick` stops within 2 s (sleep as the container's init ignores SIGTERM, so it is
     // SIGKILLed at stop_timeout).
-    let mut child = shim_cmd(cfg.path())
-        .args([
-            "run",
-            "--id",
-            id,
-            "--revision",
-            "rev1",
-            "--process",
-            "quick",
-            "--",
-            "sleep",
-            "1000",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let unit = wait_for(Duration::from_secs(20), "the run's unit", || {
-        units_matching(&format!("shimrun-{id}-*.service"))
-            .into_iter()
-            .find(|u| unit_prop(u, "ActiveState") == "active")
-    });
-    let pid = wait_for(Duration::from_secs(10), "the command to run", || {
-        command_pid(&unit, "sleep")
-    });
+    let (mut child, _, pid) = spawn_run(
+        cfg.path(),
+        id,
+        &["--process", "quick", "--", "sleep", "1000"],
+        "sleep",
+    );
     child.kill().expect("SIGKILL shim");
     let _ = child.wait();
     wait_for(Duration::from_secs(20), "the container to be gone", || {
