@@ -5,7 +5,7 @@
 # stops another one, reboots the sandbox (SIGKILL of its PID 1, /etc and /var kept, /run
 # and every transient unit gone), then checks that shim-reconcile brought the service back
 # at its recorded revision, nginx serves it, its probe timer runs, and the stopped service
-# stayed down. Prints PASS or FAIL; exits non-zero on failure.
+# stayed down, and its cron timer is back at rev2. Prints PASS or FAIL; exits non-zero on failure.
 #
 # Usage: tests/reboot-test.sh   (as root; uses $CARGO_TARGET_DIR like cargo)
 set -euo pipefail
@@ -34,6 +34,8 @@ X env SHIM_BIN="$TARGET/debug/shim" APP="$TARGET/debug/shim-testapp" PORT="$PORT
   bash -euo pipefail -c '
 install -m 0755 "$SHIM_BIN" /usr/bin/shim
 L=/var/lib/shim-reboot/images/testapp
+export IMAGE_CRONTAB="*/5 * * * * echo every-five-minutes
+"
 bash tests/sandbox/build-test-image.sh $L rev1 rev1 "$APP" >/dev/null
 bash tests/sandbox/build-test-image.sh $L rev2 rev2 "$APP" >/dev/null
 mkdir -p /etc/shim
@@ -43,6 +45,7 @@ port_range = [27000, 27999]
 
 [services.reb]
 image = "oci:$L:{revision}"
+cron = "bin/generate-cron"
 
 [services.reb.processes.web]
 count = 2
@@ -112,6 +115,10 @@ done
 [[ "$(systemctl show -p ExecMainStartTimestampMonotonic --value shim-probe-reb.service)" =~ ^[1-9] ]] ||
   fail "the probe of reb never ran"
 echo "  probe timer: $(systemctl show -p Description --value shim-probe-reb.timer), last run result $(systemctl show -p Result --value shim-probe-reb.service)"
+cron=$(shim cron list --id reb --json)
+[[ "$(jq "[.[] | select(.timer == \"active\" and .revision == \"rev2\")] | length" <<<"$cron")" == 1 ]] ||
+  fail "the cron timer of reb is not back at rev2: $cron"
+echo "  cron: $(jq -r ".[0] | \"\(.schedule) \(.command) at \(.revision), timer \(.timer)\"" <<<"$cron")"
 [[ -z "$(systemctl list-units --all --no-legend "shim-down-*")" ]] || fail "the stopped service came back"
 [[ -z "$(systemctl list-units --all --no-legend "shim-probe-down.*")" ]] || fail "the stopped service has a probe timer"
 # A second reconcile after the boot changes nothing.
