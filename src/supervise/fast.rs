@@ -308,9 +308,32 @@ pub fn digest(parts: &[(&[u8], Option<&[u8]>)]) -> String {
 
 /// Reads what `/proc` says of `pid`; `None` if it is gone.
 pub fn read_proc(pid: u32) -> Option<Proc> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    parse_proc(&stat, &cgroup)
+    let mut stat = [0u8; 1024];
+    let mut cgroup = [0u8; 4096];
+    let stat = read_small(&format!("/proc/{pid}/stat"), &mut stat)?;
+    let cgroup = read_small(&format!("/proc/{pid}/cgroup"), &mut cgroup)?;
+    parse_proc(stat, cgroup)
+}
+
+/// Reads a small file into `buf` with as few reads as it takes (`read_to_string` on a
+/// /proc file, whose size is 0, grows its buffer over five or six reads). `None` if it does
+/// not fit or is not text.
+fn read_small<'b>(path: &str, buf: &'b mut [u8]) -> Option<&'b str> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut n = 0;
+    loop {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+        if n == buf.len() {
+            return None;
+        }
+    }
+    std::str::from_utf8(&buf[..n]).ok()
 }
 
 /// Digest of everything a probe run's decisions depend on besides systemd: the definitions

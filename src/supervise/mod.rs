@@ -21,6 +21,8 @@
 //!
 //! What the probe remembers between runs (consecutive failed checks, retries) is in
 //! `/run/shim/supervise/<id>.json` ([`Memory`]): on tmpfs, gone at reboot with the units.
+//! Beside it, `<id>.fast.json`: what the last full run verified, which lets most runs skip
+//! D-Bus ([`fast`]).
 
 pub mod fast;
 pub mod journal;

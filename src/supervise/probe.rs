@@ -1,18 +1,20 @@
 //! One probe run of one service (`shim probe --id ID`, started by the service's probe timer):
-//! observe, decide, act.
+//! the fast path if it can vouch for the service ([`fast`]), else a full run: observe,
+//! decide, act.
 //!
 //! - observe: the definitions, the recorded state (current revision, paused), the service's
 //!   units (one D-Bus listing), what earlier runs remembered ([`Memory`]);
-//! - health checks, one thread per instance, while the main thread deals with counts and
-//!   crash loops ([`decide_counts`]: start missing instances, retry failed ones whose backoff
-//!   has passed);
+//! - health checks (concurrent, from one thread; beside the main thread when that has
+//!   instances to start or retry), and counts and crash loops ([`decide_counts`]: start
+//!   missing instances, retry failed ones whose backoff has passed);
 //! - [`decide_health`]: after `unhealthy_after` consecutive failed checks (outside
 //!   `start_period`), SIGKILL the unit's main process through D-Bus, so that systemd's own
 //!   `Restart=` path brings the instance back.
 //!
 //! The deciding is pure (unit-tested below); every action is logged to the journal with
 //! SHIM_SERVICE, SHIM_PROCESS, SHIM_INSTANCE, SHIM_UNIT, SHIM_ACTION and SHIM_REASON. A
-//! healthy run logs nothing and writes nothing.
+//! healthy run logs nothing; a full one that finds the service clean writes the fast path's
+//! record, nothing else.
 
 use std::collections::BTreeMap;
 use std::path::Path;
