@@ -400,11 +400,16 @@ pub fn save_record(dirs: &Dirs, id: &str, rec: Option<&Record>) {
     }
 }
 
+/// Whether the fast path is on (it is unless `SHIM_PROBE_FAST=0`).
+pub fn enabled() -> bool {
+    std::env::var_os(ENV_SWITCH).is_none_or(|v| v != "0")
+}
+
 /// The fast path: `Ok` if the service is confirmed healthy without systemd, else why not and
 /// the checks made so far (for the full run).
 pub fn try_fast(config: &Path, dirs: &Dirs, id: &str) -> Result<(), (Fallback, Prechecked)> {
     let none = |f: Fallback| (f, Prechecked::new());
-    if std::env::var_os(ENV_SWITCH).is_some_and(|v| v == "0") {
+    if !enabled() {
         return Err(none(Fallback::Disabled));
     }
     let memory_exists = std::fs::symlink_metadata(super::memory_path(dirs, id)).is_ok();

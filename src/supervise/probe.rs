@@ -294,7 +294,9 @@ pub fn run(config: &Path, id: &str, dirs: &Dirs, before_full: impl FnOnce()) -> 
 pub fn run_full(config: &Path, id: &str, dirs: &Dirs, pre: &fast::Prechecked) -> Result<()> {
     // Taken before anything is read: whatever changes after it makes the record's digest
     // differ, so a record never vouches for inputs newer than the ones judged.
-    let inputs = fast::inputs_digest(config, dirs, id);
+    let inputs = fast::enabled()
+        .then(|| fast::inputs_digest(config, dirs, id))
+        .flatten();
     let mut mem = load_memory(dirs, id);
     let before = mem.clone();
     let mut record = None;
@@ -330,7 +332,9 @@ pub fn run_full(config: &Path, id: &str, dirs: &Dirs, pre: &fast::Prechecked) ->
     if mem != before {
         save_memory(dirs, id, &mem)?;
     }
-    fast::save_record(dirs, id, record.as_ref());
+    if record.is_none() {
+        fast::save_record(dirs, id, None);
+    }
     r
 }
 
@@ -435,6 +439,10 @@ fn run_with(
             .collect();
         let acted = !count_actions.is_empty() || !kills.is_empty();
         *record = fast::plan_record(&inp, &checks, acted, &after, &procs, inputs);
+        // Written while the service's lock is held: a stop or upgrade that follows sees it.
+        if let Some(r) = record.as_ref() {
+            fast::save_record(dirs, id, Some(r));
+        }
     }
     after.noted = mem.noted.clone();
     *mem = after;
