@@ -100,6 +100,16 @@ export SHIM_PROBE_FAST=0
 full_tot=$(total_us $SHIM --config /tmp/pcfg probe --id pb)
 unset SHIM_PROBE_FAST
 pod_tot=$(total_us $P healthcheck run hc)
+# perf stat (if installed): task-clock of the process from its exec, without the fork and
+# the shell around it that rusage counts.
+perf_ms() {
+  command -v perf >/dev/null || { echo 0; return; }
+  perf stat -r $N -x, -e task-clock "$@" 2>&1 >/dev/null | awk -F, "/task-clock/ { print \$1 }"
+}
+shim_perf=$(perf_ms $SHIM --config /tmp/pcfg probe --id pb)
+export SHIM_PROBE_FAST=0
+full_perf=$(perf_ms $SHIM --config /tmp/pcfg probe --id pb)
+unset SHIM_PROBE_FAST
 load1=$(cut -d" " -f1-3 /proc/loadavg)
 $P rm -f -t 0 hc >/dev/null
 
@@ -109,6 +119,7 @@ printf "CPU per check, mean of %d runs (shim: one probe of a 4-instance service;
 printf "  systemd accounting of the timer-run probe unit (CPUUsageNSec, median of 20 runs): %.2f ms\n" $(echo "$sd_med/1000000" | bc -l)
 printf "  rusage of the command:        shim probe %.2f ms (full runs %.2f ms), podman healthcheck run %.2f ms, ratio podman/shim %.1f (full %.1f)\n" \
   $(ms $shim_ru) $(ms $full_ru) $(ms $pod_ru) $(echo "$pod_ru/$shim_ru" | bc -l) $(echo "$pod_ru/$full_ru" | bc -l)
+printf "  perf stat task-clock:         shim probe %.2f ms (full runs %.2f ms)\n" $shim_perf $full_perf
 printf "  whole host (sandbox cgroup):  shim probe %.2f ms (full runs %.2f ms), podman healthcheck run %.2f ms, ratio podman/shim %.1f\n" \
   $(ms $shim_tot) $(ms $full_tot) $(ms $pod_tot) $(echo "$pod_tot/$shim_tot" | bc -l)
 
