@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Probe benchmark, in a fresh systemd sandbox (real systemd 252, runc, podman), same run:
-#  1. CPU time of one probe run of a 4-instance service (`shim probe`: one D-Bus listing,
-#     4 HTTP checks in threads, counts), against `podman healthcheck run` of one container
-#     whose health command does the equivalent HTTP check (busybox wget of /health):
+#  1. CPU time of one probe run of a 4-instance service, against `podman healthcheck run` of
+#     one container whose health command does the equivalent HTTP check (busybox wget of
+#     /health). shim twice: as it runs in the steady state (the fast path: a few small reads
+#     and the 4 HTTP checks, no D-Bus; at most one full run per minute) and with every run a
+#     full one (SHIM_PROBE_FAST=0: one D-Bus listing, the 4 checks, counts):
 #     a. systemd's own accounting of the probe unit as its timer runs it (CPUUsageNSec);
 #     b. rusage of the checking command (user+sys of it and its waited-for children);
 #     c. everything the check costs the host: the sandbox's whole cgroup (systemd, journald,
@@ -68,6 +70,7 @@ $P run -d --network host -e PORT=22199 --name hc \
 for i in $(seq 50); do curl -sf localhost:22199/health >/dev/null && break; sleep 0.1; done
 $P healthcheck run hc || { echo "podman healthcheck fails"; exit 1; }
 $SHIM --config /tmp/pcfg probe --id pb || { echo "shim probe fails"; exit 1; }
+[ -f /run/shim/supervise/pb.fast.json ] || { echo "no fast-path record after a full run"; exit 1; }
 
 # 1b. rusage: user+sys of N runs (the command and the children it waits for), per run, in µs.
 rusage_us() {
@@ -86,18 +89,39 @@ total_us() {
   awk -v du=$((u1-u0)) -v dt=$((t1-t0)) -v idu=$((i1-i0)) -v idt=$((it1-it0)) -v n=$N \
     "BEGIN { printf \"%d\", (du - idu*dt/idt)/n }"
 }
+load0=$(cut -d" " -f1-3 /proc/loadavg)
 shim_ru=$(rusage_us $SHIM --config /tmp/pcfg probe --id pb)
+export SHIM_PROBE_FAST=0
+full_ru=$(rusage_us $SHIM --config /tmp/pcfg probe --id pb)
+unset SHIM_PROBE_FAST
 pod_ru=$(rusage_us $P healthcheck run hc)
 shim_tot=$(total_us $SHIM --config /tmp/pcfg probe --id pb)
+export SHIM_PROBE_FAST=0
+full_tot=$(total_us $SHIM --config /tmp/pcfg probe --id pb)
+unset SHIM_PROBE_FAST
 pod_tot=$(total_us $P healthcheck run hc)
+# perf stat (if installed): task-clock of the process from its exec, without the fork and
+# the shell around it that rusage counts.
+perf_ms() {
+  command -v perf >/dev/null || { echo 0; return; }
+  perf stat -r $N -x, -e task-clock "$@" 2>&1 >/dev/null | awk -F, "/task-clock/ { print \$1 }"
+}
+shim_perf=$(perf_ms $SHIM --config /tmp/pcfg probe --id pb)
+export SHIM_PROBE_FAST=0
+full_perf=$(perf_ms $SHIM --config /tmp/pcfg probe --id pb)
+unset SHIM_PROBE_FAST
+load1=$(cut -d" " -f1-3 /proc/loadavg)
 $P rm -f -t 0 hc >/dev/null
 
-printf "CPU per check, median/mean of %d runs (shim: one probe of a 4-instance service; podman: healthcheck run of 1 container)\n" $N
+ms() { echo "$1/1000" | bc -l; }
+printf "load average before/after: %s / %s (nproc %s)\n" "$load0" "$load1" "$(nproc)"
+printf "CPU per check, mean of %d runs (shim: one probe of a 4-instance service; podman: healthcheck run of 1 container)\n" $N
 printf "  systemd accounting of the timer-run probe unit (CPUUsageNSec, median of 20 runs): %.2f ms\n" $(echo "$sd_med/1000000" | bc -l)
-printf "  rusage of the command:        shim probe %.2f ms, podman healthcheck run %.2f ms, ratio podman/shim %.1f\n" \
-  $(echo "$shim_ru/1000" | bc -l) $(echo "$pod_ru/1000" | bc -l) $(echo "$pod_ru/$shim_ru" | bc -l)
-printf "  whole host (sandbox cgroup):  shim probe %.2f ms, podman healthcheck run %.2f ms, ratio podman/shim %.1f\n" \
-  $(echo "$shim_tot/1000" | bc -l) $(echo "$pod_tot/1000" | bc -l) $(echo "$pod_tot/$shim_tot" | bc -l)
+printf "  rusage of the command:        shim probe %.2f ms (full runs %.2f ms), podman healthcheck run %.2f ms, ratio podman/shim %.1f (full %.1f)\n" \
+  $(ms $shim_ru) $(ms $full_ru) $(ms $pod_ru) $(echo "$pod_ru/$shim_ru" | bc -l) $(echo "$pod_ru/$full_ru" | bc -l)
+printf "  perf stat task-clock:         shim probe %.2f ms (full runs %.2f ms)\n" $shim_perf $full_perf
+printf "  whole host (sandbox cgroup):  shim probe %.2f ms (full runs %.2f ms), podman healthcheck run %.2f ms, ratio podman/shim %.1f\n" \
+  $(ms $shim_tot) $(ms $full_tot) $(ms $pod_tot) $(echo "$pod_tot/$shim_tot" | bc -l)
 
 # 2. Detection-to-healthy of a hung instance, through the probe timer (recreated by reconcile).
 $SHIM --config /tmp/pcfg reconcile >/dev/null

@@ -1,14 +1,23 @@
 //! HTTP health checks of instances (loopback only) and the verdict on them.
 //!
-//! One `GET` over a plain `TcpStream`, reading no more than the status line: the probe runs
-//! every few seconds for every service, and an HTTP client (ureq spawned a resolver thread,
-//! called getaddrinfo and zeroed 256 KiB of buffers per request) was most of its CPU time.
-//! Only the instance's own loopback port is ever asked, so no proxy, TLS or DNS is needed.
+//! One `GET` per instance over a plain TCP socket, reading no more than the status line: the
+//! probe runs every few seconds for every service, and an HTTP client (ureq spawned a resolver
+//! thread, called getaddrinfo and zeroed 256 KiB of buffers per request) was most of its CPU
+//! time. Only the instance's own loopback port is ever asked, so no proxy, TLS or DNS is needed.
+//!
+//! [`check_all`] makes several checks at once from one thread: non-blocking connects, the
+//! request written with one `send`, then `poll(2)` until every check has its status line or
+//! its own deadline. A thread per check cost more than the checks (stack mappings, a malloc
+//! arena each), and a request written piecewise by `write!` was one TCP segment per piece.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::TcpStream;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
 use serde::Serialize;
 
 /// The outcome of one health request.
@@ -47,58 +56,218 @@ pub fn verdict(status: u16) -> Check {
     }
 }
 
+/// One health request: `GET http://127.0.0.1:{port}{path}` within `timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request<'a> {
+    pub port: u16,
+    pub path: &'a str,
+    pub timeout: Duration,
+}
+
+/// The bytes of a request (pure): written with one `send`.
+pub fn render_request(port: u16, path: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: shim-probe\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes()
+}
+
 /// GET `http://127.0.0.1:{port}{path}` within `timeout`. Only ever the instance's own loopback
 /// port: instances share the host's network, and probes must not go anywhere else.
 pub fn check(port: u16, path: &str, timeout: Duration) -> Check {
-    match get_status(port, path, timeout) {
-        Ok(status) => verdict(status),
-        Err(e) => Check::NoAnswer(e),
+    check_all(&[Request {
+        port,
+        path,
+        timeout,
+    }])
+    .into_iter()
+    .next()
+    .unwrap_or_else(|| Check::NoAnswer("no result".into()))
+}
+
+enum Step {
+    Connecting,
+    /// Bytes of the request written so far.
+    Sending(usize),
+    /// Bytes of the answer read so far.
+    Reading(usize),
+    Done(Check),
+}
+
+struct Conn {
+    sock: Option<TcpStream>,
+    request: Vec<u8>,
+    buf: [u8; 256],
+    step: Step,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+fn os_error(e: Errno) -> Check {
+    Check::NoAnswer(std::io::Error::from_raw_os_error(e as i32).to_string())
+}
+
+impl Conn {
+    fn open(r: &Request<'_>, start: Instant) -> Conn {
+        let mut c = Conn {
+            sock: None,
+            request: render_request(r.port, r.path),
+            buf: [0; 256],
+            step: Step::Connecting,
+            deadline: start + r.timeout,
+            timeout: r.timeout,
+        };
+        let fd = match socket::socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        ) {
+            Ok(fd) => fd,
+            Err(e) => {
+                c.step = Step::Done(os_error(e));
+                return c;
+            }
+        };
+        let addr = SockaddrIn::new(127, 0, 0, 1, r.port);
+        match socket::connect(fd.as_raw_fd(), &addr) {
+            Ok(()) => c.step = Step::Sending(0),
+            Err(Errno::EINPROGRESS) => {}
+            Err(e) => {
+                c.step = Step::Done(os_error(e));
+                return c;
+            }
+        }
+        c.sock = Some(TcpStream::from(fd));
+        c
+    }
+
+    fn done(&self) -> bool {
+        matches!(self.step, Step::Done(_))
+    }
+
+    fn events(&self) -> PollFlags {
+        match self.step {
+            Step::Reading(_) => PollFlags::POLLIN,
+            _ => PollFlags::POLLOUT,
+        }
+    }
+
+    fn finish(&mut self, c: Check) {
+        self.step = Step::Done(c);
+        self.sock = None;
+    }
+
+    /// Moves on after `poll` said the socket is ready (or in error).
+    fn advance(&mut self) {
+        let Some(sock) = self.sock.as_mut() else {
+            return;
+        };
+        let would_block = |e: &std::io::Error| e.kind() == std::io::ErrorKind::WouldBlock;
+        match self.step {
+            Step::Connecting => match socket::getsockopt(&*sock, sockopt::SocketError) {
+                Ok(0) => {
+                    self.step = Step::Sending(0);
+                    self.advance();
+                }
+                Ok(err) => self.finish(os_error(Errno::from_raw(err))),
+                Err(e) => self.finish(os_error(e)),
+            },
+            Step::Sending(sent) => match sock.write(&self.request[sent..]) {
+                Ok(n) if sent + n >= self.request.len() => self.step = Step::Reading(0),
+                Ok(n) => self.step = Step::Sending(sent + n),
+                Err(e) if would_block(&e) => {}
+                Err(e) => self.finish(Check::NoAnswer(e.to_string())),
+            },
+            // The status line is all that is needed: "HTTP/1.1 200 OK".
+            Step::Reading(have) => match sock.read(&mut self.buf[have..]) {
+                Ok(0) => self.finish(Check::NoAnswer(
+                    "connection closed before a status line".into(),
+                )),
+                Ok(k) => {
+                    let n = have + k;
+                    if let Some(end) = self.buf[..n].windows(2).position(|w| w == b"\r\n") {
+                        let c = match parse_status_line(&self.buf[..end]) {
+                            Ok(status) => verdict(status),
+                            Err(e) => Check::NoAnswer(e),
+                        };
+                        self.finish(c);
+                    } else if n == self.buf.len() {
+                        self.finish(Check::NoAnswer("status line too long".into()));
+                    } else {
+                        self.step = Step::Reading(n);
+                    }
+                }
+                Err(e) if would_block(&e) => {}
+                Err(e) => self.finish(Check::NoAnswer(e.to_string())),
+            },
+            Step::Done(_) => {}
+        }
     }
 }
 
-fn get_status(port: u16, path: &str, timeout: Duration) -> Result<u16, String> {
-    let deadline = Instant::now() + timeout;
-    let left = || {
-        deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| format!("timeout after {timeout:?}"))
-    };
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let mut s = TcpStream::connect_timeout(&addr, left()?).map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(left()?))
-        .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: shim-probe\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    // The status line is all that is needed: "HTTP/1.1 200 OK".
-    let mut buf = [0u8; 256];
-    let mut n = 0;
+/// Makes the checks concurrently from this thread; each has its own deadline, counted from
+/// now. Results are in the order of `reqs`.
+pub fn check_all(reqs: &[Request<'_>]) -> Vec<Check> {
+    let start = Instant::now();
+    let mut conns: Vec<Conn> = reqs.iter().map(|r| Conn::open(r, start)).collect();
     loop {
-        if let Some(end) = buf[..n].windows(2).position(|w| w == b"\r\n") {
-            return parse_status_line(&buf[..end]);
-        }
-        if n == buf.len() {
-            return Err("status line too long".into());
-        }
-        s.set_read_timeout(Some(left()?))
-            .map_err(|e| e.to_string())?;
-        match s.read(&mut buf[n..]) {
-            Ok(0) => return Err("connection closed before a status line".into()),
-            Ok(k) => n += k,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(format!("timeout after {timeout:?}"))
+        let now = Instant::now();
+        for c in conns.iter_mut().filter(|c| !c.done()) {
+            if now >= c.deadline {
+                let t = c.timeout;
+                c.finish(Check::NoAnswer(format!("timeout after {t:?}")));
             }
-            Err(e) => return Err(e.to_string()),
+        }
+        let waiting: Vec<usize> = (0..conns.len())
+            .filter(|&i| !conns[i].done() && conns[i].sock.is_some())
+            .collect();
+        let Some(next) = waiting.iter().map(|&i| conns[i].deadline).min() else {
+            break;
+        };
+        // Rounded up, so that a wake-up is never before the deadline it waits for.
+        let ms = next
+            .saturating_duration_since(now)
+            .as_micros()
+            .div_ceil(1000);
+        let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+        let ready: Vec<(usize, bool)> = {
+            let mut fds: Vec<PollFd<'_>> = waiting
+                .iter()
+                .filter_map(|&i| {
+                    let c = &conns[i];
+                    Some(PollFd::new(c.sock.as_ref()?.as_fd(), c.events()))
+                })
+                .collect();
+            match nix::poll::poll(&mut fds, timeout) {
+                Ok(_) => waiting
+                    .iter()
+                    .zip(&fds)
+                    .map(|(&i, f)| (i, f.revents().is_some_and(|r| !r.is_empty())))
+                    .collect(),
+                Err(Errno::EINTR) => Vec::new(),
+                Err(e) => {
+                    drop(fds);
+                    for &i in &waiting {
+                        conns[i].finish(os_error(e));
+                    }
+                    break;
+                }
+            }
+        };
+        for (i, is_ready) in ready {
+            if is_ready {
+                conns[i].advance();
+            }
         }
     }
+    conns
+        .into_iter()
+        .map(|c| match c.step {
+            Step::Done(c) => c,
+            _ => Check::NoAnswer("no result".into()),
+        })
+        .collect()
 }
 
 /// The status code of an HTTP/1.x status line (pure).
@@ -167,5 +336,62 @@ mod tests {
         drop(l);
         let closed = check(hung, "/health", Duration::from_millis(200));
         assert!(matches!(closed, Check::NoAnswer(_)), "{closed:?}");
+    }
+
+    #[test]
+    fn requests_are_one_piece() {
+        assert_eq!(
+            String::from_utf8(render_request(20001, "/health")).unwrap(),
+            "GET /health HTTP/1.1\r\nHost: 127.0.0.1:20001\r\nUser-Agent: shim-probe\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn many_checks_at_once_each_with_its_own_deadline() {
+        let ok = serve_once("HTTP/1.1 204 No Content\r\n\r\n");
+        let bad = serve_once("HTTP/1.1 500 Oops\r\n\r\n");
+        let garbage = serve_once("SSH-2.0-OpenSSH\r\n");
+        let closes = serve_once("");
+        let hung_l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let hung = hung_l.local_addr().unwrap().port();
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let req = |port, ms| Request {
+            port,
+            path: "/health",
+            timeout: Duration::from_millis(ms),
+        };
+        let t0 = Instant::now();
+        let out = check_all(&[
+            req(hung, 300),
+            req(ok, 2000),
+            req(bad, 2000),
+            req(refused, 2000),
+            req(garbage, 2000),
+            req(closes, 2000),
+        ]);
+        let took = t0.elapsed();
+        assert_eq!(out.len(), 6);
+        assert_eq!(out[0], Check::NoAnswer("timeout after 300ms".into()));
+        assert_eq!(out[1], Check::Healthy(204));
+        assert_eq!(out[2], Check::Status(500));
+        assert!(
+            matches!(&out[3], Check::NoAnswer(e) if e.contains("refused")),
+            "{:?}",
+            out[3]
+        );
+        assert!(
+            matches!(&out[4], Check::NoAnswer(e) if e.contains("not an HTTP answer")),
+            "{:?}",
+            out[4]
+        );
+        assert!(matches!(&out[5], Check::NoAnswer(_)), "{:?}", out[5]);
+        // The hung one did not hold up the others, nor they it: all within its deadline.
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+        assert!(check_all(&[]).is_empty());
+        drop(hung_l);
     }
 }

@@ -63,7 +63,7 @@ impl StateStore {
         }
     }
 
-    fn path(&self, id: &str) -> PathBuf {
+    pub fn path(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.json"))
     }
 

@@ -64,6 +64,15 @@ pub enum Command {
     Generate(generate::GenerateArgs),
 }
 
+/// `shim probe` as its timer runs it, without clap (see [`probe::lean_args`]).
+pub fn probe_lean_args(args: &[std::ffi::OsString]) -> Option<probe::Lean> {
+    probe::lean_args(args, std::env::var_os("SHIM_CONFIG"))
+}
+
+pub fn probe_run_lean(l: &probe::Lean, init_logging: impl FnOnce()) -> Result<()> {
+    probe::run_lean(l, init_logging)
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Start(a) => start::run(&cli.config, a),

@@ -21,7 +21,10 @@
 //!
 //! What the probe remembers between runs (consecutive failed checks, retries) is in
 //! `/run/shim/supervise/<id>.json` ([`Memory`]): on tmpfs, gone at reboot with the units.
+//! Beside it, `<id>.fast.json`: what the last full run verified, which lets most runs skip
+//! D-Bus ([`fast`]).
 
+pub mod fast;
 pub mod journal;
 pub mod probe;
 pub mod reconcile;
@@ -112,6 +115,7 @@ pub fn save_memory(dirs: &Dirs, id: &str, m: &Memory) -> Result<()> {
 
 /// Forgets everything about a service (it was stopped).
 pub fn forget(dirs: &Dirs, id: &str) -> Result<()> {
+    fast::save_record(dirs, id, None);
     save_memory(dirs, id, &Memory::default())
 }
 

@@ -1,18 +1,20 @@
 //! One probe run of one service (`shim probe --id ID`, started by the service's probe timer):
-//! observe, decide, act.
+//! the fast path if it can vouch for the service ([`fast`]), else a full run: observe,
+//! decide, act.
 //!
 //! - observe: the definitions, the recorded state (current revision, paused), the service's
 //!   units (one D-Bus listing), what earlier runs remembered ([`Memory`]);
-//! - health checks, one thread per instance, while the main thread deals with counts and
-//!   crash loops ([`decide_counts`]: start missing instances, retry failed ones whose backoff
-//!   has passed);
+//! - health checks (concurrent, from one thread; beside the main thread when that has
+//!   instances to start or retry), and counts and crash loops ([`decide_counts`]: start
+//!   missing instances, retry failed ones whose backoff has passed);
 //! - [`decide_health`]: after `unhealthy_after` consecutive failed checks (outside
 //!   `start_period`), SIGKILL the unit's main process through D-Bus, so that systemd's own
 //!   `Restart=` path brings the instance back.
 //!
 //! The deciding is pure (unit-tested below); every action is logged to the journal with
 //! SHIM_SERVICE, SHIM_PROCESS, SHIM_INSTANCE, SHIM_UNIT, SHIM_ACTION and SHIM_REASON. A
-//! healthy run logs nothing and writes nothing.
+//! healthy run logs nothing; a full one that finds the service clean writes the fast path's
+//! record, nothing else.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,6 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 
+use super::fast;
 use super::journal::{self, NOTICE, WARNING};
 use super::{
     backoff_delay, failed_since_usec, is_running, is_stable, load_memory, next_retry_usec,
@@ -122,6 +125,27 @@ pub fn plan_checks(inp: &Inputs<'_>) -> Vec<CheckReq> {
             })
         })
         .collect()
+}
+
+/// Splits the planned checks into those the fast path already made in this run, on the same
+/// main process (their results), and those still to make.
+pub fn reuse_checks<'r>(
+    reqs: &'r [CheckReq],
+    units: &[UnitInfo],
+    pre: &fast::Prechecked,
+) -> (BTreeMap<String, Check>, Vec<&'r CheckReq>) {
+    let mut done = BTreeMap::new();
+    let mut todo = Vec::new();
+    for r in reqs {
+        let pid = units.iter().find(|u| u.name == r.unit).map(|u| u.main_pid);
+        match pre.get(&r.unit) {
+            Some((p, c)) if Some(*p) == pid => {
+                done.insert(r.unit.clone(), c.clone());
+            }
+            _ => todo.push(r),
+        }
+    }
+    (done, todo)
 }
 
 /// Missing instances and crash loops. Returns the actions and the memory after them.
@@ -237,7 +261,7 @@ pub fn decide_health(
     (actions, mem)
 }
 
-fn now_usec() -> u64 {
+pub(super) fn now_usec() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
@@ -251,14 +275,43 @@ fn note_once(mem: &mut Memory, key: &str, id: &str, message: &str) {
     }
 }
 
-/// One probe run of service `id`.
-pub fn run(config: &Path, id: &str, dirs: &Dirs) -> Result<()> {
+/// One probe run of service `id`: the fast path if it can vouch for the service
+/// ([`fast::try_fast`]), else a full run. `before_full` runs first when the full run is
+/// needed (`shim probe`'s lean entry sets up logging only then).
+pub fn run(config: &Path, id: &str, dirs: &Dirs, before_full: impl FnOnce()) -> Result<()> {
+    let pre = match fast::try_fast(config, dirs, id) {
+        Ok(()) => return Ok(()),
+        Err((why, pre)) => {
+            before_full();
+            tracing::debug!(service = id, "full probe run: {why}");
+            pre
+        }
+    };
+    run_full(config, id, dirs, &pre)
+}
+
+/// A full probe run: systemd is asked. `pre`: checks the fast path already made in this run.
+pub fn run_full(config: &Path, id: &str, dirs: &Dirs, pre: &fast::Prechecked) -> Result<()> {
+    // Taken before anything is read: whatever changes after it makes the record's digest
+    // differ, so a record never vouches for inputs newer than the ones judged.
+    let inputs = fast::enabled()
+        .then(|| fast::inputs_digest(config, dirs, id))
+        .flatten();
     let mut mem = load_memory(dirs, id);
     let before = mem.clone();
+    let mut record = None;
     let r = match crate::config::load(config) {
         Ok(defs) => {
             mem.noted.retain(|k| !k.starts_with("config:"));
-            run_with(&defs, id, dirs, &mut mem)
+            run_with(
+                &defs,
+                id,
+                dirs,
+                &mut mem,
+                pre,
+                inputs.as_deref(),
+                &mut record,
+            )
         }
         // Reported once per distinct error, not every few seconds; the timer stays, so the
         // probe works again as soon as the definitions do.
@@ -279,10 +332,21 @@ pub fn run(config: &Path, id: &str, dirs: &Dirs) -> Result<()> {
     if mem != before {
         save_memory(dirs, id, &mem)?;
     }
+    if record.is_none() {
+        fast::save_record(dirs, id, None);
+    }
     r
 }
 
-fn run_with(defs: &Definitions, id: &str, dirs: &Dirs, mem: &mut Memory) -> Result<()> {
+fn run_with(
+    defs: &Definitions,
+    id: &str,
+    dirs: &Dirs,
+    mem: &mut Memory,
+    pre: &fast::Prechecked,
+    inputs: Option<&str>,
+    record: &mut Option<fast::Record>,
+) -> Result<()> {
     let Ok(svc) = defs.service(id) else {
         note_once(
             mem,
@@ -333,28 +397,53 @@ fn run_with(defs: &Definitions, id: &str, dirs: &Dirs, mem: &mut Memory) -> Resu
     let reqs = plan_checks(&inp);
     let (count_actions, mut after_counts) = decide_counts(&inp);
 
-    // Health checks in threads while this thread deals with counts and crash loops.
-    let checks: BTreeMap<String, Check> = std::thread::scope(|s| {
-        let handles: Vec<_> = reqs
-            .iter()
-            .map(|r| s.spawn(move || (r.unit.clone(), http::check(r.port, &r.path, r.timeout))))
-            .collect();
-        act(
-            &sd,
-            defs,
-            svc,
-            &revision,
-            dirs,
-            &count_actions,
-            &mut after_counts,
-        );
-        handles.into_iter().filter_map(|h| h.join().ok()).collect()
-    });
+    let (mut checks, todo) = reuse_checks(&reqs, &units, pre);
+    let requests: Vec<http::Request<'_>> = todo
+        .iter()
+        .map(|r| http::Request {
+            port: r.port,
+            path: &r.path,
+            timeout: r.timeout,
+        })
+        .collect();
+    // The checks run beside the starts and retries (a start can take seconds); with nothing
+    // to do, on this thread.
+    let made = if count_actions.is_empty() {
+        http::check_all(&requests)
+    } else {
+        std::thread::scope(|s| {
+            let h = s.spawn(|| http::check_all(&requests));
+            act(
+                &sd,
+                defs,
+                svc,
+                &revision,
+                dirs,
+                &count_actions,
+                &mut after_counts,
+            );
+            h.join().unwrap_or_default()
+        })
+    };
+    checks.extend(todo.iter().map(|r| r.unit.clone()).zip(made));
 
     // Units may have changed while acting (a retried one restarted): judge checks against
     // the pids they were made on, which `units` still holds.
     let (kills, mut after) = decide_health(&inp, &checks, after_counts);
     act(&sd, defs, svc, &revision, dirs, &kills, &mut after);
+    if let Some(inputs) = inputs {
+        let procs = units
+            .iter()
+            .filter_map(|u| Some((u.main_pid, fast::read_proc(u.main_pid)?)))
+            .filter(|(pid, _)| *pid != 0)
+            .collect();
+        let acted = !count_actions.is_empty() || !kills.is_empty();
+        *record = fast::plan_record(&inp, &checks, acted, &after, &procs, inputs);
+        // Written while the service's lock is held: a stop or upgrade that follows sees it.
+        if let Some(r) = record.as_ref() {
+            fast::save_record(dirs, id, Some(r));
+        }
+    }
     after.noted = mem.noted.clone();
     *mem = after;
     Ok(())
@@ -507,13 +596,13 @@ fn act(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::config::parse_sources;
     use crate::supervise::UnitMemory;
     use std::path::PathBuf;
 
-    const DEF: &str = r#"
+    pub(in crate::supervise) const DEF: &str = r#"
 [services.app]
 image = "oci:/i:{revision}"
 
@@ -525,13 +614,20 @@ health = { path = "/health", interval = "1s", timeout = "1s", unhealthy_after = 
 command = ["/w"]
 "#;
 
-    const S: u64 = 1_000_000;
+    pub(in crate::supervise) const S: u64 = 1_000_000;
 
-    fn defs() -> Definitions {
+    pub(in crate::supervise) fn defs() -> Definitions {
         parse_sources(&[(PathBuf::from("/etc/shim/services.toml"), DEF.into())]).unwrap()
     }
 
-    fn unit(process: &str, index: u32, state: &str, sub: &str, pid: u32, start: u64) -> UnitInfo {
+    pub(in crate::supervise) fn unit(
+        process: &str,
+        index: u32,
+        state: &str,
+        sub: &str,
+        pid: u32,
+        start: u64,
+    ) -> UnitInfo {
         let mut fields = std::collections::BTreeMap::new();
         fields.insert("SHIM_SERVICE".to_string(), "app".to_string());
         fields.insert("SHIM_PROCESS".to_string(), process.to_string());
@@ -556,11 +652,11 @@ command = ["/w"]
         }
     }
 
-    fn running(process: &str, index: u32, pid: u32) -> UnitInfo {
+    pub(in crate::supervise) fn running(process: &str, index: u32, pid: u32) -> UnitInfo {
         unit(process, index, "active", "running", pid, 100 * S)
     }
 
-    fn inputs<'a>(
+    pub(in crate::supervise) fn inputs<'a>(
         d: &'a Definitions,
         st: &'a ServiceState,
         units: &'a [UnitInfo],

@@ -255,6 +255,72 @@ fn probe_is_quiet_when_healthy() {
     shim_ok(cfg.path(), &["stop", "--id", id]);
 }
 
+/// Most probe runs take the fast path (no D-Bus) once a full run found the service clean;
+/// it must not hide anything a full run would act on: a definitions change (here a scale up
+/// without a deploy), an instance stopped behind its back.
+#[test]
+fn probe_fast_path_falls_back_on_any_change() {
+    require_sandbox!();
+    let id = "sup_fast";
+    let cfg = TestConfig::new(&web_toml(id, 2, 3));
+    shim_ok(cfg.path(), &["start", "--id", id, "--revision", "rev1"]);
+    let record = std::path::PathBuf::from(format!("/run/shim/supervise/{id}.fast.json"));
+    // Past start_period, a full run checks both instances and leaves the record.
+    wait_for(Duration::from_secs(10), "the fast path's record", || {
+        record.exists().then_some(())
+    });
+    let text = std::fs::read_to_string(&record).unwrap();
+    assert!(
+        text.contains(&format!("shim-{id}-web-rev1-2.service")),
+        "{text}"
+    );
+    // Fast runs leave it alone (the full run that wrote it said when).
+    let before = std::fs::metadata(&record).unwrap().modified().unwrap();
+    wait_probe_runs(id, 2);
+    assert_eq!(
+        std::fs::metadata(&record).unwrap().modified().unwrap(),
+        before
+    );
+    // Another `shim probe` by hand, the lean way its timer runs it: fast, quiet, fine.
+    let o = shim(cfg.path(), &["probe", "--id", id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+
+    // Scaled up in the definitions only: the digest differs, a full run starts #3.
+    let cursor = journal_cursor();
+    let scaled = web_toml(id, 3, 3).replace("{layout}", &image_layout().display().to_string());
+    std::fs::write(cfg.path().join("services.toml"), scaled).unwrap();
+    let third = format!("shim-{id}-web-rev1-3.service");
+    wait_for(
+        Duration::from_secs(10),
+        "instance 3 started by the probe",
+        || (unit_prop(&third, "ActiveState") == "active").then_some(()),
+    );
+    let e = journal_since(
+        &cursor,
+        &[&format!("SHIM_SERVICE={id}"), "SHIM_ACTION=start"],
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    // Then a record with all three.
+    wait_for(Duration::from_secs(10), "a record of 3 instances", || {
+        std::fs::read_to_string(&record)
+            .ok()
+            .filter(|t| t.contains(&third))
+            .map(|_| ())
+    });
+
+    // An instance stopped behind the probe's back: its main process is gone, a full run
+    // starts it again.
+    let first = format!("shim-{id}-web-rev1-1.service");
+    let o = run(Command::new("systemctl").args(["stop", &first]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_for(Duration::from_secs(10), "instance 1 back", || {
+        (unit_prop(&first, "ActiveState") == "active").then_some(())
+    });
+    shim_ok(cfg.path(), &["stop", "--id", id]);
+    assert!(!record.exists(), "stop leaves the fast path's record");
+}
+
 /// Answers every connection with an HTTP 200 while `up` is set; refuses (closed socket)
 /// otherwise. The crash-looping worker's "dependency".
 struct Dependency {
