@@ -34,7 +34,7 @@ TOML
 $SHIM --config /tmp/ucfg upgrade --id ub --revision rev1 >/dev/null
 median() { sort -n > /tmp/m; sed -n "$(( ($(wc -l < /tmp/m) + 1) / 2 ))p" /tmp/m; }
 now() { date +%s%N; }
-: > /tmp/shim.over; : > /tmp/shim.total
+: > /tmp/shim.over; : > /tmp/shim.total; : > /tmp/shim.steps
 rev=rev1
 for i in $(seq $N); do
   [ $rev = rev1 ] && rev=rev2 || rev=rev1
@@ -42,6 +42,7 @@ for i in $(seq $N); do
   total=$(( (t1-t0)/1000000 ))
   boot=$(grep "\"step\":\"health\"" /tmp/up.json | grep -o "healthy after [0-9]* ms" | grep -o "[0-9]*" | sort -n | tail -1)
   echo $total >> /tmp/shim.total; echo $((total-boot)) >> /tmp/shim.over
+  jq -r "select(.step) | \"\(.step) \(.ms)\"" /tmp/up.json >> /tmp/shim.steps
 done
 $SHIM --config /tmp/ucfg stop --id ub >/dev/null
 rm -f /etc/nginx/shim/ub.conf
@@ -71,6 +72,11 @@ for i in $(seq $N); do
   echo $(( (t1-t0)/1000000 - BOOT )) >> /tmp/pod.over
   prev=$rev
 done
+echo "shim upgrade steps, median ms over $N upgrades (health includes the new instances booting):"
+for step in $(awk "{print \$1}" /tmp/shim.steps | awk "!seen[\$0]++"); do
+  printf "  %-9s %s\n" "$step" "$(awk -v s=$step "\$1 == s {print \$2}" /tmp/shim.steps | median)"
+done
+echo "load average: $(cat /proc/loadavg)"
 s=$(median < /tmp/shim.over); st=$(median < /tmp/shim.total); p=$(median < /tmp/pod.over)
 echo "upgrade of 4 web instances (median of $N): shim total $st ms, overhead $s ms (total minus boot-to-healthy); by hand with podman overhead $p ms; ratio shim/podman $(echo "scale=2; $s/$p" | bc)"
 '
