@@ -66,6 +66,12 @@ fn lifecycle(runtime: &str) {
     for r in &rows {
         assert_eq!(r["state"], "active", "{r}");
         assert_eq!(r["revision"], "rev1");
+        // What status shows (for runc/crun from the instance's directory, see
+        // src/cli/status.rs) is what systemd says.
+        let unit = r["unit"].as_str().unwrap();
+        assert_eq!(r["main_pid"].to_string(), unit_prop(unit, "MainPID"), "{r}");
+        assert_eq!(r["restarts"], 0, "{r}");
+        assert!(r["uptime_secs"].as_u64().unwrap() < 120, "{r}");
         let body = wait_answer(r["port"].as_u64().unwrap() as u16);
         assert!(body.contains("revision=rev1"), "{body}");
         assert!(
@@ -180,6 +186,18 @@ fn lifecycle(runtime: &str) {
     });
     assert_ne!(new_pid, pid1);
     assert!(unit_prop(&unit1, "NRestarts").parse::<u32>().unwrap() >= 1);
+    // status counts the restart and shows the new main process.
+    let row = wait_for(
+        Duration::from_secs(10),
+        "status of the restarted instance",
+        || {
+            status(cfg.path(), &id)
+                .into_iter()
+                .find(|r| r["unit"] == unit1.as_str() && r["state"] == "active")
+        },
+    );
+    assert_eq!(row["main_pid"].as_u64(), Some(u64::from(new_pid)), "{row}");
+    assert_eq!(row["restarts"], 1, "{row}");
     assert!(wait_answer(port1).contains("revision=rev1"));
 
     // 3. SIGKILL of every process in a unit's cgroup, then shim stop: nothing is left.
