@@ -29,7 +29,7 @@ use crate::state::StateStore;
 use crate::supervise::{self, Memory, Retry};
 use crate::systemd::{DbusSystemd, ListedUnit, UnitInfo};
 
-/// Show the instances shim runs on this host.
+/// Show the instances shim runs on this host, and each service's cron jobs with their next run.
 ///
 /// Example: shim status --id billing_app --json
 #[derive(Args, Debug)]
