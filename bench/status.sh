@@ -22,7 +22,8 @@
 # time dbus-daemon and systemd spend over RUNS runs of `shim status` alone.
 #
 # Usage: bench/status.sh [RUNS] (default 20; median of RUNS, interleaved)
-# Env: PODMAN_COUNT (default 400; 0 skips podman), SERVICES (100), INSTANCES (4).
+# Env: PODMAN_COUNT (default 400; 0 skips podman), SERVICES (100), INSTANCES (4), SHIM_BIN
+# (the shim binary to measure, default the release build; e.g. an older build to compare).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${1:-20}"
@@ -33,9 +34,9 @@ NAME="${SHIM_SANDBOX_NAME:-bench-status}"
 trap '$SB down --name $NAME >/dev/null 2>&1 || true' EXIT
 $SB down --name $NAME >/dev/null 2>&1 || true
 $SB up --name $NAME >/dev/null
-$SB exec --name $NAME --env RUNS="$RUNS" --env T="$T" --env PODMAN_COUNT="${PODMAN_COUNT:-400}" \
+$SB exec --name $NAME --env RUNS="$RUNS" --env T="$T" --env SHIM_BIN="${SHIM_BIN:-$T/shim}" --env PODMAN_COUNT="${PODMAN_COUNT:-400}" \
   --env SERVICES="${SERVICES:-100}" --env INSTANCES="${INSTANCES:-4}" -- bash -euo pipefail -c '
-SHIM=$T/shim
+SHIM=$SHIM_BIN
 now() { date +%s%N; }
 ms() { echo "scale=1; $1/1000000" | bc -l; }
 median() { sort -n | awk "{ a[NR] = \$1 } END { print a[int((NR + 1) / 2)] }"; }
