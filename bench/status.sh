@@ -2,16 +2,28 @@
 # `shim status` at scale, in a fresh systemd sandbox: 100 services × 4 instances = 400 units,
 # against `systemctl list-units 'shim-*'` and `podman ps` at the same count.
 #
-# The 400 shim units are transient units made with systemd-run exactly as shim names and tags
-# them (shim-<svc>-web-<rev>-<i>.service in shim.slice, LogExtraFields SHIM_SERVICE/PROCESS/
-# REVISION/INSTANCE/PORT), each running `sleep infinity` instead of a container: `shim status`
-# only reads systemd (one ListUnitsByPatterns, one GetAll per unit) and shim's state files, so
-# what runs inside the unit does not change what it measures, and 400 real containers would
-# not fit this 2-core machine beside the podman ones. The podman side runs real containers
-# (`podman run -d`, the test image, `sleep`), PODMAN_COUNT of them (default 400).
+# The 400 shim units are transient units made with systemd-run in the shape shim gives a
+# runc/crun instance, with `sleep infinity` in place of the container:
+#   - named and tagged as shim does (shim-<svc>-web-<rev12>-<i>.service in shim.slice,
+#     LogExtraFields SHIM_SERVICE/PROCESS/REVISION/INSTANCE/PORT);
+#   - an instance directory /run/shim/instances/<svc>/<stem>/ holding meta.json as shim writes
+#     it when it plans an instance (src/plan/mod.rs InstanceMeta);
+#   - ExecStartPre adds one to <dir>/starts, as `shim instance prepare` does (a shell line
+#     here: no overlay is mounted);
+#   - Type=forking with PIDFile=<dir>/container.pid: ExecStart starts `sleep infinity` in
+#     the background, writes its pid to the file and exits, as `runc run --detach --pid-file`
+#     does, so systemd takes MainPID from the file as it does for shim's units.
+# No config.json, overlay or runtime state: `shim status` reads none of them. 400 real
+# containers would not fit this 2-core machine beside the podman ones. The podman side runs
+# real containers (`podman run -d`, the test image, `sleep`), PODMAN_COUNT of them (default
+# 400).
+#
+# Also reported: the messages one `shim status` sends (strace, sendmsg calls) and the CPU
+# time dbus-daemon and systemd spend over RUNS runs of `shim status` alone.
 #
 # Usage: bench/status.sh [RUNS] (default 20; median of RUNS, interleaved)
-# Env: PODMAN_COUNT (default 400; 0 skips podman), SERVICES (100), INSTANCES (4).
+# Env: PODMAN_COUNT (default 400; 0 skips podman), SERVICES (100), INSTANCES (4), SHIM_BIN
+# (the shim binary to measure, default the release build; e.g. an older build to compare).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${1:-20}"
@@ -22,9 +34,9 @@ NAME="${SHIM_SANDBOX_NAME:-bench-status}"
 trap '$SB down --name $NAME >/dev/null 2>&1 || true' EXIT
 $SB down --name $NAME >/dev/null 2>&1 || true
 $SB up --name $NAME >/dev/null
-$SB exec --name $NAME --env RUNS="$RUNS" --env T="$T" --env PODMAN_COUNT="${PODMAN_COUNT:-400}" \
+$SB exec --name $NAME --env RUNS="$RUNS" --env T="$T" --env SHIM_BIN="${SHIM_BIN:-$T/shim}" --env PODMAN_COUNT="${PODMAN_COUNT:-400}" \
   --env SERVICES="${SERVICES:-100}" --env INSTANCES="${INSTANCES:-4}" -- bash -euo pipefail -c '
-SHIM=$T/shim
+SHIM=$SHIM_BIN
 now() { date +%s%N; }
 ms() { echo "scale=1; $1/1000000" | bc -l; }
 median() { sort -n | awk "{ a[NR] = \$1 } END { print a[int((NR + 1) / 2)] }"; }
@@ -34,12 +46,18 @@ t0=$(now)
 port=20000
 for s in $(seq -w 1 "$SERVICES"); do
   for i in $(seq 1 "$INSTANCES"); do
-    systemd-run --quiet --collect --slice shim.slice \
-      --unit "shim-bench_$s-web-${REV:0:12}-$i.service" \
+    stem="shim-bench_$s-web-${REV:0:12}-$i"
+    dir="/run/shim/instances/bench_$s/$stem"
+    mkdir -p -m 0700 "$dir"
+    printf "{\"unit\":\"%s.service\",\"service\":\"bench_%s\",\"process\":\"web\",\"revision\":\"%s\",\"instance\":%s,\"port\":%s}" \
+      "$stem" "$s" "$REV" "$i" "$port" > "$dir/meta.json"
+    systemd-run --quiet --collect --slice shim.slice --unit "$stem.service" \
+      -p Type=forking -p "PIDFile=$dir/container.pid" -p GuessMainPID=no \
+      -p "ExecStartPre=/bin/sh -c \"echo \$\$((\$\$(cat $dir/starts 2>/dev/null || echo 0) + 1)) > $dir/starts\"" \
       -p "LogExtraFields=SHIM_SERVICE=bench_$s" -p LogExtraFields=SHIM_PROCESS=web \
       -p "LogExtraFields=SHIM_REVISION=$REV" -p "LogExtraFields=SHIM_INSTANCE=$i" \
       -p "LogExtraFields=SHIM_PORT=$port" \
-      sleep infinity
+      /bin/sh -c "sleep infinity >/dev/null 2>&1 & echo \$! > $dir/container.pid"
     port=$((port + 1))
   done
 done
@@ -67,6 +85,22 @@ fi
 : > /tmp/shim.ns; : > /tmp/shimjson.ns; : > /tmp/sysd.ns; : > /tmp/podman.ns
 rows=$($SHIM status --json | jq length)
 [ "$rows" = "$units" ] || { echo "shim status shows $rows rows, expected $units"; exit 1; }
+# Each row as systemd says it: the pid file is the MainPID, one start so far.
+bad=$($SHIM status --json | jq -r ".[] | \"\(.unit) \(.main_pid) \(.restarts)\"" | while read -r u pid rs; do
+  [ "$pid" = "$(systemctl show -p MainPID --value "$u")" ] && [ "$rs" = 0 ] || echo "$u"
+done | wc -l)
+[ "$bad" = 0 ] || { echo "$bad rows disagree with systemd on MainPID or restarts"; exit 1; }
+if command -v strace >/dev/null; then
+  msgs=$(strace -f -c -e trace=sendmsg $SHIM status 2>&1 >/dev/null | awk "/sendmsg/ { print \$4 }")
+  echo "one shim status run: $msgs sendmsg calls (D-Bus messages sent)"
+fi
+cpu() { awk "{ print \$14 + \$15 }" /proc/$1/stat; }
+tck=$(getconf CLK_TCK)
+dbus=$(pidof dbus-daemon | awk "{ print \$1 }")
+d0=$(cpu $dbus); p0=$(cpu 1)
+for r in $(seq "$RUNS"); do $SHIM status >/dev/null; done
+d1=$(cpu $dbus); p1=$(cpu 1)
+echo "CPU per shim status run (mean of $RUNS runs of it alone): dbus-daemon $(( (d1 - d0) * 1000 / tck / RUNS )) ms, systemd (PID 1) $(( (p1 - p0) * 1000 / tck / RUNS )) ms"
 for r in $(seq "$RUNS"); do
   a=$(now); $SHIM status >/dev/null; b=$(now); echo $((b - a)) >> /tmp/shim.ns
   a=$(now); $SHIM status --json >/dev/null; b=$(now); echo $((b - a)) >> /tmp/shimjson.ns

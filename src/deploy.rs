@@ -379,7 +379,16 @@ fn write_bundle(p: &InstancePlan) -> Result<()> {
         .with_context(|| format!("creating {}", p.dir.display()))?;
     // config.json (runc/crun) or the env file (podman): both hold the secrets.
     let (path, text) = p.render_files().map_err(|m| anyhow!(BadInput(m)))?;
-    crate::state::write_atomic(&path, text.as_bytes(), 0o600)
+    crate::state::write_atomic(&path, text.as_bytes(), 0o600)?;
+    // What the instance is, for `shim status`; its start count begins again with this unit.
+    let d = plan::InstanceDir(&p.dir);
+    crate::state::write_atomic(&d.meta(), &serde_json::to_vec(&p.meta())?, 0o600)?;
+    match std::fs::remove_file(d.starts()) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", d.starts().display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Removes instance directories of `prepared`'s service that no unit uses any more.
@@ -596,6 +605,13 @@ mod tests {
             std::fs::metadata(&cfg).unwrap().permissions().mode() & 0o777,
             0o600
         );
+        // And what each instance is, for `shim status`.
+        let meta: plan::InstanceMeta = serde_json::from_slice(
+            &std::fs::read(d.instances("app").join("shim-app-web-r1-2/meta.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(meta.unit, "shim-app-web-r1-2.service");
+        assert_eq!((meta.instance, meta.port), (2, Some(30001)));
         // Again: nothing new is started.
         let again = start_instances(&sd, &p, &p.all_instances(), &d).unwrap();
         assert!(again.started.is_empty());

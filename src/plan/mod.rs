@@ -139,6 +139,18 @@ impl InstancePlan {
         }
     }
 
+    /// What goes into `meta.json`.
+    pub fn meta(&self) -> InstanceMeta {
+        InstanceMeta {
+            unit: self.key.unit_name(),
+            service: self.key.service.to_string(),
+            process: self.key.process.to_string(),
+            revision: self.key.revision.clone(),
+            instance: self.key.index,
+            port: self.port,
+        }
+    }
+
     /// Where the runtime's input goes and its text (holds secrets: mode 0600).
     pub fn render_files(&self) -> Result<(PathBuf, String), String> {
         let d = InstanceDir(&self.dir);
@@ -170,6 +182,49 @@ impl InstanceDir<'_> {
     /// upper/ and work/ of the overlay: the instance's private writable layer.
     pub fn layer(&self) -> PathBuf {
         self.0.join("layer")
+    }
+    /// What the instance is ([`InstanceMeta`]), written with the bundle; read by `shim status`.
+    pub fn meta(&self) -> PathBuf {
+        self.0.join("meta.json")
+    }
+    /// How many times `shim instance prepare` ran (runc/crun: every start and restart).
+    pub fn starts(&self) -> PathBuf {
+        self.0.join("starts")
+    }
+}
+
+/// The facts of an instance that never change while its unit exists, written to `meta.json`
+/// in its directory when it is planned, so that `shim status` need not ask systemd for them
+/// (they are also the unit's `LogExtraFields`). The field names are read back by later shim
+/// versions: only add fields, with defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct InstanceMeta {
+    pub unit: String,
+    pub service: String,
+    pub process: String,
+    /// The full revision (the unit name has only its first [`REV_IN_NAME`] characters).
+    pub revision: String,
+    pub instance: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+impl InstanceMeta {
+    /// The `SHIM_*` journal fields of the unit, as the unit's `LogExtraFields` says them.
+    pub fn fields(&self) -> std::collections::BTreeMap<String, String> {
+        let mut f: std::collections::BTreeMap<String, String> = [
+            ("SHIM_SERVICE", self.service.clone()),
+            ("SHIM_PROCESS", self.process.clone()),
+            ("SHIM_REVISION", self.revision.clone()),
+            ("SHIM_INSTANCE", self.instance.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        if let Some(p) = self.port {
+            f.insert("SHIM_PORT".into(), p.to_string());
+        }
+        f
     }
 }
 

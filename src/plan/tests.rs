@@ -448,3 +448,29 @@ fn cron_job_units_snapshot() {
     insta::assert_snapshot!("cron_timer", timer.render());
     insta::assert_snapshot!("cron_service", service.render());
 }
+
+#[test]
+fn meta_says_what_the_log_fields_say() {
+    for runtime in ["runc", "podman"] {
+        let check = |cx: &PlanContext<'_>| {
+            for (p, port) in [("web", Some(20000)), ("worker", None)] {
+                let plan = plan_instance(cx, process(cx, p), 2, port).unwrap();
+                let m = plan.meta();
+                assert_eq!(m.unit, plan.unit.name);
+                let fields: Vec<String> =
+                    m.fields().iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let mut want = unit::log_fields(&plan.key, port);
+                want.sort();
+                assert_eq!(fields, want, "{runtime} {p}");
+                let back: InstanceMeta =
+                    serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+                assert_eq!(back, m);
+            }
+        };
+        if runtime == "runc" {
+            with_cx(check)
+        } else {
+            with_podman_cx(check)
+        }
+    }
+}

@@ -88,6 +88,10 @@ pub fn prepare(lower: &Path, dir: &Path) -> Result<()> {
             d.config().display()
         );
     }
+    // Only `shim status` reads the count: never fail a start over it.
+    if let Err(e) = count_start(&d.starts()) {
+        eprintln!("counting the start: {e:#}");
+    }
     if !lower.is_dir() {
         bail!(
             "image rootfs {} is missing (was the image cache removed?)",
@@ -120,6 +124,22 @@ pub fn prepare(lower: &Path, dir: &Path) -> Result<()> {
     )
     .with_context(|| format!("mounting overlay at {} ({opts})", rootfs.display()))?;
     Ok(())
+}
+
+/// Adds one to the start count in `file` (missing: 0). systemd runs ExecStartPre before
+/// every start of the unit, the first one and each restart, whatever stopped the previous
+/// process (an exit, a SIGKILL, the probe, `systemctl restart`), so `shim status` shows
+/// starts − 1 as the instance's restarts. Unlike systemd's `NRestarts`, this count is not
+/// reset when the probe resets a failed unit to start it again.
+pub fn count_start(file: &Path) -> Result<u32> {
+    let n = parse_starts(&std::fs::read_to_string(file).unwrap_or_default()).saturating_add(1);
+    crate::state::write_atomic(file, format!("{n}\n").as_bytes(), 0o600)?;
+    Ok(n)
+}
+
+/// The start count as `count_start` writes it; anything unreadable counts as 0.
+pub fn parse_starts(text: &str) -> u32 {
+    text.trim().parse().unwrap_or(0)
 }
 
 /// Removes the runtime's state, the overlay and the writable layer. Keeps config.json, so a
@@ -263,6 +283,16 @@ mod tests {
             Some("/shim.slice/shimrun-a-1.service")
         );
         assert_eq!(own_cgroup("1:name=systemd:/x\n"), None);
+    }
+
+    #[test]
+    fn starts_are_counted() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("starts");
+        assert_eq!(count_start(&f).unwrap(), 1);
+        assert_eq!(count_start(&f).unwrap(), 2);
+        assert_eq!(parse_starts(&std::fs::read_to_string(&f).unwrap()), 2);
+        assert_eq!(parse_starts("garbage"), 0);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use futures_util::future::{select, Either};
 use futures_util::StreamExt;
 use zbus::{Connection, OwnedObjectPath, OwnedVariant, Variant};
 
-use super::{JobOutcome, Systemd, SystemdError, TimerInfo, UnitInfo};
+use super::{JobOutcome, ListedUnit, Systemd, SystemdError, TimerInfo, UnitInfo};
 use crate::plan::{Prop, UnitSpec};
 
 #[zbus::proxy(
@@ -347,6 +347,13 @@ impl DbusSystemd {
 
     /// Timers whose names match `patterns`: state and when they elapse next / last did.
     pub fn timers(&self, patterns: &[String]) -> Result<Vec<TimerInfo>, SystemdError> {
+        let listed = self.list(patterns)?;
+        self.read_timers(&listed)
+    }
+
+    /// The units whose names match any of `patterns`: one `ListUnitsByPatterns`, no
+    /// properties. [`Systemd::list_units`] is this followed by [`DbusSystemd::read_units`].
+    pub fn list(&self, patterns: &[String]) -> Result<Vec<ListedUnit>, SystemdError> {
         zbus::block_on(async {
             let manager = self.manager().await?;
             let pats: Vec<&str> = patterns.iter().map(|s| s.as_str()).collect();
@@ -354,31 +361,129 @@ impl DbusSystemd {
                 .list_units_by_patterns(&[], &pats)
                 .await
                 .map_err(|e| call_err("ListUnitsByPatterns", &patterns.join(" "), e))?;
+            Ok(listed
+                .into_iter()
+                .map(|u| ListedUnit {
+                    name: u.0,
+                    description: u.1,
+                    load_state: u.2,
+                    active_state: u.3,
+                    sub_state: u.4,
+                    path: u.6.to_string(),
+                })
+                .collect())
+        })
+    }
+
+    /// The timers among `listed`, with when they elapse next and last did (two `Get`s each).
+    pub fn read_timers(&self, listed: &[ListedUnit]) -> Result<Vec<TimerInfo>, SystemdError> {
+        zbus::block_on(async {
             let mut out = Vec::new();
-            for u in listed.iter().filter(|u| u.0.ends_with(".timer")) {
+            for u in listed.iter().filter(|u| u.name.ends_with(".timer")) {
                 let props = async {
                     PropsProxy::builder(&self.conn)
                         .destination("org.freedesktop.systemd1")
-                        .path(u.6.clone())
+                        .path(u.path.as_str())
                         .build()
                         .await
                 }
                 .await
-                .map_err(|e| call_err("Properties", &u.0, e))?;
+                .map_err(|e| call_err("Properties", &u.name, e))?;
                 let m = get_props(
                     &props,
                     "org.freedesktop.systemd1.Timer",
                     &["NextElapseUSecRealtime", "LastTriggerUSec"],
                 )
                 .await
-                .map_err(|e| call_err("Get", &u.0, e))?;
+                .map_err(|e| call_err("Get", &u.name, e))?;
                 out.push(TimerInfo {
-                    name: u.0.clone(),
-                    active_state: u.3.clone(),
+                    name: u.name.clone(),
+                    active_state: u.active_state.clone(),
                     next_elapse_usec: variant_u64(&m, "NextElapseUSecRealtime"),
                     last_trigger_usec: variant_u64(&m, "LastTriggerUSec"),
                 });
             }
+            Ok(out)
+        })
+    }
+
+    /// `listed` with their properties: the few shim reads, one Get each, all in flight at
+    /// once up to MAX_CALLS_IN_FLIGHT, a few round trips' latency in total. (Not GetAll: the
+    /// Service interface has some 250 properties, and decoding them was most of the CPU time
+    /// of a probe run.) How the last main process ended is only read where it matters: a
+    /// unit that is not running, or was restarted. Units that vanished meanwhile are left
+    /// out; the result is sorted by name.
+    pub fn read_units(&self, listed: &[ListedUnit]) -> Result<Vec<UnitInfo>, SystemdError> {
+        zbus::block_on(async {
+            let reads = listed.iter().map(|u| {
+                let is_service = u.name.ends_with(".service");
+                let running = u.is_running();
+                let failed = u.active_state == "failed";
+                let auto_restart = u.sub_state == "auto-restart";
+                async move {
+                    // Timers and other units have no Service interface: the listing says
+                    // all shim needs of them.
+                    if !is_service {
+                        return Ok(HashMap::new());
+                    }
+                    let props = PropsProxy::builder(&self.conn)
+                        .destination("org.freedesktop.systemd1")
+                        .path(u.path.as_str())
+                        .build()
+                        .await?;
+                    const SERVICE: &str = "org.freedesktop.systemd1.Service";
+                    let mut all = get_props(&props, SERVICE, &SERVICE_PROPS).await?;
+                    if !running || variant_u32(&all, "NRestarts") > 0 {
+                        all.extend(get_props(&props, SERVICE, &EXIT_PROPS).await?);
+                    }
+                    // When a failed unit failed, and when an automatic restart comes (≥ 254;
+                    // unknown before, hence no error).
+                    if failed {
+                        all.extend(
+                            get_props(
+                                &props,
+                                "org.freedesktop.systemd1.Unit",
+                                &["StateChangeTimestamp"],
+                            )
+                            .await?,
+                        );
+                    }
+                    if auto_restart {
+                        all.extend(
+                            get_props(&props, SERVICE, &["RestartUSecNext"])
+                                .await
+                                .unwrap_or_default(),
+                        );
+                    }
+                    Ok::<_, zbus::Error>(all)
+                }
+            });
+            let props: Vec<_> = futures_util::stream::iter(reads)
+                .buffered((MAX_CALLS_IN_FLIGHT / SERVICE_PROPS.len()).max(1))
+                .collect()
+                .await;
+            let mut out = Vec::new();
+            for (u, p) in listed.iter().zip(props) {
+                // A unit can vanish between the listing and the read: skip it.
+                let Ok(p) = p else { continue };
+                out.push(UnitInfo {
+                    name: u.name.clone(),
+                    description: u.description.clone(),
+                    load_state: u.load_state.clone(),
+                    active_state: u.active_state.clone(),
+                    sub_state: u.sub_state.clone(),
+                    main_pid: variant_u32(&p, "MainPID"),
+                    n_restarts: variant_u32(&p, "NRestarts"),
+                    main_start_usec: variant_u64(&p, "ExecMainStartTimestamp"),
+                    exec_main_code: variant_i32(&p, "ExecMainCode"),
+                    exec_main_status: variant_i32(&p, "ExecMainStatus"),
+                    exec_main_exit_usec: variant_u64(&p, "ExecMainExitTimestamp"),
+                    failed_since_usec: variant_u64(&p, "StateChangeTimestamp"),
+                    restart_usec_next: variant_u64(&p, "RestartUSecNext"),
+                    fields: extra_fields(&p),
+                });
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(out)
         })
     }
@@ -429,90 +534,8 @@ fn extra_fields(m: &HashMap<String, OwnedVariant>) -> BTreeMap<String, String> {
 
 impl Systemd for DbusSystemd {
     fn list_units(&self, patterns: &[String]) -> Result<Vec<UnitInfo>, SystemdError> {
-        zbus::block_on(async {
-            let manager = self.manager().await?;
-            let pats: Vec<&str> = patterns.iter().map(|s| s.as_str()).collect();
-            let listed = manager
-                .list_units_by_patterns(&[], &pats)
-                .await
-                .map_err(|e| call_err("ListUnitsByPatterns", &patterns.join(" "), e))?;
-            // The few properties shim reads, one Get each, all in flight at once up to
-            // MAX_CALLS_IN_FLIGHT: a few round trips' latency in total. (Not GetAll: the
-            // Service interface has some 250 properties, and decoding them was most of the
-            // CPU time of a probe run.) How the last main process ended is only read where it
-            // matters: a unit that is not running, or was restarted.
-            let reads = listed.iter().map(|u| {
-                let path = u.6.clone();
-                let is_service = u.0.ends_with(".service");
-                let running = u.3 == "active" && u.4 == "running";
-                let failed = u.3 == "failed";
-                let auto_restart = u.4 == "auto-restart";
-                async move {
-                    // Timers and other units have no Service interface: the listing says
-                    // all shim needs of them.
-                    if !is_service {
-                        return Ok(HashMap::new());
-                    }
-                    let props = PropsProxy::builder(&self.conn)
-                        .destination("org.freedesktop.systemd1")
-                        .path(path)
-                        .build()
-                        .await?;
-                    const SERVICE: &str = "org.freedesktop.systemd1.Service";
-                    let mut all = get_props(&props, SERVICE, &SERVICE_PROPS).await?;
-                    if !running || variant_u32(&all, "NRestarts") > 0 {
-                        all.extend(get_props(&props, SERVICE, &EXIT_PROPS).await?);
-                    }
-                    // When a failed unit failed, and when an automatic restart comes (≥ 254;
-                    // unknown before, hence no error).
-                    if failed {
-                        all.extend(
-                            get_props(
-                                &props,
-                                "org.freedesktop.systemd1.Unit",
-                                &["StateChangeTimestamp"],
-                            )
-                            .await?,
-                        );
-                    }
-                    if auto_restart {
-                        all.extend(
-                            get_props(&props, SERVICE, &["RestartUSecNext"])
-                                .await
-                                .unwrap_or_default(),
-                        );
-                    }
-                    Ok::<_, zbus::Error>(all)
-                }
-            });
-            let props: Vec<_> = futures_util::stream::iter(reads)
-                .buffered((MAX_CALLS_IN_FLIGHT / SERVICE_PROPS.len()).max(1))
-                .collect()
-                .await;
-            let mut out = Vec::new();
-            for (u, p) in listed.into_iter().zip(props) {
-                // A unit can vanish between the listing and the read: skip it.
-                let Ok(p) = p else { continue };
-                out.push(UnitInfo {
-                    name: u.0,
-                    description: u.1,
-                    load_state: u.2,
-                    active_state: u.3,
-                    sub_state: u.4,
-                    main_pid: variant_u32(&p, "MainPID"),
-                    n_restarts: variant_u32(&p, "NRestarts"),
-                    main_start_usec: variant_u64(&p, "ExecMainStartTimestamp"),
-                    exec_main_code: variant_i32(&p, "ExecMainCode"),
-                    exec_main_status: variant_i32(&p, "ExecMainStatus"),
-                    exec_main_exit_usec: variant_u64(&p, "ExecMainExitTimestamp"),
-                    failed_since_usec: variant_u64(&p, "StateChangeTimestamp"),
-                    restart_usec_next: variant_u64(&p, "RestartUSecNext"),
-                    fields: extra_fields(&p),
-                });
-            }
-            out.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(out)
-        })
+        let listed = self.list(patterns)?;
+        self.read_units(&listed)
     }
 
     fn start_transient(

@@ -69,6 +69,25 @@ impl UnitInfo {
     }
 }
 
+/// One unit as `ListUnitsByPatterns` lists it, before any of its properties is read: what
+/// `shim status` needs to decide which units it must ask systemd more about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedUnit {
+    pub name: String,
+    pub description: String,
+    pub load_state: String,
+    pub active_state: String,
+    pub sub_state: String,
+    /// The unit's D-Bus object path, for reading its properties later.
+    pub path: String,
+}
+
+impl ListedUnit {
+    pub fn is_running(&self) -> bool {
+        self.active_state == "active" && self.sub_state == "running"
+    }
+}
+
 /// A timer, as `shim cron list` and `shim status` show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TimerInfo {

@@ -109,6 +109,17 @@ fn cron_fires_switches_on_upgrade_and_survives_a_bad_crontab() {
     assert_eq!(before.len(), 3, "{before:?}");
     let table = shim_ok(c, &["cron", "list", "--id", id]);
     assert!(table.contains("OnCalendar=*-*-* *:*:00"), "{table}");
+    // shim status shows the jobs under the service, with their next run.
+    let table = shim_ok(c, &["status", "--id", id]);
+    let cron_lines: Vec<&str> = table
+        .lines()
+        .filter(|l| l.trim_start().starts_with("cron "))
+        .collect();
+    assert_eq!(cron_lines.len(), 3, "{table}");
+    assert!(
+        cron_lines[0].contains("* * * * *") && cron_lines[0].contains(" next 20"),
+        "{table}"
+    );
 
     // The every-minute job fires within a minute, output in the journal.
     wait_for(Duration::from_secs(75), "tick from crona", || {

@@ -66,6 +66,29 @@ fn lifecycle(runtime: &str) {
     for r in &rows {
         assert_eq!(r["state"], "active", "{r}");
         assert_eq!(r["revision"], "rev1");
+        // What status shows (for runc/crun from the instance's directory, see
+        // src/cli/status.rs) is what systemd says.
+        let unit = r["unit"].as_str().unwrap();
+        assert_eq!(r["main_pid"].to_string(), unit_prop(unit, "MainPID"), "{r}");
+        assert_eq!(r["restarts"], 0, "{r}");
+        // Uptime (runc/crun: from the pid file's mtime) within a second of what systemd's
+        // ExecMainStartTimestampMonotonic gives (/proc/uptime: the same clock, no suspend).
+        let up_now: f64 = std::fs::read_to_string("/proc/uptime")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let started: f64 = unit_prop(unit, "ExecMainStartTimestampMonotonic")
+            .parse()
+            .unwrap();
+        let by_systemd = up_now - started / 1e6;
+        let shown = r["uptime_secs"].as_u64().unwrap() as f64;
+        assert!(
+            (shown - by_systemd).abs() < 2.0,
+            "{r}: systemd says {by_systemd:.2} s"
+        );
         let body = wait_answer(r["port"].as_u64().unwrap() as u16);
         assert!(body.contains("revision=rev1"), "{body}");
         assert!(
@@ -180,6 +203,21 @@ fn lifecycle(runtime: &str) {
     });
     assert_ne!(new_pid, pid1);
     assert!(unit_prop(&unit1, "NRestarts").parse::<u32>().unwrap() >= 1);
+    // status counts the restart and shows the new main process (podman's MainPID can still
+    // change while conmon settles: compare with what systemd says at the same time).
+    let row = wait_for(
+        Duration::from_secs(10),
+        "status of the restarted instance",
+        || {
+            let r = status(cfg.path(), &id)
+                .into_iter()
+                .find(|r| r["unit"] == unit1.as_str() && r["state"] == "active")?;
+            let main = unit_prop(&unit1, "MainPID");
+            (r["main_pid"].as_u64().map(|p| p.to_string()) == Some(main) && r["main_pid"] != pid1)
+                .then_some(r)
+        },
+    );
+    assert_eq!(row["restarts"], 1, "{row}");
     assert!(wait_answer(port1).contains("revision=rev1"));
 
     // 3. SIGKILL of every process in a unit's cgroup, then shim stop: nothing is left.
