@@ -36,8 +36,11 @@ use crate::systemd::{journal_tail, DbusSystemd, Systemd};
 
 /// How long systemd may take to start a one-off (mounting its overlay).
 const START_TIMEOUT: Duration = Duration::from_secs(90);
-/// How often the unit's state is read while the command runs.
-const POLL: Duration = Duration::from_millis(100);
+/// How often the unit's state is read while the command runs: every 5 ms at first (short
+/// commands, e.g. a migration that has nothing to do, end within a few polls), doubling up to
+/// every 100 ms for long ones.
+const POLL_FIRST: Duration = Duration::from_millis(5);
+const POLL_MAX: Duration = Duration::from_millis(100);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -438,11 +441,15 @@ fn attached(
         f.set(Target::Unit(unit.name.clone()));
     }
 
+    let mut poll = POLL_FIRST;
     let info = loop {
         let units = sd.list_units(std::slice::from_ref(&unit.name))?;
         match units.into_iter().find(|u| u.name == unit.name) {
             Some(u) if matches!(u.active_state.as_str(), "inactive" | "failed") => break u,
-            Some(_) => std::thread::sleep(POLL),
+            Some(_) => {
+                std::thread::sleep(poll);
+                poll = (poll * 2).min(POLL_MAX);
+            }
             None => bail!("{} disappeared before its exit status was read", unit.name),
         }
     };
