@@ -480,10 +480,10 @@ pub fn exec_job(defs: &crate::config::Definitions, dirs: &Dirs, id: &str, key: &
     );
     crate::runtime::enter_cgroup_leaf("runtime")?;
     use std::os::unix::process::CommandExt;
-    let argv = oneoff::runtime_exec_argv(&prepared.shim_exe, &prepared.runtime_bin, &dir, &stem);
-    // Skip `shim instance exec` (argv[0..3]): this process already is in the leaf.
-    let err = std::process::Command::new(&argv[4]).args(&argv[5..]).exec();
-    Err(anyhow!(err).context(format!("executing {}", argv[4])))
+    // This process already is in the leaf: it becomes the runtime itself.
+    let argv = oneoff::runtime_run_argv(&prepared.runtime_bin, &dir, &stem);
+    let err = std::process::Command::new(&argv[0]).args(&argv[1..]).exec();
+    Err(anyhow!(err).context(format!("executing {}", argv[0])))
 }
 
 #[cfg(test)]

@@ -321,10 +321,8 @@ impl Prepared {
 
     /// Every (process, index) the definition asks for.
     pub fn all_instances(&self) -> Vec<(String, u32)> {
-        self.service
-            .processes
-            .values()
-            .flat_map(|p| (1..=p.count).map(move |i| (p.name.to_string(), i)))
+        plan::instance_keys(&self.service, &self.revision)
+            .map(|(k, _)| (k.process.to_string(), k.index))
             .collect()
     }
 }

@@ -539,19 +539,14 @@ mod tests {
         }
         UnitInfo {
             name: format!("shim-{svc}-{proc_}-279d9035886d-{i}.service"),
-            description: String::new(),
             load_state: "loaded".into(),
             active_state: if pid > 0 { "active" } else { "activating" }.into(),
             sub_state: if pid > 0 { "running" } else { "auto-restart" }.into(),
             main_pid: pid,
             n_restarts: if pid > 0 { 0 } else { 3 },
             main_start_usec: 1_000_000,
-            exec_main_code: 0,
-            exec_main_status: 0,
-            exec_main_exit_usec: 0,
-            failed_since_usec: 0,
-            restart_usec_next: 0,
             fields,
+            ..Default::default()
         }
     }
 

@@ -53,6 +53,26 @@ impl InstanceKey {
     }
 }
 
+/// Every instance the definition asks for at `revision`, with its process, in process order.
+pub fn instance_keys<'a>(
+    service: &'a ServiceDef,
+    revision: &'a str,
+) -> impl Iterator<Item = (InstanceKey, &'a ProcessDef)> + 'a {
+    service.processes.values().flat_map(move |d| {
+        (1..=d.count).map(move |index| {
+            (
+                InstanceKey {
+                    service: service.id.clone(),
+                    process: d.name.clone(),
+                    revision: revision.to_string(),
+                    index,
+                },
+                d,
+            )
+        })
+    })
+}
+
 /// `shim-<service>-*` matches every unit of one service (ids cannot contain `*`).
 pub fn service_unit_pattern(service: &str) -> String {
     format!("shim-{service}-*")

@@ -107,20 +107,28 @@ fn exec(argv: Vec<String>, ignore_failure: bool) -> Prop {
     }])
 }
 
-/// The command a one-off's unit starts with: `shim instance exec` moves into the `runtime`
-/// cgroup leaf, then becomes the runtime (`RUNTIME run --bundle DIR ID`, in the foreground).
-pub fn runtime_exec_argv(shim: &Path, runtime: &Path, dir: &Path, id: &str) -> Vec<String> {
+/// The runtime running a one-off's bundle in the foreground: `RUNTIME run --bundle DIR ID`.
+pub fn runtime_run_argv(runtime: &Path, dir: &Path, id: &str) -> Vec<String> {
     vec![
-        shim.display().to_string(),
-        "instance".into(),
-        "exec".into(),
-        "--".into(),
         runtime.display().to_string(),
         "run".into(),
         "--bundle".into(),
         dir.display().to_string(),
         id.into(),
     ]
+}
+
+/// The command a one-off's unit starts with: `shim instance exec` moves into the `runtime`
+/// cgroup leaf, then becomes the runtime ([`runtime_run_argv`]).
+pub fn runtime_exec_argv(shim: &Path, runtime: &Path, dir: &Path, id: &str) -> Vec<String> {
+    let mut argv = vec![
+        shim.display().to_string(),
+        "instance".into(),
+        "exec".into(),
+        "--".into(),
+    ];
+    argv.extend(runtime_run_argv(runtime, dir, id));
+    argv
 }
 
 /// `config.json` of a one-off: the instance's config (image, env, user, mounts, hardening)

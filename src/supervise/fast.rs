@@ -31,8 +31,9 @@ use sha2::{Digest, Sha256};
 
 use super::probe::Inputs;
 use super::{usecs, Memory};
+use crate::config::ProcessDef;
 use crate::deploy::Dirs;
-use crate::plan::InstanceKey;
+use crate::plan::instance_keys;
 use crate::probe::{Check, Request};
 
 /// A record older than this is not trusted: a full run looks at everything systemd knows
@@ -219,19 +220,9 @@ pub fn plan_record(
     {
         return None;
     }
-    let mut expected = Vec::new();
-    for d in inp.service.processes.values() {
-        for index in 1..=d.count {
-            let unit = InstanceKey {
-                service: inp.service.id.clone(),
-                process: d.name.clone(),
-                revision: inp.revision.to_string(),
-                index,
-            }
-            .unit_name();
-            expected.push((unit, d));
-        }
-    }
+    let expected: Vec<(String, &ProcessDef)> = instance_keys(inp.service, inp.revision)
+        .map(|(k, d)| (k.unit_name(), d))
+        .collect();
     if inp.units.len() != expected.len() {
         return None;
     }

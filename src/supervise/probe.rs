@@ -31,7 +31,7 @@ use super::{
 use crate::config::{Definitions, ProcessDef, ServiceDef};
 use crate::deploy::{self, Dirs};
 use crate::lock::ServiceLock;
-use crate::plan::InstanceKey;
+use crate::plan::instance_keys;
 use crate::probe::{self as http, Check};
 use crate::state::{ServiceState, StateStore};
 use crate::systemd::{DbusSystemd, Systemd, UnitInfo};
@@ -180,37 +180,29 @@ pub fn decide_counts(inp: &Inputs<'_>) -> (Vec<Action>, Memory) {
         }
     }
     let mut wanted = Vec::new();
-    for d in inp.service.processes.values() {
+    for (key, d) in instance_keys(inp.service, inp.revision) {
         if inp.state.is_paused(d.name.as_str()) {
             continue;
         }
-        for index in 1..=d.count {
-            let unit = InstanceKey {
-                service: inp.service.id.clone(),
-                process: d.name.clone(),
-                revision: inp.revision.to_string(),
-                index,
-            }
-            .unit_name();
-            wanted.push(unit.clone());
-            if inp.units.iter().any(|u| u.name == unit) {
+        let unit = key.unit_name();
+        wanted.push(unit.clone());
+        if inp.units.iter().any(|u| u.name == unit) {
+            continue;
+        }
+        // A start that failed before is retried with the same backoff.
+        if let Some(m) = mem.units.get(&unit) {
+            let due = m
+                .last_start_usec
+                .saturating_add(usecs(backoff_delay(m.retries, inp.max_delay)));
+            if m.retries > 0 && inp.now_usec < due {
                 continue;
             }
-            // A start that failed before is retried with the same backoff.
-            if let Some(m) = mem.units.get(&unit) {
-                let due = m
-                    .last_start_usec
-                    .saturating_add(usecs(backoff_delay(m.retries, inp.max_delay)));
-                if m.retries > 0 && inp.now_usec < due {
-                    continue;
-                }
-            }
-            actions.push(Action::Start {
-                process: d.name.to_string(),
-                index,
-                unit,
-            });
         }
+        actions.push(Action::Start {
+            process: d.name.to_string(),
+            index: key.index,
+            unit,
+        });
     }
     // Forget units that are gone and not wanted (stopped, scaled down, other revisions).
     mem.units.retain(|name, m| {
@@ -636,19 +628,13 @@ command = ["/w"]
         fields.insert("SHIM_PORT".to_string(), (20000 + index).to_string());
         UnitInfo {
             name: format!("shim-app-{process}-r1-{index}.service"),
-            description: String::new(),
             load_state: "loaded".into(),
             active_state: state.into(),
             sub_state: sub.into(),
             main_pid: pid,
-            n_restarts: 0,
             main_start_usec: start,
-            exec_main_code: 0,
-            exec_main_status: 0,
-            exec_main_exit_usec: 0,
-            failed_since_usec: 0,
-            restart_usec_next: 0,
             fields,
+            ..Default::default()
         }
     }
 

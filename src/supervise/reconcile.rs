@@ -350,19 +350,13 @@ command = ["/w"]
         }
         UnitInfo {
             name: format!("shim-app-{process}-{rev}-{index}.service"),
-            description: String::new(),
             load_state: "loaded".into(),
             active_state: "active".into(),
             sub_state: "running".into(),
             main_pid: 1,
-            n_restarts: 0,
             main_start_usec: 1,
-            exec_main_code: 0,
-            exec_main_status: 0,
-            exec_main_exit_usec: 0,
-            failed_since_usec: 0,
-            restart_usec_next: 0,
             fields,
+            ..Default::default()
         }
     }
 

@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::plan::UnitSpec;
 
 /// What shim knows about one of its units, from one listing plus one property read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct UnitInfo {
     pub name: String,
     pub description: String,
