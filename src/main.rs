@@ -1,25 +1,20 @@
 //! shim: run containers in production on one Linux host, supervised by systemd, no daemon.
 //!
-//! main parses the command line, sets up logging, dispatches to `cli::*`, prints the error
-//! chain and maps it to the exit code (see `error.rs`).
+//! main builds the one [`host::Host`] (the adapters over this machine; the only place a
+//! systemd connection is made), parses the command line, sets up logging, dispatches to
+//! `cli::*`, prints the error chain and maps it to the exit code (see `error.rs`).
+//!
+//! Rings: `cli` (parse, render) → `ops` (operations) → `host` (adapters behind traits) →
+//! the pure core `plan`, `config`, `crontab`, with `image` (the image store) beside `host`.
 
 mod cli;
 mod config;
-mod cron;
-mod cron_sync;
-mod deploy;
+mod crontab;
 mod error;
+mod host;
 mod image;
-mod lock;
-mod nginx;
+mod ops;
 mod plan;
-mod probe;
-mod run;
-mod runtime;
-mod state;
-mod supervise;
-mod systemd;
-mod upgrade;
 
 use clap::Parser;
 
@@ -28,12 +23,21 @@ fn main() {
     // `shim probe` runs every few seconds for every service: the command line its timer uses
     // skips clap, and logging is set up only if the run is not the fast path's.
     let lean = cli::probe_lean_args(argv.get(1..).unwrap_or_default());
+    // The one Host: adapters over this machine. Building it does no I/O; systemd is connected
+    // here, on the first operation that asks for it, and shared from then on.
+    let host = host::Host::real(
+        Box::new(|| {
+            host::systemd::DbusSystemd::connect()
+                .map(|sd| std::sync::Arc::new(sd) as host::systemd::SharedSystemd)
+        }),
+        host::dirs::Dirs::from_env(),
+    );
     let result = match lean {
-        Some(l) => cli::probe_run_lean(&l, init_logging),
+        Some(l) => cli::probe_run_lean(&host, &l, init_logging),
         None => {
             let args = cli::Cli::parse_from(argv);
             init_logging();
-            cli::run(args)
+            cli::run(&host, args)
         }
     };
     if let Err(err) = result {

@@ -7,12 +7,11 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use crate::config::Ident;
-use crate::cron_sync::{self, CronState};
-use crate::deploy::Dirs;
 use crate::error::BadInput;
-use crate::lock::ServiceLock;
+use crate::host::lock::ServiceLock;
+use crate::host::systemd::TimerInfo;
+use crate::ops::cron::CronState;
 use crate::plan::oneoff;
-use crate::systemd::{DbusSystemd, TimerInfo};
 
 /// The app's crontab as systemd timers: sync it at a revision, list the jobs.
 ///
@@ -68,20 +67,20 @@ pub struct ExecArgs {
     pub job: String,
 }
 
-pub fn run(config: &Path, args: CronArgs) -> Result<()> {
+pub fn run(host: &crate::host::Host, config: &Path, args: CronArgs) -> Result<()> {
     match args.step {
-        Step::Sync(a) => sync(config, a),
-        Step::List(a) => list(a),
+        Step::Sync(a) => sync(host, config, a),
+        Step::List(a) => list(host, a),
         Step::Exec(a) => {
             let defs = crate::config::load(config)?;
-            cron_sync::exec_job(&defs, &Dirs::from_env(), &a.id, &a.job)
+            crate::ops::cron::exec_job(host, &defs, &a.id, &a.job)
         }
     }
 }
 
-fn sync(config: &Path, a: SyncArgs) -> Result<()> {
+fn sync(host: &crate::host::Host, config: &Path, a: SyncArgs) -> Result<()> {
     let defs = crate::config::load(config)?;
-    let dirs = Dirs::from_env();
+    let dirs = host.dirs.clone();
     let svc = defs.service(&a.id)?;
     if svc.cron.is_none() {
         return Err(anyhow!(BadInput(format!(
@@ -91,12 +90,11 @@ fn sync(config: &Path, a: SyncArgs) -> Result<()> {
             a.id
         ))));
     }
-    let revision = crate::run::revision_to_run(&dirs, &a.id, a.revision.as_deref())?;
+    let revision = crate::ops::run::revision_to_run(&dirs, &a.id, a.revision.as_deref())?;
     let _lock = ServiceLock::acquire(&dirs.run, &a.id, std::time::Duration::from_secs(600))?;
-    let prepared = crate::deploy::prepare(&defs, &a.id, &revision, &dirs, true)?;
-    let jobs = cron_sync::generate(&prepared, &dirs)?;
-    let sd = DbusSystemd::connect()?;
-    for line in cron_sync::install(&sd, &prepared, &dirs, config, Some(&jobs))? {
+    let prepared = crate::ops::instances::prepare(host, &defs, &a.id, &revision, true)?;
+    let jobs = crate::ops::cron::generate(host, &prepared)?;
+    for line in crate::ops::cron::install(host, &prepared, config, Some(&jobs))? {
         println!("{line}");
     }
     println!(
@@ -132,7 +130,7 @@ pub struct JobRow {
 pub fn rows(
     states: &[(String, CronState)],
     timers: &[TimerInfo],
-    last: &dyn Fn(&str, &str) -> Option<crate::runtime::LastResult>,
+    last: &dyn Fn(&str, &str) -> Option<crate::host::runtime::LastResult>,
 ) -> Vec<JobRow> {
     let mut out = Vec::new();
     for (id, st) in states {
@@ -239,13 +237,13 @@ pub fn render(rows: &[JobRow], offset_secs: i64) -> String {
     s
 }
 
-fn list(a: ListArgs) -> Result<()> {
-    let dirs = Dirs::from_env();
+fn list(host: &crate::host::Host, a: ListArgs) -> Result<()> {
+    let dirs = host.dirs.clone();
     let mut states = Vec::new();
     match &a.id {
         Some(id) => {
             Ident::parse(id).map_err(|m| BadInput(format!("--id: service id {m}")))?;
-            if let Some(st) = cron_sync::load_state(&dirs, id)? {
+            if let Some(st) = crate::ops::cron::load_state(&dirs, id)? {
                 states.push((id.clone(), st));
             }
         }
@@ -263,20 +261,20 @@ fn list(a: ListArgs) -> Result<()> {
                 .unwrap_or_default();
             ids.sort();
             for id in ids {
-                if let Some(st) = cron_sync::load_state(&dirs, &id)? {
+                if let Some(st) = crate::ops::cron::load_state(&dirs, &id)? {
                     states.push((id, st));
                 }
             }
         }
     }
-    let sd = DbusSystemd::connect()?;
+    let sd = host.systemd()?;
     let pattern = match &a.id {
         Some(id) => format!("{}{id}-*.timer", oneoff::CRON_PREFIX),
         None => format!("{}*.timer", oneoff::CRON_PREFIX),
     };
     let timers = sd.timers(&[pattern])?;
     let last = |id: &str, key: &str| {
-        let b = std::fs::read(cron_sync::last_path(&dirs, id, key)).ok()?;
+        let b = std::fs::read(crate::ops::cron::last_path(&dirs, id, key)).ok()?;
         serde_json::from_slice(&b).ok()
     };
     let rows = rows(&states, &timers, &last);

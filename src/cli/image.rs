@@ -11,11 +11,11 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use crate::config::Definitions;
-use crate::deploy::Dirs;
 use crate::error::BadInput;
+use crate::host::dirs::Dirs;
+use crate::host::state::StateStore;
 use crate::image::progress::{self, human_bytes};
 use crate::image::{ImageRef, ImageStore, InUse};
-use crate::state::StateStore;
 
 /// Pull, list and remove images in shim's content store.
 ///
@@ -95,8 +95,8 @@ pub struct PruneArgs {
     pub grace: String,
 }
 
-pub fn run(config: &Path, args: ImageArgs) -> Result<()> {
-    let dirs = Dirs::from_env();
+pub fn run(host: &crate::host::Host, config: &Path, args: ImageArgs) -> Result<()> {
+    let dirs = host.dirs.clone();
     match args.command {
         ImageCommand::Pull(a) => pull(config, &dirs, a),
         ImageCommand::Ls(a) => ls(config, &dirs, a),

@@ -45,27 +45,27 @@ enum Step {
 
 pub fn run(args: InstanceArgs) -> Result<()> {
     match args.step {
-        Step::Prepare { lower, dir } => crate::runtime::prepare(&lower, &dir),
+        Step::Prepare { lower, dir } => crate::host::runtime::prepare(&lower, &dir),
         Step::Cleanup {
             runtime,
             remove,
             record,
             dir,
         } => {
-            let cleaned = crate::runtime::cleanup(&runtime, &dir);
+            let cleaned = crate::host::runtime::cleanup(&runtime, &dir);
             if let Some(file) = record {
-                if let Err(e) = crate::runtime::record_last_result(&file, &dir) {
+                if let Err(e) = crate::host::runtime::record_last_result(&file, &dir) {
                     eprintln!("recording the result: {e:#}");
                 }
             }
             cleaned?;
             if remove {
-                crate::runtime::remove_dir(&dir)?;
+                crate::host::runtime::remove_dir(&dir)?;
             }
             Ok(())
         }
         Step::Exec { argv } => {
-            crate::runtime::enter_cgroup_leaf("runtime")?;
+            crate::host::runtime::enter_cgroup_leaf("runtime")?;
             let err = std::process::Command::new(&argv[0]).args(&argv[1..]).exec();
             Err(anyhow::anyhow!(err).context(format!("executing {}", argv[0])))
         }

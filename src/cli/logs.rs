@@ -238,15 +238,15 @@ fn time_arg(s: &str) -> String {
 
 /// A revision prefix (as `shim status` shows 12 characters) → the one known revision it
 /// starts, from the service's recorded current/previous revision and its running units.
-fn resolve_revision(id: &str, rev: &str) -> String {
+fn resolve_revision(host: &crate::host::Host, id: &str, rev: &str) -> String {
     let mut known: Vec<String> = Vec::new();
-    let dirs = crate::deploy::Dirs::from_env();
-    if let Ok(st) = crate::state::StateStore::new(&dirs.state).load(id) {
+    let dirs = host.dirs.clone();
+    if let Ok(st) = crate::host::state::StateStore::new(&dirs.state).load(id) {
         known.extend(st.current);
         known.extend(st.previous);
     }
-    if let Ok(sd) = crate::systemd::DbusSystemd::connect() {
-        if let Ok(units) = crate::deploy::service_units(&sd, id) {
+    if let Ok(sd) = host.systemd() {
+        if let Ok(units) = crate::ops::instances::service_units(sd, id) {
             known.extend(
                 units
                     .iter()
@@ -282,9 +282,12 @@ fn validate(a: &LogsArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn run(config: &std::path::Path, a: LogsArgs) -> Result<()> {
+pub fn run(host: &crate::host::Host, config: &std::path::Path, a: LogsArgs) -> Result<()> {
     validate(&a)?;
-    let revision = a.revision.as_deref().map(|r| resolve_revision(&a.id, r));
+    let revision = a
+        .revision
+        .as_deref()
+        .map(|r| resolve_revision(host, &a.id, r));
     let args = journalctl_args(&a, revision.as_deref());
     let mut child = Command::new("journalctl")
         .args(&args)

@@ -19,6 +19,8 @@ mod upgrade;
 use std::path::PathBuf;
 
 use anyhow::Result;
+
+use crate::host::Host;
 use clap::{Parser, Subcommand};
 
 /// Shown after the top-level --help and in shim(1): the exit codes come from `error.rs`.
@@ -64,30 +66,35 @@ pub enum Command {
     Generate(generate::GenerateArgs),
 }
 
+/// A duration flag (`--lock-timeout 30s`), as the definitions spell durations.
+pub fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    crate::config::parse_duration(s)
+}
+
 /// `shim probe` as its timer runs it, without clap (see [`probe::lean_args`]).
 pub fn probe_lean_args(args: &[std::ffi::OsString]) -> Option<probe::Lean> {
     probe::lean_args(args, std::env::var_os("SHIM_CONFIG"))
 }
 
-pub fn probe_run_lean(l: &probe::Lean, init_logging: impl FnOnce()) -> Result<()> {
-    probe::run_lean(l, init_logging)
+pub fn probe_run_lean(host: &Host, l: &probe::Lean, init_logging: impl FnOnce()) -> Result<()> {
+    probe::run_lean(host, l, init_logging)
 }
 
-pub fn run(cli: Cli) -> Result<()> {
+pub fn run(host: &Host, cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Start(a) => start::run(&cli.config, a),
-        Command::Upgrade(a) => upgrade::run_upgrade(&cli.config, a),
-        Command::Rollback(a) => upgrade::run_rollback(&cli.config, a),
-        Command::Stop(a) => stop::run(&cli.config, a),
-        Command::Status(a) => status::run(&cli.config, a),
-        Command::Show(a) => show::run(&cli.config, a),
-        Command::Run(a) => run::run(&cli.config, a),
-        Command::Cron(a) => cron::run(&cli.config, a),
-        Command::Image(a) => image::run(&cli.config, a),
-        Command::Supervise(a) => supervise::run(&cli.config, a),
-        Command::Reconcile(a) => reconcile::run(&cli.config, a),
-        Command::Probe(a) => probe::run(&cli.config, a),
-        Command::Logs(a) => logs::run(&cli.config, a),
+        Command::Start(a) => start::run(host, &cli.config, a),
+        Command::Upgrade(a) => upgrade::run_upgrade(host, &cli.config, a),
+        Command::Rollback(a) => upgrade::run_rollback(host, &cli.config, a),
+        Command::Stop(a) => stop::run(host, &cli.config, a),
+        Command::Status(a) => status::run(host, &cli.config, a),
+        Command::Show(a) => show::run(host, &cli.config, a),
+        Command::Run(a) => run::run(host, &cli.config, a),
+        Command::Cron(a) => cron::run(host, &cli.config, a),
+        Command::Image(a) => image::run(host, &cli.config, a),
+        Command::Supervise(a) => supervise::run(host, &cli.config, a),
+        Command::Reconcile(a) => reconcile::run(host, &cli.config, a),
+        Command::Probe(a) => probe::run(host, &cli.config, a),
+        Command::Logs(a) => logs::run(host, &cli.config, a),
         Command::Instance(a) => instance::run(a),
         Command::Generate(a) => generate::run(a),
     }

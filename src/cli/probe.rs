@@ -8,7 +8,6 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::config::Ident;
-use crate::deploy::Dirs;
 use crate::error::BadInput;
 
 /// Probe a service once: start missing instances, health-check the running ones (killing
@@ -27,9 +26,9 @@ pub struct ProbeArgs {
     pub id: String,
 }
 
-pub fn run(config: &Path, args: ProbeArgs) -> Result<()> {
+pub fn run(host: &crate::host::Host, config: &Path, args: ProbeArgs) -> Result<()> {
     Ident::parse(&args.id).map_err(|m| BadInput(format!("--id: service id {m}")))?;
-    crate::supervise::probe::run(config, &args.id, &Dirs::from_env(), || {})
+    crate::ops::probe::run::run(host, config, &args.id, || {})
 }
 
 /// `shim probe` as its timer runs it, recognised without clap.
@@ -76,8 +75,8 @@ pub fn lean_args(args: &[OsString], env_config: Option<OsString>) -> Option<Lean
 
 /// Runs a probe recognised by [`lean_args`]; `init_logging` is called only if the run is a
 /// full one (the fast path logs nothing).
-pub fn run_lean(l: &Lean, init_logging: impl FnOnce()) -> Result<()> {
-    crate::supervise::probe::run(&l.config, &l.id, &Dirs::from_env(), init_logging)
+pub fn run_lean(host: &crate::host::Host, l: &Lean, init_logging: impl FnOnce()) -> Result<()> {
+    crate::ops::probe::run::run(host, &l.config, &l.id, init_logging)
 }
 
 #[cfg(test)]

@@ -2,18 +2,16 @@
 //! boot, from units/shim-reconcile.service, or after editing the definitions). See
 //! `supervise::reconcile`.
 
+use crate::cli::parse_duration_arg;
+
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
 
-use crate::deploy::Dirs;
-use crate::supervise::reconcile::{self, Options};
-
-fn parse_duration_arg(s: &str) -> Result<Duration, String> {
-    crate::config::parse_duration(s)
-}
+use crate::host::Host;
+use crate::ops::reconcile::{self, Options};
 
 /// Make this host match the definitions: every service with a recorded current revision
 /// (and not stopped) runs `count` instances of that revision, nginx points at them and its
@@ -31,11 +29,11 @@ pub struct ReconcileArgs {
     pub lock_timeout: Duration,
 }
 
-pub fn run(config: &Path, args: ReconcileArgs) -> Result<()> {
+pub fn run(host: &Host, config: &Path, args: ReconcileArgs) -> Result<()> {
     let defs = crate::config::load(config)?;
     reconcile::run(
+        host,
         &defs,
-        &Dirs::from_env(),
         &Options {
             dry_run: args.dry_run,
             lock_timeout: args.lock_timeout,

@@ -5,8 +5,8 @@ use std::path::Path;
 use anyhow::Result;
 use clap::Args;
 
-use crate::deploy::Dirs;
-use crate::run::RunRequest;
+use crate::host::Host;
+use crate::ops::run::RunRequest;
 
 /// Run a command in a container of a service's image, as a transient systemd unit.
 ///
@@ -53,7 +53,7 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-pub fn run(config: &Path, args: RunArgs) -> Result<()> {
+pub fn run(host: &Host, config: &Path, args: RunArgs) -> Result<()> {
     let defs = crate::config::load(config)?;
     let req = RunRequest {
         id: args.id,
@@ -64,6 +64,6 @@ pub fn run(config: &Path, args: RunArgs) -> Result<()> {
         detach: args.detach,
         argv: args.command,
     };
-    let code = crate::run::run(&defs, &Dirs::from_env(), &req)?;
+    let code = crate::ops::run::run(host, &defs, &req)?;
     std::process::exit(code);
 }

@@ -8,9 +8,7 @@ use std::path::Path;
 use anyhow::Result;
 use clap::Args;
 
-use crate::deploy::{self, Dirs};
 use crate::plan::{self, InstancePlan};
-use crate::systemd::{DbusSystemd, Systemd};
 
 /// Print the units and OCI configs a start would create (dry run).
 ///
@@ -46,13 +44,13 @@ pub fn render(plans: &[InstancePlan], notes: &[String]) -> String {
     out
 }
 
-pub fn run(config: &Path, args: ShowArgs) -> Result<()> {
+pub fn run(host: &crate::host::Host, config: &Path, args: ShowArgs) -> Result<()> {
     let defs = crate::config::load(config)?;
-    let dirs = Dirs::from_env();
-    let prepared = deploy::prepare(&defs, &args.id, &args.revision, &dirs, false)?;
+    let _dirs = host.dirs.clone();
+    let prepared = crate::ops::instances::prepare(host, &defs, &args.id, &args.revision, false)?;
     let mut notes: Vec<String> = prepared.user_note.iter().cloned().collect();
     // Ports as a start would pick them now: reads systemd when reachable, never writes.
-    let taken: BTreeSet<u16> = match DbusSystemd::connect() {
+    let taken: BTreeSet<u16> = match host.systemd() {
         Ok(sd) => sd
             .list_units(&["shim-*".to_string()])
             .unwrap_or_default()
@@ -79,7 +77,11 @@ pub fn run(config: &Path, args: ShowArgs) -> Result<()> {
     let ports = plan::allocate_ports(prepared.port_range, needs_port.len(), &taken, |_| false)
         .map_err(anyhow::Error::msg)?;
     let ports: BTreeMap<_, _> = needs_port.into_iter().zip(ports).collect();
-    let plans = prepared.plan(&prepared.redacted_secrets(), &wanted, &ports)?;
+    let plans = prepared.plan(
+        &crate::host::images::redacted_secrets(&prepared.service),
+        &wanted,
+        &ports,
+    )?;
     print!("{}", render(&plans, &notes));
     Ok(())
 }

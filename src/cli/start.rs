@@ -9,8 +9,8 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::cli::upgrade::CommonArgs;
-use crate::deploy::Dirs;
-use crate::upgrade::converge;
+use crate::host::Host;
+use crate::ops::upgrade::converge;
 
 /// Start all instances of all processes of a service.
 ///
@@ -27,9 +27,9 @@ pub struct StartArgs {
     pub common: CommonArgs,
 }
 
-pub fn run(config: &Path, args: StartArgs) -> Result<()> {
+pub fn run(host: &Host, config: &Path, args: StartArgs) -> Result<()> {
     let defs = crate::config::load(config)?;
     let mut opts = args.common.options("start", config);
     opts.refuse_other_revision = true;
-    converge(&defs, &args.id, &args.revision, &Dirs::from_env(), &opts)
+    converge(host, &defs, &args.id, &args.revision, &opts)
 }

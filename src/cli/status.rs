@@ -21,13 +21,12 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::cli::cron::JobRow;
-use crate::deploy::Dirs;
+use crate::host::state::StateStore;
+use crate::host::systemd::{ListedUnit, UnitInfo};
+use crate::ops::probe::{Memory, Retry};
 use crate::plan::oneoff::CRON_PREFIX;
-use crate::plan::probe::{probe_timer_name, service_of_probe_timer};
+use crate::plan::probe_timer::{probe_timer_name, service_of_probe_timer};
 use crate::plan::{InstanceDir, InstanceMeta};
-use crate::state::StateStore;
-use crate::supervise::{self, Memory, Retry};
-use crate::systemd::{DbusSystemd, ListedUnit, UnitInfo};
 
 /// Show the instances shim runs on this host, and each service's cron jobs with their next run.
 ///
@@ -176,7 +175,7 @@ pub fn rows(
             paused: s.paused
                 || u.field("SHIM_PROCESS")
                     .is_some_and(|p| s.paused_processes.contains(p)),
-            next_retry: supervise::pending_retry(
+            next_retry: crate::ops::probe::pending_retry(
                 u,
                 &s.memory.units.get(&u.name).cloned().unwrap_or_default(),
                 max_delay,
@@ -389,7 +388,7 @@ pub fn read_local(dir: &Path) -> Local {
     };
     let starts = std::fs::read_to_string(d.starts())
         .ok()
-        .map(|t| crate::runtime::parse_starts(&t));
+        .map(|t| crate::host::runtime::parse_starts(&t));
     let pid = (|| {
         use std::io::Read;
         let mut f = std::fs::File::open(d.pid_file()).ok()?;
@@ -414,11 +413,11 @@ fn service_of_cron_timer<'a>(name: &str, services: &BTreeSet<&'a str>) -> Option
     services
         .iter()
         .copied()
-        .find(|id| crate::cron_sync::key_of_unit(id, name).is_some())
+        .find(|id| crate::ops::cron::key_of_unit(id, name).is_some())
 }
 
-pub fn run(config: &Path, args: StatusArgs) -> Result<()> {
-    let sd = DbusSystemd::connect()?;
+pub fn run(host: &crate::host::Host, config: &Path, args: StatusArgs) -> Result<()> {
+    let sd = host.systemd()?;
     // One listing: instances, probe timers and cron timers.
     let patterns = match &args.id {
         Some(id) => vec![
@@ -433,7 +432,7 @@ pub fn run(config: &Path, args: StatusArgs) -> Result<()> {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0);
-    let dirs = Dirs::from_env();
+    let dirs = host.dirs.clone();
     let (instances, timers): (Vec<ListedUnit>, Vec<ListedUnit>) = listed
         .into_iter()
         .partition(|u| !u.name.starts_with(CRON_PREFIX));
@@ -473,7 +472,7 @@ pub fn run(config: &Path, args: StatusArgs) -> Result<()> {
             let s = Supervision {
                 paused: st.paused,
                 paused_processes: st.paused_processes,
-                memory: supervise::load_memory(&dirs, id),
+                memory: crate::ops::probe::load_memory(&dirs, id),
                 probe,
             };
             (id.to_string(), s)
@@ -486,7 +485,7 @@ pub fn run(config: &Path, args: StatusArgs) -> Result<()> {
     }
     // Cron jobs of the services shown (best effort): the state file says what each job is,
     // its timer when it runs next.
-    let states: Vec<(String, crate::cron_sync::CronState)> = services
+    let states: Vec<(String, crate::ops::cron::CronState)> = services
         .iter()
         .filter(|id| {
             timers
@@ -494,7 +493,7 @@ pub fn run(config: &Path, args: StatusArgs) -> Result<()> {
                 .any(|t| service_of_cron_timer(&t.name, &services) == Some(**id))
         })
         .filter_map(|id| {
-            crate::cron_sync::load_state(&dirs, id)
+            crate::ops::cron::load_state(&dirs, id)
                 .ok()
                 .flatten()
                 .map(|st| (id.to_string(), st))
@@ -573,7 +572,7 @@ mod tests {
         };
         billing.memory.units.insert(
             "shim-billing_app-worker-279d9035886d-2.service".into(),
-            supervise::UnitMemory {
+            crate::ops::probe::UnitMemory {
                 retries: 2,
                 last_start_usec: 3_700_000_000,
                 ..Default::default()

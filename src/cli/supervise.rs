@@ -2,6 +2,8 @@
 //! processes) and let it act again. Persisted in the service's state under /var/lib/shim, so
 //! a pause survives reboots; `shim status` shows it.
 
+use crate::cli::parse_duration_arg;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -9,16 +11,10 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use crate::config::Ident;
-use crate::deploy::Dirs;
 use crate::error::BadInput;
-use crate::lock::ServiceLock;
-use crate::plan::probe::probe_service_name;
-use crate::state::StateStore;
-use crate::systemd::{DbusSystemd, Systemd};
-
-fn parse_duration_arg(s: &str) -> Result<Duration, String> {
-    crate::config::parse_duration(s)
-}
+use crate::host::lock::ServiceLock;
+use crate::host::state::StateStore;
+use crate::plan::probe_timer::probe_service_name;
 
 /// Pause or resume supervision of a service by its probe.
 ///
@@ -60,7 +56,7 @@ pub struct Target {
     pub lock_timeout: Duration,
 }
 
-pub fn run(config: &Path, args: SuperviseArgs) -> Result<()> {
+pub fn run(host: &crate::host::Host, config: &Path, args: SuperviseArgs) -> Result<()> {
     let (pause, t) = match args.command {
         SuperviseCommand::Pause(t) => (true, t),
         SuperviseCommand::Resume(t) => (false, t),
@@ -85,7 +81,7 @@ pub fn run(config: &Path, args: SuperviseArgs) -> Result<()> {
             }
         }
     }
-    let dirs = Dirs::from_env();
+    let dirs = host.dirs.clone();
     let what = match &t.process {
         Some(p) => format!("{} (process {p})", t.id),
         None => t.id.clone(),
@@ -124,7 +120,7 @@ pub fn run(config: &Path, args: SuperviseArgs) -> Result<()> {
     }
     println!("supervision of {what} resumed");
     // Probe now rather than at the next tick, so that resume converges right away.
-    let sd = DbusSystemd::connect()?;
+    let sd = host.systemd()?;
     let probe = probe_service_name(&t.id);
     if sd.list_units(std::slice::from_ref(&probe))?.is_empty() {
         println!(

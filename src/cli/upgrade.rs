@@ -1,20 +1,17 @@
 //! `shim upgrade` and `shim rollback`: the deploy hook's commands. See `upgrade.rs` for the
 //! steps and their failure handling.
 
+use crate::cli::parse_duration_arg;
+
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
 
-use crate::deploy::Dirs;
 use crate::error::BadInput;
-use crate::state::StateStore;
-use crate::upgrade::{converge, Options};
-
-fn parse_duration_arg(s: &str) -> Result<Duration, String> {
-    crate::config::parse_duration(s)
-}
+use crate::host::Host;
+use crate::ops::upgrade::{converge, Options};
 
 /// Switch a service to a revision with no dropped requests: start the new instances, wait
 /// until they are healthy, point nginx at them, drain and stop the old ones. Also the first
@@ -76,22 +73,21 @@ pub struct RollbackArgs {
     pub common: CommonArgs,
 }
 
-pub fn run_upgrade(config: &Path, args: UpgradeArgs) -> Result<()> {
+pub fn run_upgrade(host: &Host, config: &Path, args: UpgradeArgs) -> Result<()> {
     let defs = crate::config::load(config)?;
     converge(
+        host,
         &defs,
         &args.id,
         &args.revision,
-        &Dirs::from_env(),
         &args.common.options("upgrade", config),
     )
 }
 
-pub fn run_rollback(config: &Path, args: RollbackArgs) -> Result<()> {
+pub fn run_rollback(host: &Host, config: &Path, args: RollbackArgs) -> Result<()> {
     let defs = crate::config::load(config)?;
     defs.service(&args.id)?;
-    let dirs = Dirs::from_env();
-    let st = StateStore::new(&dirs.state).load(&args.id)?;
+    let st = host.state().load(&args.id)?;
     let Some(previous) = st.previous else {
         return Err(BadInput(format!(
             "service {} has no previous revision to roll back to (current: {})",
@@ -101,10 +97,10 @@ pub fn run_rollback(config: &Path, args: RollbackArgs) -> Result<()> {
         .into());
     };
     converge(
+        host,
         &defs,
         &args.id,
         &previous,
-        &dirs,
         &args.common.options("rollback", config),
     )
 }

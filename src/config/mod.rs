@@ -7,9 +7,17 @@
 //! naming file, line and key; the CLI maps it to exit code 2 before anything is touched.
 
 mod duration;
+mod env_file;
 mod raw;
+mod user;
 
 pub use duration::{format_duration, parse_duration};
+pub use env_file::parse_env_file;
+pub use user::{parse_user_spec, resolve_user, ResolvedUser};
+
+/// How long systemd waits before restarting a crashed instance: the first step of the backoff.
+/// Here rather than in `plan` because validation refuses a `restart_max_delay` below it.
+pub const RESTART_SEC: std::time::Duration = std::time::Duration::from_secs(2);
 pub(crate) use raw::normalise_signal;
 
 use std::collections::BTreeMap;

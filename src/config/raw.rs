@@ -179,13 +179,13 @@ pub(super) fn parse_file(file: &Path, text: &str) -> Result<ParsedFile, ConfigEr
             if let Some(d) = &shim.get_ref().restart_max_delay {
                 let key = "shim.restart_max_delay".to_string();
                 let v = cx.duration(d, key.clone())?;
-                if v < crate::plan::RESTART_SEC {
+                if v < super::RESTART_SEC {
                     return cx.err(
                         &d.span(),
                         key,
                         format!(
                             "must be at least the first restart delay ({})",
-                            super::format_duration(crate::plan::RESTART_SEC)
+                            super::format_duration(super::RESTART_SEC)
                         ),
                     );
                 }
@@ -294,7 +294,7 @@ fn validate_service(
     let user = match &r.user {
         None => None,
         Some(u) => {
-            crate::plan::parse_user_spec(u.get_ref())
+            super::parse_user_spec(u.get_ref())
                 .or_else(|m| cx.err(&u.span(), format!("{prefix}.user"), m))?;
             Some(u.get_ref().clone())
         }

@@ -7,14 +7,16 @@
 mod bundle;
 pub mod oneoff;
 pub mod podman;
-pub mod probe;
+mod prepared;
+pub mod probe_timer;
 mod unit;
-mod user;
+pub mod upstream;
 
+pub use crate::config::{parse_user_spec, resolve_user, ResolvedUser};
 pub use bundle::render_config;
 pub use podman::PodmanStorage;
+pub use prepared::Prepared;
 pub use unit::{Prop, RestartPolicy, UnitSpec, RESTART_SEC, START_LIMIT_INTERVAL};
-pub use user::{parse_user_spec, resolve_user, ResolvedUser};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

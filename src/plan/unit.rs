@@ -58,8 +58,7 @@ pub enum Prop {
 /// The slice all instances live in, so their cgroup path is known in advance.
 pub const SLICE: &str = "shim.slice";
 
-/// How long systemd waits before restarting a crashed instance: the first step of the backoff.
-pub const RESTART_SEC: Duration = Duration::from_secs(2);
+pub use crate::config::RESTART_SEC;
 
 /// On systemd < 254 (no `RestartSteps=`), a unit started more than this many times within
 /// [`START_LIMIT_INTERVAL`] lands in `failed` (`start-limit-hit`) instead of being restarted

@@ -82,6 +82,27 @@ impl ServiceLock {
     }
 }
 
+/// Holds `/run/shim/lock` exclusively: port allocation and unit creation of concurrent shim
+/// commands must not interleave. Released when dropped (the fd closes).
+pub struct HostLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+pub fn lock_host(dirs: &crate::host::dirs::Dirs) -> Result<HostLock> {
+    std::fs::create_dir_all(&dirs.run)
+        .with_context(|| format!("creating {}", dirs.run.display()))?;
+    let p = dirs.run.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("opening {}", p.display()))?;
+    // Blocks until another shim command holding it is done.
+    let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("locking {}", p.display()))?;
+    Ok(HostLock(lock))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

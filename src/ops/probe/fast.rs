@@ -15,7 +15,7 @@
 //!    the same process (start time), still in its unit's cgroup. systemd kills a unit's
 //!    cgroup when the unit stops or fails (`KillMode=mixed`), and a restart is a new process,
 //!    so an unchanged main process means the unit is still up;
-//! 3. make the health checks ([`crate::probe::check_all`]).
+//! 3. make the health checks ([`crate::host::http_check::check_all`]).
 //!
 //! All good: done, nothing written. Any doubt (no record, a digest or process that differs, a
 //! failed check, an old record) falls back to the full run, which gets the checks already made
@@ -29,12 +29,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::probe::Inputs;
+use super::run::Inputs;
 use super::{usecs, Memory};
 use crate::config::ProcessDef;
-use crate::deploy::Dirs;
+use crate::host::dirs::Dirs;
+use crate::host::http_check::{Check, Request};
 use crate::plan::instance_keys;
-use crate::probe::{Check, Request};
 
 /// A record older than this is not trusted: a full run looks at everything systemd knows
 /// (e.g. a unit of the service started by hand beside the expected ones) at least this often.
@@ -332,7 +332,7 @@ fn read_small<'b>(path: &str, buf: &'b mut [u8]) -> Option<&'b str> {
 /// `None` if the definitions cannot be listed (the full run reports why).
 pub fn inputs_digest(config: &Path, dirs: &Dirs, id: &str) -> Option<String> {
     let files = crate::config::config_files(config).ok()?;
-    let state = crate::state::StateStore::new(&dirs.state).path(id);
+    let state = crate::host::state::StateStore::new(&dirs.state).path(id);
     let mut parts: Vec<(Vec<u8>, Option<Vec<u8>>)> = vec![
         (b"version".to_vec(), Some(env!("CARGO_PKG_VERSION").into())),
         (b"id".to_vec(), Some(id.as_bytes().to_vec())),
@@ -384,7 +384,7 @@ pub fn save_record(dirs: &Dirs, id: &str, rec: Option<&Record>) {
             if let Some(dir) = p.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
-            if crate::state::write_atomic(&p, &bytes, 0o644).is_err() {
+            if crate::host::fsutil::write_atomic(&p, &bytes, 0o644).is_err() {
                 let _ = std::fs::remove_file(&p);
             }
         }
@@ -407,32 +407,25 @@ pub fn try_fast(config: &Path, dirs: &Dirs, id: &str) -> Result<(), (Fallback, P
     let rec = load_record(dirs, id).ok_or_else(|| none(Fallback::NoRecord))?;
     let inputs = inputs_digest(config, dirs, id).ok_or_else(|| none(Fallback::InputsChanged))?;
     let procs: Vec<Option<Proc>> = rec.instances.iter().map(|i| read_proc(i.pid)).collect();
-    judge(
-        &rec,
-        &inputs,
-        memory_exists,
-        super::probe::now_usec(),
-        &procs,
-    )
-    .map_err(none)?;
+    judge(&rec, &inputs, memory_exists, super::run::now_usec(), &procs).map_err(none)?;
     let planned = planned_checks(&rec);
     let reqs: Vec<Request<'_>> = planned.iter().map(|(_, p)| p.request()).collect();
     let results: Vec<(usize, Check)> = planned
         .iter()
         .map(|(i, _)| *i)
-        .zip(crate::probe::check_all(&reqs))
+        .zip(crate::host::http_check::check_all(&reqs))
         .collect();
     judge_checks(&rec, &results)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::probe::tests::{defs, inputs, running, unit, S};
-    use super::super::probe::{plan_checks, reuse_checks};
+    use super::super::run::tests::{defs, inputs, running, unit, S};
+    use super::super::run::{plan_checks, reuse_checks};
     use super::super::UnitMemory;
     use super::*;
-    use crate::state::{Attempt, Phase, ServiceState};
-    use crate::systemd::UnitInfo;
+    use crate::host::state::{Attempt, Phase, ServiceState};
+    use crate::host::systemd::UnitInfo;
 
     fn procs_of(units: &[UnitInfo]) -> BTreeMap<u32, Proc> {
         units

@@ -9,7 +9,7 @@
 
 mod dbus;
 #[cfg(test)]
-mod fake;
+pub mod fake;
 
 pub use dbus::DbusSystemd;
 #[cfg(test)]
@@ -174,7 +174,34 @@ pub trait Systemd {
     fn restart_failed(&self, name: &str, timeout: Duration) -> Result<JobOutcome, SystemdError>;
     /// The manager's `Version` property, e.g. "252.39-1~deb12u2".
     fn version(&self) -> Result<String, SystemdError>;
+    /// The units whose names match any of `patterns`: one `ListUnitsByPatterns`, no
+    /// properties. [`Systemd::list_units`] is this followed by [`Systemd::read_units`].
+    fn list(&self, patterns: &[String]) -> Result<Vec<ListedUnit>, SystemdError>;
+    /// `listed` with their properties (units that vanished meanwhile are left out).
+    fn read_units(&self, listed: &[ListedUnit]) -> Result<Vec<UnitInfo>, SystemdError>;
+    /// The timers among `listed`, with when they elapse next and last did.
+    fn read_timers(&self, listed: &[ListedUnit]) -> Result<Vec<TimerInfo>, SystemdError>;
+    /// Timers whose names match `patterns`.
+    fn timers(&self, patterns: &[String]) -> Result<Vec<TimerInfo>, SystemdError> {
+        let listed = self.list(patterns)?;
+        self.read_timers(&listed)
+    }
+    /// Starts `unit` (with auxiliary units created in the same call) whose properties include
+    /// file descriptors, e.g. `StandardInputFileDescriptor`: systemd receives duplicates.
+    fn start_with_fds(
+        &self,
+        unit: &UnitSpec,
+        aux: &[UnitSpec],
+        fds: &[(&str, std::os::fd::BorrowedFd<'_>)],
+        timeout: Duration,
+    ) -> Result<JobOutcome, SystemdError>;
+    /// Drops the reference `AddRef=yes` gave this client, so the unit can be unloaded.
+    fn unref(&self, name: &str) -> Result<(), SystemdError>;
 }
+
+/// A shared handle on systemd: the operations and the threads they start (the signal
+/// forwarder of `shim run`) use the one connection made where the program starts.
+pub type SharedSystemd = std::sync::Arc<dyn Systemd + Send + Sync>;
 
 /// The major version in systemd's `Version` string ("252.39-1~deb12u2" → 252, "v254" → 254).
 pub fn parse_major_version(v: &str) -> Option<u32> {
@@ -185,20 +212,6 @@ pub fn parse_major_version(v: &str) -> Option<u32> {
         .take_while(|c| c.is_ascii_digit())
         .collect();
     digits.parse().ok()
-}
-
-/// The last lines a unit wrote to the journal, for error messages (best effort).
-pub fn journal_tail(unit: &str, lines: usize) -> String {
-    let out = std::process::Command::new("journalctl")
-        .args(["--no-pager", "-o", "short-precise", "-n"])
-        .arg(lines.to_string())
-        .arg("-u")
-        .arg(unit)
-        .output();
-    match out {
-        Ok(o) => String::from_utf8_lossy(&o.stdout).trim_end().to_string(),
-        Err(e) => format!("(journalctl failed: {e})"),
-    }
 }
 
 #[cfg(test)]

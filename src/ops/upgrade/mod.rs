@@ -20,13 +20,14 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Serialize;
 
 use crate::config::{Definitions, ProcessDef};
-use crate::deploy::{self, Dirs, Prepared};
 use crate::error::BadInput;
-use crate::lock::ServiceLock;
-use crate::nginx;
-use crate::probe;
-use crate::state::{Attempt, Phase, ServiceState, StateStore};
-use crate::systemd::{journal_tail, DbusSystemd, Systemd, UnitInfo};
+use crate::host::lock::ServiceLock;
+use crate::host::nginx;
+use crate::host::state::{Attempt, Phase, ServiceState, StateStore};
+use crate::host::systemd::{Systemd, UnitInfo};
+use crate::host::Host;
+use crate::ops::instances;
+use crate::plan::Prepared;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -116,13 +117,14 @@ fn process_of<'a>(p: &'a Prepared, u: &UnitInfo) -> Option<&'a ProcessDef> {
 /// after it, its revision is the current one. Then instances of any revision that is neither
 /// current nor the target are stopped (nginx cannot point at them).
 fn recover(
-    sd: &dyn Systemd,
+    host: &Host,
     p: &Prepared,
     nginx_unit: &str,
     st: &mut ServiceState,
     store: &StateStore,
     details: &mut Vec<String>,
 ) -> Result<()> {
+    let sd = host.systemd()?;
     let id = p.service.id.as_str();
     // After an interrupted switch, nginx may have moved off the old instances moments ago:
     // they get their drain time before being stopped, as in a normal upgrade.
@@ -162,7 +164,7 @@ fn recover(
     // serving either; they are started afresh so every new instance is health-checked by this
     // run.
     let stale_target = st.current.is_some() && st.current.as_deref() != Some(p.revision.as_str());
-    let leftovers: Vec<UnitInfo> = deploy::service_units(sd, id)?
+    let leftovers: Vec<UnitInfo> = instances::service_units(sd, id)?
         .into_iter()
         .filter(|u| !keep.contains(rev_of(u)) || (stale_target && rev_of(u) == p.revision))
         .collect();
@@ -171,8 +173,8 @@ fn recover(
             // Killed between writing the file and the reload, nginx may still serve the old
             // instances: make it load what the files say before they go.
             if p.service.processes.values().any(|d| d.proxy.is_some()) {
-                nginx::test_config()?;
-                nginx::reload(sd, nginx_unit, Duration::from_secs(30))?;
+                host.nginx.test_config()?;
+                nginx::reload(host, nginx_unit, Duration::from_secs(30))?;
                 details.push(format!(
                     "{nginx_unit} reloaded to be sure it serves the upstream files"
                 ));
@@ -183,9 +185,9 @@ fn recover(
                 .max()
                 .unwrap_or(Duration::from_secs(5));
             details.push(format!("draining the old instances for {drain:?} first"));
-            std::thread::sleep(drain);
+            host.clock.sleep(drain);
         }
-        let names = deploy::stop_units(sd, &leftovers, Duration::from_secs(300))?;
+        let names = instances::stop_units(sd, &leftovers, Duration::from_secs(300))?;
         for n in names {
             details.push(format!("stopped leftover {n}"));
         }
@@ -202,7 +204,7 @@ fn switched_files(p: &Prepared, revision: &str) -> bool {
         .any(|px| {
             std::fs::read_to_string(&px.file)
                 .ok()
-                .is_some_and(|t| nginx::file_revision(&t) == Some(revision))
+                .is_some_and(|t| crate::plan::upstream::file_revision(&t) == Some(revision))
         })
 }
 
@@ -215,17 +217,23 @@ struct Unhealthy {
 /// Waits until every instance of `revision` with a health check answers 2xx. Fails fast when
 /// an instance's process exits (a new revision that crashes at boot will not get better).
 fn wait_healthy(
-    sd: &dyn Systemd,
+    host: &Host,
     p: &Prepared,
     timeout_override: Option<Duration>,
     started: &[String],
     details: &mut Vec<String>,
 ) -> Result<(), Vec<Unhealthy>> {
-    let start = Instant::now();
+    let sd = host.systemd().map_err(|e| {
+        vec![Unhealthy {
+            unit: p.service.id.to_string(),
+            reason: e.to_string(),
+        }]
+    })?;
+    let start = host.clock.now();
     let mut healthy: BTreeSet<String> = BTreeSet::new();
     // Instances that were running before this command may have been restarted long ago
     // (a crash, a health kill): only restarts from now on count against them.
-    let baseline: BTreeMap<String, u32> = deploy::service_units(sd, p.service.id.as_str())
+    let baseline: BTreeMap<String, u32> = instances::service_units(sd, p.service.id.as_str())
         .unwrap_or_default()
         .into_iter()
         .filter(|u| !started.contains(&u.name))
@@ -234,7 +242,7 @@ fn wait_healthy(
     let restarted = |u: &UnitInfo| u.n_restarts > baseline.get(&u.name).copied().unwrap_or(0);
     let mut last: BTreeMap<String, String> = BTreeMap::new();
     loop {
-        let units: Vec<UnitInfo> = deploy::service_units(sd, p.service.id.as_str())
+        let units: Vec<UnitInfo> = instances::service_units(sd, p.service.id.as_str())
             .map_err(|e| {
                 vec![Unhealthy {
                     unit: p.service.id.to_string(),
@@ -272,16 +280,18 @@ fn wait_healthy(
                 });
                 continue;
             };
-            let c = probe::check(port, &h.path, h.timeout.min(Duration::from_secs(1)));
+            let c = host
+                .http
+                .check(port, &h.path, h.timeout.min(Duration::from_secs(1)));
             if c.healthy() {
                 healthy.insert(u.name.clone());
                 details.push(format!(
                     "{} healthy after {} ms ({c} on :{port}{})",
                     u.name,
-                    start.elapsed().as_millis(),
+                    host.clock.now().duration_since(start).as_millis(),
                     h.path
                 ));
-            } else if start.elapsed() >= deadline {
+            } else if host.clock.now().duration_since(start) >= deadline {
                 failed.push(Unhealthy {
                     unit: u.name.clone(),
                     reason: format!(
@@ -300,7 +310,7 @@ fn wait_healthy(
         if pending.is_empty() {
             // Healthy once is not enough if the process died right after: check that none
             // of the instances restarted while the others were being checked.
-            let now = deploy::service_units(sd, p.service.id.as_str()).unwrap_or_default();
+            let now = instances::service_units(sd, p.service.id.as_str()).unwrap_or_default();
             let restarted: Vec<Unhealthy> = now
                 .iter()
                 .filter(|u| healthy.contains(&u.name))
@@ -319,19 +329,15 @@ fn wait_healthy(
                 Err(restarted)
             };
         }
-        std::thread::sleep(Duration::from_millis(25));
+        host.clock.sleep(Duration::from_millis(25));
     }
 }
 
 /// Points each proxied process's upstream at the revision's instances, checks with `nginx -t`
 /// and reloads nginx. All or nothing: any failure restores every file it wrote.
-fn switch(
-    sd: &dyn Systemd,
-    p: &Prepared,
-    nginx_unit: &str,
-    details: &mut Vec<String>,
-) -> Result<()> {
-    let units: Vec<UnitInfo> = deploy::service_units(sd, p.service.id.as_str())?
+fn switch(host: &Host, p: &Prepared, nginx_unit: &str, details: &mut Vec<String>) -> Result<()> {
+    let sd = host.systemd()?;
+    let units: Vec<UnitInfo> = instances::service_units(sd, p.service.id.as_str())?
         .into_iter()
         .filter(|u| rev_of(u) == p.revision)
         .collect();
@@ -355,7 +361,7 @@ fn switch(
         if ports.is_empty() && def.count > 0 {
             bail!("no running instance of {} to point nginx at", def.name);
         }
-        let text = nginx::render_upstream(
+        let text = crate::plan::upstream::render_upstream(
             &proxy.upstream,
             p.service.id.as_str(),
             def.name.as_str(),
@@ -382,14 +388,14 @@ fn switch(
     if backups.is_empty() {
         return Ok(());
     }
-    if let Err(e) = nginx::test_config() {
+    if let Err(e) = host.nginx.test_config() {
         restore(&backups);
         return Err(e.context("the new upstream was refused; previous file restored"));
     }
-    if let Err(e) = nginx::reload(sd, nginx_unit, Duration::from_secs(30)) {
+    if let Err(e) = nginx::reload(host, nginx_unit, Duration::from_secs(30)) {
         restore(&backups);
         // Put nginx back on the old file too; if this fails as well, the error says both.
-        let again = nginx::reload(sd, nginx_unit, Duration::from_secs(30));
+        let again = nginx::reload(host, nginx_unit, Duration::from_secs(30));
         let e = e.context("reloading nginx failed; previous upstream restored");
         return Err(match again {
             Ok(()) => e,
@@ -418,44 +424,45 @@ fn bail_out(
     store: &StateStore,
     st: &mut ServiceState,
 ) {
-    let units: Vec<UnitInfo> = deploy::service_units(sd, p.service.id.as_str())
+    let units: Vec<UnitInfo> = instances::service_units(sd, p.service.id.as_str())
         .unwrap_or_default()
         .into_iter()
         .filter(|u| started.contains(&u.name))
         .collect();
-    if let Err(e) = deploy::stop_units(sd, &units, Duration::from_secs(300)) {
+    if let Err(e) = instances::stop_units(sd, &units, Duration::from_secs(300)) {
         eprintln!("shim: stopping the new instances failed: {e:#}; the next `shim upgrade` or `shim reconcile` removes them");
         return;
     }
     st.upgrading = None;
     let _ = store.save(p.service.id.as_str(), st);
-    if let Ok(live) = deploy::service_units(sd, p.service.id.as_str()) {
+    if let Ok(live) = instances::service_units(sd, p.service.id.as_str()) {
         let live: BTreeSet<String> = live.into_iter().map(|u| u.name).collect();
-        let _ = deploy::remove_stale_dirs(&p.instances_dir, &live);
+        let _ = instances::remove_stale_dirs(&p.instances_dir, &live);
     }
 }
 
 /// Brings service `id` to `revision`; see the module docs for the steps.
 pub fn converge(
+    host: &Host,
     defs: &Definitions,
     id: &str,
     revision: &str,
-    dirs: &Dirs,
     opts: &Options,
 ) -> Result<()> {
-    converge_locked(defs, id, revision, dirs, opts, None)
+    converge_locked(host, defs, id, revision, opts, None)
 }
 
 /// [`converge`] by a caller that may already hold the service's lock (reconcile takes it
 /// before it looks at the service, so that what it saw is still true when it acts).
 pub fn converge_locked(
+    host: &Host,
     defs: &Definitions,
     id: &str,
     revision: &str,
-    dirs: &Dirs,
     opts: &Options,
     lock: Option<ServiceLock>,
 ) -> Result<()> {
+    let dirs = &host.dirs;
     let rep = Reporter {
         json: opts.json,
         quiet_details: false,
@@ -472,21 +479,21 @@ pub fn converge_locked(
         })?),
     };
     let prepared = rep.step("fetch", |d| {
-        let p = deploy::prepare(defs, id, revision, dirs, !opts.dry_run)?;
+        let p = instances::prepare(host, defs, id, revision, !opts.dry_run)?;
         d.push(format!(
             "image {} ({})",
             p.image.reference, p.image.manifest_digest
         ));
         Ok(p)
     })?;
-    let sd = DbusSystemd::connect()?;
+    let sd = host.systemd()?;
     let store = StateStore::new(&dirs.state);
     let mut st = store.load(id)?;
 
     if !opts.dry_run {
         rep.step("recover", |d| {
             recover(
-                &sd,
+                host,
                 &prepared,
                 &defs.settings.nginx_unit,
                 &mut st,
@@ -495,7 +502,7 @@ pub fn converge_locked(
             )
         })?;
     }
-    let units = deploy::service_units(&sd, id)?;
+    let units = instances::service_units(sd, id)?;
     let (same, old): (Vec<UnitInfo>, Vec<UnitInfo>) =
         units.into_iter().partition(|u| rev_of(u) == revision);
     if opts.refuse_other_revision && !old.is_empty() {
@@ -561,10 +568,10 @@ pub fn converge_locked(
     }
     // The app's crontab at the new revision, read before anything changes: a bad one stops the
     // upgrade here. Installed after the switch (step "cron").
-    let has_cron_state = crate::cron_sync::state_path(dirs, id).exists();
+    let has_cron_state = crate::ops::cron::state_path(dirs, id).exists();
     let cron_jobs = if prepared.service.cron.is_some() || has_cron_state {
         Some(rep.step("crontab", |d| {
-            let jobs = crate::cron_sync::jobs_for(&prepared, dirs)?;
+            let jobs = crate::ops::cron::jobs_for(host, &prepared)?;
             match &jobs {
                 Some(j) => d.push(format!(
                     "{} job(s) from {}",
@@ -592,7 +599,7 @@ pub fn converge_locked(
         .collect();
     if !singleton_old.is_empty() {
         rep.step("singleton", |d| {
-            for n in deploy::stop_units(&sd, &singleton_old, Duration::from_secs(300))? {
+            for n in instances::stop_units(sd, &singleton_old, Duration::from_secs(300))? {
                 d.push(format!("stopped {n} first (singleton)"));
             }
             Ok(())
@@ -600,7 +607,7 @@ pub fn converge_locked(
     }
 
     let report = rep.step("start", |d| {
-        let r = deploy::start_instances(&sd, &prepared, &wanted, dirs)?;
+        let r = instances::start_instances(host, &prepared, &wanted)?;
         d.extend(r.started.iter().map(|u| format!("started {u}")));
         d.extend(r.already_running.iter().map(|u| format!("running {u}")));
         Ok(r)
@@ -616,7 +623,7 @@ pub fn converge_locked(
     };
 
     let health = rep.step("health", |d| {
-        wait_healthy(&sd, &prepared, opts.timeout, &report.started, d).map_err(|failed| {
+        wait_healthy(host, &prepared, opts.timeout, &report.started, d).map_err(|failed| {
             let mut msg = format!(
                 "{} instance(s) of {revision} did not become healthy:",
                 failed.len()
@@ -628,7 +635,7 @@ pub fn converge_locked(
                 msg.push_str(&format!(
                     "\n--- last journal lines of {} ---\n{}",
                     f.unit,
-                    journal_tail(&f.unit, 10)
+                    host.journal.tail(&f.unit, 10)
                 ));
             }
             anyhow!(msg)
@@ -641,7 +648,7 @@ pub fn converge_locked(
             // systemd and the probe retry until it is healthy.
             unhealthy = Some(e);
         } else {
-            bail_out(&sd, &prepared, &report.started, &store, &mut st);
+            bail_out(sd, &prepared, &report.started, &store, &mut st);
             let serving = st.current.clone().unwrap_or_else(|| "nothing".into());
             return Err(e.context(format!(
                 "{} of {id} to {revision} bailed out; {serving} is still serving",
@@ -651,9 +658,9 @@ pub fn converge_locked(
     }
 
     if let Err(e) = rep.step("switch", |d| {
-        switch(&sd, &prepared, &defs.settings.nginx_unit, d)
+        switch(host, &prepared, &defs.settings.nginx_unit, d)
     }) {
-        bail_out(&sd, &prepared, &report.started, &store, &mut st);
+        bail_out(sd, &prepared, &report.started, &store, &mut st);
         return Err(e.context(format!(
             "{} of {id} to {revision} bailed out; nginx was left as it was",
             opts.verb
@@ -680,14 +687,14 @@ pub fn converge_locked(
             d.push(format!(
                 "waiting {drain:?} for requests in flight to the old instances"
             ));
-            std::thread::sleep(drain);
+            host.clock.sleep(drain);
             Ok(())
         })?;
     }
     let to_stop: Vec<UnitInfo> = old_rest.into_iter().chain(extra).collect();
     if !to_stop.is_empty() {
         rep.step("stop-old", |d| {
-            for n in deploy::stop_units(&sd, &to_stop, Duration::from_secs(300))? {
+            for n in instances::stop_units(sd, &to_stop, Duration::from_secs(300))? {
                 let scaled =
                     rev_of(to_stop.iter().find(|u| u.name == n).unwrap_or(&to_stop[0])) == revision;
                 d.push(format!(
@@ -707,11 +714,11 @@ pub fn converge_locked(
         st.upgrading = None;
         st.stopped = false;
         store.save(id, &st)?;
-        let live: BTreeSet<String> = deploy::service_units(&sd, id)?
+        let live: BTreeSet<String> = instances::service_units(sd, id)?
             .into_iter()
             .map(|u| u.name)
             .collect();
-        deploy::remove_stale_dirs(&prepared.instances_dir, &live)?;
+        instances::remove_stale_dirs(&prepared.instances_dir, &live)?;
         d.push(format!(
             "current {revision}{}",
             st.previous
@@ -722,27 +729,27 @@ pub fn converge_locked(
         Ok(())
     })?;
     rep.step("probe", |d| {
-        let change = crate::supervise::ensure_probe_timer(
-            &sd,
+        let change = crate::ops::probe::ensure_probe_timer(
+            host,
             &prepared.service,
             &prepared.shim_exe,
             &opts.config,
-            dirs,
         )?;
-        let timer = crate::plan::probe::probe_timer_name(id);
-        let every =
-            crate::config::format_duration(crate::plan::probe::probe_interval(&prepared.service));
+        let timer = crate::plan::probe_timer::probe_timer_name(id);
+        let every = crate::config::format_duration(crate::plan::probe_timer::probe_interval(
+            &prepared.service,
+        ));
         let what = match change {
-            crate::supervise::TimerChange::Unchanged => "unchanged",
-            crate::supervise::TimerChange::Created => "created",
-            crate::supervise::TimerChange::Replaced => "replaced",
+            crate::ops::probe::TimerChange::Unchanged => "unchanged",
+            crate::ops::probe::TimerChange::Created => "created",
+            crate::ops::probe::TimerChange::Replaced => "replaced",
         };
         d.push(format!("{timer} {what}: probe every {every}"));
         Ok(())
     })?;
     if let Some(jobs) = &cron_jobs {
         rep.step("cron", |d| {
-            let lines = crate::cron_sync::install(&sd, &prepared, dirs, &opts.config, jobs.as_deref())
+            let lines = crate::ops::cron::install(host, &prepared, &opts.config, jobs.as_deref())
                 .context(format!(
                     "{revision} is serving, but its cron jobs were not installed (the previous ones may still run); run `shim cron sync --id {id}`"
                 ))?;

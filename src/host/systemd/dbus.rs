@@ -302,193 +302,6 @@ impl DbusSystemd {
     }
 }
 
-/// Things only one-offs and cron need; not in the [`Systemd`] trait because only the thin
-/// effectful modules (`run`, `cron_sync`) use them, against the real systemd.
-impl DbusSystemd {
-    /// Starts `unit` (with auxiliary units created in the same call) whose properties include
-    /// file descriptors, e.g. `StandardInputFileDescriptor`: systemd receives duplicates.
-    pub fn start_with_fds(
-        &self,
-        unit: &UnitSpec,
-        aux: &[UnitSpec],
-        fds: &[(&str, BorrowedFd<'_>)],
-        timeout: Duration,
-    ) -> Result<JobOutcome, SystemdError> {
-        let names = [unit.name.clone()];
-        let mut out = zbus::block_on(self.run_jobs(&names, timeout, |m, name| async move {
-            let aux: Vec<(&str, Vec<(&str, Variant<'_>)>)> =
-                aux.iter().map(|a| (a.name.as_str(), to_props(a))).collect();
-            let mut props = to_props(unit);
-            for (k, fd) in fds {
-                props.push((k, Variant::from(zbus::Fd::from(*fd))));
-            }
-            m.start_transient_unit(name, "fail", props, aux)
-                .await
-                .map(Some)
-                .map_err(|e| call_err("StartTransientUnit", name, e))
-        }))?;
-        out.pop().ok_or_else(|| SystemdError::Call {
-            call: "StartTransientUnit",
-            unit: unit.name.clone(),
-            message: "no job outcome".into(),
-        })
-    }
-
-    /// Drops the reference `AddRef=yes` gave this client, so the unit can be unloaded.
-    pub fn unref(&self, name: &str) -> Result<(), SystemdError> {
-        zbus::block_on(async {
-            match self.manager().await?.unref_unit(name).await {
-                Ok(()) => Ok(()),
-                Err(e) if is_no_such_unit(&e) => Ok(()),
-                Err(e) => Err(call_err("UnrefUnit", name, e)),
-            }
-        })
-    }
-
-    /// Timers whose names match `patterns`: state and when they elapse next / last did.
-    pub fn timers(&self, patterns: &[String]) -> Result<Vec<TimerInfo>, SystemdError> {
-        let listed = self.list(patterns)?;
-        self.read_timers(&listed)
-    }
-
-    /// The units whose names match any of `patterns`: one `ListUnitsByPatterns`, no
-    /// properties. [`Systemd::list_units`] is this followed by [`DbusSystemd::read_units`].
-    pub fn list(&self, patterns: &[String]) -> Result<Vec<ListedUnit>, SystemdError> {
-        zbus::block_on(async {
-            let manager = self.manager().await?;
-            let pats: Vec<&str> = patterns.iter().map(|s| s.as_str()).collect();
-            let listed = manager
-                .list_units_by_patterns(&[], &pats)
-                .await
-                .map_err(|e| call_err("ListUnitsByPatterns", &patterns.join(" "), e))?;
-            Ok(listed
-                .into_iter()
-                .map(|u| ListedUnit {
-                    name: u.0,
-                    description: u.1,
-                    load_state: u.2,
-                    active_state: u.3,
-                    sub_state: u.4,
-                    path: u.6.to_string(),
-                })
-                .collect())
-        })
-    }
-
-    /// The timers among `listed`, with when they elapse next and last did (two `Get`s each).
-    pub fn read_timers(&self, listed: &[ListedUnit]) -> Result<Vec<TimerInfo>, SystemdError> {
-        zbus::block_on(async {
-            let mut out = Vec::new();
-            for u in listed.iter().filter(|u| u.name.ends_with(".timer")) {
-                let props = async {
-                    PropsProxy::builder(&self.conn)
-                        .destination("org.freedesktop.systemd1")
-                        .path(u.path.as_str())
-                        .build()
-                        .await
-                }
-                .await
-                .map_err(|e| call_err("Properties", &u.name, e))?;
-                let m = get_props(
-                    &props,
-                    "org.freedesktop.systemd1.Timer",
-                    &["NextElapseUSecRealtime", "LastTriggerUSec"],
-                )
-                .await
-                .map_err(|e| call_err("Get", &u.name, e))?;
-                out.push(TimerInfo {
-                    name: u.name.clone(),
-                    active_state: u.active_state.clone(),
-                    next_elapse_usec: variant_u64(&m, "NextElapseUSecRealtime"),
-                    last_trigger_usec: variant_u64(&m, "LastTriggerUSec"),
-                });
-            }
-            Ok(out)
-        })
-    }
-
-    /// `listed` with their properties: the few shim reads, one Get each, all in flight at
-    /// once up to MAX_CALLS_IN_FLIGHT, a few round trips' latency in total. (Not GetAll: the
-    /// Service interface has some 250 properties, and decoding them was most of the CPU time
-    /// of a probe run.) How the last main process ended is only read where it matters: a
-    /// unit that is not running, or was restarted. Units that vanished meanwhile are left
-    /// out; the result is sorted by name.
-    pub fn read_units(&self, listed: &[ListedUnit]) -> Result<Vec<UnitInfo>, SystemdError> {
-        zbus::block_on(async {
-            let reads = listed.iter().map(|u| {
-                let is_service = u.name.ends_with(".service");
-                let running = u.is_running();
-                let failed = u.active_state == "failed";
-                let auto_restart = u.sub_state == "auto-restart";
-                async move {
-                    // Timers and other units have no Service interface: the listing says
-                    // all shim needs of them.
-                    if !is_service {
-                        return Ok(HashMap::new());
-                    }
-                    let props = PropsProxy::builder(&self.conn)
-                        .destination("org.freedesktop.systemd1")
-                        .path(u.path.as_str())
-                        .build()
-                        .await?;
-                    const SERVICE: &str = "org.freedesktop.systemd1.Service";
-                    let mut all = get_props(&props, SERVICE, &SERVICE_PROPS).await?;
-                    if !running || variant_u32(&all, "NRestarts") > 0 {
-                        all.extend(get_props(&props, SERVICE, &EXIT_PROPS).await?);
-                    }
-                    // When a failed unit failed, and when an automatic restart comes (≥ 254;
-                    // unknown before, hence no error).
-                    if failed {
-                        all.extend(
-                            get_props(
-                                &props,
-                                "org.freedesktop.systemd1.Unit",
-                                &["StateChangeTimestamp"],
-                            )
-                            .await?,
-                        );
-                    }
-                    if auto_restart {
-                        all.extend(
-                            get_props(&props, SERVICE, &["RestartUSecNext"])
-                                .await
-                                .unwrap_or_default(),
-                        );
-                    }
-                    Ok::<_, zbus::Error>(all)
-                }
-            });
-            let props: Vec<_> = futures_util::stream::iter(reads)
-                .buffered((MAX_CALLS_IN_FLIGHT / SERVICE_PROPS.len()).max(1))
-                .collect()
-                .await;
-            let mut out = Vec::new();
-            for (u, p) in listed.iter().zip(props) {
-                // A unit can vanish between the listing and the read: skip it.
-                let Ok(p) = p else { continue };
-                out.push(UnitInfo {
-                    name: u.name.clone(),
-                    description: u.description.clone(),
-                    load_state: u.load_state.clone(),
-                    active_state: u.active_state.clone(),
-                    sub_state: u.sub_state.clone(),
-                    main_pid: variant_u32(&p, "MainPID"),
-                    n_restarts: variant_u32(&p, "NRestarts"),
-                    main_start_usec: variant_u64(&p, "ExecMainStartTimestamp"),
-                    exec_main_code: variant_i32(&p, "ExecMainCode"),
-                    exec_main_status: variant_i32(&p, "ExecMainStatus"),
-                    exec_main_exit_usec: variant_u64(&p, "ExecMainExitTimestamp"),
-                    failed_since_usec: variant_u64(&p, "StateChangeTimestamp"),
-                    restart_usec_next: variant_u64(&p, "RestartUSecNext"),
-                    fields: extra_fields(&p),
-                });
-            }
-            out.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(out)
-        })
-    }
-}
-
 async fn drain(removed: &mut JobRemovedStream, pending: &mut HashMap<OwnedObjectPath, String>) {
     while !pending.is_empty() {
         let Some(signal) = removed.next().await else {
@@ -686,6 +499,183 @@ impl Systemd for DbusSystemd {
                 unit: String::new(),
                 message: e.to_string(),
             })
+        })
+    }
+
+    /// Starts `unit` (with auxiliary units created in the same call) whose properties include
+    /// file descriptors, e.g. `StandardInputFileDescriptor`: systemd receives duplicates.
+    fn start_with_fds(
+        &self,
+        unit: &UnitSpec,
+        aux: &[UnitSpec],
+        fds: &[(&str, BorrowedFd<'_>)],
+        timeout: Duration,
+    ) -> Result<JobOutcome, SystemdError> {
+        let names = [unit.name.clone()];
+        let mut out = zbus::block_on(self.run_jobs(&names, timeout, |m, name| async move {
+            let aux: Vec<(&str, Vec<(&str, Variant<'_>)>)> =
+                aux.iter().map(|a| (a.name.as_str(), to_props(a))).collect();
+            let mut props = to_props(unit);
+            for (k, fd) in fds {
+                props.push((k, Variant::from(zbus::Fd::from(*fd))));
+            }
+            m.start_transient_unit(name, "fail", props, aux)
+                .await
+                .map(Some)
+                .map_err(|e| call_err("StartTransientUnit", name, e))
+        }))?;
+        out.pop().ok_or_else(|| SystemdError::Call {
+            call: "StartTransientUnit",
+            unit: unit.name.clone(),
+            message: "no job outcome".into(),
+        })
+    }
+
+    /// Drops the reference `AddRef=yes` gave this client, so the unit can be unloaded.
+    fn unref(&self, name: &str) -> Result<(), SystemdError> {
+        zbus::block_on(async {
+            match self.manager().await?.unref_unit(name).await {
+                Ok(()) => Ok(()),
+                Err(e) if is_no_such_unit(&e) => Ok(()),
+                Err(e) => Err(call_err("UnrefUnit", name, e)),
+            }
+        })
+    }
+
+    /// The units whose names match any of `patterns`: one `ListUnitsByPatterns`, no
+    /// properties. [`Systemd::list_units`] is this followed by [`DbusSystemd::read_units`].
+    fn list(&self, patterns: &[String]) -> Result<Vec<ListedUnit>, SystemdError> {
+        zbus::block_on(async {
+            let manager = self.manager().await?;
+            let pats: Vec<&str> = patterns.iter().map(|s| s.as_str()).collect();
+            let listed = manager
+                .list_units_by_patterns(&[], &pats)
+                .await
+                .map_err(|e| call_err("ListUnitsByPatterns", &patterns.join(" "), e))?;
+            Ok(listed
+                .into_iter()
+                .map(|u| ListedUnit {
+                    name: u.0,
+                    description: u.1,
+                    load_state: u.2,
+                    active_state: u.3,
+                    sub_state: u.4,
+                    path: u.6.to_string(),
+                })
+                .collect())
+        })
+    }
+
+    /// The timers among `listed`, with when they elapse next and last did (two `Get`s each).
+    fn read_timers(&self, listed: &[ListedUnit]) -> Result<Vec<TimerInfo>, SystemdError> {
+        zbus::block_on(async {
+            let mut out = Vec::new();
+            for u in listed.iter().filter(|u| u.name.ends_with(".timer")) {
+                let props = async {
+                    PropsProxy::builder(&self.conn)
+                        .destination("org.freedesktop.systemd1")
+                        .path(u.path.as_str())
+                        .build()
+                        .await
+                }
+                .await
+                .map_err(|e| call_err("Properties", &u.name, e))?;
+                let m = get_props(
+                    &props,
+                    "org.freedesktop.systemd1.Timer",
+                    &["NextElapseUSecRealtime", "LastTriggerUSec"],
+                )
+                .await
+                .map_err(|e| call_err("Get", &u.name, e))?;
+                out.push(TimerInfo {
+                    name: u.name.clone(),
+                    active_state: u.active_state.clone(),
+                    next_elapse_usec: variant_u64(&m, "NextElapseUSecRealtime"),
+                    last_trigger_usec: variant_u64(&m, "LastTriggerUSec"),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// `listed` with their properties: the few shim reads, one Get each, all in flight at
+    /// once up to MAX_CALLS_IN_FLIGHT, a few round trips' latency in total. (Not GetAll: the
+    /// Service interface has some 250 properties, and decoding them was most of the CPU time
+    /// of a probe run.) How the last main process ended is only read where it matters: a
+    /// unit that is not running, or was restarted. Units that vanished meanwhile are left
+    /// out; the result is sorted by name.
+    fn read_units(&self, listed: &[ListedUnit]) -> Result<Vec<UnitInfo>, SystemdError> {
+        zbus::block_on(async {
+            let reads = listed.iter().map(|u| {
+                let is_service = u.name.ends_with(".service");
+                let running = u.is_running();
+                let failed = u.active_state == "failed";
+                let auto_restart = u.sub_state == "auto-restart";
+                async move {
+                    // Timers and other units have no Service interface: the listing says
+                    // all shim needs of them.
+                    if !is_service {
+                        return Ok(HashMap::new());
+                    }
+                    let props = PropsProxy::builder(&self.conn)
+                        .destination("org.freedesktop.systemd1")
+                        .path(u.path.as_str())
+                        .build()
+                        .await?;
+                    const SERVICE: &str = "org.freedesktop.systemd1.Service";
+                    let mut all = get_props(&props, SERVICE, &SERVICE_PROPS).await?;
+                    if !running || variant_u32(&all, "NRestarts") > 0 {
+                        all.extend(get_props(&props, SERVICE, &EXIT_PROPS).await?);
+                    }
+                    // When a failed unit failed, and when an automatic restart comes (≥ 254;
+                    // unknown before, hence no error).
+                    if failed {
+                        all.extend(
+                            get_props(
+                                &props,
+                                "org.freedesktop.systemd1.Unit",
+                                &["StateChangeTimestamp"],
+                            )
+                            .await?,
+                        );
+                    }
+                    if auto_restart {
+                        all.extend(
+                            get_props(&props, SERVICE, &["RestartUSecNext"])
+                                .await
+                                .unwrap_or_default(),
+                        );
+                    }
+                    Ok::<_, zbus::Error>(all)
+                }
+            });
+            let props: Vec<_> = futures_util::stream::iter(reads)
+                .buffered((MAX_CALLS_IN_FLIGHT / SERVICE_PROPS.len()).max(1))
+                .collect()
+                .await;
+            let mut out = Vec::new();
+            for (u, p) in listed.iter().zip(props) {
+                // A unit can vanish between the listing and the read: skip it.
+                let Ok(p) = p else { continue };
+                out.push(UnitInfo {
+                    name: u.name.clone(),
+                    description: u.description.clone(),
+                    load_state: u.load_state.clone(),
+                    active_state: u.active_state.clone(),
+                    sub_state: u.sub_state.clone(),
+                    main_pid: variant_u32(&p, "MainPID"),
+                    n_restarts: variant_u32(&p, "NRestarts"),
+                    main_start_usec: variant_u64(&p, "ExecMainStartTimestamp"),
+                    exec_main_code: variant_i32(&p, "ExecMainCode"),
+                    exec_main_status: variant_i32(&p, "ExecMainStatus"),
+                    exec_main_exit_usec: variant_u64(&p, "ExecMainExitTimestamp"),
+                    failed_since_usec: variant_u64(&p, "StateChangeTimestamp"),
+                    restart_usec_next: variant_u64(&p, "RestartUSecNext"),
+                    fields: extra_fields(&p),
+                });
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
         })
     }
 }

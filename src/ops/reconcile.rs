@@ -20,12 +20,13 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 
 use crate::config::{Definitions, ServiceDef};
-use crate::deploy::{self, Dirs};
-use crate::lock::ServiceLock;
-use crate::plan::probe::service_of_probe_timer;
-use crate::state::{ServiceState, StateStore};
-use crate::systemd::{DbusSystemd, Systemd, UnitInfo};
-use crate::upgrade;
+use crate::host::lock::ServiceLock;
+use crate::host::state::{ServiceState, StateStore};
+use crate::host::systemd::UnitInfo;
+use crate::host::Host;
+use crate::ops::instances;
+use crate::ops::upgrade;
+use crate::plan::probe_timer::service_of_probe_timer;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -110,7 +111,7 @@ pub fn drift(
                 .collect();
             ports.sort();
             let ports: Vec<u16> = ports.into_iter().map(|(_, p)| p).collect();
-            let want = crate::nginx::render_upstream(
+            let want = crate::plan::upstream::render_upstream(
                 &px.upstream,
                 svc.id.as_str(),
                 d.name.as_str(),
@@ -137,10 +138,10 @@ fn upstream_files(svc: &ServiceDef) -> BTreeMap<PathBuf, Option<String>> {
         .collect()
 }
 
-pub fn run(defs: &Definitions, dirs: &Dirs, opts: &Options) -> Result<()> {
-    let sd = DbusSystemd::connect()?;
+pub fn run(host: &Host, defs: &Definitions, opts: &Options) -> Result<()> {
+    let (sd, dirs) = (host.systemd()?, &host.dirs);
     let store = StateStore::new(&dirs.state);
-    let shim_exe = deploy::shim_binary()?;
+    let shim_exe = crate::host::images::shim_binary()?;
     let mut failed: Vec<String> = Vec::new();
     let mut acted = false;
     // One line per service: what reconcile found and does.
@@ -155,7 +156,7 @@ pub fn run(defs: &Definitions, dirs: &Dirs, opts: &Options) -> Result<()> {
         let id = svc.id.as_str();
         let st = store.load(id)?;
         let timer_loaded = !sd
-            .list_units(&[crate::plan::probe::probe_timer_name(id)])?
+            .list_units(&[crate::plan::probe_timer::probe_timer_name(id)])?
             .is_empty();
         let revision = match (&st.current, st.stopped) {
             (None, _) | (Some(_), true) => {
@@ -171,8 +172,8 @@ pub fn run(defs: &Definitions, dirs: &Dirs, opts: &Options) -> Result<()> {
                     say(id, format!("{why}: remove its probe and cron timers"));
                     acted = true;
                     if !opts.dry_run {
-                        super::remove_probe_timer(&sd, id)?;
-                        crate::cron_sync::remove_all(&sd, id)?;
+                        crate::ops::probe::remove_probe_timer(sd, id)?;
+                        crate::ops::cron::remove_all(sd, id)?;
                     }
                 } else {
                     say(id, format!("{why}: nothing to do"));
@@ -190,7 +191,7 @@ pub fn run(defs: &Definitions, dirs: &Dirs, opts: &Options) -> Result<()> {
         };
         let st = store.load(id)?;
         let revision = st.current.clone().unwrap_or(revision);
-        let units = deploy::service_units(&sd, id)?;
+        let units = instances::service_units(sd, id)?;
         let why = drift(svc, &st, &revision, &units, &upstream_files(svc));
         let paused = if st.paused {
             " (supervision paused)".to_string()
@@ -225,17 +226,17 @@ pub fn run(defs: &Definitions, dirs: &Dirs, opts: &Options) -> Result<()> {
                 config: opts.config.clone(),
                 keep_unhealthy: true,
             };
-            if let Err(e) = upgrade::converge_locked(defs, id, &revision, dirs, &uopts, lock) {
+            if let Err(e) = upgrade::converge_locked(host, defs, id, &revision, &uopts, lock) {
                 eprintln!("shim: reconcile of {id}: {e:#}");
                 failed.push(id.to_string());
             }
             continue;
         }
-        if let Some(why) = crate::cron_sync::drift(&sd, svc, dirs, &revision)? {
+        if let Some(why) = crate::ops::cron::drift(sd, svc, dirs, &revision)? {
             acted = true;
             say(id, format!("{revision}: {why}: sync it"));
             if !opts.dry_run {
-                match crate::cron_sync::repair(&sd, defs, dirs, &opts.config, id, &revision) {
+                match crate::ops::cron::repair(host, defs, &opts.config, id, &revision) {
                     Ok(lines) => lines.iter().for_each(|l| say(id, l.clone())),
                     Err(e) => {
                         eprintln!("shim: reconcile of {id}: cron: {e:#}");
@@ -244,14 +245,14 @@ pub fn run(defs: &Definitions, dirs: &Dirs, opts: &Options) -> Result<()> {
                 }
             }
         }
-        match super::probe_timer_drift(&sd, svc, &shim_exe, &opts.config, dirs)? {
+        match crate::ops::probe::probe_timer_drift(host, svc, &shim_exe, &opts.config)? {
             None => say(id, format!("{revision}: ok{paused}")),
             Some(t) => {
                 acted = true;
                 say(id, format!("{revision}: {t}: create it{paused}"));
                 if !opts.dry_run {
                     if let Err(e) =
-                        super::ensure_probe_timer(&sd, svc, &shim_exe, &opts.config, dirs)
+                        crate::ops::probe::ensure_probe_timer(host, svc, &shim_exe, &opts.config)
                     {
                         eprintln!("shim: reconcile of {id}: {e:#}");
                         failed.push(id.to_string());
@@ -275,7 +276,7 @@ pub fn run(defs: &Definitions, dirs: &Dirs, opts: &Options) -> Result<()> {
             orphans.entry(s.to_string()).or_default();
         }
     }
-    for id in crate::cron_sync::services_with_timers(&sd)? {
+    for id in crate::ops::cron::services_with_timers(sd)? {
         if !defined.contains(id.as_str()) {
             orphans.entry(id).or_default();
         }
@@ -294,13 +295,13 @@ pub fn run(defs: &Definitions, dirs: &Dirs, opts: &Options) -> Result<()> {
         }
         let r = (|| -> Result<()> {
             let _lock = ServiceLock::acquire(&dirs.run, id, opts.lock_timeout)?;
-            super::remove_probe_timer(&sd, id)?;
-            crate::cron_sync::remove_all(&sd, id)?;
-            deploy::stop_units(&sd, units, Duration::from_secs(300))?;
+            crate::ops::probe::remove_probe_timer(sd, id)?;
+            crate::ops::cron::remove_all(sd, id)?;
+            instances::stop_units(sd, units, Duration::from_secs(300))?;
             let inst = dirs.instances(id);
-            deploy::remove_stale_dirs(&inst, &Default::default())?;
+            instances::remove_stale_dirs(&inst, &Default::default())?;
             let _ = std::fs::remove_dir(&inst);
-            super::forget(dirs, id)
+            crate::ops::probe::forget(dirs, id)
         })();
         if let Err(e) = r {
             eprintln!("shim: reconcile of {id}: {e:#}");
@@ -324,7 +325,7 @@ pub fn run(defs: &Definitions, dirs: &Dirs, opts: &Options) -> Result<()> {
 mod tests {
     use super::*;
     use crate::config::parse_sources;
-    use crate::state::{Attempt, Phase};
+    use crate::host::state::{Attempt, Phase};
 
     const DEF: &str = r#"
 [services.app]
@@ -363,7 +364,7 @@ command = ["/w"]
     fn upstream(ports: &[u16]) -> BTreeMap<PathBuf, Option<String>> {
         [(
             PathBuf::from("/etc/nginx/shim/app.conf"),
-            Some(crate::nginx::render_upstream(
+            Some(crate::plan::upstream::render_upstream(
                 "app_web", "app", "web", "r1", ports,
             )),
         )]

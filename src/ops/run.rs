@@ -1,6 +1,6 @@
 //! `shim run`: one command in a container of a service's image, as a transient unit.
 //!
-//! Flow (attached): gather host facts ([`deploy::prepare`]), write the bundle, spawn an
+//! Flow (attached): gather host facts ([`instances::prepare`]), write the bundle, spawn an
 //! *anchor* child (`shim instance anchor`, blocked reading a pipe this process holds), then
 //! start the anchor's scope and the run's service in one `StartTransientUnit` call. The
 //! service is `BindsTo=` the scope: if this process dies, even by SIGKILL, the pipe closes,
@@ -27,12 +27,15 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::config::{Definitions, Runtime};
-use crate::deploy::{self, Dirs, Prepared};
 use crate::error::BadInput;
+use crate::host::dirs::Dirs;
+use crate::host::journal;
+use crate::host::state::StateStore;
+use crate::host::systemd::SharedSystemd;
+use crate::host::Host;
+use crate::ops::instances;
 use crate::plan::oneoff::{self, Attach, OneOff};
-use crate::state::StateStore;
-use crate::supervise::journal;
-use crate::systemd::{journal_tail, DbusSystemd, Systemd};
+use crate::plan::Prepared;
 
 /// How long systemd may take to start a one-off (mounting its overlay).
 const START_TIMEOUT: Duration = Duration::from_secs(90);
@@ -114,7 +117,7 @@ pub fn write_config(dir: &Path, spec: &oci_spec::runtime::Spec) -> Result<()> {
         .create(dir)
         .with_context(|| format!("creating {}", dir.display()))?;
     let text = crate::plan::render_config(spec);
-    crate::state::write_atomic(&dir.join("config.json"), text.as_bytes(), 0o600)
+    crate::host::fsutil::write_atomic(&dir.join("config.json"), text.as_bytes(), 0o600)
 }
 
 /// The process whose settings a run borrows.
@@ -154,7 +157,8 @@ pub struct Finished {
 }
 
 /// Runs a request; returns the command's exit code (or, detached, 0 once started).
-pub fn run(defs: &Definitions, dirs: &Dirs, req: &RunRequest) -> Result<i32> {
+pub fn run(host: &Host, defs: &Definitions, req: &RunRequest) -> Result<i32> {
+    let dirs = &host.dirs;
     if req.argv.is_empty() {
         bail!(BadInput(
             "no command given: shim run --id ID [--revision REV] -- CMD [ARGS...]".into()
@@ -181,7 +185,7 @@ pub fn run(defs: &Definitions, dirs: &Dirs, req: &RunRequest) -> Result<i32> {
         Some(Forwarder::start(set))
     };
     let revision = revision_to_run(dirs, &req.id, req.revision.as_deref())?;
-    let prepared = deploy::prepare(defs, &req.id, &revision, dirs, true)?;
+    let prepared = instances::prepare(host, defs, &req.id, &revision, true)?;
     let attach = if req.detach {
         Attach::Detached
     } else if req.tty {
@@ -196,8 +200,8 @@ pub fn run(defs: &Definitions, dirs: &Dirs, req: &RunRequest) -> Result<i32> {
     }
     let sink = Sink::Echo;
     let finished = run_prepared(
+        host,
         &prepared,
-        dirs,
         req.process.as_deref(),
         &req.argv,
         env,
@@ -211,10 +215,10 @@ pub fn run(defs: &Definitions, dirs: &Dirs, req: &RunRequest) -> Result<i32> {
 
 /// Runs `argv` at `prepared`'s revision with its stdout captured; stderr goes to this
 /// process's stderr and the journal. For generate-cron.
-pub fn run_capture(prepared: &Prepared, dirs: &Dirs, argv: &[String]) -> Result<Finished> {
+pub fn run_capture(host: &Host, prepared: &Prepared, argv: &[String]) -> Result<Finished> {
     run_prepared(
+        host,
         prepared,
-        dirs,
         None,
         argv,
         Vec::new(),
@@ -227,8 +231,8 @@ pub fn run_capture(prepared: &Prepared, dirs: &Dirs, argv: &[String]) -> Result<
 
 #[allow(clippy::too_many_arguments)]
 fn run_prepared(
+    host: &Host,
     prepared: &Prepared,
-    dirs: &Dirs,
     process: Option<&str>,
     argv: &[String],
     env: Vec<(String, String)>,
@@ -250,7 +254,7 @@ fn run_prepared(
         &prepared.revision,
         &random_tag(),
     );
-    let dir = run_dir(dirs, prepared.service.id.as_str(), &stem);
+    let dir = run_dir(&host.dirs, prepared.service.id.as_str(), &stem);
     let req = OneOff {
         stem: stem.clone(),
         process,
@@ -264,10 +268,10 @@ fn run_prepared(
     let cx = prepared.context(&secrets);
     let plan = oneoff::plan_oneoff(&cx, &req).map_err(|m| anyhow!(BadInput(m)))?;
     write_config(&dir, &plan.config)?;
-    let sd = match DbusSystemd::connect() {
-        Ok(sd) => sd,
+    let sd = match host.shared_systemd() {
+        Ok(sd) => sd.clone(),
         Err(e) => {
-            let _ = crate::runtime::remove_dir(&dir);
+            let _ = crate::host::runtime::remove_dir(&dir);
             return Err(e.into());
         }
     };
@@ -283,9 +287,9 @@ fn run_prepared(
                 })
             }
             other => {
-                let tail = journal_tail(&plan.unit.name, 15);
+                let tail = host.journal.tail(&plan.unit.name, 15);
                 let _ = sd.stop_units(std::slice::from_ref(&plan.unit.name), START_TIMEOUT);
-                let _ = crate::runtime::remove_dir(&dir);
+                let _ = crate::host::runtime::remove_dir(&dir);
                 Err(start_error(&plan.unit.name, other.map(|_| ()), &tail))
             }
         };
@@ -301,6 +305,7 @@ fn run_prepared(
     let anchor_unit = oneoff::plan_anchor(&stem, anchor.id());
 
     let result = attached(
+        host,
         &sd,
         &plan.unit,
         &anchor_unit,
@@ -320,7 +325,7 @@ fn run_prepared(
     );
     let _ = sd.unref(&plan.unit.name);
     if result.is_err() {
-        let _ = crate::runtime::remove_dir(&dir);
+        let _ = crate::host::runtime::remove_dir(&dir);
     }
     result
 }
@@ -332,7 +337,7 @@ fn end_anchor(anchor: &mut Child) {
 
 fn start_error(
     unit: &str,
-    err: Result<(), crate::systemd::SystemdError>,
+    err: Result<(), crate::host::systemd::SystemdError>,
     tail: &str,
 ) -> anyhow::Error {
     match err {
@@ -368,7 +373,8 @@ impl Drop for TermGuard {
 
 #[allow(clippy::too_many_arguments)]
 fn attached(
-    sd: &DbusSystemd,
+    host: &Host,
+    sd: &SharedSystemd,
     unit: &crate::plan::UnitSpec,
     anchor: &crate::plan::UnitSpec,
     attach: Attach,
@@ -423,7 +429,7 @@ fn attached(
     match outcome {
         Ok(j) if j.ok() => {}
         other => {
-            let tail = journal_tail(&unit.name, 15);
+            let tail = host.journal.tail(&unit.name, 15);
             return Err(start_error(&unit.name, other.map(|_| ()), &tail));
         }
     }
@@ -438,7 +444,7 @@ fn attached(
         }));
     }
     if let Some(f) = signals {
-        f.set(Target::Unit(unit.name.clone()));
+        f.set(Target::Unit(unit.name.clone(), sd.clone()));
     }
 
     let mut poll = POLL_FIRST;
@@ -467,7 +473,7 @@ fn attached(
         1 => info.exec_main_status,
         2 | 3 => 128 + info.exec_main_status,
         _ => {
-            let tail = journal_tail(&unit.name, 15);
+            let tail = host.journal.tail(&unit.name, 15);
             bail!(
                 "{} did not run its command; its journal:\n{tail}",
                 unit.name
@@ -478,12 +484,13 @@ fn attached(
 }
 
 /// Where forwarded signals go.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 enum Target {
     /// Nothing runs yet: a signal ends shim (as it would without forwarding); if the unit was
     /// being started, the anchor's end stops it.
     Preparing,
-    Unit(String),
+    /// The run's unit, and the connection to pass signals through.
+    Unit(String, SharedSystemd),
     /// The command ended; shim is cleaning up and finishes on its own.
     Done,
 }
@@ -499,7 +506,6 @@ impl Forwarder {
         let target = Arc::new(Mutex::new(Target::Preparing));
         let t = target.clone();
         std::thread::spawn(move || {
-            let mut sd: Option<DbusSystemd> = None;
             while let Ok(sig) = set.wait() {
                 let now = t.lock().map(|g| g.clone()).unwrap_or(Target::Done);
                 match now {
@@ -510,15 +516,10 @@ impl Forwarder {
                         }
                     }
                     Target::Done => {}
-                    Target::Unit(unit) => {
-                        if sd.is_none() {
-                            sd = DbusSystemd::connect().ok();
-                        }
-                        if let Some(sd) = &sd {
-                            if let Err(e) = sd.kill_main(&unit, sig as i32) {
-                                if sig != Signal::SIGWINCH {
-                                    eprintln!("shim run: passing {sig} to {unit}: {e}");
-                                }
+                    Target::Unit(unit, sd) => {
+                        if let Err(e) = sd.kill_main(&unit, sig as i32) {
+                            if sig != Signal::SIGWINCH {
+                                eprintln!("shim run: passing {sig} to {unit}: {e}");
                             }
                         }
                     }

@@ -72,17 +72,59 @@ pub fn render_request(port: u16, path: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// GET `http://127.0.0.1:{port}{path}` within `timeout`. Only ever the instance's own loopback
-/// port: instances share the host's network, and probes must not go anywhere else.
-pub fn check(port: u16, path: &str, timeout: Duration) -> Check {
-    check_all(&[Request {
-        port,
-        path,
-        timeout,
-    }])
-    .into_iter()
-    .next()
-    .unwrap_or_else(|| Check::NoAnswer("no result".into()))
+/// Health checks as the operations make them.
+pub trait HttpCheck: Send + Sync {
+    /// Several checks at once; one result per request, in order.
+    fn check_all(&self, reqs: &[Request<'_>]) -> Vec<Check>;
+    /// GET `http://127.0.0.1:{port}{path}` within `timeout`. Only ever the instance's own
+    /// loopback port: instances share the host's network, and probes must not go anywhere else.
+    fn check(&self, port: u16, path: &str, timeout: Duration) -> Check {
+        self.check_all(&[Request {
+            port,
+            path,
+            timeout,
+        }])
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| Check::NoAnswer("no result".into()))
+    }
+}
+
+/// Real TCP checks on loopback.
+pub struct TcpHttpCheck;
+
+impl HttpCheck for TcpHttpCheck {
+    fn check_all(&self, reqs: &[Request<'_>]) -> Vec<Check> {
+        check_all(reqs)
+    }
+}
+
+/// Scripted answers per port, for unit tests: a port with no answer set is refused. Every
+/// request is recorded.
+#[cfg(test)]
+#[derive(Default)]
+pub struct FakeHttpCheck {
+    pub answers: std::sync::Mutex<std::collections::BTreeMap<u16, Check>>,
+    /// Answers that apply to any port not in `answers` (e.g. "every new instance is healthy").
+    pub default: std::sync::Mutex<Option<Check>>,
+    pub asked: std::sync::Mutex<Vec<(u16, String)>>,
+}
+
+#[cfg(test)]
+impl HttpCheck for FakeHttpCheck {
+    fn check_all(&self, reqs: &[Request<'_>]) -> Vec<Check> {
+        use crate::host::systemd::fake::lock;
+        reqs.iter()
+            .map(|r| {
+                lock(&self.asked).push((r.port, r.path.to_string()));
+                lock(&self.answers)
+                    .get(&r.port)
+                    .cloned()
+                    .or_else(|| lock(&self.default).clone())
+                    .unwrap_or_else(|| Check::NoAnswer("connection refused".into()))
+            })
+            .collect()
+    }
 }
 
 enum Step {
@@ -320,21 +362,21 @@ mod tests {
     fn checks_real_sockets() {
         let ok = serve_once("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
         assert_eq!(
-            check(ok, "/health", Duration::from_secs(2)),
+            TcpHttpCheck.check(ok, "/health", Duration::from_secs(2)),
             Check::Healthy(200)
         );
         let bad = serve_once("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
         assert_eq!(
-            check(bad, "/health", Duration::from_secs(2)),
+            TcpHttpCheck.check(bad, "/health", Duration::from_secs(2)),
             Check::Status(503)
         );
         // Accepts but never answers: a hung instance.
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let hung = l.local_addr().unwrap().port();
-        let c = check(hung, "/health", Duration::from_millis(200));
+        let c = TcpHttpCheck.check(hung, "/health", Duration::from_millis(200));
         assert!(matches!(c, Check::NoAnswer(_)), "{c:?}");
         drop(l);
-        let closed = check(hung, "/health", Duration::from_millis(200));
+        let closed = TcpHttpCheck.check(hung, "/health", Duration::from_millis(200));
         assert!(matches!(closed, Check::NoAnswer(_)), "{closed:?}");
     }
 

@@ -133,7 +133,7 @@ pub fn prepare(lower: &Path, dir: &Path) -> Result<()> {
 /// reset when the probe resets a failed unit to start it again.
 pub fn count_start(file: &Path) -> Result<u32> {
     let n = parse_starts(&std::fs::read_to_string(file).unwrap_or_default()).saturating_add(1);
-    crate::state::write_atomic(file, format!("{n}\n").as_bytes(), 0o600)?;
+    crate::host::fsutil::write_atomic(file, format!("{n}\n").as_bytes(), 0o600)?;
     Ok(n)
 }
 

@@ -26,11 +26,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::cron::{self, CronEntry};
-use crate::deploy::{Dirs, Prepared};
+use crate::crontab::CronEntry;
 use crate::error::BadInput;
+use crate::host::dirs::Dirs;
+use crate::host::systemd::Systemd;
+use crate::host::Host;
 use crate::plan::oneoff::{self, Attach, CronJobUnits, OneOff};
-use crate::systemd::{DbusSystemd, Systemd};
+use crate::plan::Prepared;
 
 /// One job as installed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,12 +189,12 @@ fn save_state(dirs: &Dirs, id: &str, st: &CronState) -> Result<()> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    crate::state::write_atomic(&p, &serde_json::to_vec_pretty(st)?, 0o600)
+    crate::host::fsutil::write_atomic(&p, &serde_json::to_vec_pretty(st)?, 0o600)
 }
 
 /// Runs the service's generate-cron at `prepared`'s revision and parses what it prints.
 /// Any problem is an error naming the program, the revision and (for a bad line) the line.
-pub fn generate(prepared: &Prepared, dirs: &Dirs) -> Result<Vec<CronJob>> {
+pub fn generate(host: &Host, prepared: &Prepared) -> Result<Vec<CronJob>> {
     let svc = &prepared.service;
     let Some(program) = &svc.cron else {
         return Ok(Vec::new());
@@ -206,7 +208,7 @@ pub fn generate(prepared: &Prepared, dirs: &Dirs) -> Result<Vec<CronJob>> {
         svc.line.unwrap_or(0),
         svc.id
     );
-    let out = crate::run::run_capture(prepared, dirs, std::slice::from_ref(program))
+    let out = crate::ops::run::run_capture(host, prepared, std::slice::from_ref(program))
         .with_context(|| format!("running {what}"))?;
     if out.code != 0 {
         bail!(
@@ -220,14 +222,15 @@ pub fn generate(prepared: &Prepared, dirs: &Dirs) -> Result<Vec<CronJob>> {
             "{what} printed a crontab that is not UTF-8"
         )))
     })?;
-    let entries =
-        cron::parse_crontab(&text).map_err(|e| anyhow!(BadInput(format!("{what}: {e}"))))?;
+    let entries = crate::crontab::parse_crontab(&text)
+        .map_err(|e| anyhow!(BadInput(format!("{what}: {e}"))))?;
     Ok(jobs_from_entries(&entries))
 }
 
 /// The jobs to install at `prepared`'s revision: reused from the state file when it already
 /// holds that revision from the same program (a re-run, a reboot), else generated.
-pub fn jobs_for(prepared: &Prepared, dirs: &Dirs) -> Result<Option<Vec<CronJob>>> {
+pub fn jobs_for(host: &Host, prepared: &Prepared) -> Result<Option<Vec<CronJob>>> {
+    let dirs = &host.dirs;
     let Some(program) = &prepared.service.cron else {
         return Ok(None);
     };
@@ -236,19 +239,20 @@ pub fn jobs_for(prepared: &Prepared, dirs: &Dirs) -> Result<Option<Vec<CronJob>>
             return Ok(Some(st.jobs));
         }
     }
-    generate(prepared, dirs).map(Some)
+    generate(host, prepared).map(Some)
 }
 
 /// Installs `jobs` (None: the service has no crontab) at `prepared`'s revision: state file
 /// first (the atomic switch), then missing timers, then timers of jobs no longer there.
 /// Returns one line per change.
 pub fn install(
-    sd: &DbusSystemd,
+    host: &Host,
     prepared: &Prepared,
-    dirs: &Dirs,
     config: &Path,
     jobs: Option<&[CronJob]>,
 ) -> Result<Vec<String>> {
+    let sd = host.systemd()?;
+    let dirs = &host.dirs;
     let id = prepared.service.id.as_str();
     let mut out = Vec::new();
     let units = sd.list_units(&[format!("{}{id}-*", oneoff::CRON_PREFIX)])?;
@@ -337,7 +341,7 @@ pub fn install(
     Ok(out)
 }
 
-fn remove_timers(sd: &DbusSystemd, id: &str, keys: &BTreeSet<String>) -> Result<Vec<String>> {
+fn remove_timers(sd: &dyn Systemd, id: &str, keys: &BTreeSet<String>) -> Result<Vec<String>> {
     let names: Vec<String> = keys
         .iter()
         .map(|k| format!("{}.timer", oneoff::cron_stem(id, k)))
@@ -351,7 +355,7 @@ fn remove_timers(sd: &DbusSystemd, id: &str, keys: &BTreeSet<String>) -> Result<
 
 /// Removes every cron timer of `id` (its jobs that are running finish). The state stays, so
 /// that a later start at the same revision brings the timers back without generate-cron.
-pub fn remove_all(sd: &DbusSystemd, id: &str) -> Result<Vec<String>> {
+pub fn remove_all(sd: &dyn Systemd, id: &str) -> Result<Vec<String>> {
     let units = sd.list_units(&[format!("{}{id}-*.timer", oneoff::CRON_PREFIX)])?;
     let keys: BTreeSet<String> = units
         .iter()
@@ -361,7 +365,7 @@ pub fn remove_all(sd: &DbusSystemd, id: &str) -> Result<Vec<String>> {
 }
 
 /// Services with cron timers on this host (for reconcile: those no longer defined go).
-pub fn services_with_timers(sd: &DbusSystemd) -> Result<BTreeSet<String>> {
+pub fn services_with_timers(sd: &dyn Systemd) -> Result<BTreeSet<String>> {
     let units = sd.list_units(&[format!("{}*.timer", oneoff::CRON_PREFIX)])?;
     Ok(units
         .iter()
@@ -384,7 +388,7 @@ pub fn services_with_timers(sd: &DbusSystemd) -> Result<BTreeSet<String>> {
 
 /// What is wrong with a service's cron timers at `revision`, if anything (reconcile).
 pub fn drift(
-    sd: &DbusSystemd,
+    sd: &dyn Systemd,
     svc: &crate::config::ServiceDef,
     dirs: &Dirs,
     revision: &str,
@@ -423,21 +427,21 @@ pub fn drift(
 
 /// Brings a service's cron timers in line with its definition at `revision` (reconcile).
 pub fn repair(
-    sd: &DbusSystemd,
+    host: &Host,
     defs: &crate::config::Definitions,
-    dirs: &Dirs,
     config: &Path,
     id: &str,
     revision: &str,
 ) -> Result<Vec<String>> {
-    let prepared = crate::deploy::prepare(defs, id, revision, dirs, true)?;
-    let jobs = jobs_for(&prepared, dirs)?;
-    install(sd, &prepared, dirs, config, jobs.as_deref())
+    let prepared = crate::ops::instances::prepare(host, defs, id, revision, true)?;
+    let jobs = jobs_for(host, &prepared)?;
+    install(host, &prepared, config, jobs.as_deref())
 }
 
 /// `shim cron exec`: run by a job's service. Reads the state, plans the container at the
 /// current revision, mounts its overlay, then becomes the runtime (never returns on success).
-pub fn exec_job(defs: &crate::config::Definitions, dirs: &Dirs, id: &str, key: &str) -> Result<()> {
+pub fn exec_job(host: &Host, defs: &crate::config::Definitions, id: &str, key: &str) -> Result<()> {
+    let dirs = &host.dirs;
     let Some(st) = load_state(dirs, id)? else {
         println!("service {id} has no crontab installed any more; job {key} does nothing");
         return Ok(());
@@ -449,7 +453,7 @@ pub fn exec_job(defs: &crate::config::Definitions, dirs: &Dirs, id: &str, key: &
         );
         return Ok(());
     };
-    let prepared = crate::deploy::prepare(defs, id, &st.revision, dirs, true)?;
+    let prepared = crate::ops::instances::prepare(host, defs, id, &st.revision, true)?;
     let shell = job
         .env
         .iter()
@@ -470,15 +474,15 @@ pub fn exec_job(defs: &crate::config::Definitions, dirs: &Dirs, id: &str, key: &
     let secrets = prepared.secrets.clone();
     let cx = prepared.context(&secrets);
     let config = oneoff::plan_oneoff_config(&cx, &req).map_err(|m| anyhow!(BadInput(m)))?;
-    crate::run::write_config(&dir, &config)?;
+    crate::ops::run::write_config(&dir, &config)?;
     std::fs::write(dir.join("revision"), format!("{}\n", st.revision))
         .with_context(|| format!("writing {}", dir.join("revision").display()))?;
-    crate::runtime::prepare(&prepared.rootfs, &dir)?;
+    crate::host::runtime::prepare(&prepared.rootfs, &dir)?;
     println!(
         "cron job {key} (crontab line {}, {}) at revision {}: {}",
         job.line, job.schedule, st.revision, job.command
     );
-    crate::runtime::enter_cgroup_leaf("runtime")?;
+    crate::host::runtime::enter_cgroup_leaf("runtime")?;
     use std::os::unix::process::CommandExt;
     // This process already is in the leaf: it becomes the runtime itself.
     let argv = oneoff::runtime_run_argv(&prepared.runtime_bin, &dir, &stem);
@@ -491,7 +495,7 @@ mod tests {
     use super::*;
 
     fn entries(text: &str) -> Vec<CronEntry> {
-        cron::parse_crontab(text).unwrap()
+        crate::crontab::parse_crontab(text).unwrap()
     }
 
     #[test]

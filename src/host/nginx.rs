@@ -1,43 +1,14 @@
 //! Pointing nginx at a process's instances: the upstream file shim owns (rendered purely by
-//! [`render_upstream`]), written atomically, checked with `nginx -t`, applied with a reload of
+//! `plan::upstream`), written atomically, checked with `nginx -t`, applied with a reload of
 //! the nginx unit through systemd, and confirmed by seeing a new generation of workers.
 //! Every failure restores the previous file, so nginx keeps serving what it served.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::systemd::Systemd;
-
-/// The upstream block for `ports` (loopback only: instances share the host's network).
-pub fn render_upstream(
-    upstream: &str,
-    service: &str,
-    process: &str,
-    revision: &str,
-    ports: &[u16],
-) -> String {
-    let mut out = format!(
-        "# Written by shim for service {service}, process {process}, revision {revision}.\n\
-         # Do not edit: the next `shim upgrade` replaces it.\n\
-         upstream {upstream} {{\n"
-    );
-    for p in ports {
-        out.push_str(&format!("    server 127.0.0.1:{p} max_fails=0;\n"));
-    }
-    out.push_str("}\n");
-    out
-}
-
-/// The revision an upstream file written by shim points at (from its header), if any.
-pub fn file_revision(text: &str) -> Option<&str> {
-    let first = text.lines().next()?;
-    let rest = first.strip_prefix("# Written by shim for service ")?;
-    rest.rsplit_once(", revision ")
-        .map(|(_, r)| r.trim_end_matches('.'))
-}
+use crate::host::Host;
 
 /// What was in the file before a switch, to put back on failure.
 pub struct Backup {
@@ -48,7 +19,7 @@ pub struct Backup {
 impl Backup {
     pub fn restore(&self) -> Result<()> {
         match &self.previous {
-            Some(bytes) => crate::state::write_atomic(&self.path, bytes, 0o644),
+            Some(bytes) => crate::host::fsutil::write_atomic(&self.path, bytes, 0o644),
             None => match std::fs::remove_file(&self.path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     Err(e).with_context(|| format!("removing {}", self.path.display()))
@@ -73,40 +44,62 @@ pub fn write_upstream(path: &Path, content: &str) -> Result<Option<Backup>> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    crate::state::write_atomic(path, content.as_bytes(), 0o644)?;
+    crate::host::fsutil::write_atomic(path, content.as_bytes(), 0o644)?;
     Ok(Some(Backup {
         path: path.to_path_buf(),
         previous,
     }))
 }
 
-/// `nginx -t`: the whole configuration, as nginx will load it.
-pub fn test_config() -> Result<()> {
-    let out = std::process::Command::new("nginx")
-        .arg("-t")
-        .output()
-        .context("running nginx -t (is nginx installed?)")?;
-    if !out.status.success() {
-        bail!(
-            "nginx -t failed:\n{}",
-            String::from_utf8_lossy(&out.stderr).trim_end()
-        );
-    }
-    Ok(())
+/// The nginx binary, as the switch uses it.
+pub trait Nginx: Send + Sync {
+    /// `nginx -t`: the whole configuration, as nginx will load it.
+    fn test_config(&self) -> Result<()>;
 }
 
-fn children(pid: u32) -> BTreeSet<u32> {
-    let path = format!("/proc/{pid}/task/{pid}/children");
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
+/// The installed nginx.
+pub struct NginxBinary;
+
+impl Nginx for NginxBinary {
+    fn test_config(&self) -> Result<()> {
+        let out = std::process::Command::new("nginx")
+            .arg("-t")
+            .output()
+            .context("running nginx -t (is nginx installed?)")?;
+        if !out.status.success() {
+            bail!(
+                "nginx -t failed:\n{}",
+                String::from_utf8_lossy(&out.stderr).trim_end()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// An nginx whose `nginx -t` passes or fails as a test says; it counts the calls.
+#[cfg(test)]
+#[derive(Default)]
+pub struct FakeNginx {
+    pub refuse: std::sync::atomic::AtomicBool,
+    pub tests: std::sync::atomic::AtomicU32,
+}
+
+#[cfg(test)]
+impl Nginx for FakeNginx {
+    fn test_config(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        self.tests.fetch_add(1, Ordering::SeqCst);
+        if self.refuse.load(Ordering::SeqCst) {
+            bail!("nginx -t failed:\nnginx: [emerg] (fake) refused");
+        }
+        Ok(())
+    }
 }
 
 /// Reloads nginx through systemd and waits until a worker that did not exist before is
 /// running: nginx starts new workers only once it has loaded the new configuration.
-pub fn reload(sd: &dyn Systemd, unit: &str, timeout: Duration) -> Result<()> {
+pub fn reload(host: &Host, unit: &str, timeout: Duration) -> Result<()> {
+    let sd = host.systemd()?;
     let info = sd
         .list_units(&[unit.to_string()])?
         .into_iter()
@@ -120,45 +113,27 @@ pub fn reload(sd: &dyn Systemd, unit: &str, timeout: Duration) -> Result<()> {
         );
     }
     let master = info.main_pid;
-    let before = children(master);
+    let before = host.procfs.children(master);
     let job = sd.reload_unit(unit, timeout)?;
     if !job.ok() {
         bail!("reloading {unit}: job {}", job.result);
     }
-    let deadline = Instant::now() + timeout;
+    let deadline = host.clock.now() + timeout;
     loop {
-        let now = children(master);
+        let now = host.procfs.children(master);
         if now.iter().any(|p| !before.contains(p)) {
             return Ok(());
         }
-        if Instant::now() > deadline {
+        if host.clock.now() > deadline {
             bail!("{unit} reloaded but no new nginx worker appeared within {timeout:?}; the new configuration was not taken");
         }
-        std::thread::sleep(Duration::from_millis(10));
+        host.clock.sleep(Duration::from_millis(10));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn upstream_snapshot() {
-        insta::assert_snapshot!(render_upstream(
-            "billing_app_web",
-            "billing_app",
-            "web",
-            "279d9035886d",
-            &[20001, 20002]
-        ));
-    }
-
-    #[test]
-    fn file_revision_reads_the_header() {
-        let t = render_upstream("u", "svc", "web", "279d9035886d", &[1]);
-        assert_eq!(file_revision(&t), Some("279d9035886d"));
-        assert_eq!(file_revision("upstream u { server 127.0.0.1:1; }"), None);
-    }
 
     #[test]
     fn write_is_skipped_when_unchanged_and_restorable() {

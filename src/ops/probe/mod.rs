@@ -25,22 +25,21 @@
 //! D-Bus ([`fast`]).
 
 pub mod fast;
-pub mod journal;
-pub mod probe;
-pub mod reconcile;
+pub mod run;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ServiceDef;
-use crate::deploy::Dirs;
-use crate::plan::probe::{plan_probe, probe_service_name, probe_timer_name, ProbeContext};
+use crate::host::dirs::Dirs;
+use crate::host::systemd::{Systemd, UnitInfo};
+use crate::host::Host;
+use crate::plan::probe_timer::{plan_probe, probe_service_name, probe_timer_name, ProbeContext};
 use crate::plan::{RESTART_SEC, START_LIMIT_INTERVAL};
-use crate::systemd::{Systemd, UnitInfo};
 
 /// What the probe remembers about one unit.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,7 +109,7 @@ pub fn save_memory(dirs: &Dirs, id: &str, m: &Memory) -> Result<()> {
     if let Some(dir) = p.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    crate::state::write_atomic(&p, &serde_json::to_vec(m)?, 0o644)
+    crate::host::fsutil::write_atomic(&p, &serde_json::to_vec(m)?, 0o644)
 }
 
 /// Forgets everything about a service (it was stopped).
@@ -224,12 +223,12 @@ pub enum TimerChange {
 /// How a probe timer is now, for reconcile's plan: `None` when it is what the definitions
 /// ask for and active.
 pub fn probe_timer_drift(
-    sd: &dyn Systemd,
+    host: &Host,
     svc: &ServiceDef,
     shim_exe: &Path,
     config: &Path,
-    dirs: &Dirs,
 ) -> Result<Option<String>> {
+    let (sd, dirs) = (host.systemd()?, &host.dirs);
     let config = std::path::absolute(config)?;
     let env = probe_env(dirs);
     let planned = plan_probe(&ProbeContext {
@@ -255,15 +254,15 @@ pub fn probe_timer_drift(
 /// Makes the service's probe timer exist, be active and match the definitions: replaced if
 /// it differs (interval, binary, definitions path), left alone otherwise.
 pub fn ensure_probe_timer(
-    sd: &dyn Systemd,
+    host: &Host,
     svc: &ServiceDef,
     shim_exe: &Path,
     config: &Path,
-    dirs: &Dirs,
 ) -> Result<TimerChange> {
-    let Some(_) = probe_timer_drift(sd, svc, shim_exe, config, dirs)? else {
+    let Some(_) = probe_timer_drift(host, svc, shim_exe, config)? else {
         return Ok(TimerChange::Unchanged);
     };
+    let (sd, dirs) = (host.systemd()?, &host.dirs);
     let config = std::path::absolute(config)?;
     let env = probe_env(dirs);
     let planned = plan_probe(&ProbeContext {
@@ -277,13 +276,13 @@ pub fn ensure_probe_timer(
     // A stopped transient unit is unloaded by systemd's garbage collection, soon after its
     // stop job; creating one with the same name before that fails ("already exists").
     let names = [probe_timer_name(id), probe_service_name(id)];
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = host.clock.now() + Duration::from_secs(10);
     loop {
         let left = sd.list_units(&names)?;
         if left.is_empty() {
             break;
         }
-        if Instant::now() >= deadline {
+        if host.clock.now() >= deadline {
             return Err(anyhow!(
                 "{} still loaded 10 s after it was stopped",
                 left.iter()
@@ -292,7 +291,7 @@ pub fn ensure_probe_timer(
                     .join(", ")
             ));
         }
-        std::thread::sleep(Duration::from_millis(10));
+        host.clock.sleep(Duration::from_millis(10));
     }
     let out = sd
         .start_transient_with_aux(

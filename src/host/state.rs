@@ -5,7 +5,6 @@
 //! says whether supervision is paused (`shim supervise pause`), which survives reboots.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -83,27 +82,8 @@ impl StateStore {
             .with_context(|| format!("creating {}", self.dir.display()))?;
         let p = self.path(id);
         let data = serde_json::to_vec_pretty(st)?;
-        write_atomic(&p, &data, 0o644)
+        crate::host::fsutil::write_atomic(&p, &data, 0o644)
     }
-}
-
-/// Writes `data` to `path` via a temp file in the same directory, fsync and rename.
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(data)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    Ok(())
 }
 
 #[cfg(test)]

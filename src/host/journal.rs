@@ -64,6 +64,46 @@ pub fn send(priority: u8, message: &str, fields: &[(&str, String)]) {
     }
 }
 
+/// What the operations read from and write to the journal.
+pub trait Journal: Send + Sync {
+    /// The last `lines` lines a unit wrote, for error messages (best effort).
+    fn tail(&self, unit: &str, lines: usize) -> String;
+}
+
+/// journald, through `journalctl`.
+pub struct Journald;
+
+impl Journal for Journald {
+    fn tail(&self, unit: &str, lines: usize) -> String {
+        journal_tail(unit, lines)
+    }
+}
+
+/// A journal that returns a fixed line per unit, for unit tests.
+#[cfg(test)]
+pub struct FakeJournal;
+
+#[cfg(test)]
+impl Journal for FakeJournal {
+    fn tail(&self, unit: &str, lines: usize) -> String {
+        format!("(last {lines} lines of {unit})")
+    }
+}
+
+/// The last lines a unit wrote to the journal, for error messages (best effort).
+pub fn journal_tail(unit: &str, lines: usize) -> String {
+    let out = std::process::Command::new("journalctl")
+        .args(["--no-pager", "-o", "short-precise", "-n"])
+        .arg(lines.to_string())
+        .arg("-u")
+        .arg(unit)
+        .output();
+    match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).trim_end().to_string(),
+        Err(e) => format!("(journalctl failed: {e})"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

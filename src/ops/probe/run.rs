@@ -23,18 +23,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Result;
 
 use super::fast;
-use super::journal::{self, NOTICE, WARNING};
 use super::{
     backoff_delay, failed_since_usec, is_running, is_stable, load_memory, next_retry_usec,
     save_memory, usecs, Memory,
 };
 use crate::config::{Definitions, ProcessDef, ServiceDef};
-use crate::deploy::{self, Dirs};
-use crate::lock::ServiceLock;
+use crate::host::http_check::{self as http, Check};
+use crate::host::journal::{self, NOTICE, WARNING};
+use crate::host::lock::ServiceLock;
+use crate::host::state::{ServiceState, StateStore};
+use crate::host::systemd::{Systemd, UnitInfo};
+use crate::host::Host;
+use crate::ops::instances;
 use crate::plan::instance_keys;
-use crate::probe::{self as http, Check};
-use crate::state::{ServiceState, StateStore};
-use crate::systemd::{DbusSystemd, Systemd, UnitInfo};
 
 /// Everything a decision depends on.
 pub struct Inputs<'a> {
@@ -270,8 +271,8 @@ fn note_once(mem: &mut Memory, key: &str, id: &str, message: &str) {
 /// One probe run of service `id`: the fast path if it can vouch for the service
 /// ([`fast::try_fast`]), else a full run. `before_full` runs first when the full run is
 /// needed (`shim probe`'s lean entry sets up logging only then).
-pub fn run(config: &Path, id: &str, dirs: &Dirs, before_full: impl FnOnce()) -> Result<()> {
-    let pre = match fast::try_fast(config, dirs, id) {
+pub fn run(host: &Host, config: &Path, id: &str, before_full: impl FnOnce()) -> Result<()> {
+    let pre = match fast::try_fast(config, &host.dirs, id) {
         Ok(()) => return Ok(()),
         Err((why, pre)) => {
             before_full();
@@ -279,11 +280,12 @@ pub fn run(config: &Path, id: &str, dirs: &Dirs, before_full: impl FnOnce()) -> 
             pre
         }
     };
-    run_full(config, id, dirs, &pre)
+    run_full(host, config, id, &pre)
 }
 
 /// A full probe run: systemd is asked. `pre`: checks the fast path already made in this run.
-pub fn run_full(config: &Path, id: &str, dirs: &Dirs, pre: &fast::Prechecked) -> Result<()> {
+pub fn run_full(host: &Host, config: &Path, id: &str, pre: &fast::Prechecked) -> Result<()> {
+    let dirs = &host.dirs;
     // Taken before anything is read: whatever changes after it makes the record's digest
     // differ, so a record never vouches for inputs newer than the ones judged.
     let inputs = fast::enabled()
@@ -296,9 +298,9 @@ pub fn run_full(config: &Path, id: &str, dirs: &Dirs, pre: &fast::Prechecked) ->
         Ok(defs) => {
             mem.noted.retain(|k| !k.starts_with("config:"));
             run_with(
+                host,
                 &defs,
                 id,
-                dirs,
                 &mut mem,
                 pre,
                 inputs.as_deref(),
@@ -331,9 +333,9 @@ pub fn run_full(config: &Path, id: &str, dirs: &Dirs, pre: &fast::Prechecked) ->
 }
 
 fn run_with(
+    host: &Host,
     defs: &Definitions,
     id: &str,
-    dirs: &Dirs,
     mem: &mut Memory,
     pre: &fast::Prechecked,
     inputs: Option<&str>,
@@ -349,6 +351,7 @@ fn run_with(
         return Ok(());
     };
     mem.noted.remove("undefined");
+    let dirs = &host.dirs;
     let st = StateStore::new(&dirs.state).load(id)?;
     let Some(revision) = st.current.clone().filter(|_| !st.stopped) else {
         return Ok(());
@@ -374,8 +377,8 @@ fn run_with(
     }
     mem.noted.remove("interrupted");
 
-    let sd = DbusSystemd::connect()?;
-    let units = deploy::service_units(&sd, id)?;
+    let sd = host.systemd()?;
+    let units = instances::service_units(sd, id)?;
     let memory = mem.clone();
     let inp = Inputs {
         service: svc,
@@ -401,16 +404,16 @@ fn run_with(
     // The checks run beside the starts and retries (a start can take seconds); with nothing
     // to do, on this thread.
     let made = if count_actions.is_empty() {
-        http::check_all(&requests)
+        host.http.check_all(&requests)
     } else {
         std::thread::scope(|s| {
-            let h = s.spawn(|| http::check_all(&requests));
+            let h = s.spawn(|| host.http.check_all(&requests));
             act(
-                &sd,
+                host,
+                sd,
                 defs,
                 svc,
                 &revision,
-                dirs,
                 &count_actions,
                 &mut after_counts,
             );
@@ -422,7 +425,7 @@ fn run_with(
     // Units may have changed while acting (a retried one restarted): judge checks against
     // the pids they were made on, which `units` still holds.
     let (kills, mut after) = decide_health(&inp, &checks, after_counts);
-    act(&sd, defs, svc, &revision, dirs, &kills, &mut after);
+    act(host, sd, defs, svc, &revision, &kills, &mut after);
     if let Some(inputs) = inputs {
         let procs = units
             .iter()
@@ -458,11 +461,11 @@ fn fields(
 }
 
 fn act(
+    host: &Host,
     sd: &dyn Systemd,
     defs: &Definitions,
     svc: &ServiceDef,
     revision: &str,
-    dirs: &Dirs,
     actions: &[Action],
     mem: &mut Memory,
 ) {
@@ -480,8 +483,8 @@ fn act(
         .collect();
     if !missing.is_empty() {
         let wanted: Vec<(String, u32)> = missing.iter().map(|(p, i, _)| (p.clone(), *i)).collect();
-        let r = deploy::prepare(defs, id, revision, dirs, true)
-            .and_then(|p| deploy::start_instances(sd, &p, &wanted, dirs));
+        let r = instances::prepare(host, defs, id, revision, true)
+            .and_then(|p| instances::start_instances(host, &p, &wanted));
         for (process, index, unit) in &missing {
             let mut f = fields(id, revision, process, *index, unit);
             f.push(("SHIM_ACTION", "start".into()));
@@ -521,7 +524,7 @@ fn act(
                 retry,
                 waited,
             } => {
-                let r = sd.restart_failed(unit, deploy::START_TIMEOUT);
+                let r = sd.restart_failed(unit, instances::START_TIMEOUT);
                 let mut f = fields(id, revision, process, *index, unit);
                 f.push(("SHIM_ACTION", "retry".into()));
                 f.push((
@@ -591,10 +594,10 @@ fn act(
 pub(super) mod tests {
     use super::*;
     use crate::config::parse_sources;
-    use crate::supervise::UnitMemory;
+    use crate::ops::probe::UnitMemory;
     use std::path::PathBuf;
 
-    pub(in crate::supervise) const DEF: &str = r#"
+    pub(in crate::ops::probe) const DEF: &str = r#"
 [services.app]
 image = "oci:/i:{revision}"
 
@@ -606,13 +609,13 @@ health = { path = "/health", interval = "1s", timeout = "1s", unhealthy_after = 
 command = ["/w"]
 "#;
 
-    pub(in crate::supervise) const S: u64 = 1_000_000;
+    pub(in crate::ops::probe) const S: u64 = 1_000_000;
 
-    pub(in crate::supervise) fn defs() -> Definitions {
+    pub(in crate::ops::probe) fn defs() -> Definitions {
         parse_sources(&[(PathBuf::from("/etc/shim/services.toml"), DEF.into())]).unwrap()
     }
 
-    pub(in crate::supervise) fn unit(
+    pub(in crate::ops::probe) fn unit(
         process: &str,
         index: u32,
         state: &str,
@@ -638,11 +641,11 @@ command = ["/w"]
         }
     }
 
-    pub(in crate::supervise) fn running(process: &str, index: u32, pid: u32) -> UnitInfo {
+    pub(in crate::ops::probe) fn running(process: &str, index: u32, pid: u32) -> UnitInfo {
         unit(process, index, "active", "running", pid, 100 * S)
     }
 
-    pub(in crate::supervise) fn inputs<'a>(
+    pub(in crate::ops::probe) fn inputs<'a>(
         d: &'a Definitions,
         st: &'a ServiceState,
         units: &'a [UnitInfo],

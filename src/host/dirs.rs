@@ -1,0 +1,43 @@
+//! Where shim keeps things on the host: `/var/lib/shim` (state that survives a reboot) and
+//! `/run/shim` (bundles, locks, probe memory: gone at reboot, like transient units). Every
+//! path shim writes is derived from a [`Dirs`], so tests root it in a temporary directory.
+
+use std::path::PathBuf;
+
+use crate::plan;
+
+/// Where shim keeps things on the host. Overridable (hidden env vars) for tests only.
+#[derive(Debug, Clone)]
+pub struct Dirs {
+    /// `/var/lib/shim`: image cache, deployment state.
+    pub state: PathBuf,
+    /// `/run/shim`: instance bundles and locks; gone at reboot, like transient units.
+    pub run: PathBuf,
+}
+
+impl Dirs {
+    pub fn from_env() -> Dirs {
+        Dirs {
+            state: std::env::var_os("SHIM_STATE_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/lib/shim")),
+            run: std::env::var_os("SHIM_RUN_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/run/shim")),
+        }
+    }
+    pub fn images(&self) -> PathBuf {
+        self.state.join("images")
+    }
+    pub fn instances(&self, service: &str) -> PathBuf {
+        self.run.join("instances").join(service)
+    }
+    /// podman's store for shim's containers (`runtime = "podman"`): graph root under the state
+    /// directory, run root on /run's tmpfs (see docs/podman.md).
+    pub fn podman(&self) -> plan::PodmanStorage {
+        plan::PodmanStorage {
+            root: self.state.join("podman"),
+            runroot: self.run.join("podman"),
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! Bringing a service's instances up and down, the building block of start, upgrade, stop and
+//! reconcile. Flow of a start: [`prepare`] gathers every host fact the plan needs (through the
+//! host's `images` adapter: image resolved and unpacked, secrets read, user resolved, runtime
+//! found) and fails before anything changes; [`start_instances`] takes the host lock, plans the missing instances,
+//! writes their bundles and starts their units in one batch; if any start fails, everything this
+//! call started is stopped again and its directories removed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+
+use crate::config::Definitions;
+use crate::error::BadInput;
+use crate::host::images::PrepareRequest;
+use crate::host::systemd::{Systemd, UnitInfo};
+use crate::host::Host;
+use crate::plan::{self, InstancePlan, Prepared};
+
+/// How systemd should space out restarts here, from its version. Where there is no systemd
+/// to ask (`shim show` on a build machine), the policy that works everywhere.
+pub fn restart_policy(host: &Host, max_delay: Duration) -> plan::RestartPolicy {
+    let major = host
+        .systemd()
+        .and_then(|sd| sd.version())
+        .ok()
+        .and_then(|v| crate::host::systemd::parse_major_version(&v));
+    plan::RestartPolicy::for_version(major, max_delay)
+}
+
+/// Gathers the host facts for `id` at `revision` (see `host::images`). With `unpack` false
+/// (dry run) nothing is written.
+pub fn prepare(
+    host: &Host,
+    defs: &Definitions,
+    id: &str,
+    revision: &str,
+    unpack: bool,
+) -> Result<Prepared> {
+    let req = PrepareRequest {
+        defs,
+        id,
+        revision,
+        unpack,
+        restart: restart_policy(host, defs.settings.restart_max_delay),
+        cap_sys_resource: host.procfs.has_cap_sys_resource(),
+    };
+    host.images.prepare(&host.dirs, &req)
+}
+
+/// The units of one service (the name pattern alone could also match `id-other`'s units).
+pub fn service_units(sd: &dyn Systemd, id: &str) -> Result<Vec<UnitInfo>> {
+    Ok(sd
+        .list_units(&[plan::service_unit_pattern(id)])?
+        .into_iter()
+        .filter(|u| u.field("SHIM_SERVICE") == Some(id))
+        .collect())
+}
+
+fn write_bundle(p: &InstancePlan) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    // Root-only: config.json holds the secrets from env_files.
+    let parent = p.dir.parent().unwrap_or(Path::new("/"));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)
+        .with_context(|| format!("creating {}", parent.display()))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&p.dir)
+        .with_context(|| format!("creating {}", p.dir.display()))?;
+    // config.json (runc/crun) or the env file (podman): both hold the secrets.
+    let (path, text) = p.render_files().map_err(|m| anyhow!(BadInput(m)))?;
+    crate::host::fsutil::write_atomic(&path, text.as_bytes(), 0o600)?;
+    // What the instance is, for `shim status`; its start count begins again with this unit.
+    let d = plan::InstanceDir(&p.dir);
+    crate::host::fsutil::write_atomic(&d.meta(), &serde_json::to_vec(&p.meta())?, 0o600)?;
+    match std::fs::remove_file(d.starts()) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", d.starts().display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Removes instance directories of `prepared`'s service that no unit uses any more.
+pub fn remove_stale_dirs(instances_dir: &Path, live_units: &BTreeSet<String>) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(instances_dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !live_units.contains(&format!("{name}.service")) {
+            // Best effort unmount first: cleanup may not have run if the unit never started.
+            let _ = nix::mount::umount2(&e.path().join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+            std::fs::remove_dir_all(e.path())
+                .with_context(|| format!("removing {}", e.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// What a start did.
+#[derive(Debug, Default)]
+pub struct StartReport {
+    pub started: Vec<String>,
+    pub already_running: Vec<String>,
+}
+
+/// How long a start job may take: runc returns once the container's init runs.
+pub const START_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Starts the instances of `wanted` that are not already running. All or nothing: if one fails
+/// to start, the ones this call started are stopped again.
+pub fn start_instances(
+    host: &Host,
+    prepared: &Prepared,
+    wanted: &[(String, u32)],
+) -> Result<StartReport> {
+    let sd = host.systemd()?;
+    let _lock = crate::host::lock::lock_host(&host.dirs)?;
+    let all = sd.list_units(&["shim-*".to_string()])?;
+    let mut report = StartReport::default();
+    let names: BTreeSet<String> = all.iter().map(|u| u.name.clone()).collect();
+    let taken: BTreeSet<u16> = all
+        .iter()
+        .filter_map(|u| u.field("SHIM_PORT")?.parse().ok())
+        .collect();
+
+    let key_of = |p: &str, i: u32| plan::InstanceKey {
+        service: prepared.service.id.clone(),
+        process: crate::config::Ident::parse(p).unwrap_or_else(|_| prepared.service.id.clone()),
+        revision: prepared.revision.clone(),
+        index: i,
+    };
+    let mut missing = Vec::new();
+    for (p, i) in wanted {
+        let name = key_of(p, *i).unit_name();
+        if names.contains(&name) {
+            report.already_running.push(name);
+        } else {
+            missing.push((p.clone(), *i));
+        }
+    }
+    if missing.is_empty() {
+        return Ok(report);
+    }
+    let needs_port: Vec<(String, u32)> = missing
+        .iter()
+        .filter(|(p, _)| {
+            prepared
+                .service
+                .processes
+                .values()
+                .any(|d| d.name.as_str() == p && d.port)
+        })
+        .cloned()
+        .collect();
+    let ports = plan::allocate_ports(prepared.port_range, needs_port.len(), &taken, |p| {
+        !host.procfs.port_free(p)
+    })
+    .map_err(|m| anyhow!(m))?;
+    let port_map: BTreeMap<(String, u32), u16> = needs_port.into_iter().zip(ports).collect();
+    let plans = prepared.plan(&prepared.secrets, &missing, &port_map)?;
+    for p in &plans {
+        write_bundle(p)?;
+    }
+    let units: Vec<_> = plans.iter().map(|p| p.unit.clone()).collect();
+    let outcome = sd.start_transient(&units, START_TIMEOUT);
+    let failed: Vec<String> = match &outcome {
+        Ok(outcomes) => outcomes
+            .iter()
+            .filter(|o| !o.ok())
+            .map(|o| format!("{} ({})", o.unit, o.result))
+            .collect(),
+        Err(e) => vec![e.to_string()],
+    };
+    if failed.is_empty() {
+        report.started = units.into_iter().map(|u| u.name).collect();
+        return Ok(report);
+    }
+    // Roll back: stop what this call started, so the host is as it was.
+    let mut msg = format!(
+        "starting {} failed: {}",
+        prepared.service.id,
+        failed.join(", ")
+    );
+    for u in &units {
+        if failed.iter().any(|f| f.starts_with(&u.name)) {
+            msg.push_str(&format!(
+                "\n--- last journal lines of {} ---\n{}",
+                u.name,
+                host.journal.tail(&u.name, 15)
+            ));
+        }
+    }
+    let names: Vec<String> = units.iter().map(|u| u.name.clone()).collect();
+    match sd.stop_units(&names, Duration::from_secs(60)) {
+        Ok(_) => {
+            for p in &plans {
+                let _ = std::fs::remove_dir_all(&p.dir);
+            }
+        }
+        // Keep the directories: the units may still need them; `shim stop` cleans both.
+        Err(e) => msg.push_str(&format!(
+            "\nrolling back also failed ({e}); run `shim stop --id {}`",
+            prepared.service.id
+        )),
+    }
+    Err(anyhow!(msg))
+}
+
+/// Stops units and removes their instance directories. Idempotent.
+pub fn stop_units(sd: &dyn Systemd, units: &[UnitInfo], timeout: Duration) -> Result<Vec<String>> {
+    let names: Vec<String> = units.iter().map(|u| u.name.clone()).collect();
+    if names.is_empty() {
+        return Ok(names);
+    }
+    let outcomes = sd.stop_units(&names, timeout)?;
+    let bad: Vec<String> = outcomes
+        .iter()
+        .filter(|o| !o.ok())
+        .map(|o| format!("{} ({})", o.unit, o.result))
+        .collect();
+    if !bad.is_empty() {
+        return Err(anyhow!("stopping failed for: {}", bad.join(", ")));
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::systemd::fake::lock;
+    use crate::ops::testkit;
+
+    const DEF: &str =
+        "[shim]\nport_range = [30000, 30010]\n[services.app]\nimage = \"oci:/i:{revision}\"\n\
+             [services.app.processes.web]\ncount = 2\nport = true\ncommand = [\"/app\"]\n\
+             [services.app.processes.worker]\ncommand = [\"/w\"]\n";
+
+    #[test]
+    fn starts_missing_instances_once_with_distinct_ports() {
+        let fh = testkit::host();
+        let d = fh.host.dirs.clone();
+        let p = testkit::prepared(&testkit::defs(DEF), "app", "r1", &d);
+        let sd = &fh.systemd;
+        let r = start_instances(&fh.host, &p, &p.all_instances()).unwrap();
+        assert_eq!(r.started.len(), 3);
+        let ports: BTreeSet<String> = lock(&sd.units)
+            .values()
+            .filter_map(|u| u.field("SHIM_PORT").map(str::to_string))
+            .collect();
+        assert_eq!(ports, ["30000", "30001"].map(String::from).into());
+        // Bundles are written, root-only.
+        use std::os::unix::fs::PermissionsExt;
+        let cfg = d.instances("app").join("shim-app-web-r1-1/config.json");
+        assert_eq!(
+            std::fs::metadata(&cfg).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // And what each instance is, for `shim status`.
+        let meta: plan::InstanceMeta = serde_json::from_slice(
+            &std::fs::read(d.instances("app").join("shim-app-web-r1-2/meta.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(meta.unit, "shim-app-web-r1-2.service");
+        assert_eq!((meta.instance, meta.port), (2, Some(30001)));
+        // Again: nothing new is started.
+        let again = start_instances(&fh.host, &p, &p.all_instances()).unwrap();
+        assert!(again.started.is_empty());
+        assert_eq!(again.already_running.len(), 3);
+    }
+
+    #[test]
+    fn a_failed_start_rolls_back_everything_it_started() {
+        let fh = testkit::host();
+        let d = fh.host.dirs.clone();
+        let p = testkit::prepared(&testkit::defs(DEF), "app", "r1", &d);
+        let sd = &fh.systemd;
+        lock(&sd.fail_start).push("shim-app-web-r1-2.service".into());
+        let err = start_instances(&fh.host, &p, &p.all_instances()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("shim-app-web-r1-2.service (failed)"),
+            "{err}"
+        );
+        assert!(
+            lock(&sd.units).is_empty(),
+            "units left: {:?}",
+            lock(&sd.units).keys()
+        );
+        let calls = lock(&sd.calls);
+        assert_eq!(
+            calls.iter().filter(|c| c.starts_with("stop ")).count(),
+            3,
+            "{calls:?}"
+        );
+        let left: Vec<_> = std::fs::read_dir(d.instances("app")).unwrap().collect();
+        assert!(left.is_empty(), "instance dirs left: {left:?}");
+    }
+}

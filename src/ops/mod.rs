@@ -1,0 +1,15 @@
+//! Operations: what each command does, driving the host adapters (`crate::host`) with the
+//! pure core's decisions (`crate::plan`, `crate::config`, `crate::crontab`). Every operation
+//! takes the one [`crate::host::Host`] built in `main`; none connects to anything itself.
+//! They return models (reports, status rows) that the CLI renders.
+
+pub mod cron;
+pub mod instances;
+pub mod probe;
+pub mod reconcile;
+pub mod run;
+pub mod stop;
+pub mod upgrade;
+
+#[cfg(test)]
+pub mod testkit;

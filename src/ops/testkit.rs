@@ -1,0 +1,80 @@
+//! Fixtures for the operations' unit tests: definitions from TOML text, a [`Prepared`] made
+//! without an image store ([`FakePreparer`]), and units as the fake systemd holds them.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::config::{parse_sources, Definitions};
+use crate::host::dirs::Dirs;
+use crate::host::images::{PrepareRequest, Preparer};
+use crate::host::FakeHost;
+use crate::image::{ImageConfig, ImageRef, ResolvedImage};
+use crate::plan::{self, Prepared, ResolvedUser};
+
+/// Definitions parsed from `toml` as if it were /etc/shim/services.toml.
+pub fn defs(toml: &str) -> Definitions {
+    parse_sources(&[(PathBuf::from("/etc/shim/services.toml"), toml.into())])
+        .unwrap_or_else(|e| panic!("test definitions: {e:#}"))
+}
+
+/// What the real preparer would gather, with a made-up image (digest from the revision).
+pub fn prepared(defs: &Definitions, id: &str, revision: &str, dirs: &Dirs) -> Prepared {
+    let service = defs.service(id).unwrap_or_else(|e| panic!("{e:#}")).clone();
+    let digest: String = format!("{revision:0<64}")
+        .chars()
+        .map(|c| if c.is_ascii_hexdigit() { c } else { 'a' })
+        .take(64)
+        .collect();
+    Prepared {
+        instances_dir: dirs.instances(service.id.as_str()),
+        revision: revision.into(),
+        image: ResolvedImage {
+            reference: ImageRef::parse(&format!("oci:/i:{revision}"))
+                .unwrap_or_else(|e| panic!("{e}")),
+            manifest_digest: format!("sha256:{}", digest.to_lowercase()),
+            config: ImageConfig::default(),
+            layers: vec![],
+        },
+        rootfs: dirs.state.join("rootfs"),
+        secrets: vec![("S".into(), "v".into())],
+        user: ResolvedUser { uid: 0, gid: 0 },
+        user_note: None,
+        runtime_bin: "/usr/sbin/runc".into(),
+        shim_exe: "/usr/bin/shim".into(),
+        host_files: vec![],
+        port_range: defs.settings.port_range,
+        restrict_devices: true,
+        restart: plan::RestartPolicy::StartLimit,
+        podman: dirs.podman(),
+        service,
+    }
+}
+
+/// A preparer that needs no image: [`prepared`] for every request; revisions listed in
+/// `bad` fail as an image that cannot be resolved would.
+#[derive(Default)]
+pub struct FakePreparer {
+    pub bad: std::sync::Mutex<Vec<String>>,
+}
+
+impl Preparer for FakePreparer {
+    fn prepare(&self, dirs: &Dirs, req: &PrepareRequest<'_>) -> Result<Prepared> {
+        plan::validate_revision(req.revision)
+            .map_err(|m| crate::error::BadInput(format!("--revision: {m}")))?;
+        if crate::host::systemd::fake::lock(&self.bad)
+            .iter()
+            .any(|b| b == req.revision)
+        {
+            anyhow::bail!("resolving image oci:/i:{}: no such tag", req.revision);
+        }
+        let mut p = prepared(req.defs, req.id, req.revision, dirs);
+        p.restart = req.restart;
+        Ok(p)
+    }
+}
+
+/// A fake host whose preparer is a [`FakePreparer`].
+pub fn host() -> FakeHost {
+    FakeHost::with(|h| h.images = Box::new(FakePreparer::default()))
+}

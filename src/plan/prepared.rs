@@ -1,0 +1,84 @@
+//! Everything a plan of one service at one revision needs, gathered by the host adapter
+//! (`host::images`) before anything changes: a plain value, so the planning below is pure.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Result};
+
+use crate::config::ServiceDef;
+use crate::error::BadInput;
+use crate::image::ResolvedImage;
+use crate::plan::{self, InstancePlan, PlanContext, ResolvedUser};
+
+/// Everything a plan of one service at one revision needs, gathered before anything changes.
+pub struct Prepared {
+    pub service: ServiceDef,
+    pub revision: String,
+    pub image: ResolvedImage,
+    pub rootfs: PathBuf,
+    pub secrets: Vec<(String, String)>,
+    pub user: ResolvedUser,
+    /// A note for `shim show` when the user could not be resolved without unpacking.
+    pub user_note: Option<String>,
+    pub runtime_bin: PathBuf,
+    pub shim_exe: PathBuf,
+    pub instances_dir: PathBuf,
+    pub host_files: Vec<PathBuf>,
+    pub port_range: (u16, u16),
+    pub restrict_devices: bool,
+    pub restart: plan::RestartPolicy,
+    pub podman: plan::PodmanStorage,
+}
+
+impl Prepared {
+    /// The plan context; `secrets` lets `shim show` pass redacted values.
+    pub fn context<'a>(&'a self, secrets: &'a [(String, String)]) -> PlanContext<'a> {
+        PlanContext {
+            service: &self.service,
+            revision: &self.revision,
+            image: &self.image.config,
+            rootfs: &self.rootfs,
+            secrets,
+            user: self.user,
+            runtime_bin: &self.runtime_bin,
+            shim_exe: &self.shim_exe,
+            instances_dir: &self.instances_dir,
+            host_files: &self.host_files,
+            restrict_devices: self.restrict_devices,
+            restart: self.restart,
+            podman: &self.podman,
+        }
+    }
+
+    /// Plans the given (process, index) instances with the given ports.
+    pub fn plan(
+        &self,
+        secrets: &[(String, String)],
+        wanted: &[(String, u32)],
+        ports: &BTreeMap<(String, u32), u16>,
+    ) -> Result<Vec<InstancePlan>> {
+        let cx = self.context(secrets);
+        wanted
+            .iter()
+            .map(|(p, i)| {
+                let process = self
+                    .service
+                    .processes
+                    .iter()
+                    .find(|(k, _)| k.as_str() == p)
+                    .map(|(_, v)| v)
+                    .ok_or_else(|| anyhow!("process {p} not defined"))?;
+                let port = ports.get(&(p.clone(), *i)).copied();
+                plan::plan_instance(&cx, process, *i, port).map_err(|m| anyhow!(BadInput(m)))
+            })
+            .collect()
+    }
+
+    /// Every (process, index) the definition asks for.
+    pub fn all_instances(&self) -> Vec<(String, u32)> {
+        plan::instance_keys(&self.service, &self.revision)
+            .map(|(k, _)| (k.process.to_string(), k.index))
+            .collect()
+    }
+}

@@ -1,0 +1,54 @@
+//! The nginx upstream file shim owns for one proxied process, rendered purely from the
+//! instances' ports; its header line names service, process and revision so that recovery
+//! can read back which revision nginx was pointed at ([`file_revision`]).
+
+/// The upstream block for `ports` (loopback only: instances share the host's network).
+pub fn render_upstream(
+    upstream: &str,
+    service: &str,
+    process: &str,
+    revision: &str,
+    ports: &[u16],
+) -> String {
+    let mut out = format!(
+        "# Written by shim for service {service}, process {process}, revision {revision}.\n\
+         # Do not edit: the next `shim upgrade` replaces it.\n\
+         upstream {upstream} {{\n"
+    );
+    for p in ports {
+        out.push_str(&format!("    server 127.0.0.1:{p} max_fails=0;\n"));
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// The revision an upstream file written by shim points at (from its header), if any.
+pub fn file_revision(text: &str) -> Option<&str> {
+    let first = text.lines().next()?;
+    let rest = first.strip_prefix("# Written by shim for service ")?;
+    rest.rsplit_once(", revision ")
+        .map(|(_, r)| r.trim_end_matches('.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_snapshot() {
+        insta::assert_snapshot!(render_upstream(
+            "billing_app_web",
+            "billing_app",
+            "web",
+            "279d9035886d",
+            &[20001, 20002]
+        ));
+    }
+
+    #[test]
+    fn file_revision_reads_the_header() {
+        let t = render_upstream("u", "svc", "web", "279d9035886d", &[1]);
+        assert_eq!(file_revision(&t), Some("279d9035886d"));
+        assert_eq!(file_revision("upstream u { server 127.0.0.1:1; }"), None);
+    }
+}
