@@ -10,7 +10,7 @@ use clap::Args;
 
 use crate::cli::upgrade::CommonArgs;
 use crate::host::Host;
-use crate::ops::upgrade::converge;
+use crate::ops::upgrade::{converge, Kind};
 
 /// Start all instances of all processes of a service.
 ///
@@ -29,7 +29,6 @@ pub struct StartArgs {
 
 pub fn run(host: &Host, config: &Path, args: StartArgs) -> Result<()> {
     let defs = crate::config::load(config)?;
-    let mut opts = args.common.options("start", config);
-    opts.refuse_other_revision = true;
-    converge(host, &defs, &args.id, &args.revision, &opts)
+    let opts = args.common.options(Kind::Start, config);
+    converge(host, &defs, &args.id, &args.revision, &opts).map(|_| ())
 }

@@ -1,4 +1,4 @@
-//! `shim upgrade` and `shim rollback`: the deploy hook's commands. See `upgrade.rs` for the
+//! `shim upgrade` and `shim rollback`: the deploy hook's commands. See `ops::upgrade` for the
 //! steps and their failure handling.
 
 use crate::cli::parse_duration_arg;
@@ -11,7 +11,7 @@ use clap::Args;
 
 use crate::error::BadInput;
 use crate::host::Host;
-use crate::ops::upgrade::{converge, Options};
+use crate::ops::upgrade::{converge, Kind, Options};
 
 /// Switch a service to a revision with no dropped requests: start the new instances, wait
 /// until they are healthy, point nginx at them, drain and stop the old ones. Also the first
@@ -47,16 +47,14 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
-    pub fn options(&self, verb: &'static str, config: &Path) -> Options {
+    pub fn options(&self, kind: Kind, config: &Path) -> Options {
         Options {
+            kind,
             dry_run: self.dry_run,
             timeout: self.timeout,
             lock_timeout: self.lock_timeout,
             json: self.json,
-            refuse_other_revision: false,
-            verb,
             config: config.to_path_buf(),
-            keep_unhealthy: false,
         }
     }
 }
@@ -80,8 +78,9 @@ pub fn run_upgrade(host: &Host, config: &Path, args: UpgradeArgs) -> Result<()> 
         &defs,
         &args.id,
         &args.revision,
-        &args.common.options("upgrade", config),
+        &args.common.options(Kind::Upgrade, config),
     )
+    .map(|_| ())
 }
 
 pub fn run_rollback(host: &Host, config: &Path, args: RollbackArgs) -> Result<()> {
@@ -101,6 +100,7 @@ pub fn run_rollback(host: &Host, config: &Path, args: RollbackArgs) -> Result<()
         &defs,
         &args.id,
         &previous,
-        &args.common.options("rollback", config),
+        &args.common.options(Kind::Rollback, config),
     )
+    .map(|_| ())
 }

@@ -217,14 +217,12 @@ pub fn run(host: &Host, defs: &Definitions, opts: &Options) -> Result<()> {
                 continue;
             }
             let uopts = upgrade::Options {
+                kind: upgrade::Kind::Reconcile,
                 dry_run: false,
                 timeout: None,
                 lock_timeout: opts.lock_timeout,
                 json: false,
-                refuse_other_revision: false,
-                verb: "reconcile",
                 config: opts.config.clone(),
-                keep_unhealthy: true,
             };
             if let Err(e) = upgrade::converge_locked(host, defs, id, &revision, &uopts, lock) {
                 eprintln!("shim: reconcile of {id}: {e:#}");

@@ -78,3 +78,48 @@ impl Preparer for FakePreparer {
 pub fn host() -> FakeHost {
     FakeHost::with(|h| h.images = Box::new(FakePreparer::default()))
 }
+
+// A test keeps an `Arc` of each fake it scripts and gives the Host a clone.
+impl<T: crate::host::http_check::HttpCheck> crate::host::http_check::HttpCheck
+    for std::sync::Arc<T>
+{
+    fn check_all(
+        &self,
+        reqs: &[crate::host::http_check::Request<'_>],
+    ) -> Vec<crate::host::http_check::Check> {
+        (**self).check_all(reqs)
+    }
+}
+
+impl<T: crate::host::nginx::Nginx> crate::host::nginx::Nginx for std::sync::Arc<T> {
+    fn test_config(&self) -> Result<()> {
+        (**self).test_config()
+    }
+}
+
+impl<T: crate::host::procfs::Procfs> crate::host::procfs::Procfs for std::sync::Arc<T> {
+    fn children(&self, pid: u32) -> std::collections::BTreeSet<u32> {
+        (**self).children(pid)
+    }
+    fn port_free(&self, port: u16) -> bool {
+        (**self).port_free(port)
+    }
+    fn has_cap_sys_resource(&self) -> bool {
+        (**self).has_cap_sys_resource()
+    }
+}
+
+impl<T: crate::host::clock::Clock> crate::host::clock::Clock for std::sync::Arc<T> {
+    fn now(&self) -> std::time::Instant {
+        (**self).now()
+    }
+    fn sleep(&self, d: std::time::Duration) {
+        (**self).sleep(d)
+    }
+}
+
+impl<T: Preparer> Preparer for std::sync::Arc<T> {
+    fn prepare(&self, dirs: &Dirs, req: &PrepareRequest<'_>) -> Result<Prepared> {
+        (**self).prepare(dirs, req)
+    }
+}

@@ -1,0 +1,269 @@
+//! Repairing what an interrupted attempt left, before a new one plans anything. The decision
+//! is pure ([`decide`]): from the persisted phase of the attempt, the service's units as
+//! observed now, and which revision the upstream files point at. Then [`apply`] does it.
+//!
+//! - Killed before nginx switched (`starting`, and no upstream file names the attempt's
+//!   revision): its instances never served; they are stopped.
+//! - Killed after the switch (`switched`), or during it (`starting`, but a file already names
+//!   the attempt's revision): the attempt's revision is the current one. nginx is reloaded to
+//!   be sure it serves the files, and the old instances get their drain time before they stop.
+//! - Instances of any revision that is neither current nor the target are stopped (nginx
+//!   cannot point at them), and so are target instances left by an attempt that never
+//!   switched (they are started afresh, so that this run health-checks every new instance).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::host::nginx;
+use crate::host::state::{Attempt, Phase, ServiceState, StateStore};
+use crate::host::systemd::UnitInfo;
+use crate::host::Host;
+use crate::ops::instances;
+use crate::plan::Prepared;
+
+/// What recovery does, decided from what it saw.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Recovery {
+    /// The attempt's revision becomes the current one (it had switched).
+    pub promote: Option<String>,
+    /// The interrupted attempt is forgotten (the state is saved without it).
+    pub clear_attempt: bool,
+    /// What the operator is told.
+    pub notes: Vec<String>,
+    /// Units to stop.
+    pub leftovers: Vec<String>,
+    /// nginx may still serve the old instances: reload it, then drain, before stopping them.
+    pub drain_first: bool,
+}
+
+fn rev_of(u: &UnitInfo) -> &str {
+    u.field("SHIM_REVISION").unwrap_or_default()
+}
+
+/// Decides the recovery. `files_name_attempt`: whether an upstream file of the service
+/// already points at the attempt's revision.
+pub fn decide(
+    st: &ServiceState,
+    target: &str,
+    units: &[UnitInfo],
+    files_name_attempt: bool,
+) -> Recovery {
+    let mut r = Recovery::default();
+    let mut current = st.current.clone();
+    if let Some(a) = &st.upgrading {
+        r.clear_attempt = true;
+        let switched = a.phase == Phase::Switched || files_name_attempt;
+        if switched {
+            r.drain_first = true;
+            r.notes.push(format!(
+                "an upgrade to {} was interrupted after nginx switched: it is the current revision",
+                a.revision
+            ));
+            if current.as_deref() != Some(a.revision.as_str()) {
+                r.promote = Some(a.revision.clone());
+                current = Some(a.revision.clone());
+            }
+        } else {
+            r.notes.push(format!(
+                "an upgrade to {} was interrupted before nginx switched: its instances are removed",
+                a.revision
+            ));
+        }
+    }
+    let keep: BTreeSet<&str> = current.iter().map(|s| s.as_str()).chain([target]).collect();
+    let stale_target = current.is_some() && current.as_deref() != Some(target);
+    r.leftovers = units
+        .iter()
+        .filter(|u| !keep.contains(rev_of(u)) || (stale_target && rev_of(u) == target))
+        .map(|u| u.name.clone())
+        .collect();
+    if r.leftovers.is_empty() {
+        r.drain_first = false;
+    }
+    r
+}
+
+/// The state after `r`: the attempt gone, a switched attempt promoted.
+pub fn recovered_state(st: &ServiceState, r: &Recovery) -> ServiceState {
+    let mut st = st.clone();
+    if r.clear_attempt {
+        st.upgrading = None;
+    }
+    if let Some(rev) = &r.promote {
+        st.previous = st.current.take();
+        st.current = Some(rev.clone());
+    }
+    st
+}
+
+/// Whether any of the service's upstream files already points at `attempt`'s revision.
+pub fn files_name_attempt(p: &Prepared, attempt: Option<&Attempt>) -> bool {
+    let Some(a) = attempt else { return false };
+    p.service
+        .processes
+        .values()
+        .filter_map(|d| d.proxy.as_ref())
+        .any(|px| {
+            std::fs::read_to_string(&px.file).ok().is_some_and(|t| {
+                crate::plan::upstream::file_revision(&t) == Some(a.revision.as_str())
+            })
+        })
+}
+
+/// Observes, decides and repairs; saves the recovered state before stopping anything.
+pub fn run(
+    host: &Host,
+    p: &Prepared,
+    nginx_unit: &str,
+    st: &mut ServiceState,
+    store: &StateStore,
+    details: &mut Vec<String>,
+) -> Result<()> {
+    let sd = host.systemd()?;
+    let id = p.service.id.as_str();
+    let units = instances::service_units(sd, id)?;
+    let r = decide(
+        st,
+        &p.revision,
+        &units,
+        files_name_attempt(p, st.upgrading.as_ref()),
+    );
+    details.extend(r.notes.iter().cloned());
+    if r.clear_attempt {
+        *st = recovered_state(st, &r);
+        store.save(id, st)?;
+    }
+    if r.leftovers.is_empty() {
+        return Ok(());
+    }
+    let leftovers: Vec<UnitInfo> = units
+        .into_iter()
+        .filter(|u| r.leftovers.contains(&u.name))
+        .collect();
+    if r.drain_first {
+        // Killed between writing the file and the reload, nginx may still serve the old
+        // instances: make it load what the files say before they go.
+        if p.service.processes.values().any(|d| d.proxy.is_some()) {
+            host.nginx.test_config()?;
+            nginx::reload(host, nginx_unit, Duration::from_secs(30))?;
+            details.push(format!(
+                "{nginx_unit} reloaded to be sure it serves the upstream files"
+            ));
+        }
+        let drain = super::drain_of(p, &leftovers);
+        details.push(format!("draining the old instances for {drain:?} first"));
+        host.clock.sleep(drain);
+    }
+    for n in instances::stop_units(sd, &leftovers, Duration::from_secs(300))? {
+        details.push(format!("stopped leftover {n}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(rev: &str, i: u32) -> UnitInfo {
+        UnitInfo {
+            name: format!("shim-app-web-{rev}-{i}.service"),
+            fields: [
+                ("SHIM_SERVICE".to_string(), "app".to_string()),
+                ("SHIM_REVISION".to_string(), rev.to_string()),
+            ]
+            .into(),
+            ..Default::default()
+        }
+    }
+
+    fn st(current: Option<&str>, attempt: Option<(&str, Phase)>) -> ServiceState {
+        ServiceState {
+            current: current.map(String::from),
+            previous: None,
+            upgrading: attempt.map(|(r, phase)| Attempt {
+                revision: r.into(),
+                phase,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn nothing_interrupted_nothing_left_means_nothing_to_do() {
+        let r = decide(&st(Some("r1"), None), "r2", &[unit("r1", 1)], false);
+        assert_eq!(r, Recovery::default());
+    }
+
+    #[test]
+    fn killed_before_the_switch_removes_the_attempts_instances() {
+        let units = [unit("r1", 1), unit("r2", 1)];
+        // The next run targets r3: r2's instance is a leftover, r1 keeps serving.
+        let r = decide(
+            &st(Some("r1"), Some(("r2", Phase::Starting))),
+            "r3",
+            &units,
+            false,
+        );
+        assert_eq!(r.leftovers, vec!["shim-app-web-r2-1.service"]);
+        assert!(r.clear_attempt && r.promote.is_none() && !r.drain_first);
+        assert!(
+            r.notes[0].contains("before nginx switched"),
+            "{:?}",
+            r.notes
+        );
+        // Retrying r2 itself: its old instance is started afresh (health-checked again).
+        let r = decide(
+            &st(Some("r1"), Some(("r2", Phase::Starting))),
+            "r2",
+            &units,
+            false,
+        );
+        assert_eq!(r.leftovers, vec!["shim-app-web-r2-1.service"]);
+    }
+
+    #[test]
+    fn killed_after_the_switch_promotes_the_attempt_and_drains_the_old() {
+        let units = [unit("r1", 1), unit("r2", 1)];
+        let r = decide(
+            &st(Some("r1"), Some(("r2", Phase::Switched))),
+            "r3",
+            &units,
+            false,
+        );
+        assert_eq!(r.promote.as_deref(), Some("r2"));
+        assert!(r.drain_first);
+        assert_eq!(r.leftovers, vec!["shim-app-web-r1-1.service"]);
+        let after = recovered_state(&st(Some("r1"), Some(("r2", Phase::Switched))), &r);
+        assert_eq!(after.current.as_deref(), Some("r2"));
+        assert_eq!(after.previous.as_deref(), Some("r1"));
+        assert!(after.upgrading.is_none());
+    }
+
+    #[test]
+    fn killed_during_the_switch_counts_as_switched_when_a_file_names_the_attempt() {
+        let units = [unit("r1", 1), unit("r2", 1)];
+        let r = decide(
+            &st(Some("r1"), Some(("r2", Phase::Starting))),
+            "r2",
+            &units,
+            true,
+        );
+        assert_eq!(r.promote.as_deref(), Some("r2"));
+        assert_eq!(r.leftovers, vec!["shim-app-web-r1-1.service"]);
+        assert!(r.notes[0].contains("after nginx switched"));
+    }
+
+    #[test]
+    fn a_first_deploy_killed_after_the_switch_has_nothing_to_drain() {
+        let r = decide(
+            &st(None, Some(("r1", Phase::Switched))),
+            "r1",
+            &[unit("r1", 1)],
+            false,
+        );
+        assert_eq!(r.promote.as_deref(), Some("r1"));
+        assert!(r.leftovers.is_empty() && !r.drain_first);
+    }
+}

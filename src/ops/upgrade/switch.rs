@@ -1,0 +1,127 @@
+//! Pointing each proxied process's nginx upstream at the new revision's instances: the files
+//! are rendered purely (`plan::upstream`), written atomically, checked with `nginx -t`, and
+//! applied by a reload confirmed by new workers. All or nothing: any failure restores every
+//! file this switch wrote (and reloads nginx on them again if the reload itself failed), so
+//! nginx keeps serving the old revision.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::host::nginx::{self, Backup};
+use crate::host::systemd::UnitInfo;
+use crate::host::Host;
+use crate::plan::Prepared;
+
+/// One proxied process's upstream file as the switch will write it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamFile {
+    pub file: std::path::PathBuf,
+    pub upstream: String,
+    pub text: String,
+    pub ports: Vec<u16>,
+}
+
+/// The upstream file of each proxied process, rendered from `units` (the new revision's
+/// instances). Instances beyond `count` are left out: they are stopped right after the switch.
+pub fn plan_files(p: &Prepared, units: &[UnitInfo]) -> Result<Vec<UpstreamFile>> {
+    let mut out = Vec::new();
+    for def in p.service.processes.values() {
+        let Some(proxy) = &def.proxy else { continue };
+        let mut ports: Vec<(u32, u16)> = units
+            .iter()
+            .filter(|u| u.field("SHIM_PROCESS") == Some(def.name.as_str()))
+            .filter_map(|u| {
+                Some((
+                    u.field("SHIM_INSTANCE")?.parse().ok()?,
+                    u.field("SHIM_PORT")?.parse().ok()?,
+                ))
+            })
+            .filter(|(i, _)| *i <= def.count)
+            .collect();
+        ports.sort();
+        let ports: Vec<u16> = ports.into_iter().map(|(_, p)| p).collect();
+        if ports.is_empty() && def.count > 0 {
+            bail!("no running instance of {} to point nginx at", def.name);
+        }
+        let text = crate::plan::upstream::render_upstream(
+            &proxy.upstream,
+            p.service.id.as_str(),
+            def.name.as_str(),
+            &p.revision,
+            &ports,
+        );
+        out.push(UpstreamFile {
+            file: proxy.file.clone(),
+            upstream: proxy.upstream.clone(),
+            text,
+            ports,
+        });
+    }
+    Ok(out)
+}
+
+/// Writes the files, checks and reloads nginx; restores everything on failure.
+pub fn switch(
+    host: &Host,
+    p: &Prepared,
+    units: &[UnitInfo],
+    nginx_unit: &str,
+    details: &mut Vec<String>,
+) -> Result<()> {
+    let files = plan_files(p, units)?;
+    let mut backups = Vec::new();
+    for f in &files {
+        match nginx::write_upstream(&f.file, &f.text) {
+            Ok(Some(b)) => {
+                details.push(format!(
+                    "{}: upstream {} → {:?}",
+                    f.file.display(),
+                    f.upstream,
+                    f.ports
+                ));
+                backups.push(b);
+            }
+            Ok(None) => details.push(format!("{}: unchanged", f.file.display())),
+            Err(e) => {
+                restore(&backups);
+                return Err(e);
+            }
+        }
+    }
+    if backups.is_empty() {
+        return Ok(());
+    }
+    apply(host, nginx_unit, &backups)?;
+    details.push(format!("{nginx_unit} reloaded; new workers running"));
+    Ok(())
+}
+
+/// `nginx -t`, then the reload; on failure the files are restored.
+fn apply(host: &Host, nginx_unit: &str, backups: &[Backup]) -> Result<()> {
+    if let Err(e) = host.nginx.test_config() {
+        restore(backups);
+        return Err(e.context("the new upstream was refused; previous file restored"));
+    }
+    if let Err(e) = nginx::reload(host, nginx_unit, Duration::from_secs(30)) {
+        restore(backups);
+        // Put nginx back on the old file too; if this fails as well, the error says both.
+        let again = nginx::reload(host, nginx_unit, Duration::from_secs(30));
+        let e = e.context("reloading nginx failed; previous upstream restored");
+        return Err(match again {
+            Ok(()) => e,
+            Err(e2) => e.context(format!(
+                "and reloading it with the previous file failed too: {e2:#}"
+            )),
+        });
+    }
+    Ok(())
+}
+
+fn restore(backups: &[Backup]) {
+    for b in backups {
+        if let Err(e) = b.restore() {
+            eprintln!("shim: restoring an upstream file failed: {e:#}");
+        }
+    }
+}

@@ -1,0 +1,579 @@
+//! The upgrade through the fakes: every step's failure, the bail-outs, and the recovery from
+//! each persisted phase. systemd, nginx, the health checks, /proc and the clock are fakes
+//! (the clock moves only when the upgrade sleeps, so a 30 s health deadline takes no time);
+//! the state store, locks, instance bundles and upstream files are real files in a temporary
+//! directory.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::host::clock::FakeClock;
+use crate::host::http_check::{Check, FakeHttpCheck};
+use crate::host::nginx::FakeNginx;
+use crate::host::procfs::FakeProcfs;
+use crate::host::systemd::fake::lock;
+use crate::host::FakeHost;
+use crate::ops::testkit::{self, FakePreparer};
+
+struct T {
+    fh: FakeHost,
+    defs: Definitions,
+    http: Arc<FakeHttpCheck>,
+    nginx: Arc<FakeNginx>,
+    procfs: Arc<FakeProcfs>,
+    clock: Arc<FakeClock>,
+    images: Arc<FakePreparer>,
+    file: PathBuf,
+}
+
+const DEF: &str = r#"
+[shim]
+port_range = [30000, 30100]
+
+[services.app]
+image = "oci:/i:{revision}"
+
+[services.app.processes.web]
+count = 2
+command = ["/app"]
+health = { path = "/health", start_period = "2s" }
+proxy = { upstream = "app_web", file = "@FILE@" }
+drain = "3s"
+
+[services.app.processes.worker]
+command = ["/w"]
+"#;
+
+fn setup_with(def: &str) -> T {
+    let http = Arc::new(FakeHttpCheck::default());
+    *lock(&http.default) = Some(Check::Healthy(200));
+    let nginx = Arc::new(FakeNginx::default());
+    let procfs = Arc::new(FakeProcfs::default());
+    let clock = Arc::new(FakeClock::default());
+    let images = Arc::new(FakePreparer::default());
+    let (h2, n2, p2, c2, i2) = (
+        http.clone(),
+        nginx.clone(),
+        procfs.clone(),
+        clock.clone(),
+        images.clone(),
+    );
+    let fh = FakeHost::with(move |h| {
+        h.http = Box::new(h2);
+        h.nginx = Box::new(n2);
+        h.procfs = Box::new(p2);
+        h.clock = Box::new(c2);
+        h.images = Box::new(i2);
+    });
+    let file = fh.tmp.path().join("nginx/app.conf");
+    let defs = testkit::defs(&def.replace("@FILE@", &file.display().to_string()));
+    fh.systemd.insert(crate::host::systemd::UnitInfo {
+        name: "nginx.service".into(),
+        active_state: "active".into(),
+        sub_state: "running".into(),
+        main_pid: 100,
+        ..Default::default()
+    });
+    T {
+        fh,
+        defs,
+        http,
+        nginx,
+        procfs,
+        clock,
+        images,
+        file,
+    }
+}
+
+fn setup() -> T {
+    setup_with(DEF)
+}
+
+fn opts(kind: Kind) -> Options {
+    Options {
+        kind,
+        dry_run: false,
+        timeout: None,
+        lock_timeout: Duration::ZERO,
+        json: false,
+        config: PathBuf::from("/etc/shim/services.toml"),
+    }
+}
+
+impl T {
+    fn up(&self, rev: &str) -> Result<Outcome> {
+        converge(&self.fh.host, &self.defs, "app", rev, &opts(Kind::Upgrade))
+    }
+    fn state(&self) -> ServiceState {
+        self.fh.host.state().load("app").unwrap()
+    }
+    fn instances(&self) -> Vec<String> {
+        self.fh
+            .systemd
+            .unit_names()
+            .into_iter()
+            .filter(|n| n.starts_with("shim-app-"))
+            .collect()
+    }
+    fn of(&self, rev: &str) -> Vec<String> {
+        self.instances()
+            .into_iter()
+            .filter(|n| n.contains(&format!("-{rev}-")))
+            .collect()
+    }
+    fn upstream(&self) -> String {
+        std::fs::read_to_string(&self.file).unwrap_or_default()
+    }
+    fn reloads(&self) -> usize {
+        self.fh
+            .systemd
+            .calls()
+            .iter()
+            .filter(|c| *c == "reload nginx.service")
+            .count()
+    }
+    /// Makes the new instances of `rev` answer `c` (the old ones keep answering 200).
+    fn answer(&self, ports: &[u16], c: Check) {
+        for p in ports {
+            lock(&self.http.answers).insert(*p, c.clone());
+        }
+    }
+    fn ports_of(&self, rev: &str) -> Vec<u16> {
+        let units = lock(&self.fh.systemd.units);
+        let mut v: Vec<u16> = units
+            .values()
+            .filter(|u| u.field("SHIM_REVISION") == Some(rev))
+            .filter_map(|u| u.field("SHIM_PORT")?.parse().ok())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+#[test]
+fn a_first_deploy_starts_checks_switches_and_records() {
+    let t = setup();
+    let out = t.up("r1").unwrap();
+    assert_eq!(t.of("r1").len(), 3, "{:?}", t.instances());
+    let st = t.state();
+    assert_eq!(st.current.as_deref(), Some("r1"));
+    assert!(st.upgrading.is_none() && !st.stopped);
+    assert!(t.upstream().contains("revision r1"), "{}", t.upstream());
+    assert!(t.upstream().contains("server 127.0.0.1:30000"));
+    assert!(t.upstream().contains("server 127.0.0.1:30001"));
+    assert_eq!(t.reloads(), 1);
+    assert_eq!(t.nginx.tests.load(Ordering::SeqCst), 1);
+    use machine::Step::*;
+    assert_eq!(
+        out.steps,
+        vec![Init, Lock, Fetch, Recover, Plan, Start, Health, Switch, Record, Probe, Done]
+    );
+    // Only the web instances have a health check.
+    let asked: BTreeSet<u16> = lock(&t.http.asked).iter().map(|(p, _)| *p).collect();
+    assert_eq!(asked, [30000, 30001].into());
+    // The probe timer exists.
+    assert!(t
+        .fh
+        .systemd
+        .unit_names()
+        .contains(&"shim-probe-app.timer".to_string()));
+}
+
+#[test]
+fn an_upgrade_drains_then_stops_the_old_revision() {
+    let t = setup();
+    t.up("r1").unwrap();
+    let old_ports = t.ports_of("r1");
+    let out = t.up("r2").unwrap();
+    assert!(t.of("r1").is_empty(), "{:?}", t.instances());
+    assert_eq!(t.of("r2").len(), 3);
+    let new_ports = t.ports_of("r2");
+    assert!(
+        new_ports.iter().all(|p| !old_ports.contains(p)),
+        "ports of running instances are never reused"
+    );
+    assert!(t.upstream().contains("revision r2"));
+    let st = t.state();
+    assert_eq!(
+        (st.current.as_deref(), st.previous.as_deref()),
+        (Some("r2"), Some("r1"))
+    );
+    assert!(out.steps.contains(&machine::Step::Drain));
+    // The longest drain of the old instances' processes: the worker's default 5 s, not web's 3 s.
+    assert!(
+        lock(&t.clock.slept).contains(&Duration::from_secs(5)),
+        "{:?}",
+        lock(&t.clock.slept)
+    );
+    // nginx was switched before the old instances were stopped.
+    let calls = t.fh.systemd.calls();
+    let reload = calls
+        .iter()
+        .rposition(|c| c == "reload nginx.service")
+        .unwrap();
+    let stop = calls
+        .iter()
+        .position(|c| c.starts_with("stop shim-app-web-r1-"))
+        .unwrap();
+    assert!(reload < stop, "{calls:?}");
+}
+
+#[test]
+fn the_same_revision_again_starts_nothing_and_does_not_reload() {
+    let t = setup();
+    t.up("r1").unwrap();
+    let before = t.instances();
+    let out = t.up("r1").unwrap();
+    assert_eq!(t.instances(), before);
+    assert_eq!(t.reloads(), 1, "the upstream file is unchanged: no reload");
+    assert!(!out.steps.contains(&machine::Step::StopOld));
+}
+
+#[test]
+fn an_unhealthy_revision_bails_out_and_the_old_one_keeps_serving() {
+    let t = setup();
+    t.up("r1").unwrap();
+    let before = t.upstream();
+    // r2's instances will get the next ports; they answer 503.
+    t.answer(&[30003, 30004], Check::Status(503));
+    let e = format!("{:#}", t.up("r2").unwrap_err());
+    assert!(e.contains("bailed out; r1 is still serving"), "{e}");
+    assert!(
+        e.contains("not healthy within 2s: last check HTTP 503"),
+        "{e}"
+    );
+    assert!(e.contains("last journal lines of shim-app-web-r2-"), "{e}");
+    assert!(t.of("r2").is_empty(), "{:?}", t.instances());
+    assert_eq!(t.of("r1").len(), 3);
+    assert_eq!(t.upstream(), before);
+    let st = t.state();
+    assert_eq!(st.current.as_deref(), Some("r1"));
+    assert!(st.upgrading.is_none());
+    // The deadline passed on the fake clock, polling every 25 ms, observing every 10th poll.
+    let polls = lock(&t.clock.slept)
+        .iter()
+        .filter(|d| **d == health::POLL)
+        .count();
+    assert_eq!(polls, 80, "2 s of 25 ms polls");
+    let lists =
+        t.fh.systemd
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("list shim-app-*"))
+            .count();
+    assert!(lists < 25, "units observed {lists} times in one upgrade");
+    // No stale bundle directory is left for the failed instances.
+    let dirs: Vec<_> = std::fs::read_dir(t.fh.host.dirs.instances("app"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(dirs.iter().all(|d| d.contains("-r1-")), "{dirs:?}");
+}
+
+#[test]
+fn an_instance_that_crashes_fails_the_health_step_at_once() {
+    let t = setup();
+    t.up("r1").unwrap();
+    *lock(&t.fh.systemd.on_start) = Some(Box::new(|u| {
+        if u.name.contains("-web-r2-1") {
+            u.active_state = "activating".into();
+            u.sub_state = "auto-restart".into();
+            u.exec_main_code = 1;
+            u.exec_main_status = 3;
+        }
+    }));
+    let e = format!("{:#}", t.up("r2").unwrap_err());
+    assert!(
+        e.contains("shim-app-web-r2-1.service: its process exited with status 3"),
+        "{e}"
+    );
+    assert!(
+        t.clock.elapsed() < Duration::from_secs(1),
+        "failed fast, not at the deadline"
+    );
+    assert!(t.of("r2").is_empty());
+}
+
+#[test]
+fn nginx_refusing_the_file_restores_it_and_stops_the_new_instances() {
+    let t = setup();
+    t.up("r1").unwrap();
+    let before = t.upstream();
+    t.nginx.refuse.store(true, Ordering::SeqCst);
+    let e = format!("{:#}", t.up("r2").unwrap_err());
+    assert!(e.contains("nginx was left as it was"), "{e}");
+    assert!(
+        e.contains("the new upstream was refused; previous file restored"),
+        "{e}"
+    );
+    assert_eq!(t.upstream(), before);
+    assert!(t.of("r2").is_empty());
+    assert_eq!(t.of("r1").len(), 3);
+    assert!(t.state().upgrading.is_none());
+}
+
+#[test]
+fn a_reload_without_new_workers_restores_the_file_and_bails_out() {
+    let t = setup();
+    t.up("r1").unwrap();
+    let before = t.upstream();
+    t.procfs.stuck.store(true, Ordering::SeqCst);
+    let e = format!("{:#}", t.up("r2").unwrap_err());
+    assert!(
+        e.contains("reloading nginx failed; previous upstream restored"),
+        "{e}"
+    );
+    assert!(e.contains("no new nginx worker appeared"), "{e}");
+    assert_eq!(t.upstream(), before);
+    assert!(t.of("r2").is_empty());
+}
+
+#[test]
+fn a_failed_start_job_leaves_nothing_and_no_attempt() {
+    let t = setup();
+    t.up("r1").unwrap();
+    lock(&t.fh.systemd.fail_start).push("shim-app-worker-r2-1.service".into());
+    let e = format!("{:#}", t.up("r2").unwrap_err());
+    assert!(e.contains("shim-app-worker-r2-1.service (failed)"), "{e}");
+    assert!(t.of("r2").is_empty());
+    assert!(t.state().upgrading.is_none());
+    assert_eq!(t.state().current.as_deref(), Some("r1"));
+}
+
+#[test]
+fn an_image_that_cannot_be_fetched_changes_nothing() {
+    let t = setup();
+    t.up("r1").unwrap();
+    lock(&t.images.bad).push("r2".into());
+    let calls_before = t.fh.systemd.calls().len();
+    let e = format!("{:#}", t.up("r2").unwrap_err());
+    assert!(e.contains("no such tag"), "{e}");
+    assert_eq!(
+        t.fh.systemd.calls().len(),
+        calls_before,
+        "systemd was not asked anything"
+    );
+    assert_eq!(t.state().current.as_deref(), Some("r1"));
+}
+
+#[test]
+fn killed_after_starting_the_next_upgrade_removes_the_attempts_instances() {
+    let t = setup();
+    t.up("r1").unwrap();
+    // As if shim had been SIGKILLed during r2's health step: r2 runs, nginx still on r1.
+    t.answer(&[30003, 30004], Check::NoAnswer("hung".into()));
+    let _ = converge(
+        &t.fh.host,
+        &t.defs,
+        "app",
+        "r2",
+        &Options {
+            timeout: Some(Duration::from_millis(50)),
+            ..opts(Kind::Reconcile)
+        },
+    );
+    // (reconcile keeps unhealthy instances; undo its record to simulate the kill.)
+    let mut st = t.state();
+    st.current = Some("r1".into());
+    st.previous = None;
+    st.upgrading = Some(Attempt {
+        revision: "r2".into(),
+        phase: Phase::Starting,
+    });
+    t.fh.host.state().save("app", &st).unwrap();
+    std::fs::write(
+        &t.file,
+        crate::plan::upstream::render_upstream("app_web", "app", "web", "r1", &[30000, 30001]),
+    )
+    .unwrap();
+    lock(&t.http.answers).clear();
+    t.up("r3").unwrap();
+    assert!(t.of("r2").is_empty(), "{:?}", t.instances());
+    assert!(t.of("r1").is_empty());
+    assert_eq!(t.of("r3").len(), 3);
+    let st = t.state();
+    assert_eq!(
+        (st.current.as_deref(), st.previous.as_deref()),
+        (Some("r3"), Some("r1"))
+    );
+}
+
+#[test]
+fn killed_after_the_switch_the_next_run_treats_the_attempt_as_current() {
+    let t = setup();
+    t.up("r1").unwrap();
+    t.up("r2").unwrap();
+    // Put r1 back beside r2 and record "switched to r2, r1 not yet stopped", as a kill
+    // during drain leaves it.
+    let mut st = t.state();
+    st.current = Some("r1".into());
+    st.previous = None;
+    st.upgrading = Some(Attempt {
+        revision: "r2".into(),
+        phase: Phase::Switched,
+    });
+    t.fh.host.state().save("app", &st).unwrap();
+    t.fh.systemd.insert(crate::host::systemd::UnitInfo {
+        name: "shim-app-web-r1-1.service".into(),
+        active_state: "active".into(),
+        fields: [
+            ("SHIM_SERVICE".to_string(), "app".to_string()),
+            ("SHIM_PROCESS".to_string(), "web".to_string()),
+            ("SHIM_REVISION".to_string(), "r1".to_string()),
+            ("SHIM_INSTANCE".to_string(), "1".to_string()),
+        ]
+        .into(),
+        ..Default::default()
+    });
+    let reloads = t.reloads();
+    t.up("r2").unwrap();
+    let st = t.state();
+    assert_eq!(
+        (st.current.as_deref(), st.previous.as_deref()),
+        (Some("r2"), Some("r1"))
+    );
+    assert!(t.of("r1").is_empty());
+    assert_eq!(
+        t.reloads(),
+        reloads + 1,
+        "nginx reloaded before the old instance went"
+    );
+}
+
+#[test]
+fn killed_during_the_switch_counts_as_switched_when_the_file_names_the_attempt() {
+    let t = setup();
+    t.up("r1").unwrap();
+    t.up("r2").unwrap();
+    let mut st = t.state();
+    st.current = Some("r1".into());
+    st.upgrading = Some(Attempt {
+        revision: "r2".into(),
+        phase: Phase::Starting,
+    });
+    t.fh.host.state().save("app", &st).unwrap();
+    // The file already says r2 (written before the kill): the retry must not remove r2.
+    assert!(t.upstream().contains("revision r2"));
+    t.up("r2").unwrap();
+    assert_eq!(t.of("r2").len(), 3);
+    assert_eq!(t.state().current.as_deref(), Some("r2"));
+}
+
+#[test]
+fn start_refuses_to_replace_another_revision_and_changes_nothing() {
+    let t = setup();
+    t.up("r1").unwrap();
+    let before = t.instances();
+    let e = converge(&t.fh.host, &t.defs, "app", "r2", &opts(Kind::Start)).unwrap_err();
+    assert_eq!(crate::error::exit_code(&e), 2);
+    assert!(format!("{e:#}").contains("`shim start` does not replace a revision"));
+    assert_eq!(t.instances(), before);
+    assert!(t.state().upgrading.is_none());
+}
+
+#[test]
+fn reconcile_keeps_unhealthy_instances_serving_and_fails_at_the_end() {
+    let t = setup();
+    t.answer(&[30000, 30001], Check::Status(500));
+    let e = converge(&t.fh.host, &t.defs, "app", "r1", &opts(Kind::Reconcile)).unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("instances kept running although not healthy yet"),
+        "{e}"
+    );
+    assert_eq!(t.of("r1").len(), 3);
+    assert!(t.upstream().contains("revision r1"));
+    assert_eq!(t.state().current.as_deref(), Some("r1"));
+}
+
+#[test]
+fn a_dry_run_changes_nothing() {
+    let t = setup();
+    let o = Options {
+        dry_run: true,
+        ..opts(Kind::Upgrade)
+    };
+    let out = converge(&t.fh.host, &t.defs, "app", "r1", &o).unwrap();
+    assert!(out.dry_run);
+    assert!(t.instances().is_empty());
+    assert!(!t.file.exists());
+    assert!(!t.fh.host.dirs.state.join("state/app.json").exists());
+    assert!(
+        t.fh.systemd.calls().iter().all(|c| c.starts_with("list ")),
+        "{:?}",
+        t.fh.systemd.calls()
+    );
+    assert_eq!(out.render(false), "dry run: nothing changed\n");
+}
+
+#[test]
+fn a_singleton_is_stopped_before_its_successor_starts() {
+    let t = setup_with(&DEF.replace("command = [\"/w\"]", "command = [\"/w\"]\nsingleton = true"));
+    t.up("r1").unwrap();
+    t.up("r2").unwrap();
+    let calls = t.fh.systemd.calls();
+    let stop_old = calls
+        .iter()
+        .position(|c| c == "stop shim-app-worker-r1-1.service")
+        .unwrap();
+    let start_new = calls
+        .iter()
+        .position(|c| c == "start shim-app-worker-r2-1.service")
+        .unwrap();
+    assert!(stop_old < start_new, "{calls:?}");
+}
+
+#[test]
+fn lowering_count_stops_the_extra_instances_after_the_switch() {
+    let t = setup();
+    t.up("r1").unwrap();
+    let t2 = T {
+        defs: testkit::defs(
+            &DEF.replace("count = 2", "count = 1")
+                .replace("@FILE@", &t.file.display().to_string()),
+        ),
+        ..t
+    };
+    t2.up("r1").unwrap();
+    assert_eq!(t2.of("r1").len(), 2, "{:?}", t2.instances());
+    assert!(!t2.upstream().contains("30001"), "{}", t2.upstream());
+}
+
+#[test]
+fn nginx_not_running_fails_the_plan_before_anything_changes() {
+    let t = setup();
+    t.fh.systemd
+        .edit("nginx.service", |u| u.active_state = "inactive".into());
+    let e = format!("{:#}", t.up("r1").unwrap_err());
+    assert!(e.contains("nginx.service is inactive"), "{e}");
+    assert!(t.instances().is_empty());
+    assert!(t.state().upgrading.is_none());
+}
+
+#[test]
+fn a_second_upgrade_waits_for_the_lock_and_names_the_holder() {
+    let t = setup();
+    let _held = ServiceLock::acquire(&t.fh.host.dirs.run, "app", Duration::ZERO).unwrap();
+    let e = format!("{:#}", t.up("r1").unwrap_err());
+    assert!(e.contains("locked by another shim command"), "{e}");
+    assert!(t.instances().is_empty());
+}
+
+#[test]
+fn json_outcome_is_one_object() {
+    let o = Outcome {
+        service: "app".into(),
+        revision: "r1".into(),
+        dry_run: false,
+        ms: 12,
+        steps: vec![],
+    };
+    let v: serde_json::Value = serde_json::from_str(o.render(true).trim()).unwrap();
+    assert_eq!(v["result"], "ok");
+    assert_eq!(v["revision"], "r1");
+    assert_eq!(o.render(false), "done in 12 ms\n");
+}
