@@ -123,54 +123,26 @@ pub fn start_instances(
     let sd = host.systemd()?;
     let _lock = crate::host::lock::lock_host(&host.dirs)?;
     let all = sd.list_units(&["shim-*".to_string()])?;
-    let mut report = StartReport::default();
     let names: BTreeSet<String> = all.iter().map(|u| u.name.clone()).collect();
+    let (missing, already_running) = split_running(prepared, wanted, &names);
+    let mut report = StartReport {
+        started: Vec::new(),
+        already_running,
+    };
+    if missing.is_empty() {
+        return Ok(report);
+    }
     let taken: BTreeSet<u16> = all
         .iter()
         .filter_map(|u| u.field("SHIM_PORT")?.parse().ok())
         .collect();
-
-    let key_of = |p: &str, i: u32| plan::InstanceKey {
-        service: prepared.service.id.clone(),
-        process: crate::config::Ident::parse(p).unwrap_or_else(|_| prepared.service.id.clone()),
-        revision: prepared.revision.clone(),
-        index: i,
-    };
-    let mut missing = Vec::new();
-    for (p, i) in wanted {
-        let name = key_of(p, *i).unit_name();
-        if names.contains(&name) {
-            report.already_running.push(name);
-        } else {
-            missing.push((p.clone(), *i));
-        }
-    }
-    if missing.is_empty() {
-        return Ok(report);
-    }
-    let needs_port: Vec<(String, u32)> = missing
-        .iter()
-        .filter(|(p, _)| {
-            prepared
-                .service
-                .processes
-                .values()
-                .any(|d| d.name.as_str() == p && d.port)
-        })
-        .cloned()
-        .collect();
-    let ports = plan::allocate_ports(prepared.port_range, needs_port.len(), &taken, |p| {
-        !host.procfs.port_free(p)
-    })
-    .map_err(|m| anyhow!(m))?;
-    let port_map: BTreeMap<(String, u32), u16> = needs_port.into_iter().zip(ports).collect();
+    let port_map = allocate(host, prepared, &missing, &taken)?;
     let plans = prepared.plan(&prepared.secrets, &missing, &port_map)?;
     for p in &plans {
         write_bundle(p)?;
     }
     let units: Vec<_> = plans.iter().map(|p| p.unit.clone()).collect();
-    let outcome = sd.start_transient(&units, START_TIMEOUT);
-    let failed: Vec<String> = match &outcome {
+    let failed: Vec<String> = match sd.start_transient(&units, START_TIMEOUT) {
         Ok(outcomes) => outcomes
             .iter()
             .filter(|o| !o.ok())
@@ -182,25 +154,89 @@ pub fn start_instances(
         report.started = units.into_iter().map(|u| u.name).collect();
         return Ok(report);
     }
-    // Roll back: stop what this call started, so the host is as it was.
+    Err(roll_back(host, prepared, &plans, &failed))
+}
+
+/// The wanted (process, index) pairs not running yet, and the names of those that are.
+fn split_running(
+    prepared: &Prepared,
+    wanted: &[(String, u32)],
+    names: &BTreeSet<String>,
+) -> (Vec<(String, u32)>, Vec<String>) {
+    let key_of = |p: &str, i: u32| plan::InstanceKey {
+        service: prepared.service.id.clone(),
+        process: crate::config::Ident::parse(p).unwrap_or_else(|_| prepared.service.id.clone()),
+        revision: prepared.revision.clone(),
+        index: i,
+    };
+    let (mut missing, mut running) = (Vec::new(), Vec::new());
+    for (p, i) in wanted {
+        let name = key_of(p, *i).unit_name();
+        if names.contains(&name) {
+            running.push(name);
+        } else {
+            missing.push((p.clone(), *i));
+        }
+    }
+    (missing, running)
+}
+
+/// Ports for the instances of `missing` whose process takes one: free in the kernel and not
+/// recorded by any of shim's units (`taken`).
+fn allocate(
+    host: &Host,
+    prepared: &Prepared,
+    missing: &[(String, u32)],
+    taken: &BTreeSet<u16>,
+) -> Result<BTreeMap<(String, u32), u16>> {
+    let needs_port: Vec<(String, u32)> = missing
+        .iter()
+        .filter(|(p, _)| {
+            prepared
+                .service
+                .processes
+                .values()
+                .any(|d| d.name.as_str() == p && d.port)
+        })
+        .cloned()
+        .collect();
+    let ports = plan::allocate_ports(prepared.port_range, needs_port.len(), taken, |p| {
+        !host.procfs.port_free(p)
+    })
+    .map_err(|m| anyhow!(m))?;
+    Ok(needs_port.into_iter().zip(ports).collect())
+}
+
+/// Stops what a failed start started, so the host is as it was; the error names each failed
+/// unit with its last journal lines.
+fn roll_back(
+    host: &Host,
+    prepared: &Prepared,
+    plans: &[InstancePlan],
+    failed: &[String],
+) -> anyhow::Error {
     let mut msg = format!(
         "starting {} failed: {}",
         prepared.service.id,
         failed.join(", ")
     );
-    for u in &units {
-        if failed.iter().any(|f| f.starts_with(&u.name)) {
+    for p in plans {
+        let u = &p.unit.name;
+        if failed.iter().any(|f| f.starts_with(u.as_str())) {
             msg.push_str(&format!(
-                "\n--- last journal lines of {} ---\n{}",
-                u.name,
-                host.journal.tail(&u.name, 15)
+                "\n--- last journal lines of {u} ---\n{}",
+                host.journal.tail(u, 15)
             ));
         }
     }
-    let names: Vec<String> = units.iter().map(|u| u.name.clone()).collect();
-    match sd.stop_units(&names, Duration::from_secs(60)) {
+    let names: Vec<String> = plans.iter().map(|p| p.unit.name.clone()).collect();
+    let stopped = host
+        .systemd()
+        .map_err(anyhow::Error::from)
+        .and_then(|sd| Ok(sd.stop_units(&names, Duration::from_secs(60))?));
+    match stopped {
         Ok(_) => {
-            for p in &plans {
+            for p in plans {
                 let _ = std::fs::remove_dir_all(&p.dir);
             }
         }
@@ -210,7 +246,7 @@ pub fn start_instances(
             prepared.service.id
         )),
     }
-    Err(anyhow!(msg))
+    anyhow!(msg)
 }
 
 /// Stops units and removes their instance directories. Idempotent.

@@ -395,37 +395,7 @@ fn attached(
         ],
     };
     let _term = TermGuard::save(attach == Attach::Tty);
-    let mut readers = Vec::new();
-    let outcome = {
-        let mut fds: Vec<(&str, std::os::fd::BorrowedFd<'_>)> = Vec::new();
-        let stdin_fd = std::io::stdin();
-        let stdout_fd = std::io::stdout();
-        let stderr_fd = std::io::stderr();
-        let mut writers: Vec<OwnedFd> = Vec::new();
-        if attach == Attach::Tty {
-            fds.push(("StandardInputFileDescriptor", stdin_fd.as_fd()));
-            fds.push(("StandardOutputFileDescriptor", stdout_fd.as_fd()));
-            fds.push(("StandardErrorFileDescriptor", stderr_fd.as_fd()));
-            sd.start_with_fds(unit, std::slice::from_ref(anchor), &fds, START_TIMEOUT)
-        } else {
-            let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-            let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-            readers.push((out_r, true));
-            readers.push((err_r, false));
-            writers.push(out_w);
-            writers.push(err_w);
-            if stdin {
-                fds.push(("StandardInputFileDescriptor", stdin_fd.as_fd()));
-            }
-            fds.push(("StandardOutputFileDescriptor", writers[0].as_fd()));
-            fds.push(("StandardErrorFileDescriptor", writers[1].as_fd()));
-            let o = sd.start_with_fds(unit, std::slice::from_ref(anchor), &fds, START_TIMEOUT);
-            // systemd holds its own copies now; ours must go for EOF to come.
-            drop(fds);
-            drop(writers);
-            o
-        }
-    };
+    let (outcome, readers) = start_attached(sd.as_ref(), unit, anchor, attach, stdin)?;
     match outcome {
         Ok(j) if j.ok() => {}
         other => {
@@ -447,18 +417,7 @@ fn attached(
         f.set(Target::Unit(unit.name.clone(), sd.clone()));
     }
 
-    let mut poll = POLL_FIRST;
-    let info = loop {
-        let units = sd.list_units(std::slice::from_ref(&unit.name))?;
-        match units.into_iter().find(|u| u.name == unit.name) {
-            Some(u) if matches!(u.active_state.as_str(), "inactive" | "failed") => break u,
-            Some(_) => {
-                std::thread::sleep(poll);
-                poll = (poll * 2).min(POLL_MAX);
-            }
-            None => bail!("{} disappeared before its exit status was read", unit.name),
-        }
-    };
+    let info = wait_inactive(sd.as_ref(), &unit.name)?;
     if let Some(f) = signals {
         f.set(Target::Done);
     }
@@ -469,18 +428,88 @@ fn attached(
             stdout = bytes;
         }
     }
-    let code = match info.exec_main_code {
+    let code = exit_code(host, &info)?;
+    Ok(Finished { code, stdout })
+}
+
+/// Starts the run's unit with its standard streams: the caller's terminal (`-t`), or pipes
+/// whose read ends are returned (stdout first) for the copiers, and the caller's stdin
+/// with `-i`. systemd receives duplicates of the descriptors.
+#[allow(clippy::type_complexity)]
+fn start_attached(
+    sd: &dyn crate::host::systemd::Systemd,
+    unit: &crate::plan::UnitSpec,
+    anchor: &crate::plan::UnitSpec,
+    attach: Attach,
+    stdin: bool,
+) -> Result<(
+    Result<crate::host::systemd::JobOutcome, crate::host::systemd::SystemdError>,
+    Vec<(OwnedFd, bool)>,
+)> {
+    let mut readers = Vec::new();
+    let mut fds: Vec<(&str, std::os::fd::BorrowedFd<'_>)> = Vec::new();
+    let stdin_fd = std::io::stdin();
+    let stdout_fd = std::io::stdout();
+    let stderr_fd = std::io::stderr();
+    let mut writers: Vec<OwnedFd> = Vec::new();
+    if attach == Attach::Tty {
+        fds.push(("StandardInputFileDescriptor", stdin_fd.as_fd()));
+        fds.push(("StandardOutputFileDescriptor", stdout_fd.as_fd()));
+        fds.push(("StandardErrorFileDescriptor", stderr_fd.as_fd()));
+        let o = sd.start_with_fds(unit, std::slice::from_ref(anchor), &fds, START_TIMEOUT);
+        return Ok((o, readers));
+    }
+    let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    readers.push((out_r, true));
+    readers.push((err_r, false));
+    writers.push(out_w);
+    writers.push(err_w);
+    if stdin {
+        fds.push(("StandardInputFileDescriptor", stdin_fd.as_fd()));
+    }
+    fds.push(("StandardOutputFileDescriptor", writers[0].as_fd()));
+    fds.push(("StandardErrorFileDescriptor", writers[1].as_fd()));
+    let o = sd.start_with_fds(unit, std::slice::from_ref(anchor), &fds, START_TIMEOUT);
+    // systemd holds its own copies now; ours must go for EOF to come.
+    drop(fds);
+    drop(writers);
+    Ok((o, readers))
+}
+
+/// Waits until the run's unit is inactive or failed, reading its state every 5 ms at first,
+/// doubling up to 100 ms (a short command is seen ending soon, a long one costs little).
+fn wait_inactive(
+    sd: &dyn crate::host::systemd::Systemd,
+    name: &str,
+) -> Result<crate::host::systemd::UnitInfo> {
+    let mut poll = POLL_FIRST;
+    loop {
+        let units = sd.list_units(&[name.to_string()])?;
+        match units.into_iter().find(|u| u.name == name) {
+            Some(u) if matches!(u.active_state.as_str(), "inactive" | "failed") => return Ok(u),
+            Some(_) => {
+                std::thread::sleep(poll);
+                poll = (poll * 2).min(POLL_MAX);
+            }
+            None => bail!("{name} disappeared before its exit status was read"),
+        }
+    }
+}
+
+/// The command's exit code: its status, or 128+N when killed by signal N.
+fn exit_code(host: &Host, info: &crate::host::systemd::UnitInfo) -> Result<i32> {
+    Ok(match info.exec_main_code {
         1 => info.exec_main_status,
         2 | 3 => 128 + info.exec_main_status,
         _ => {
-            let tail = host.journal.tail(&unit.name, 15);
+            let tail = host.journal.tail(&info.name, 15);
             bail!(
                 "{} did not run its command; its journal:\n{tail}",
-                unit.name
+                info.name
             );
         }
-    };
-    Ok(Finished { code, stdout })
+    })
 }
 
 /// Where forwarded signals go.
