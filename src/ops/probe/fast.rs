@@ -29,7 +29,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::run::Inputs;
+use super::decide::Inputs;
 use super::{usecs, Memory};
 use crate::config::ProcessDef;
 use crate::host::dirs::Dirs;
@@ -420,8 +420,8 @@ pub fn try_fast(config: &Path, dirs: &Dirs, id: &str) -> Result<(), (Fallback, P
 
 #[cfg(test)]
 mod tests {
-    use super::super::run::tests::{defs, inputs, running, unit, S};
-    use super::super::run::{plan_checks, reuse_checks};
+    use super::super::decide::tests::{defs, inputs, running, unit, S};
+    use super::super::decide::{plan_checks, reuse_checks};
     use super::super::UnitMemory;
     use super::*;
     use crate::host::state::{Attempt, Phase, ServiceState};

@@ -729,7 +729,7 @@ pub fn converge_locked(
         Ok(())
     })?;
     rep.step("probe", |d| {
-        let change = crate::ops::probe::ensure_probe_timer(
+        let change = crate::ops::probe_timer::ensure_probe_timer(
             host,
             &prepared.service,
             &prepared.shim_exe,
@@ -740,9 +740,9 @@ pub fn converge_locked(
             &prepared.service,
         ));
         let what = match change {
-            crate::ops::probe::TimerChange::Unchanged => "unchanged",
-            crate::ops::probe::TimerChange::Created => "created",
-            crate::ops::probe::TimerChange::Replaced => "replaced",
+            crate::ops::probe_timer::TimerChange::Unchanged => "unchanged",
+            crate::ops::probe_timer::TimerChange::Created => "created",
+            crate::ops::probe_timer::TimerChange::Replaced => "replaced",
         };
         d.push(format!("{timer} {what}: probe every {every}"));
         Ok(())
