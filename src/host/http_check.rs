@@ -127,6 +127,14 @@ impl HttpCheck for FakeHttpCheck {
     }
 }
 
+/// The same fake shared with the test that scripts it.
+#[cfg(test)]
+impl HttpCheck for std::sync::Arc<FakeHttpCheck> {
+    fn check_all(&self, reqs: &[Request<'_>]) -> Vec<Check> {
+        self.as_ref().check_all(reqs)
+    }
+}
+
 enum Step {
     Connecting,
     /// Bytes of the request written so far.
