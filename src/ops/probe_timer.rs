@@ -151,6 +151,69 @@ pub fn remove_probe_timer(sd: &dyn Systemd, id: &str) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::testkit;
+
+    const DEFS: &str = r#"
+[services.app]
+image = "oci:/i:{revision}"
+
+[services.app.processes.web]
+command = ["/web"]
+health = { path = "/health", interval = "3s" }
+"#;
+
+    #[test]
+    fn the_timer_is_created_left_alone_replaced_when_it_differs_and_removed() {
+        let fh = testkit::host();
+        let h = &fh.host;
+        let defs = testkit::defs(DEFS);
+        let svc = defs.service("app").unwrap();
+        let (exe, config) = (
+            Path::new("/usr/bin/shim"),
+            Path::new("/etc/shim/services.toml"),
+        );
+        let timer = "shim-probe-app.timer";
+        assert_eq!(
+            probe_timer_drift(h, svc, exe, config).unwrap().as_deref(),
+            Some("probe timer missing")
+        );
+        assert_eq!(
+            ensure_probe_timer(h, svc, exe, config).unwrap(),
+            TimerChange::Created
+        );
+        assert_eq!(
+            fh.systemd.unit_names(),
+            ["shim-probe-app.service", "shim-probe-app.timer"]
+        );
+        assert_eq!(probe_timer_drift(h, svc, exe, config).unwrap(), None);
+        assert_eq!(
+            ensure_probe_timer(h, svc, exe, config).unwrap(),
+            TimerChange::Unchanged
+        );
+        // Another binary: the timer differs and is replaced.
+        let other = Path::new("/usr/local/bin/shim");
+        assert_eq!(
+            probe_timer_drift(h, svc, other, config).unwrap().as_deref(),
+            Some("probe timer differs from the definitions")
+        );
+        assert_eq!(
+            ensure_probe_timer(h, svc, other, config).unwrap(),
+            TimerChange::Replaced
+        );
+        assert!(fh.systemd.calls().contains(&format!("stop {timer}")));
+        assert_eq!(probe_timer_drift(h, svc, other, config).unwrap(), None);
+        // An inactive one is drift too.
+        fh.systemd
+            .edit(timer, |u| u.active_state = "inactive".into());
+        assert_eq!(
+            probe_timer_drift(h, svc, other, config).unwrap().as_deref(),
+            Some("probe timer is inactive")
+        );
+        let sd = h.systemd().unwrap();
+        assert!(remove_probe_timer(sd, "app").unwrap());
+        assert!(fh.systemd.unit_names().is_empty());
+        assert!(!remove_probe_timer(sd, "app").unwrap());
+    }
 
     #[test]
     fn probe_env_only_carries_overrides() {

@@ -433,3 +433,483 @@ fn act_kills(cx: &Acting<'_>, actions: &[Action]) {
         cx.host.journal.send(WARNING, &message, &f);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::host::clock::FakeClock;
+    use crate::host::http_check::FakeHttpCheck;
+    use crate::host::journal::{Entry, RecordingJournal};
+    use crate::host::state::{Attempt, Phase};
+    use crate::host::systemd::fake::lock;
+    use crate::host::FakeHost;
+    use crate::ops::probe::decide::tests::{running, unit, DEF, S};
+    use crate::ops::testkit::FakePreparer;
+
+    /// `decide`'s definitions, with a command for web (the fake image has none).
+    fn def() -> String {
+        DEF.replace(
+            "[services.app.processes.web]\n",
+            "[services.app.processes.web]\ncommand = [\"/web\"]\n",
+        )
+    }
+
+    /// A fake host whose HTTP checks and journal the test scripts and reads, with the
+    /// definitions of `decide`'s tests in a file and app's recorded state at revision r1.
+    struct Probe {
+        fh: FakeHost,
+        http: Arc<FakeHttpCheck>,
+        journal: Arc<RecordingJournal>,
+        config: PathBuf,
+    }
+
+    impl Probe {
+        fn new() -> Probe {
+            let http = Arc::new(FakeHttpCheck::default());
+            let journal = Arc::new(RecordingJournal::default());
+            let (h, j) = (http.clone(), journal.clone());
+            let fh = FakeHost::with(|host| {
+                host.images = Box::new(FakePreparer::default());
+                host.http = Box::new(h);
+                host.journal = Box::new(j);
+            });
+            *lock(&http.default) = Some(Check::Healthy(200));
+            let config = fh.tmp.path().join("services.toml");
+            std::fs::write(&config, def()).unwrap();
+            let p = Probe {
+                fh,
+                http,
+                journal,
+                config,
+            };
+            p.set_state(ServiceState {
+                current: Some("r1".into()),
+                ..Default::default()
+            });
+            p
+        }
+
+        fn set_state(&self, st: ServiceState) {
+            self.fh.host.state().save("app", &st).unwrap();
+        }
+
+        /// The three expected instances, running and up for long.
+        fn all_running(&self) {
+            for u in [
+                running("web", 1, 11),
+                running("web", 2, 12),
+                running("worker", 1, 13),
+            ] {
+                self.fh.systemd.insert(u);
+            }
+        }
+
+        fn run(&self) {
+            run_full(&self.fh.host, &self.config, "app", &Default::default()).unwrap();
+        }
+
+        fn run_id(&self, id: &str) {
+            run_full(&self.fh.host, &self.config, id, &Default::default()).unwrap();
+        }
+
+        fn memory(&self) -> Memory {
+            load_memory(&self.fh.host.dirs, "app")
+        }
+
+        fn sleep(&self, secs: u64) {
+            self.fh.host.clock.sleep(Duration::from_secs(secs));
+        }
+
+        /// The systemd calls that change something (not the listings).
+        fn changes(&self) -> Vec<String> {
+            self.fh
+                .systemd
+                .calls()
+                .into_iter()
+                .filter(|c| !c.starts_with("list "))
+                .collect()
+        }
+
+        fn logged(&self) -> Vec<Entry> {
+            self.journal.entries()
+        }
+    }
+
+    fn action(e: &Entry) -> &str {
+        e.fields
+            .get("SHIM_ACTION")
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+
+    #[test]
+    fn missing_instances_are_started_and_logged() {
+        let p = Probe::new();
+        p.fh.systemd.insert(running("web", 1, 11));
+        p.run();
+        let starts: Vec<String> = p
+            .changes()
+            .into_iter()
+            .filter(|c| c.starts_with("start "))
+            .collect();
+        assert_eq!(
+            starts,
+            [
+                "start shim-app-web-r1-2.service",
+                "start shim-app-worker-r1-1.service"
+            ]
+        );
+        let logged = p.logged();
+        assert_eq!(logged.len(), 2, "{logged:?}");
+        assert!(logged.iter().all(|e| action(e) == "start"
+            && e.priority == NOTICE
+            && e.fields["SHIM_REASON"] == "instance missing"));
+        assert_eq!(
+            logged[1].fields["SHIM_UNIT"],
+            "shim-app-worker-r1-1.service"
+        );
+        assert_eq!(p.memory(), Memory::default());
+    }
+
+    #[test]
+    fn a_healthy_service_is_left_alone_and_nothing_is_logged() {
+        let p = Probe::new();
+        p.all_running();
+        p.run();
+        assert!(p.changes().is_empty(), "{:?}", p.changes());
+        assert!(p.logged().is_empty());
+        assert_eq!(p.memory(), Memory::default());
+        // Both web instances were checked on their own ports, the worker (no check) not.
+        let asked: Vec<u16> = lock(&p.http.asked).iter().map(|(port, _)| *port).collect();
+        assert_eq!(asked, [20001, 20002]);
+    }
+
+    #[test]
+    fn an_instance_failing_unhealthy_after_checks_in_a_row_is_killed() {
+        let p = Probe::new();
+        p.all_running();
+        lock(&p.http.answers).insert(20001, Check::Status(500));
+        let web1 = "shim-app-web-r1-1.service";
+        for round in 1..=2 {
+            p.run();
+            assert!(p.changes().is_empty(), "round {round}: {:?}", p.changes());
+            let m = &p.memory().units[web1];
+            assert_eq!((m.failures, m.pid), (round, 11), "round {round}");
+        }
+        p.run();
+        assert_eq!(p.changes(), [format!("kill {web1} {}", libc::SIGKILL)]);
+        let logged = p.logged();
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert_eq!(action(&logged[0]), "kill");
+        assert_eq!(logged[0].priority, WARNING);
+        assert!(
+            logged[0].fields["SHIM_REASON"].contains("3 consecutive failed health checks"),
+            "{logged:?}"
+        );
+        // The count starts over for the next process.
+        assert_eq!(p.memory().units[web1].failures, 0);
+    }
+
+    /// Health checks that all fail and, while they run, systemd replaces web 1's process.
+    struct RestartedWhileChecking(Arc<crate::host::systemd::FakeSystemd>);
+
+    impl http::HttpCheck for RestartedWhileChecking {
+        fn check_all(&self, reqs: &[http::Request<'_>]) -> Vec<Check> {
+            self.0
+                .edit("shim-app-web-r1-1.service", |u| u.main_pid = 99);
+            reqs.iter().map(|_| Check::Status(500)).collect()
+        }
+    }
+
+    #[test]
+    fn a_process_replaced_while_checking_is_not_killed() {
+        let mut p = Probe::new();
+        p.all_running();
+        let web1 = "shim-app-web-r1-1.service";
+        let mut m = Memory::default();
+        m.units.insert(
+            web1.into(),
+            crate::ops::probe::UnitMemory {
+                failures: 2,
+                pid: 11,
+                ..Default::default()
+            },
+        );
+        save_memory(&p.fh.host.dirs, "app", &m).unwrap();
+        p.fh.host.http = Box::new(RestartedWhileChecking(p.fh.systemd.clone()));
+        p.run();
+        assert!(p.changes().is_empty(), "{:?}", p.changes());
+        assert!(p.logged().is_empty());
+    }
+
+    #[test]
+    fn a_crash_looping_unit_is_retried_only_after_its_backoff() {
+        let p = Probe::new();
+        p.all_running();
+        let worker = "shim-app-worker-r1-1.service";
+        p.fh.systemd.edit(worker, |u| {
+            *u = unit("worker", 1, "failed", "failed", 0, 0);
+            u.exec_main_exit_usec = FakeClock::WALL_BASE_USEC;
+        });
+        // Step 0 (2 s) was systemd's own restart; the probe's first retry is 4 s after the exit.
+        p.run();
+        p.sleep(3);
+        p.run();
+        assert!(p.changes().is_empty(), "{:?}", p.changes());
+        p.sleep(1);
+        p.run();
+        assert_eq!(
+            p.changes(),
+            [
+                format!("reset-failed {worker}"),
+                format!("start-unit {worker}")
+            ]
+        );
+        let m = &p.memory().units[worker];
+        assert_eq!(m.retries, 1);
+        assert_eq!(m.last_start_usec, FakeClock::WALL_BASE_USEC + 4 * S);
+        let logged = p.logged();
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert_eq!(action(&logged[0]), "retry");
+        assert_eq!(
+            logged[0].fields["SHIM_REASON"],
+            "crash loop: retry 1 after 4 s"
+        );
+    }
+
+    #[test]
+    fn a_failed_start_is_remembered_and_retried_after_its_backoff() {
+        let p = Probe::new();
+        p.fh.systemd.insert(running("web", 1, 11));
+        p.fh.systemd.insert(running("web", 2, 12));
+        // The worker's unit fails to start.
+        lock(&p.fh.systemd.fail_start).push("shim-app-worker-r1-1.service".into());
+        let worker = "shim-app-worker-r1-1.service";
+        p.run();
+        let m = &p.memory().units[worker];
+        assert_eq!(
+            (m.retries, m.last_start_usec),
+            (1, FakeClock::WALL_BASE_USEC)
+        );
+        assert_eq!(p.logged().len(), 1);
+        assert_eq!(p.logged()[0].priority, WARNING);
+        assert!(
+            p.logged()[0].message.contains("failed (retry 1)"),
+            "{:?}",
+            p.logged()
+        );
+        // Backoff step 1 is 4 s: nothing before, a second attempt after.
+        p.sleep(3);
+        p.run();
+        assert_eq!(p.logged().len(), 1);
+        p.sleep(1);
+        p.run();
+        assert_eq!(p.logged().len(), 2);
+        assert_eq!(p.memory().units[worker].retries, 2);
+    }
+
+    #[test]
+    fn a_paused_service_or_process_is_left_alone() {
+        let p = Probe::new();
+        p.set_state(ServiceState {
+            current: Some("r1".into()),
+            paused: true,
+            ..Default::default()
+        });
+        p.run();
+        assert!(
+            p.fh.systemd.calls().is_empty(),
+            "{:?}",
+            p.fh.systemd.calls()
+        );
+        assert!(lock(&p.http.asked).is_empty());
+        // Only web paused: the worker is still started, web is neither started nor checked.
+        p.set_state(ServiceState {
+            current: Some("r1".into()),
+            paused_processes: ["web".to_string()].into(),
+            ..Default::default()
+        });
+        p.fh.systemd.insert(running("web", 1, 11));
+        lock(&p.http.answers).insert(20001, Check::Status(500));
+        p.run();
+        let starts: Vec<String> = p
+            .changes()
+            .into_iter()
+            .filter(|c| c.starts_with("start "))
+            .collect();
+        assert_eq!(starts, ["start shim-app-worker-r1-1.service"]);
+        assert!(lock(&p.http.asked).is_empty());
+    }
+
+    #[test]
+    fn a_stopped_or_never_started_service_is_left_alone() {
+        let p = Probe::new();
+        for st in [
+            ServiceState::default(),
+            ServiceState {
+                current: Some("r1".into()),
+                stopped: true,
+                ..Default::default()
+            },
+        ] {
+            p.set_state(st);
+            p.run();
+        }
+        assert!(
+            p.fh.systemd.calls().is_empty(),
+            "{:?}",
+            p.fh.systemd.calls()
+        );
+        assert!(p.logged().is_empty());
+    }
+
+    #[test]
+    fn an_interrupted_upgrade_is_noted_once_and_nothing_is_done_until_repaired() {
+        let p = Probe::new();
+        p.set_state(ServiceState {
+            current: Some("r1".into()),
+            upgrading: Some(Attempt {
+                revision: "r2".into(),
+                phase: Phase::Starting,
+            }),
+            ..Default::default()
+        });
+        p.run();
+        p.run();
+        assert!(
+            p.fh.systemd.calls().is_empty(),
+            "{:?}",
+            p.fh.systemd.calls()
+        );
+        let logged = p.logged();
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert!(
+            logged[0]
+                .message
+                .contains("upgrade of app to r2 was interrupted"),
+            "{logged:?}"
+        );
+        assert!(p.memory().noted.contains("interrupted"));
+        // Repaired (the state is plain again): the probe works and forgets the note.
+        p.set_state(ServiceState {
+            current: Some("r1".into()),
+            ..Default::default()
+        });
+        p.all_running();
+        p.run();
+        assert_eq!(p.memory(), Memory::default());
+        assert_eq!(p.logged().len(), 1);
+    }
+
+    #[test]
+    fn the_service_lock_held_by_another_command_means_nothing_is_done() {
+        let p = Probe::new();
+        let _held = ServiceLock::acquire(&p.fh.host.dirs.run, "app", Duration::ZERO).unwrap();
+        p.run();
+        assert!(
+            p.fh.systemd.calls().is_empty(),
+            "{:?}",
+            p.fh.systemd.calls()
+        );
+        assert!(lock(&p.http.asked).is_empty());
+        assert!(p.logged().is_empty());
+    }
+
+    #[test]
+    fn an_undefined_service_is_noted_once() {
+        let p = Probe::new();
+        p.run_id("gone");
+        p.run_id("gone");
+        assert!(p.fh.systemd.calls().is_empty());
+        let logged = p.logged();
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert!(logged[0]
+            .message
+            .contains("service gone is no longer defined"));
+        assert_eq!(logged[0].fields["SHIM_SERVICE"], "gone");
+        assert!(load_memory(&p.fh.host.dirs, "gone")
+            .noted
+            .contains("undefined"));
+    }
+
+    #[test]
+    fn unreadable_definitions_are_reported_once_per_distinct_error() {
+        let p = Probe::new();
+        std::fs::write(&p.config, "[services.app\n").unwrap();
+        p.run();
+        p.run();
+        assert_eq!(p.logged().len(), 1);
+        assert_eq!(p.logged()[0].priority, WARNING);
+        std::fs::write(&p.config, "[services.app]\nimage = 3\n").unwrap();
+        p.run();
+        assert_eq!(p.logged().len(), 2, "{:?}", p.logged());
+        // Readable again: the probe works and the note is gone.
+        std::fs::write(&p.config, def()).unwrap();
+        p.all_running();
+        p.run();
+        assert_eq!(p.memory(), Memory::default());
+        assert!(p.fh.systemd.calls().iter().any(|c| c.starts_with("list ")));
+    }
+
+    /// A record as a full run would leave it, for this test process (so that `/proc` knows
+    /// it) standing for web 1.
+    fn save_record_of_me(p: &Probe) {
+        let dirs = &p.fh.host.dirs;
+        let me = std::process::id();
+        let rec = fast::Record {
+            inputs: fast::inputs_digest(&p.config, dirs, "app").unwrap(),
+            verified_usec: p.fh.host.clock.wall_usec(),
+            instances: vec![fast::Instance {
+                unit: "shim-app-web-r1-1.service".into(),
+                pid: me,
+                process: fast::read_proc(me).unwrap(),
+                check: Some(fast::Probe {
+                    port: 20001,
+                    path: "/health".into(),
+                    timeout_ms: 1000,
+                }),
+            }],
+        };
+        fast::save_record(dirs, "app", Some(&rec));
+    }
+
+    #[test]
+    fn the_fast_path_checks_through_the_host_and_asks_systemd_nothing() {
+        let p = Probe::new();
+        save_record_of_me(&p);
+        let mut full = false;
+        run(&p.fh.host, &p.config, "app", || full = true).unwrap();
+        assert!(!full);
+        assert!(p.fh.systemd.calls().is_empty());
+        assert_eq!(*lock(&p.http.asked), [(20001, "/health".to_string())]);
+        // A minute later (the fake clock) the record is stale: a full run.
+        p.sleep(61);
+        run(&p.fh.host, &p.config, "app", || full = true).unwrap();
+        assert!(full);
+        assert!(!p.fh.systemd.calls().is_empty());
+    }
+
+    #[test]
+    fn a_failed_fast_check_falls_back_to_a_full_run_that_does_not_check_again() {
+        let p = Probe::new();
+        let me = std::process::id();
+        p.all_running();
+        p.fh.systemd
+            .edit("shim-app-web-r1-1.service", |u| u.main_pid = me);
+        save_record_of_me(&p);
+        lock(&p.http.answers).insert(20001, Check::Status(503));
+        let mut full = false;
+        run(&p.fh.host, &p.config, "app", || full = true).unwrap();
+        assert!(full);
+        // web 1 once (fast path, reused by the full run), web 2 once (full run).
+        let asked: Vec<u16> = lock(&p.http.asked).iter().map(|(port, _)| *port).collect();
+        assert_eq!(asked, [20001, 20002]);
+        assert_eq!(p.memory().units["shim-app-web-r1-1.service"].failures, 1);
+        // The failure is counted: no record vouches for the service any more.
+        assert_eq!(fast::load_record(&p.fh.host.dirs, "app"), None);
+    }
+}
