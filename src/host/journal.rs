@@ -1,4 +1,7 @@
-//! Structured journal entries from the probe, written natively: one datagram of `KEY=VALUE`
+//! The journal: structured entries from the probe ([`Journal::send`]) and the tail of a
+//! unit's output for error messages ([`Journal::tail`]).
+//!
+//! Entries are written natively: one datagram of `KEY=VALUE`
 //! lines to journald's socket (`/run/systemd/journal/socket`), the protocol sd_journal_send()
 //! speaks (https://systemd.io/JOURNAL_NATIVE_PROTOCOL/). No library and no child process: a
 //! probe that runs every few seconds stays cheap. journald adds the unit (`_SYSTEMD_UNIT`)
@@ -68,18 +71,23 @@ pub fn send(priority: u8, message: &str, fields: &[(&str, String)]) {
 pub trait Journal: Send + Sync {
     /// The last `lines` lines a unit wrote, for error messages (best effort).
     fn tail(&self, unit: &str, lines: usize) -> String;
+    /// Writes one structured entry (best effort), as the free [`send`] does.
+    fn send(&self, priority: u8, message: &str, fields: &[(&str, String)]);
 }
 
-/// journald, through `journalctl`.
+/// journald: entries over its native socket, tails through `journalctl`.
 pub struct Journald;
 
 impl Journal for Journald {
     fn tail(&self, unit: &str, lines: usize) -> String {
         journal_tail(unit, lines)
     }
+    fn send(&self, priority: u8, message: &str, fields: &[(&str, String)]) {
+        send(priority, message, fields)
+    }
 }
 
-/// A journal that returns a fixed line per unit, for unit tests.
+/// A journal that returns a fixed line per unit and drops entries, for unit tests.
 #[cfg(test)]
 pub struct FakeJournal;
 
@@ -87,6 +95,48 @@ pub struct FakeJournal;
 impl Journal for FakeJournal {
     fn tail(&self, unit: &str, lines: usize) -> String {
         format!("(last {lines} lines of {unit})")
+    }
+    fn send(&self, _priority: u8, _message: &str, _fields: &[(&str, String)]) {}
+}
+
+/// One entry a [`RecordingJournal`] received.
+#[cfg(test)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub priority: u8,
+    pub message: String,
+    pub fields: std::collections::BTreeMap<String, String>,
+}
+
+/// A [`FakeJournal`] that keeps every entry sent, for tests that check what was logged
+/// (shared with the test through an `Arc`).
+#[cfg(test)]
+#[derive(Default)]
+pub struct RecordingJournal {
+    pub sent: std::sync::Mutex<Vec<Entry>>,
+}
+
+#[cfg(test)]
+impl RecordingJournal {
+    pub fn entries(&self) -> Vec<Entry> {
+        crate::host::systemd::fake::lock(&self.sent).clone()
+    }
+}
+
+#[cfg(test)]
+impl Journal for std::sync::Arc<RecordingJournal> {
+    fn tail(&self, unit: &str, lines: usize) -> String {
+        FakeJournal.tail(unit, lines)
+    }
+    fn send(&self, priority: u8, message: &str, fields: &[(&str, String)]) {
+        crate::host::systemd::fake::lock(&self.sent).push(Entry {
+            priority,
+            message: message.to_string(),
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        });
     }
 }
 

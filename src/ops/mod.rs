@@ -6,6 +6,7 @@
 pub mod cron;
 pub mod instances;
 pub mod probe;
+pub mod probe_timer;
 pub mod reconcile;
 pub mod run;
 pub mod stop;

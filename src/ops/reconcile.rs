@@ -172,7 +172,7 @@ pub fn run(host: &Host, defs: &Definitions, opts: &Options) -> Result<()> {
                     say(id, format!("{why}: remove its probe and cron timers"));
                     acted = true;
                     if !opts.dry_run {
-                        crate::ops::probe::remove_probe_timer(sd, id)?;
+                        crate::ops::probe_timer::remove_probe_timer(sd, id)?;
                         crate::ops::cron::remove_all(sd, id)?;
                     }
                 } else {
@@ -243,15 +243,18 @@ pub fn run(host: &Host, defs: &Definitions, opts: &Options) -> Result<()> {
                 }
             }
         }
-        match crate::ops::probe::probe_timer_drift(host, svc, &shim_exe, &opts.config)? {
+        match crate::ops::probe_timer::probe_timer_drift(host, svc, &shim_exe, &opts.config)? {
             None => say(id, format!("{revision}: ok{paused}")),
             Some(t) => {
                 acted = true;
                 say(id, format!("{revision}: {t}: create it{paused}"));
                 if !opts.dry_run {
-                    if let Err(e) =
-                        crate::ops::probe::ensure_probe_timer(host, svc, &shim_exe, &opts.config)
-                    {
+                    if let Err(e) = crate::ops::probe_timer::ensure_probe_timer(
+                        host,
+                        svc,
+                        &shim_exe,
+                        &opts.config,
+                    ) {
                         eprintln!("shim: reconcile of {id}: {e:#}");
                         failed.push(id.to_string());
                     }
@@ -293,7 +296,7 @@ pub fn run(host: &Host, defs: &Definitions, opts: &Options) -> Result<()> {
         }
         let r = (|| -> Result<()> {
             let _lock = ServiceLock::acquire(&dirs.run, id, opts.lock_timeout)?;
-            crate::ops::probe::remove_probe_timer(sd, id)?;
+            crate::ops::probe_timer::remove_probe_timer(sd, id)?;
             crate::ops::cron::remove_all(sd, id)?;
             instances::stop_units(sd, units, Duration::from_secs(300))?;
             let inst = dirs.instances(id);

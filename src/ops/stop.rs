@@ -28,7 +28,7 @@ pub struct Teardown {
 /// service lock (see [`stop`]).
 pub fn teardown(host: &Host, id: &str, timeout: Duration, _lock: &ServiceLock) -> Result<Teardown> {
     let sd = host.systemd()?;
-    let had_probe = crate::ops::probe::remove_probe_timer(sd, id)?;
+    let had_probe = crate::ops::probe_timer::remove_probe_timer(sd, id)?;
     let cron = crate::ops::cron::remove_all(sd, id)?;
     let units = instances::service_units(sd, id)?;
     let stopped = instances::stop_units(sd, &units, timeout)?;

@@ -116,6 +116,9 @@ impl<T: crate::host::clock::Clock> crate::host::clock::Clock for std::sync::Arc<
     fn sleep(&self, d: std::time::Duration) {
         (**self).sleep(d)
     }
+    fn wall_usec(&self) -> u64 {
+        (**self).wall_usec()
+    }
 }
 
 impl<T: Preparer> Preparer for std::sync::Arc<T> {

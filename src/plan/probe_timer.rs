@@ -80,8 +80,14 @@ fn usec(d: Duration) -> Prop {
 
 /// The timer and the service it triggers.
 pub fn plan_probe(cx: &ProbeContext<'_>) -> ProbeUnits {
+    let service = probe_service_spec(cx);
+    let timer = probe_timer_spec(cx.service.id.as_str(), probe_interval(cx.service), &service);
+    ProbeUnits { timer, service }
+}
+
+/// The oneshot service that runs `shim probe --id ID`.
+fn probe_service_spec(cx: &ProbeContext<'_>) -> UnitSpec {
     let id = cx.service.id.as_str();
-    let interval = probe_interval(cx.service);
     let shim = cx.shim_exe.display().to_string();
     let argv = vec![
         shim.clone(),
@@ -124,18 +130,21 @@ pub fn plan_probe(cx: &ProbeContext<'_>) -> ProbeUnits {
         ("CPUAccounting", Prop::Bool(true)),
         ("CollectMode", Prop::Str("inactive-or-failed".into())),
     ]);
-    let service = UnitSpec {
+    UnitSpec {
         name: probe_service_name(id),
         properties: props.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-    };
+    }
+}
 
+/// The timer that runs `service` every `interval`.
+fn probe_timer_spec(id: &str, interval: Duration, service: &UnitSpec) -> UnitSpec {
     // The description carries a digest of everything planned, so that reconcile can tell
     // whether a running timer is the one the definitions ask for without reading it back.
     let mut h = Sha256::new();
     h.update(service.render().as_bytes());
     h.update(format_duration(interval).as_bytes());
     let digest = hex::encode(h.finalize());
-    let timer = UnitSpec {
+    UnitSpec {
         name: probe_timer_name(id),
         properties: vec![
             (
@@ -159,8 +168,7 @@ pub fn plan_probe(cx: &ProbeContext<'_>) -> ProbeUnits {
                 Prop::Str("inactive-or-failed".into()),
             ),
         ],
-    };
-    ProbeUnits { timer, service }
+    }
 }
 
 fn micros(d: Duration) -> u64 {

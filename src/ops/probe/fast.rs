@@ -15,7 +15,7 @@
 //!    the same process (start time), still in its unit's cgroup. systemd kills a unit's
 //!    cgroup when the unit stops or fails (`KillMode=mixed`), and a restart is a new process,
 //!    so an unchanged main process means the unit is still up;
-//! 3. make the health checks ([`crate::host::http_check::check_all`]).
+//! 3. make the health checks (through [`Host::http`]).
 //!
 //! All good: done, nothing written. Any doubt (no record, a digest or process that differs, a
 //! failed check, an old record) falls back to the full run, which gets the checks already made
@@ -29,11 +29,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::run::Inputs;
+use super::decide::Inputs;
 use super::{usecs, Memory};
 use crate::config::ProcessDef;
 use crate::host::dirs::Dirs;
 use crate::host::http_check::{Check, Request};
+use crate::host::Host;
 use crate::plan::instance_keys;
 
 /// A record older than this is not trusted: a full run looks at everything systemd knows
@@ -398,7 +399,8 @@ pub fn enabled() -> bool {
 
 /// The fast path: `Ok` if the service is confirmed healthy without systemd, else why not and
 /// the checks made so far (for the full run).
-pub fn try_fast(config: &Path, dirs: &Dirs, id: &str) -> Result<(), (Fallback, Prechecked)> {
+pub fn try_fast(host: &Host, config: &Path, id: &str) -> Result<(), (Fallback, Prechecked)> {
+    let dirs = &host.dirs;
     let none = |f: Fallback| (f, Prechecked::new());
     if !enabled() {
         return Err(none(Fallback::Disabled));
@@ -407,21 +409,22 @@ pub fn try_fast(config: &Path, dirs: &Dirs, id: &str) -> Result<(), (Fallback, P
     let rec = load_record(dirs, id).ok_or_else(|| none(Fallback::NoRecord))?;
     let inputs = inputs_digest(config, dirs, id).ok_or_else(|| none(Fallback::InputsChanged))?;
     let procs: Vec<Option<Proc>> = rec.instances.iter().map(|i| read_proc(i.pid)).collect();
-    judge(&rec, &inputs, memory_exists, super::run::now_usec(), &procs).map_err(none)?;
+    let now_usec = host.clock.wall_usec();
+    judge(&rec, &inputs, memory_exists, now_usec, &procs).map_err(none)?;
     let planned = planned_checks(&rec);
     let reqs: Vec<Request<'_>> = planned.iter().map(|(_, p)| p.request()).collect();
     let results: Vec<(usize, Check)> = planned
         .iter()
         .map(|(i, _)| *i)
-        .zip(crate::host::http_check::check_all(&reqs))
+        .zip(host.http.check_all(&reqs))
         .collect();
     judge_checks(&rec, &results)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::run::tests::{defs, inputs, running, unit, S};
-    use super::super::run::{plan_checks, reuse_checks};
+    use super::super::decide::tests::{defs, inputs, running, unit, S};
+    use super::super::decide::{plan_checks, reuse_checks};
     use super::super::UnitMemory;
     use super::*;
     use crate::host::state::{Attempt, Phase, ServiceState};

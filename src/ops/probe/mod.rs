@@ -4,10 +4,10 @@
 //! (at boot, when transient units are gone).
 //!
 //! Flow: a successful start/upgrade/reconcile creates the service's probe timer
-//! ([`ensure_probe_timer`], units planned by `plan::probe`). Every interval systemd runs
-//! `shim probe --id ID` ([`probe::run`]): observe the service's units (one D-Bus listing),
-//! health-check the instances concurrently, decide purely ([`probe::decide_counts`],
-//! [`probe::decide_health`]) and act: start missing instances, kill the main process of an
+//! ([`crate::ops::probe_timer::ensure_probe_timer`], units planned by `plan::probe_timer`).
+//! Every interval systemd runs `shim probe --id ID` ([`run::run`]): observe the service's
+//! units (one D-Bus listing), health-check the instances concurrently, decide purely
+//! ([`decide::decide_counts`], [`decide::decide_health`]) and act: start missing instances, kill the main process of an
 //! instance that failed `unhealthy_after` checks in a row (systemd's own `Restart=` brings it
 //! back), retry crash-looping units once their backoff has passed.
 //!
@@ -24,21 +24,19 @@
 //! Beside it, `<id>.fast.json`: what the last full run verified, which lets most runs skip
 //! D-Bus ([`fast`]).
 
+pub mod decide;
 pub mod fast;
 pub mod run;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::config::ServiceDef;
 use crate::host::dirs::Dirs;
-use crate::host::systemd::{Systemd, UnitInfo};
-use crate::host::Host;
-use crate::plan::probe_timer::{plan_probe, probe_service_name, probe_timer_name, ProbeContext};
+use crate::host::systemd::UnitInfo;
 use crate::plan::{RESTART_SEC, START_LIMIT_INTERVAL};
 
 /// What the probe remembers about one unit.
@@ -195,135 +193,6 @@ pub fn pending_retry(u: &UnitInfo, m: &UnitMemory, max: Duration, now_usec: u64)
     })
 }
 
-/// Environment the probe needs to see the same state and run directories as the command
-/// that created it (only ever differs from the defaults in tests).
-pub fn probe_env(dirs: &Dirs) -> Vec<(String, String)> {
-    let default = Dirs {
-        state: PathBuf::from("/var/lib/shim"),
-        run: PathBuf::from("/run/shim"),
-    };
-    let mut env = Vec::new();
-    if dirs.state != default.state {
-        env.push(("SHIM_STATE_DIR".into(), dirs.state.display().to_string()));
-    }
-    if dirs.run != default.run {
-        env.push(("SHIM_RUN_DIR".into(), dirs.run.display().to_string()));
-    }
-    env
-}
-
-/// What [`ensure_probe_timer`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimerChange {
-    Unchanged,
-    Created,
-    Replaced,
-}
-
-/// How a probe timer is now, for reconcile's plan: `None` when it is what the definitions
-/// ask for and active.
-pub fn probe_timer_drift(
-    host: &Host,
-    svc: &ServiceDef,
-    shim_exe: &Path,
-    config: &Path,
-) -> Result<Option<String>> {
-    let (sd, dirs) = (host.systemd()?, &host.dirs);
-    let config = std::path::absolute(config)?;
-    let env = probe_env(dirs);
-    let planned = plan_probe(&ProbeContext {
-        service: svc,
-        shim_exe,
-        config: &config,
-        env: &env,
-    });
-    let name = &planned.timer.name;
-    let now = sd.list_units(std::slice::from_ref(name))?;
-    let want = match &planned.timer.properties[0].1 {
-        crate::plan::Prop::Str(d) => d.clone(),
-        _ => String::new(),
-    };
-    Ok(match now.iter().find(|u| &u.name == name) {
-        None => Some("probe timer missing".into()),
-        Some(u) if u.active_state != "active" => Some(format!("probe timer is {}", u.active_state)),
-        Some(u) if u.description != want => Some("probe timer differs from the definitions".into()),
-        Some(_) => None,
-    })
-}
-
-/// Makes the service's probe timer exist, be active and match the definitions: replaced if
-/// it differs (interval, binary, definitions path), left alone otherwise.
-pub fn ensure_probe_timer(
-    host: &Host,
-    svc: &ServiceDef,
-    shim_exe: &Path,
-    config: &Path,
-) -> Result<TimerChange> {
-    let Some(_) = probe_timer_drift(host, svc, shim_exe, config)? else {
-        return Ok(TimerChange::Unchanged);
-    };
-    let (sd, dirs) = (host.systemd()?, &host.dirs);
-    let config = std::path::absolute(config)?;
-    let env = probe_env(dirs);
-    let planned = plan_probe(&ProbeContext {
-        service: svc,
-        shim_exe,
-        config: &config,
-        env: &env,
-    });
-    let id = svc.id.as_str();
-    let existed = remove_probe_timer(sd, id)?;
-    // A stopped transient unit is unloaded by systemd's garbage collection, soon after its
-    // stop job; creating one with the same name before that fails ("already exists").
-    let names = [probe_timer_name(id), probe_service_name(id)];
-    let deadline = host.clock.now() + Duration::from_secs(10);
-    loop {
-        let left = sd.list_units(&names)?;
-        if left.is_empty() {
-            break;
-        }
-        if host.clock.now() >= deadline {
-            return Err(anyhow!(
-                "{} still loaded 10 s after it was stopped",
-                left.iter()
-                    .map(|u| u.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        host.clock.sleep(Duration::from_millis(10));
-    }
-    let out = sd
-        .start_transient_with_aux(
-            &planned.timer,
-            std::slice::from_ref(&planned.service),
-            Duration::from_secs(30),
-        )
-        .with_context(|| format!("starting the probe timer of {id}"))?;
-    if !out.ok() {
-        return Err(anyhow!("starting {}: {}", out.unit, out.result));
-    }
-    Ok(if existed {
-        TimerChange::Replaced
-    } else {
-        TimerChange::Created
-    })
-}
-
-/// Stops and unloads a service's probe timer and its service (a probe running right now is
-/// stopped too). Returns whether there was anything. Idempotent.
-pub fn remove_probe_timer(sd: &dyn Systemd, id: &str) -> Result<bool> {
-    let names = vec![probe_timer_name(id), probe_service_name(id)];
-    let existed = !sd.list_units(&names)?.is_empty();
-    if existed {
-        let out = sd.stop_units(&names, Duration::from_secs(150))?;
-        if let Some(bad) = out.iter().find(|o| !o.ok()) {
-            return Err(anyhow!("stopping {}: {}", bad.unit, bad.result));
-        }
-    }
-    Ok(existed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,22 +282,5 @@ mod tests {
         assert_eq!(load_memory(&dirs, "a"), m);
         save_memory(&dirs, "a", &Memory::default()).unwrap();
         assert!(!memory_path(&dirs, "a").exists());
-    }
-
-    #[test]
-    fn probe_env_only_carries_overrides() {
-        let d = Dirs {
-            state: "/var/lib/shim".into(),
-            run: "/run/shim".into(),
-        };
-        assert!(probe_env(&d).is_empty());
-        let d = Dirs {
-            state: "/tmp/s".into(),
-            run: "/run/shim".into(),
-        };
-        assert_eq!(
-            probe_env(&d),
-            vec![("SHIM_STATE_DIR".to_string(), "/tmp/s".to_string())]
-        );
     }
 }

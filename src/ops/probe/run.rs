@@ -1,270 +1,48 @@
 //! One probe run of one service (`shim probe --id ID`, started by the service's probe timer):
-//! the fast path if it can vouch for the service ([`fast`]), else a full run: observe,
-//! decide, act.
+//! the fast path if it can vouch for the service ([`fast`]), else a full run.
 //!
-//! - observe: the definitions, the recorded state (current revision, paused), the service's
-//!   units (one D-Bus listing), what earlier runs remembered ([`Memory`]);
-//! - health checks (concurrent, from one thread; beside the main thread when that has
-//!   instances to start or retry), and counts and crash loops ([`decide_counts`]: start
-//!   missing instances, retry failed ones whose backoff has passed);
-//! - [`decide_health`]: after `unhealthy_after` consecutive failed checks (outside
-//!   `start_period`), SIGKILL the unit's main process through D-Bus, so that systemd's own
-//!   `Restart=` path brings the instance back.
+//! A full run ([`run_full`]): load what earlier runs remembered ([`Memory`]) and the
+//! definitions, then
 //!
-//! The deciding is pure (unit-tested below); every action is logged to the journal with
-//! SHIM_SERVICE, SHIM_PROCESS, SHIM_INSTANCE, SHIM_UNIT, SHIM_ACTION and SHIM_REASON. A
-//! healthy run logs nothing; a full one that finds the service clean writes the fast path's
-//! record, nothing else.
+//! 1. [`target`]: the service must be defined, have a current revision, not be stopped or
+//!    paused; the service lock must be free (an upgrade, start or stop working on it is left
+//!    alone this time); no interrupted upgrade may be recorded ([`interrupted`]);
+//! 2. observe: the service's units (one D-Bus listing) and the time ([`Host::clock`]), as
+//!    [`Inputs`] for the pure decisions in [`super::decide`];
+//! 3. check and act on counts ([`check_and_start`]): the health checks (concurrent, from one
+//!    thread, through [`Host::http`]) run beside the starts of missing instances and the
+//!    retries of crash-looping ones ([`act_starts`], [`act_retries`]);
+//! 4. act on health ([`act_kills`]): after `unhealthy_after` consecutive failed checks
+//!    (outside `start_period`), SIGKILL the unit's main process through D-Bus, so that
+//!    systemd's own `Restart=` path brings the instance back;
+//! 5. record: the memory after the run, and, when the service was found clean, the fast
+//!    path's record ([`record_clean`]).
+//!
+//! Every action is logged to the journal ([`Host::journal`]) with SHIM_SERVICE, SHIM_PROCESS,
+//! SHIM_INSTANCE, SHIM_UNIT, SHIM_ACTION and SHIM_REASON. A healthy run logs nothing.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 
+use super::decide::{decide_counts, decide_health, plan_checks, reuse_checks, Action, Inputs};
 use super::fast;
-use super::{
-    backoff_delay, failed_since_usec, is_running, is_stable, load_memory, next_retry_usec,
-    save_memory, usecs, Memory,
-};
-use crate::config::{Definitions, ProcessDef, ServiceDef};
+use super::{load_memory, save_memory, Memory};
+use crate::config::{Definitions, ServiceDef};
 use crate::host::http_check::{self as http, Check};
-use crate::host::journal::{self, NOTICE, WARNING};
+use crate::host::journal::{NOTICE, WARNING};
 use crate::host::lock::ServiceLock;
-use crate::host::state::{ServiceState, StateStore};
+use crate::host::state::ServiceState;
 use crate::host::systemd::{Systemd, UnitInfo};
 use crate::host::Host;
 use crate::ops::instances;
-use crate::plan::instance_keys;
-
-/// Everything a decision depends on.
-pub struct Inputs<'a> {
-    pub service: &'a ServiceDef,
-    pub state: &'a ServiceState,
-    /// The recorded current revision: the one the probe keeps running.
-    pub revision: &'a str,
-    /// The service's units, all revisions.
-    pub units: &'a [UnitInfo],
-    pub memory: &'a Memory,
-    pub now_usec: u64,
-    pub max_delay: Duration,
-}
-
-/// What the probe does about one instance.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// No unit for this instance: start it.
-    Start {
-        process: String,
-        index: u32,
-        unit: String,
-    },
-    /// Failed after a crash loop and its backoff has passed: reset and start it.
-    Retry {
-        process: String,
-        index: u32,
-        unit: String,
-        retry: u32,
-        waited: Duration,
-    },
-    /// Unhealthy `unhealthy_after` times in a row: kill its main process, `pid`.
-    Kill {
-        process: String,
-        index: u32,
-        unit: String,
-        pid: u32,
-        reason: String,
-    },
-}
-
-/// A health check to make.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckReq {
-    pub unit: String,
-    pub port: u16,
-    pub path: String,
-    pub timeout: Duration,
-}
-
-fn process_def<'a>(svc: &'a ServiceDef, u: &UnitInfo) -> Option<&'a ProcessDef> {
-    let name = u.field("SHIM_PROCESS")?;
-    svc.processes.values().find(|p| p.name.as_str() == name)
-}
-
-fn index_of(u: &UnitInfo) -> u32 {
-    u.field("SHIM_INSTANCE")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Units of the current revision whose process is defined and not paused.
-fn supervised<'a>(
-    inp: &'a Inputs<'a>,
-) -> impl Iterator<Item = (&'a UnitInfo, &'a ProcessDef)> + 'a {
-    inp.units
-        .iter()
-        .filter(|u| u.field("SHIM_REVISION") == Some(inp.revision))
-        .filter_map(|u| Some((u, process_def(inp.service, u)?)))
-        .filter(|(_, d)| !inp.state.is_paused(d.name.as_str()))
-}
-
-/// The instances to health-check: running, with a health check, past `start_period`.
-pub fn plan_checks(inp: &Inputs<'_>) -> Vec<CheckReq> {
-    supervised(inp)
-        .filter(|(u, _)| is_running(u))
-        .filter_map(|(u, d)| {
-            let h = d.health.as_ref()?;
-            let up = inp.now_usec.saturating_sub(u.main_start_usec);
-            if u.main_start_usec == 0 || up < h.start_period.as_micros() as u64 {
-                return None;
-            }
-            Some(CheckReq {
-                unit: u.name.clone(),
-                port: u.field("SHIM_PORT")?.parse().ok()?,
-                path: h.path.clone(),
-                timeout: h.timeout,
-            })
-        })
-        .collect()
-}
-
-/// Splits the planned checks into those the fast path already made in this run, on the same
-/// main process (their results), and those still to make.
-pub fn reuse_checks<'r>(
-    reqs: &'r [CheckReq],
-    units: &[UnitInfo],
-    pre: &fast::Prechecked,
-) -> (BTreeMap<String, Check>, Vec<&'r CheckReq>) {
-    let mut done = BTreeMap::new();
-    let mut todo = Vec::new();
-    for r in reqs {
-        let pid = units.iter().find(|u| u.name == r.unit).map(|u| u.main_pid);
-        match pre.get(&r.unit) {
-            Some((p, c)) if Some(*p) == pid => {
-                done.insert(r.unit.clone(), c.clone());
-            }
-            _ => todo.push(r),
-        }
-    }
-    (done, todo)
-}
-
-/// Missing instances and crash loops. Returns the actions and the memory after them.
-pub fn decide_counts(inp: &Inputs<'_>) -> (Vec<Action>, Memory) {
-    let mut mem = inp.memory.clone();
-    let mut actions = Vec::new();
-    for (u, d) in supervised(inp) {
-        let m = mem.units.entry(u.name.clone()).or_default();
-        if is_stable(u, inp.now_usec) {
-            // Up long enough: whatever crash loop there was is over.
-            m.retries = 0;
-            m.last_start_usec = 0;
-            m.failed_seen_usec = 0;
-        } else if u.active_state == "failed" {
-            if failed_since_usec(u, m) == 0 {
-                m.failed_seen_usec = inp.now_usec;
-            }
-            let due = next_retry_usec(u, m, inp.max_delay);
-            if inp.now_usec >= due {
-                let since = failed_since_usec(u, m);
-                m.retries += 1;
-                m.last_start_usec = inp.now_usec;
-                m.failed_seen_usec = 0;
-                actions.push(Action::Retry {
-                    process: d.name.to_string(),
-                    index: index_of(u),
-                    unit: u.name.clone(),
-                    retry: m.retries,
-                    waited: Duration::from_micros(inp.now_usec.saturating_sub(since)),
-                });
-            }
-        }
-    }
-    let mut wanted = Vec::new();
-    for (key, d) in instance_keys(inp.service, inp.revision) {
-        if inp.state.is_paused(d.name.as_str()) {
-            continue;
-        }
-        let unit = key.unit_name();
-        wanted.push(unit.clone());
-        if inp.units.iter().any(|u| u.name == unit) {
-            continue;
-        }
-        // A start that failed before is retried with the same backoff.
-        if let Some(m) = mem.units.get(&unit) {
-            let due = m
-                .last_start_usec
-                .saturating_add(usecs(backoff_delay(m.retries, inp.max_delay)));
-            if m.retries > 0 && inp.now_usec < due {
-                continue;
-            }
-        }
-        actions.push(Action::Start {
-            process: d.name.to_string(),
-            index: key.index,
-            unit,
-        });
-    }
-    // Forget units that are gone and not wanted (stopped, scaled down, other revisions).
-    mem.units.retain(|name, m| {
-        !m.is_empty() && (wanted.contains(name) || inp.units.iter().any(|u| &u.name == name))
-    });
-    (actions, mem)
-}
-
-/// Counts consecutive failed checks per process and kills after `unhealthy_after`.
-pub fn decide_health(
-    inp: &Inputs<'_>,
-    checks: &BTreeMap<String, Check>,
-    mut mem: Memory,
-) -> (Vec<Action>, Memory) {
-    let mut actions = Vec::new();
-    for (u, d) in supervised(inp) {
-        let (Some(c), Some(h)) = (checks.get(&u.name), d.health.as_ref()) else {
-            continue;
-        };
-        let m = mem.units.entry(u.name.clone()).or_default();
-        if m.pid != u.main_pid {
-            // Another process than the one counted: start over.
-            m.failures = 0;
-            m.pid = 0;
-        }
-        if c.healthy() {
-            m.failures = 0;
-            m.pid = 0;
-            continue;
-        }
-        m.failures += 1;
-        m.pid = u.main_pid;
-        if m.failures >= h.unhealthy_after {
-            actions.push(Action::Kill {
-                process: d.name.to_string(),
-                index: index_of(u),
-                unit: u.name.clone(),
-                pid: u.main_pid,
-                reason: format!(
-                    "{} consecutive failed health checks of {} (last: {c})",
-                    m.failures, h.path
-                ),
-            });
-            m.failures = 0;
-        }
-    }
-    mem.units.retain(|_, m| !m.is_empty());
-    (actions, mem)
-}
-
-pub(super) fn now_usec() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
 
 /// Logs a condition once (until it clears), so that a probe every few seconds stays quiet.
-fn note_once(mem: &mut Memory, key: &str, id: &str, message: &str) {
+fn note_once(host: &Host, mem: &mut Memory, key: &str, id: &str, message: &str) {
     if mem.noted.insert(key.to_string()) {
-        journal::send(NOTICE, message, &[("SHIM_SERVICE", id.to_string())]);
+        host.journal
+            .send(NOTICE, message, &[("SHIM_SERVICE", id.to_string())]);
     }
 }
 
@@ -272,7 +50,7 @@ fn note_once(mem: &mut Memory, key: &str, id: &str, message: &str) {
 /// ([`fast::try_fast`]), else a full run. `before_full` runs first when the full run is
 /// needed (`shim probe`'s lean entry sets up logging only then).
 pub fn run(host: &Host, config: &Path, id: &str, before_full: impl FnOnce()) -> Result<()> {
-    let pre = match fast::try_fast(config, &host.dirs, id) {
+    let pre = match fast::try_fast(host, config, id) {
         Ok(()) => return Ok(()),
         Err((why, pre)) => {
             before_full();
@@ -297,29 +75,17 @@ pub fn run_full(host: &Host, config: &Path, id: &str, pre: &fast::Prechecked) ->
     let r = match crate::config::load(config) {
         Ok(defs) => {
             mem.noted.retain(|k| !k.starts_with("config:"));
-            run_with(
+            let run = Run {
                 host,
-                &defs,
+                defs: &defs,
                 id,
-                &mut mem,
                 pre,
-                inputs.as_deref(),
-                &mut record,
-            )
+                inputs: inputs.as_deref(),
+            };
+            run.probe(&mut mem, &mut record)
         }
-        // Reported once per distinct error, not every few seconds; the timer stays, so the
-        // probe works again as soon as the definitions do.
         Err(e) => {
-            let key = format!("config:{e}");
-            if !mem.noted.contains(&key) {
-                mem.noted.retain(|k| !k.starts_with("config:"));
-                mem.noted.insert(key);
-                journal::send(
-                    WARNING,
-                    &format!("cannot read the definitions, nothing is probed: {e}"),
-                    &[("SHIM_SERVICE", id.to_string())],
-                );
-            }
+            note_bad_definitions(host, &mut mem, id, &e);
             Ok(())
         }
     };
@@ -332,39 +98,131 @@ pub fn run_full(host: &Host, config: &Path, id: &str, pre: &fast::Prechecked) ->
     r
 }
 
-fn run_with(
+/// Definitions that cannot be read are reported once per distinct error, not every few
+/// seconds; the timer stays, so the probe works again as soon as the definitions do.
+fn note_bad_definitions(host: &Host, mem: &mut Memory, id: &str, e: &dyn std::fmt::Display) {
+    let key = format!("config:{e}");
+    if !mem.noted.contains(&key) {
+        mem.noted.retain(|k| !k.starts_with("config:"));
+        mem.noted.insert(key);
+        host.journal.send(
+            WARNING,
+            &format!("cannot read the definitions, nothing is probed: {e}"),
+            &[("SHIM_SERVICE", id.to_string())],
+        );
+    }
+}
+
+/// A full run with the definitions read.
+struct Run<'a> {
+    host: &'a Host,
+    defs: &'a Definitions,
+    id: &'a str,
+    /// Checks the fast path already made in this run.
+    pre: &'a fast::Prechecked,
+    /// The digest of the inputs for the fast path's record; `None`: write no record.
+    inputs: Option<&'a str>,
+}
+
+/// What a run acts on: the service at its recorded current revision.
+struct Target<'a> {
+    svc: &'a ServiceDef,
+    st: ServiceState,
+    revision: String,
+}
+
+/// What acting needs besides the actions.
+struct Acting<'a> {
+    host: &'a Host,
+    sd: &'a dyn Systemd,
+    defs: &'a Definitions,
+    id: &'a str,
+    revision: &'a str,
+}
+
+impl Run<'_> {
+    /// Steps 1 to 5 of the module's flow; `mem` is updated, `record` set if one was written.
+    fn probe(&self, mem: &mut Memory, record: &mut Option<fast::Record>) -> Result<()> {
+        let (host, id) = (self.host, self.id);
+        let Some(t) = target(host, self.defs, id, mem)? else {
+            return Ok(());
+        };
+        // An upgrade, start or stop is working on the service: leave it alone this time.
+        let Some(_lock) = ServiceLock::try_acquire(&host.dirs.run, id)? else {
+            return Ok(());
+        };
+        if interrupted(host, &t.st, id, mem) {
+            return Ok(());
+        }
+        let sd = host.systemd()?;
+        let units = instances::service_units(sd, id)?;
+        let memory = mem.clone();
+        let inp = Inputs {
+            service: t.svc,
+            state: &t.st,
+            revision: &t.revision,
+            units: &units,
+            memory: &memory,
+            now_usec: host.clock.wall_usec(),
+            max_delay: self.defs.settings.restart_max_delay,
+        };
+        let cx = Acting {
+            host,
+            sd,
+            defs: self.defs,
+            id,
+            revision: &t.revision,
+        };
+        let (count_actions, after_counts, checks) = check_and_start(&cx, &inp, self.pre);
+        // Units may have changed while acting (a retried one restarted): judge checks against
+        // the pids they were made on, which `units` still holds.
+        let (kills, mut after) = decide_health(&inp, &checks, after_counts);
+        act_kills(&cx, &kills);
+        if let Some(inputs) = self.inputs {
+            let acted = !count_actions.is_empty() || !kills.is_empty();
+            *record = record_clean(host, &inp, &checks, acted, &after, inputs);
+        }
+        after.noted = mem.noted.clone();
+        *mem = after;
+        Ok(())
+    }
+}
+
+/// The service to probe at its current revision, or `None` when there is nothing to do: not
+/// defined (noted once), never started, stopped, or paused.
+fn target<'d>(
     host: &Host,
-    defs: &Definitions,
+    defs: &'d Definitions,
     id: &str,
     mem: &mut Memory,
-    pre: &fast::Prechecked,
-    inputs: Option<&str>,
-    record: &mut Option<fast::Record>,
-) -> Result<()> {
+) -> Result<Option<Target<'d>>> {
     let Ok(svc) = defs.service(id) else {
         note_once(
+            host,
             mem,
             "undefined",
             id,
             &format!("service {id} is no longer defined: nothing to probe; `shim reconcile` removes its units and this timer"),
         );
-        return Ok(());
+        return Ok(None);
     };
     mem.noted.remove("undefined");
-    let dirs = &host.dirs;
-    let st = StateStore::new(&dirs.state).load(id)?;
+    let st = host.state().load(id)?;
     let Some(revision) = st.current.clone().filter(|_| !st.stopped) else {
-        return Ok(());
+        return Ok(None);
     };
     if st.paused {
-        return Ok(());
+        return Ok(None);
     }
-    // An upgrade, start or stop is working on the service: leave it alone this time.
-    let Some(_lock) = ServiceLock::try_acquire(&dirs.run, id)? else {
-        return Ok(());
-    };
+    Ok(Some(Target { svc, st, revision }))
+}
+
+/// Whether an interrupted upgrade is recorded (noted once): the probe waits until
+/// `shim reconcile` or the next upgrade repairs it.
+fn interrupted(host: &Host, st: &ServiceState, id: &str, mem: &mut Memory) -> bool {
     if let Some(a) = &st.upgrading {
         note_once(
+            host,
             mem,
             "interrupted",
             id,
@@ -373,26 +231,24 @@ fn run_with(
                 a.revision
             ),
         );
-        return Ok(());
+        return true;
     }
     mem.noted.remove("interrupted");
+    false
+}
 
-    let sd = host.systemd()?;
-    let units = instances::service_units(sd, id)?;
-    let memory = mem.clone();
-    let inp = Inputs {
-        service: svc,
-        state: &st,
-        revision: &revision,
-        units: &units,
-        memory: &memory,
-        now_usec: now_usec(),
-        max_delay: defs.settings.restart_max_delay,
-    };
-    let reqs = plan_checks(&inp);
-    let (count_actions, mut after_counts) = decide_counts(&inp);
-
-    let (mut checks, todo) = reuse_checks(&reqs, &units, pre);
+/// Decides on counts and crash loops, and makes the health checks beside acting on them (a
+/// start can take seconds); with nothing to start or retry, on this thread. Returns the
+/// count actions, the memory after them and every check's result by unit.
+fn check_and_start(
+    cx: &Acting<'_>,
+    inp: &Inputs<'_>,
+    pre: &fast::Prechecked,
+) -> (Vec<Action>, Memory, BTreeMap<String, Check>) {
+    let host = cx.host;
+    let reqs = plan_checks(inp);
+    let (count_actions, mut after_counts) = decide_counts(inp);
+    let (mut checks, todo) = reuse_checks(&reqs, inp.units, pre);
     let requests: Vec<http::Request<'_>> = todo
         .iter()
         .map(|r| http::Request {
@@ -401,463 +257,659 @@ fn run_with(
             timeout: r.timeout,
         })
         .collect();
-    // The checks run beside the starts and retries (a start can take seconds); with nothing
-    // to do, on this thread.
     let made = if count_actions.is_empty() {
         host.http.check_all(&requests)
     } else {
         std::thread::scope(|s| {
             let h = s.spawn(|| host.http.check_all(&requests));
-            act(
-                host,
-                sd,
-                defs,
-                svc,
-                &revision,
-                &count_actions,
-                &mut after_counts,
-            );
+            act_starts(cx, &count_actions, &mut after_counts);
+            act_retries(cx, &count_actions);
             h.join().unwrap_or_default()
         })
     };
     checks.extend(todo.iter().map(|r| r.unit.clone()).zip(made));
-
-    // Units may have changed while acting (a retried one restarted): judge checks against
-    // the pids they were made on, which `units` still holds.
-    let (kills, mut after) = decide_health(&inp, &checks, after_counts);
-    act(host, sd, defs, svc, &revision, &kills, &mut after);
-    if let Some(inputs) = inputs {
-        let procs = units
-            .iter()
-            .filter_map(|u| Some((u.main_pid, fast::read_proc(u.main_pid)?)))
-            .filter(|(pid, _)| *pid != 0)
-            .collect();
-        let acted = !count_actions.is_empty() || !kills.is_empty();
-        *record = fast::plan_record(&inp, &checks, acted, &after, &procs, inputs);
-        // Written while the service's lock is held: a stop or upgrade that follows sees it.
-        if let Some(r) = record.as_ref() {
-            fast::save_record(dirs, id, Some(r));
-        }
-    }
-    after.noted = mem.noted.clone();
-    *mem = after;
-    Ok(())
+    (count_actions, after_counts, checks)
 }
 
-fn fields(
-    id: &str,
-    revision: &str,
-    process: &str,
-    index: u32,
-    unit: &str,
-) -> Vec<(&'static str, String)> {
+/// The fast path's record of a service found clean, or `None`. Written while the service's
+/// lock is held: a stop or upgrade that follows sees it.
+fn record_clean(
+    host: &Host,
+    inp: &Inputs<'_>,
+    checks: &BTreeMap<String, Check>,
+    acted: bool,
+    after: &Memory,
+    inputs: &str,
+) -> Option<fast::Record> {
+    let procs = inp
+        .units
+        .iter()
+        .filter_map(|u| Some((u.main_pid, fast::read_proc(u.main_pid)?)))
+        .filter(|(pid, _)| *pid != 0)
+        .collect();
+    let record = fast::plan_record(inp, checks, acted, after, &procs, inputs)?;
+    fast::save_record(&host.dirs, inp.service.id.as_str(), Some(&record));
+    Some(record)
+}
+
+/// The journal fields of an action on one instance.
+fn fields(cx: &Acting<'_>, process: &str, index: u32, unit: &str) -> Vec<(&'static str, String)> {
     vec![
-        ("SHIM_SERVICE", id.to_string()),
+        ("SHIM_SERVICE", cx.id.to_string()),
         ("SHIM_PROCESS", process.to_string()),
         ("SHIM_INSTANCE", index.to_string()),
-        ("SHIM_REVISION", revision.to_string()),
+        ("SHIM_REVISION", cx.revision.to_string()),
         ("SHIM_UNIT", unit.to_string()),
     ]
 }
 
-fn act(
-    host: &Host,
-    sd: &dyn Systemd,
-    defs: &Definitions,
-    svc: &ServiceDef,
-    revision: &str,
-    actions: &[Action],
-    mem: &mut Memory,
-) {
-    let id = svc.id.as_str();
-    let missing: Vec<(String, u32, String)> = actions
+/// Starts the missing instances of `actions` (one prepare for all of them). A start that
+/// failed is remembered, so that the next one waits for its backoff.
+fn act_starts(cx: &Acting<'_>, actions: &[Action], mem: &mut Memory) {
+    let missing: Vec<(&str, u32, &str)> = actions
         .iter()
         .filter_map(|a| match a {
             Action::Start {
                 process,
                 index,
                 unit,
-            } => Some((process.clone(), *index, unit.clone())),
+            } => Some((process.as_str(), *index, unit.as_str())),
             _ => None,
         })
         .collect();
-    if !missing.is_empty() {
-        let wanted: Vec<(String, u32)> = missing.iter().map(|(p, i, _)| (p.clone(), *i)).collect();
-        let r = instances::prepare(host, defs, id, revision, true)
-            .and_then(|p| instances::start_instances(host, &p, &wanted));
-        for (process, index, unit) in &missing {
-            let mut f = fields(id, revision, process, *index, unit);
-            f.push(("SHIM_ACTION", "start".into()));
-            match &r {
-                Ok(_) => {
-                    f.push(("SHIM_REASON", "instance missing".into()));
-                    journal::send(NOTICE, &format!("started missing instance {unit}"), &f);
-                    mem.units.remove(unit);
-                }
-                Err(e) => {
-                    let m = mem.units.entry(unit.clone()).or_default();
-                    m.retries += 1;
-                    m.last_start_usec = now_usec();
-                    f.push((
-                        "SHIM_REASON",
-                        format!("instance missing; starting it failed: {e:#}"),
-                    ));
-                    journal::send(
-                        WARNING,
-                        &format!(
-                            "starting missing instance {unit} failed (retry {}): {e:#}",
-                            m.retries
-                        ),
-                        &f,
-                    );
-                }
-            }
-        }
+    if missing.is_empty() {
+        return;
     }
-    for a in actions {
-        match a {
-            Action::Start { .. } => {}
-            Action::Retry {
-                process,
-                index,
-                unit,
-                retry,
-                waited,
-            } => {
-                let r = sd.restart_failed(unit, instances::START_TIMEOUT);
-                let mut f = fields(id, revision, process, *index, unit);
-                f.push(("SHIM_ACTION", "retry".into()));
+    let wanted: Vec<(String, u32)> = missing
+        .iter()
+        .map(|(p, i, _)| (p.to_string(), *i))
+        .collect();
+    let r = instances::prepare(cx.host, cx.defs, cx.id, cx.revision, true)
+        .and_then(|p| instances::start_instances(cx.host, &p, &wanted));
+    for (process, index, unit) in missing {
+        let mut f = fields(cx, process, index, unit);
+        f.push(("SHIM_ACTION", "start".into()));
+        match &r {
+            Ok(_) => {
+                f.push(("SHIM_REASON", "instance missing".into()));
+                let message = format!("started missing instance {unit}");
+                cx.host.journal.send(NOTICE, &message, &f);
+                mem.units.remove(unit);
+            }
+            Err(e) => {
+                let m = mem.units.entry(unit.to_string()).or_default();
+                m.retries += 1;
+                m.last_start_usec = cx.host.clock.wall_usec();
                 f.push((
                     "SHIM_REASON",
-                    format!("crash loop: retry {retry} after {} s", waited.as_secs()),
+                    format!("instance missing; starting it failed: {e:#}"),
                 ));
-                match r {
-                    Ok(out) if out.ok() => journal::send(
-                        NOTICE,
-                        &format!(
-                            "restarted crash-looping instance {unit} (retry {retry}, {} s after it failed)",
-                            waited.as_secs()
-                        ),
-                        &f,
-                    ),
-                    Ok(out) => journal::send(
-                        WARNING,
-                        &format!(
-                            "restarting crash-looping instance {unit} failed: {}",
-                            out.result
-                        ),
-                        &f,
-                    ),
-                    Err(e) => journal::send(
-                        WARNING,
-                        &format!("restarting crash-looping instance {unit} failed: {e}"),
-                        &f,
-                    ),
-                }
-            }
-            Action::Kill {
-                process,
-                index,
-                unit,
-                pid,
-                reason,
-            } => {
-                // The checks took a while: if systemd replaced the process meanwhile, the new
-                // one has not failed anything yet.
-                let now = sd
-                    .list_units(std::slice::from_ref(unit))
-                    .unwrap_or_default();
-                if now.first().map(|u| u.main_pid) != Some(*pid) {
-                    continue;
-                }
-                let mut f = fields(id, revision, process, *index, unit);
-                f.push(("SHIM_ACTION", "kill".into()));
-                f.push(("SHIM_REASON", reason.clone()));
-                match sd.kill_main(unit, libc::SIGKILL) {
-                    Ok(()) => journal::send(
-                        WARNING,
-                        &format!("killed unhealthy instance {unit} (pid {pid}) so that systemd restarts it: {reason}"),
-                        &f,
-                    ),
-                    Err(e) => journal::send(
-                        WARNING,
-                        &format!("killing unhealthy instance {unit} failed: {e} ({reason})"),
-                        &f,
-                    ),
-                }
+                let message = format!(
+                    "starting missing instance {unit} failed (retry {}): {e:#}",
+                    m.retries
+                );
+                cx.host.journal.send(WARNING, &message, &f);
             }
         }
     }
 }
 
+/// Resets and starts the failed units of `actions` whose backoff has passed.
+fn act_retries(cx: &Acting<'_>, actions: &[Action]) {
+    for a in actions {
+        let Action::Retry {
+            process,
+            index,
+            unit,
+            retry,
+            waited,
+        } = a
+        else {
+            continue;
+        };
+        let r = cx.sd.restart_failed(unit, instances::START_TIMEOUT);
+        let mut f = fields(cx, process, *index, unit);
+        f.push(("SHIM_ACTION", "retry".into()));
+        f.push((
+            "SHIM_REASON",
+            format!("crash loop: retry {retry} after {} s", waited.as_secs()),
+        ));
+        let (priority, message) = match r {
+            Ok(out) if out.ok() => (
+                NOTICE,
+                format!(
+                    "restarted crash-looping instance {unit} (retry {retry}, {} s after it failed)",
+                    waited.as_secs()
+                ),
+            ),
+            Ok(out) => (
+                WARNING,
+                format!(
+                    "restarting crash-looping instance {unit} failed: {}",
+                    out.result
+                ),
+            ),
+            Err(e) => (
+                WARNING,
+                format!("restarting crash-looping instance {unit} failed: {e}"),
+            ),
+        };
+        cx.host.journal.send(priority, &message, &f);
+    }
+}
+
+/// Kills the main process of the unhealthy units of `actions`, if it is still the one that
+/// failed the checks.
+fn act_kills(cx: &Acting<'_>, actions: &[Action]) {
+    for a in actions {
+        let Action::Kill {
+            process,
+            index,
+            unit,
+            pid,
+            reason,
+        } = a
+        else {
+            continue;
+        };
+        // The checks took a while: if systemd replaced the process meanwhile, the new one has
+        // not failed anything yet.
+        let now: Vec<UnitInfo> = cx
+            .sd
+            .list_units(std::slice::from_ref(unit))
+            .unwrap_or_default();
+        if now.first().map(|u| u.main_pid) != Some(*pid) {
+            continue;
+        }
+        let mut f = fields(cx, process, *index, unit);
+        f.push(("SHIM_ACTION", "kill".into()));
+        f.push(("SHIM_REASON", reason.clone()));
+        let message = match cx.sd.kill_main(unit, libc::SIGKILL) {
+            Ok(()) => format!(
+                "killed unhealthy instance {unit} (pid {pid}) so that systemd restarts it: {reason}"
+            ),
+            Err(e) => format!("killing unhealthy instance {unit} failed: {e} ({reason})"),
+        };
+        cx.host.journal.send(WARNING, &message, &f);
+    }
+}
+
 #[cfg(test)]
-pub(super) mod tests {
-    use super::*;
-    use crate::config::parse_sources;
-    use crate::ops::probe::UnitMemory;
+mod tests {
     use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::time::Duration;
 
-    pub(in crate::ops::probe) const DEF: &str = r#"
-[services.app]
-image = "oci:/i:{revision}"
+    use super::*;
+    use crate::host::clock::FakeClock;
+    use crate::host::http_check::FakeHttpCheck;
+    use crate::host::journal::{Entry, RecordingJournal};
+    use crate::host::state::{Attempt, Phase};
+    use crate::host::systemd::fake::lock;
+    use crate::host::FakeHost;
+    use crate::ops::probe::decide::tests::{running, unit, DEF, S};
+    use crate::ops::testkit::FakePreparer;
 
-[services.app.processes.web]
-count = 2
-health = { path = "/health", interval = "1s", timeout = "1s", unhealthy_after = 3, start_period = "10s" }
-
-[services.app.processes.worker]
-command = ["/w"]
-"#;
-
-    pub(in crate::ops::probe) const S: u64 = 1_000_000;
-
-    pub(in crate::ops::probe) fn defs() -> Definitions {
-        parse_sources(&[(PathBuf::from("/etc/shim/services.toml"), DEF.into())]).unwrap()
+    /// `decide`'s definitions, with a command for web (the fake image has none).
+    fn def() -> String {
+        DEF.replace(
+            "[services.app.processes.web]\n",
+            "[services.app.processes.web]\ncommand = [\"/web\"]\n",
+        )
     }
 
-    pub(in crate::ops::probe) fn unit(
-        process: &str,
-        index: u32,
-        state: &str,
-        sub: &str,
-        pid: u32,
-        start: u64,
-    ) -> UnitInfo {
-        let mut fields = std::collections::BTreeMap::new();
-        fields.insert("SHIM_SERVICE".to_string(), "app".to_string());
-        fields.insert("SHIM_PROCESS".to_string(), process.to_string());
-        fields.insert("SHIM_REVISION".to_string(), "r1".to_string());
-        fields.insert("SHIM_INSTANCE".to_string(), index.to_string());
-        fields.insert("SHIM_PORT".to_string(), (20000 + index).to_string());
-        UnitInfo {
-            name: format!("shim-app-{process}-r1-{index}.service"),
-            load_state: "loaded".into(),
-            active_state: state.into(),
-            sub_state: sub.into(),
-            main_pid: pid,
-            main_start_usec: start,
-            fields,
-            ..Default::default()
+    /// A fake host whose HTTP checks and journal the test scripts and reads, with the
+    /// definitions of `decide`'s tests in a file and app's recorded state at revision r1.
+    struct Probe {
+        fh: FakeHost,
+        http: Arc<FakeHttpCheck>,
+        journal: Arc<RecordingJournal>,
+        config: PathBuf,
+    }
+
+    impl Probe {
+        fn new() -> Probe {
+            let http = Arc::new(FakeHttpCheck::default());
+            let journal = Arc::new(RecordingJournal::default());
+            let (h, j) = (http.clone(), journal.clone());
+            let fh = FakeHost::with(|host| {
+                host.images = Box::new(FakePreparer::default());
+                host.http = Box::new(h);
+                host.journal = Box::new(j);
+            });
+            *lock(&http.default) = Some(Check::Healthy(200));
+            let config = fh.tmp.path().join("services.toml");
+            std::fs::write(&config, def()).unwrap();
+            let p = Probe {
+                fh,
+                http,
+                journal,
+                config,
+            };
+            p.set_state(ServiceState {
+                current: Some("r1".into()),
+                ..Default::default()
+            });
+            p
+        }
+
+        fn set_state(&self, st: ServiceState) {
+            self.fh.host.state().save("app", &st).unwrap();
+        }
+
+        /// The three expected instances, running and up for long.
+        fn all_running(&self) {
+            for u in [
+                running("web", 1, 11),
+                running("web", 2, 12),
+                running("worker", 1, 13),
+            ] {
+                self.fh.systemd.insert(u);
+            }
+        }
+
+        fn run(&self) {
+            run_full(&self.fh.host, &self.config, "app", &Default::default()).unwrap();
+        }
+
+        fn run_id(&self, id: &str) {
+            run_full(&self.fh.host, &self.config, id, &Default::default()).unwrap();
+        }
+
+        fn memory(&self) -> Memory {
+            load_memory(&self.fh.host.dirs, "app")
+        }
+
+        fn sleep(&self, secs: u64) {
+            self.fh.host.clock.sleep(Duration::from_secs(secs));
+        }
+
+        /// The systemd calls that change something (not the listings).
+        fn changes(&self) -> Vec<String> {
+            self.fh
+                .systemd
+                .calls()
+                .into_iter()
+                .filter(|c| !c.starts_with("list "))
+                .collect()
+        }
+
+        fn logged(&self) -> Vec<Entry> {
+            self.journal.entries()
         }
     }
 
-    pub(in crate::ops::probe) fn running(process: &str, index: u32, pid: u32) -> UnitInfo {
-        unit(process, index, "active", "running", pid, 100 * S)
-    }
-
-    pub(in crate::ops::probe) fn inputs<'a>(
-        d: &'a Definitions,
-        st: &'a ServiceState,
-        units: &'a [UnitInfo],
-        memory: &'a Memory,
-        now: u64,
-    ) -> Inputs<'a> {
-        Inputs {
-            service: d.service("app").unwrap(),
-            state: st,
-            revision: "r1",
-            units,
-            memory,
-            now_usec: now,
-            max_delay: Duration::from_secs(8),
-        }
+    fn action(e: &Entry) -> &str {
+        e.fields
+            .get("SHIM_ACTION")
+            .map(String::as_str)
+            .unwrap_or("")
     }
 
     #[test]
-    fn a_healthy_service_needs_nothing_and_remembers_nothing() {
-        let d = defs();
-        let st = ServiceState::default();
-        let units = [
-            running("web", 1, 11),
-            running("web", 2, 12),
-            running("worker", 1, 13),
-        ];
-        let mem = Memory::default();
-        let inp = inputs(&d, &st, &units, &mem, 200 * S);
-        assert_eq!(plan_checks(&inp).len(), 2);
-        let (a, m) = decide_counts(&inp);
-        assert!(a.is_empty(), "{a:?}");
-        let checks = units[..2]
-            .iter()
-            .map(|u| (u.name.clone(), Check::Healthy(200)))
+    fn missing_instances_are_started_and_logged() {
+        let p = Probe::new();
+        p.fh.systemd.insert(running("web", 1, 11));
+        p.run();
+        let starts: Vec<String> = p
+            .changes()
+            .into_iter()
+            .filter(|c| c.starts_with("start "))
             .collect();
-        let (a, m) = decide_health(&inp, &checks, m);
-        assert!(a.is_empty());
-        assert_eq!(m, Memory::default());
-    }
-
-    #[test]
-    fn missing_instances_are_started_but_not_other_revisions_or_extras() {
-        let d = defs();
-        let st = ServiceState::default();
-        let mut old = running("web", 2, 9);
-        old.fields.insert("SHIM_REVISION".into(), "r0".into());
-        old.name = "shim-app-web-r0-2.service".into();
-        let units = [running("web", 1, 11), old, running("web", 3, 14)];
-        let mem = Memory::default();
-        let (a, _) = decide_counts(&inputs(&d, &st, &units, &mem, 200 * S));
         assert_eq!(
-            a,
-            vec![
-                Action::Start {
-                    process: "web".into(),
-                    index: 2,
-                    unit: "shim-app-web-r1-2.service".into()
-                },
-                Action::Start {
-                    process: "worker".into(),
-                    index: 1,
-                    unit: "shim-app-worker-r1-1.service".into()
-                },
+            starts,
+            [
+                "start shim-app-web-r1-2.service",
+                "start shim-app-worker-r1-1.service"
             ]
         );
-    }
-
-    #[test]
-    fn start_period_is_respected() {
-        let d = defs();
-        let st = ServiceState::default();
-        let units = [unit("web", 1, "active", "running", 11, 195 * S)];
-        let mem = Memory::default();
-        assert!(plan_checks(&inputs(&d, &st, &units, &mem, 200 * S)).is_empty());
+        let logged = p.logged();
+        assert_eq!(logged.len(), 2, "{logged:?}");
+        assert!(logged.iter().all(|e| action(e) == "start"
+            && e.priority == NOTICE
+            && e.fields["SHIM_REASON"] == "instance missing"));
         assert_eq!(
-            plan_checks(&inputs(&d, &st, &units, &mem, 206 * S)).len(),
-            1
+            logged[1].fields["SHIM_UNIT"],
+            "shim-app-worker-r1-1.service"
         );
+        assert_eq!(p.memory(), Memory::default());
     }
 
     #[test]
-    fn kills_after_unhealthy_after_consecutive_failures_of_one_process() {
-        let d = defs();
-        let st = ServiceState::default();
-        let units = [running("web", 1, 11), running("web", 2, 12)];
-        let bad: BTreeMap<String, Check> = [(units[0].name.clone(), Check::Status(500))].into();
-        let mut mem = Memory::default();
-        for round in 1..=3 {
-            let inp = inputs(&d, &st, &units, &mem, 200 * S);
-            let (a, m) = decide_health(&inp, &bad, mem.clone());
-            if round < 3 {
-                assert!(a.is_empty(), "round {round}: {a:?}");
-                assert_eq!(m.units[&units[0].name].failures, round);
-            } else {
-                assert_eq!(a.len(), 1);
-                assert!(
-                    matches!(&a[0], Action::Kill { unit, reason, .. }
-                        if unit == &units[0].name && reason.contains("3 consecutive") && reason.contains("HTTP 500")),
-                    "{a:?}"
-                );
-            }
-            mem = m;
-        }
-        // A success in between starts the count over.
-        let mut mem = Memory::default();
-        for (i, c) in [
-            Check::Status(500),
-            Check::Status(500),
-            Check::Healthy(200),
-            Check::Status(500),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let checks = [(units[0].name.clone(), c)].into();
-            let (a, m) = decide_health(
-                &inputs(&d, &st, &units, &mem, 200 * S),
-                &checks,
-                mem.clone(),
-            );
-            assert!(a.is_empty(), "check {i}");
-            mem = m;
-        }
-        // So does a new process (systemd restarted it meanwhile).
-        let restarted = [running("web", 1, 99)];
-        let (a, m) = decide_health(
-            &inputs(&d, &st, &restarted, &mem, 200 * S),
-            &bad,
-            mem.clone(),
-        );
-        assert!(a.is_empty());
-        assert_eq!(m.units[&units[0].name].failures, 1);
+    fn a_healthy_service_is_left_alone_and_nothing_is_logged() {
+        let p = Probe::new();
+        p.all_running();
+        p.run();
+        assert!(p.changes().is_empty(), "{:?}", p.changes());
+        assert!(p.logged().is_empty());
+        assert_eq!(p.memory(), Memory::default());
+        // Both web instances were checked on their own ports, the worker (no check) not.
+        let asked: Vec<u16> = lock(&p.http.asked).iter().map(|(port, _)| *port).collect();
+        assert_eq!(asked, [20001, 20002]);
     }
 
     #[test]
-    fn crash_loops_are_retried_with_doubling_capped_backoff_then_forgotten() {
-        let d = defs();
-        let st = ServiceState::default();
-        let mut failed = unit("worker", 1, "failed", "failed", 0, 0);
-        failed.exec_main_exit_usec = 100 * S;
-        let all = |u: &UnitInfo| [running("web", 1, 11), running("web", 2, 12), u.clone()];
-        let mut mem = Memory::default();
-        // First retry 4 s after the exit (step 0 was systemd's own 2 s restart).
-        let units = all(&failed);
-        let (a, _) = decide_counts(&inputs(&d, &st, &units, &mem, 103 * S));
-        assert!(a.is_empty());
-        let (a, m) = decide_counts(&inputs(&d, &st, &units, &mem, 104 * S));
+    fn an_instance_failing_unhealthy_after_checks_in_a_row_is_killed() {
+        let p = Probe::new();
+        p.all_running();
+        lock(&p.http.answers).insert(20001, Check::Status(500));
+        let web1 = "shim-app-web-r1-1.service";
+        for round in 1..=2 {
+            p.run();
+            assert!(p.changes().is_empty(), "round {round}: {:?}", p.changes());
+            let m = &p.memory().units[web1];
+            assert_eq!((m.failures, m.pid), (round, 11), "round {round}");
+        }
+        p.run();
+        assert_eq!(p.changes(), [format!("kill {web1} {}", libc::SIGKILL)]);
+        let logged = p.logged();
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert_eq!(action(&logged[0]), "kill");
+        assert_eq!(logged[0].priority, WARNING);
         assert!(
-            matches!(&a[..], [Action::Retry { retry: 1, waited, .. }] if waited.as_secs() == 4),
-            "{a:?}"
+            logged[0].fields["SHIM_REASON"].contains("3 consecutive failed health checks"),
+            "{logged:?}"
         );
-        mem = m;
-        // It crashed again at 106: the next retry waits 8 s, then the cap (8 s) holds.
-        let mut exit = 106 * S;
-        for retry in 2..=4 {
-            failed.exec_main_exit_usec = exit;
-            let units = all(&failed);
-            let (a, _) = decide_counts(&inputs(&d, &st, &units, &mem, exit + 7 * S));
-            assert!(a.is_empty(), "retry {retry} too early: {a:?}");
-            let (a, m) = decide_counts(&inputs(&d, &st, &units, &mem, exit + 8 * S));
-            assert_eq!(a.len(), 1, "retry {retry}");
-            mem = m;
-            exit += 10 * S;
+        // The count starts over for the next process.
+        assert_eq!(p.memory().units[web1].failures, 0);
+    }
+
+    /// Health checks that all fail and, while they run, systemd replaces web 1's process.
+    struct RestartedWhileChecking(Arc<crate::host::systemd::FakeSystemd>);
+
+    impl http::HttpCheck for RestartedWhileChecking {
+        fn check_all(&self, reqs: &[http::Request<'_>]) -> Vec<Check> {
+            self.0
+                .edit("shim-app-web-r1-1.service", |u| u.main_pid = 99);
+            reqs.iter().map(|_| Check::Status(500)).collect()
         }
-        assert_eq!(mem.units[&failed.name].retries, 4);
-        // Once it stays up for the start limit interval, the backoff is forgotten.
-        let up = unit("worker", 1, "active", "running", 7, 200 * S);
-        let units = all(&up);
-        let (_, m) = decide_counts(&inputs(&d, &st, &units, &mem, 231 * S));
-        assert!(!m.units.contains_key(&up.name), "{m:?}");
     }
 
     #[test]
-    fn paused_services_and_processes_are_left_alone() {
-        let d = defs();
-        let units = [unit("web", 1, "failed", "failed", 0, 0)];
-        let mem = Memory::default();
-        let st = ServiceState {
-            paused_processes: ["web".to_string()].into(),
-            ..Default::default()
-        };
-        let (a, _) = decide_counts(&inputs(&d, &st, &units, &mem, 500 * S));
-        // Only the worker (not paused) is started; web is neither retried nor completed.
-        assert_eq!(a.len(), 1, "{a:?}");
-        assert!(matches!(&a[0], Action::Start { process, .. } if process == "worker"));
-        let st = ServiceState {
-            paused: true,
-            ..Default::default()
-        };
-        assert!(decide_counts(&inputs(&d, &st, &units, &mem, 500 * S))
-            .0
-            .is_empty());
-    }
-
-    #[test]
-    fn a_failed_start_of_a_missing_instance_backs_off_too() {
-        let d = defs();
-        let st = ServiceState::default();
-        let units = [running("web", 1, 11), running("web", 2, 12)];
-        let mut mem = Memory::default();
-        mem.units.insert(
-            "shim-app-worker-r1-1.service".into(),
-            UnitMemory {
-                retries: 2,
-                last_start_usec: 100 * S,
+    fn a_process_replaced_while_checking_is_not_killed() {
+        let mut p = Probe::new();
+        p.all_running();
+        let web1 = "shim-app-web-r1-1.service";
+        let mut m = Memory::default();
+        m.units.insert(
+            web1.into(),
+            crate::ops::probe::UnitMemory {
+                failures: 2,
+                pid: 11,
                 ..Default::default()
             },
         );
-        let (a, m) = decide_counts(&inputs(&d, &st, &units, &mem, 107 * S));
-        assert!(a.is_empty(), "{a:?}");
-        assert!(m.units.contains_key("shim-app-worker-r1-1.service"));
-        let (a, _) = decide_counts(&inputs(&d, &st, &units, &mem, 108 * S));
-        assert_eq!(a.len(), 1);
+        save_memory(&p.fh.host.dirs, "app", &m).unwrap();
+        p.fh.host.http = Box::new(RestartedWhileChecking(p.fh.systemd.clone()));
+        p.run();
+        assert!(p.changes().is_empty(), "{:?}", p.changes());
+        assert!(p.logged().is_empty());
+    }
+
+    #[test]
+    fn a_crash_looping_unit_is_retried_only_after_its_backoff() {
+        let p = Probe::new();
+        p.all_running();
+        let worker = "shim-app-worker-r1-1.service";
+        p.fh.systemd.edit(worker, |u| {
+            *u = unit("worker", 1, "failed", "failed", 0, 0);
+            u.exec_main_exit_usec = FakeClock::WALL_BASE_USEC;
+        });
+        // Step 0 (2 s) was systemd's own restart; the probe's first retry is 4 s after the exit.
+        p.run();
+        p.sleep(3);
+        p.run();
+        assert!(p.changes().is_empty(), "{:?}", p.changes());
+        p.sleep(1);
+        p.run();
+        assert_eq!(
+            p.changes(),
+            [
+                format!("reset-failed {worker}"),
+                format!("start-unit {worker}")
+            ]
+        );
+        let m = &p.memory().units[worker];
+        assert_eq!(m.retries, 1);
+        assert_eq!(m.last_start_usec, FakeClock::WALL_BASE_USEC + 4 * S);
+        let logged = p.logged();
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert_eq!(action(&logged[0]), "retry");
+        assert_eq!(
+            logged[0].fields["SHIM_REASON"],
+            "crash loop: retry 1 after 4 s"
+        );
+    }
+
+    #[test]
+    fn a_failed_start_is_remembered_and_retried_after_its_backoff() {
+        let p = Probe::new();
+        p.fh.systemd.insert(running("web", 1, 11));
+        p.fh.systemd.insert(running("web", 2, 12));
+        // The worker's unit fails to start.
+        lock(&p.fh.systemd.fail_start).push("shim-app-worker-r1-1.service".into());
+        let worker = "shim-app-worker-r1-1.service";
+        p.run();
+        let m = &p.memory().units[worker];
+        assert_eq!(
+            (m.retries, m.last_start_usec),
+            (1, FakeClock::WALL_BASE_USEC)
+        );
+        assert_eq!(p.logged().len(), 1);
+        assert_eq!(p.logged()[0].priority, WARNING);
+        assert!(
+            p.logged()[0].message.contains("failed (retry 1)"),
+            "{:?}",
+            p.logged()
+        );
+        // Backoff step 1 is 4 s: nothing before, a second attempt after.
+        p.sleep(3);
+        p.run();
+        assert_eq!(p.logged().len(), 1);
+        p.sleep(1);
+        p.run();
+        assert_eq!(p.logged().len(), 2);
+        assert_eq!(p.memory().units[worker].retries, 2);
+    }
+
+    #[test]
+    fn a_paused_service_or_process_is_left_alone() {
+        let p = Probe::new();
+        p.set_state(ServiceState {
+            current: Some("r1".into()),
+            paused: true,
+            ..Default::default()
+        });
+        p.run();
+        assert!(
+            p.fh.systemd.calls().is_empty(),
+            "{:?}",
+            p.fh.systemd.calls()
+        );
+        assert!(lock(&p.http.asked).is_empty());
+        // Only web paused: the worker is still started, web is neither started nor checked.
+        p.set_state(ServiceState {
+            current: Some("r1".into()),
+            paused_processes: ["web".to_string()].into(),
+            ..Default::default()
+        });
+        p.fh.systemd.insert(running("web", 1, 11));
+        lock(&p.http.answers).insert(20001, Check::Status(500));
+        p.run();
+        let starts: Vec<String> = p
+            .changes()
+            .into_iter()
+            .filter(|c| c.starts_with("start "))
+            .collect();
+        assert_eq!(starts, ["start shim-app-worker-r1-1.service"]);
+        assert!(lock(&p.http.asked).is_empty());
+    }
+
+    #[test]
+    fn a_stopped_or_never_started_service_is_left_alone() {
+        let p = Probe::new();
+        for st in [
+            ServiceState::default(),
+            ServiceState {
+                current: Some("r1".into()),
+                stopped: true,
+                ..Default::default()
+            },
+        ] {
+            p.set_state(st);
+            p.run();
+        }
+        assert!(
+            p.fh.systemd.calls().is_empty(),
+            "{:?}",
+            p.fh.systemd.calls()
+        );
+        assert!(p.logged().is_empty());
+    }
+
+    #[test]
+    fn an_interrupted_upgrade_is_noted_once_and_nothing_is_done_until_repaired() {
+        let p = Probe::new();
+        p.set_state(ServiceState {
+            current: Some("r1".into()),
+            upgrading: Some(Attempt {
+                revision: "r2".into(),
+                phase: Phase::Starting,
+            }),
+            ..Default::default()
+        });
+        p.run();
+        p.run();
+        assert!(
+            p.fh.systemd.calls().is_empty(),
+            "{:?}",
+            p.fh.systemd.calls()
+        );
+        let logged = p.logged();
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert!(
+            logged[0]
+                .message
+                .contains("upgrade of app to r2 was interrupted"),
+            "{logged:?}"
+        );
+        assert!(p.memory().noted.contains("interrupted"));
+        // Repaired (the state is plain again): the probe works and forgets the note.
+        p.set_state(ServiceState {
+            current: Some("r1".into()),
+            ..Default::default()
+        });
+        p.all_running();
+        p.run();
+        assert_eq!(p.memory(), Memory::default());
+        assert_eq!(p.logged().len(), 1);
+    }
+
+    #[test]
+    fn the_service_lock_held_by_another_command_means_nothing_is_done() {
+        let p = Probe::new();
+        let _held = ServiceLock::acquire(&p.fh.host.dirs.run, "app", Duration::ZERO).unwrap();
+        p.run();
+        assert!(
+            p.fh.systemd.calls().is_empty(),
+            "{:?}",
+            p.fh.systemd.calls()
+        );
+        assert!(lock(&p.http.asked).is_empty());
+        assert!(p.logged().is_empty());
+    }
+
+    #[test]
+    fn an_undefined_service_is_noted_once() {
+        let p = Probe::new();
+        p.run_id("gone");
+        p.run_id("gone");
+        assert!(p.fh.systemd.calls().is_empty());
+        let logged = p.logged();
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert!(logged[0]
+            .message
+            .contains("service gone is no longer defined"));
+        assert_eq!(logged[0].fields["SHIM_SERVICE"], "gone");
+        assert!(load_memory(&p.fh.host.dirs, "gone")
+            .noted
+            .contains("undefined"));
+    }
+
+    #[test]
+    fn unreadable_definitions_are_reported_once_per_distinct_error() {
+        let p = Probe::new();
+        std::fs::write(&p.config, "[services.app\n").unwrap();
+        p.run();
+        p.run();
+        assert_eq!(p.logged().len(), 1);
+        assert_eq!(p.logged()[0].priority, WARNING);
+        std::fs::write(&p.config, "[services.app]\nimage = 3\n").unwrap();
+        p.run();
+        assert_eq!(p.logged().len(), 2, "{:?}", p.logged());
+        // Readable again: the probe works and the note is gone.
+        std::fs::write(&p.config, def()).unwrap();
+        p.all_running();
+        p.run();
+        assert_eq!(p.memory(), Memory::default());
+        assert!(p.fh.systemd.calls().iter().any(|c| c.starts_with("list ")));
+    }
+
+    /// A record as a full run would leave it, for this test process (so that `/proc` knows
+    /// it) standing for web 1.
+    fn save_record_of_me(p: &Probe) {
+        let dirs = &p.fh.host.dirs;
+        let me = std::process::id();
+        let rec = fast::Record {
+            inputs: fast::inputs_digest(&p.config, dirs, "app").unwrap(),
+            verified_usec: p.fh.host.clock.wall_usec(),
+            instances: vec![fast::Instance {
+                unit: "shim-app-web-r1-1.service".into(),
+                pid: me,
+                process: fast::read_proc(me).unwrap(),
+                check: Some(fast::Probe {
+                    port: 20001,
+                    path: "/health".into(),
+                    timeout_ms: 1000,
+                }),
+            }],
+        };
+        fast::save_record(dirs, "app", Some(&rec));
+    }
+
+    #[test]
+    fn the_fast_path_checks_through_the_host_and_asks_systemd_nothing() {
+        let p = Probe::new();
+        save_record_of_me(&p);
+        let mut full = false;
+        run(&p.fh.host, &p.config, "app", || full = true).unwrap();
+        assert!(!full);
+        assert!(p.fh.systemd.calls().is_empty());
+        assert_eq!(*lock(&p.http.asked), [(20001, "/health".to_string())]);
+        // A minute later (the fake clock) the record is stale: a full run.
+        p.sleep(61);
+        run(&p.fh.host, &p.config, "app", || full = true).unwrap();
+        assert!(full);
+        assert!(!p.fh.systemd.calls().is_empty());
+    }
+
+    #[test]
+    fn a_failed_fast_check_falls_back_to_a_full_run_that_does_not_check_again() {
+        let p = Probe::new();
+        let me = std::process::id();
+        p.all_running();
+        p.fh.systemd
+            .edit("shim-app-web-r1-1.service", |u| u.main_pid = me);
+        save_record_of_me(&p);
+        lock(&p.http.answers).insert(20001, Check::Status(503));
+        let mut full = false;
+        run(&p.fh.host, &p.config, "app", || full = true).unwrap();
+        assert!(full);
+        // web 1 once (fast path, reused by the full run), web 2 once (full run).
+        let asked: Vec<u16> = lock(&p.http.asked).iter().map(|(port, _)| *port).collect();
+        assert_eq!(asked, [20001, 20002]);
+        assert_eq!(p.memory().units["shim-app-web-r1-1.service"].failures, 1);
+        // The failure is counted: no record vouches for the service any more.
+        assert_eq!(fast::load_record(&p.fh.host.dirs, "app"), None);
     }
 }

@@ -603,15 +603,15 @@ impl Run<'_> {
         let (host, config) = (self.host, &self.opts.config);
         self.rep.step("probe", |d| {
             let change =
-                crate::ops::probe::ensure_probe_timer(host, &p.service, &p.shim_exe, config)?;
+                crate::ops::probe_timer::ensure_probe_timer(host, &p.service, &p.shim_exe, config)?;
             let timer = crate::plan::probe_timer::probe_timer_name(p.service.id.as_str());
             let every = crate::config::format_duration(crate::plan::probe_timer::probe_interval(
                 &p.service,
             ));
             let what = match change {
-                crate::ops::probe::TimerChange::Unchanged => "unchanged",
-                crate::ops::probe::TimerChange::Created => "created",
-                crate::ops::probe::TimerChange::Replaced => "replaced",
+                crate::ops::probe_timer::TimerChange::Unchanged => "unchanged",
+                crate::ops::probe_timer::TimerChange::Created => "created",
+                crate::ops::probe_timer::TimerChange::Replaced => "replaced",
             };
             d.push(format!("{timer} {what}: probe every {every}"));
             Ok(())
