@@ -288,46 +288,17 @@ pub fn install(
         ));
     }
     let diff = diff_timers(&active_timers, jobs);
-    let stop_timeout = Duration::from_secs(30);
     for key in &diff.add {
         let Some(job) = jobs.iter().find(|j| &j.key == key) else {
             continue;
         };
-        let dir = job_dir(dirs, id, key);
-        let last = last_path(dirs, id, key);
-        let (timer, service) = oneoff::plan_cron_job(&CronJobUnits {
-            service: id,
-            job: key,
-            schedule_text: &job.schedule,
-            command: &job.command,
-            calendars: &job.calendars,
-            stdin: job.stdin.as_deref(),
-            shim_exe: &prepared.shim_exe,
-            runtime_bin: &prepared.runtime_bin,
+        out.push(add_timer(
+            host,
+            prepared,
             config,
-            dir: &dir,
-            last_file: &last,
-            stop_timeout,
-        });
-        // A job's service can outlive its timer (still running when the timer was removed):
-        // then the new timer triggers that unit rather than creating it again.
-        let aux: &[crate::plan::UnitSpec] = if loaded_services.contains(key) {
-            &[]
-        } else {
-            std::slice::from_ref(&service)
-        };
-        let job_out = sd
-            .start_transient_with_aux(&timer, aux, Duration::from_secs(30))
-            .with_context(|| format!("creating {}", timer.name))?;
-        if !job_out.ok() {
-            bail!("creating {}: job {}", timer.name, job_out.result);
-        }
-        out.push(format!(
-            "added    {} ({} {})",
-            timer.name,
-            job.schedule,
-            oneoff::describe_argv(std::slice::from_ref(&job.command))
-        ));
+            job,
+            loaded_services.contains(key),
+        )?);
     }
     let gone: BTreeSet<String> = diff.remove.iter().cloned().collect();
     out.extend(remove_timers(sd, id, &gone)?);
@@ -339,6 +310,53 @@ pub fn install(
         ));
     }
     Ok(out)
+}
+
+/// Creates one job's timer (and its service, unless a run of it is still loaded: then the
+/// new timer triggers that unit rather than creating it again). Returns the line to print.
+fn add_timer(
+    host: &Host,
+    prepared: &Prepared,
+    config: &Path,
+    job: &CronJob,
+    service_loaded: bool,
+) -> Result<String> {
+    let (sd, dirs) = (host.systemd()?, &host.dirs);
+    let id = prepared.service.id.as_str();
+    let key = &job.key;
+    let dir = job_dir(dirs, id, key);
+    let last = last_path(dirs, id, key);
+    let (timer, service) = oneoff::plan_cron_job(&CronJobUnits {
+        service: id,
+        job: key,
+        schedule_text: &job.schedule,
+        command: &job.command,
+        calendars: &job.calendars,
+        stdin: job.stdin.as_deref(),
+        shim_exe: &prepared.shim_exe,
+        runtime_bin: &prepared.runtime_bin,
+        config,
+        dir: &dir,
+        last_file: &last,
+        stop_timeout: Duration::from_secs(30),
+    });
+    let aux: &[crate::plan::UnitSpec] = if service_loaded {
+        &[]
+    } else {
+        std::slice::from_ref(&service)
+    };
+    let job_out = sd
+        .start_transient_with_aux(&timer, aux, Duration::from_secs(30))
+        .with_context(|| format!("creating {}", timer.name))?;
+    if !job_out.ok() {
+        bail!("creating {}: job {}", timer.name, job_out.result);
+    }
+    Ok(format!(
+        "added    {} ({} {})",
+        timer.name,
+        job.schedule,
+        oneoff::describe_argv(std::slice::from_ref(&job.command))
+    ))
 }
 
 fn remove_timers(sd: &dyn Systemd, id: &str, keys: &BTreeSet<String>) -> Result<Vec<String>> {
