@@ -8,6 +8,7 @@ pub mod instances;
 pub mod probe;
 pub mod reconcile;
 pub mod run;
+pub mod status;
 pub mod stop;
 pub mod upgrade;
 
