@@ -87,6 +87,32 @@ fn cron_lines(jobs: &[JobRow], offset_secs: i64) -> String {
     out
 }
 
+/// The STATE column: `active/running`, or for an instance waiting to be restarted how it
+/// ended and when it is retried.
+fn state_cell(r: &InstanceRow) -> String {
+    let exit = r
+        .last_exit
+        .as_ref()
+        .map(|e| format!(" ({e})"))
+        .unwrap_or_default();
+    match &r.next_retry {
+        Some(n) if n.by == "probe" => format!(
+            "{}/{}{exit}, retry {} in {}",
+            r.state,
+            r.sub_state,
+            n.retry,
+            human_secs(n.in_secs)
+        ),
+        Some(n) => format!(
+            "{}/{}{exit}, restart in {}",
+            r.state,
+            r.sub_state,
+            human_secs(n.in_secs)
+        ),
+        None => format!("{}/{}", r.state, r.sub_state),
+    }
+}
+
 /// A plain text table, one block per service, then the service's cron jobs.
 pub fn render_table(
     rows: &[InstanceRow],
@@ -112,29 +138,7 @@ pub fn render_table(
                     r.process.clone(),
                     r.instance.to_string(),
                     r.revision.chars().take(12).collect(),
-                    {
-                        let exit = r
-                            .last_exit
-                            .as_ref()
-                            .map(|e| format!(" ({e})"))
-                            .unwrap_or_default();
-                        match &r.next_retry {
-                            Some(n) if n.by == "probe" => format!(
-                                "{}/{}{exit}, retry {} in {}",
-                                r.state,
-                                r.sub_state,
-                                n.retry,
-                                human_secs(n.in_secs)
-                            ),
-                            Some(n) => format!(
-                                "{}/{}{exit}, restart in {}",
-                                r.state,
-                                r.sub_state,
-                                human_secs(n.in_secs)
-                            ),
-                            None => format!("{}/{}", r.state, r.sub_state),
-                        }
-                    },
+                    state_cell(r),
                     r.main_pid
                         .map(|p| p.to_string())
                         .unwrap_or_else(|| "-".into()),
