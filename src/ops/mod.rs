@@ -10,6 +10,7 @@ pub mod reconcile;
 pub mod run;
 pub mod status;
 pub mod stop;
+pub mod supervise;
 pub mod upgrade;
 
 #[cfg(test)]
