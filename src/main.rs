@@ -15,6 +15,7 @@ mod host;
 mod image;
 mod ops;
 mod plan;
+mod timefmt;
 
 use clap::Parser;
 

@@ -1,16 +1,15 @@
-//! `shim cron sync|list` (and `exec`, run by the jobs' units): see `cron_sync.rs`.
+//! `shim cron sync|list` (and `exec`, run by the jobs' units): arguments and the job table; the
+//! operations are in `ops::cron`.
 
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand};
-use serde::Serialize;
 
 use crate::config::Ident;
 use crate::error::BadInput;
 use crate::host::lock::ServiceLock;
-use crate::host::systemd::TimerInfo;
-use crate::ops::cron::CronState;
+use crate::ops::cron::JobRow;
 use crate::plan::oneoff;
 
 /// The app's crontab as systemd timers: sync it at a revision, list the jobs.
@@ -105,66 +104,6 @@ fn sync(host: &crate::host::Host, config: &Path, a: SyncArgs) -> Result<()> {
     Ok(())
 }
 
-/// One job, as listed. The JSON field names are a stable interface.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct JobRow {
-    pub service: String,
-    pub job: String,
-    pub revision: String,
-    pub line: usize,
-    pub schedule: String,
-    pub calendars: Vec<String>,
-    pub command: String,
-    /// The timer's state ("active", or "missing" when it is not loaded).
-    pub timer: String,
-    /// Next run, µs since the epoch (0: none).
-    pub next_usec: u64,
-    /// How the last run ended ("success", "exit-code", ...), if it ran.
-    pub last_result: Option<String>,
-    pub last_exit: Option<String>,
-    /// When the last run ended, seconds since the epoch.
-    pub last_ended: Option<u64>,
-}
-
-/// Rows from the state files, the timers and the recorded results. Pure.
-pub fn rows(
-    states: &[(String, CronState)],
-    timers: &[TimerInfo],
-    last: &dyn Fn(&str, &str) -> Option<crate::host::runtime::LastResult>,
-) -> Vec<JobRow> {
-    let mut out = Vec::new();
-    for (id, st) in states {
-        for j in &st.jobs {
-            let name = format!("{}.timer", oneoff::cron_stem(id, &j.key));
-            let t = timers.iter().find(|t| t.name == name);
-            let l = last(id, &j.key);
-            out.push(JobRow {
-                service: id.clone(),
-                job: j.key.clone(),
-                revision: st.revision.clone(),
-                line: j.line,
-                schedule: j.schedule.clone(),
-                calendars: j.calendars.clone(),
-                command: j.command.clone(),
-                timer: t
-                    .map(|t| t.active_state.clone())
-                    .unwrap_or_else(|| "missing".into()),
-                next_usec: t.map(|t| t.next_elapse_usec).unwrap_or(0),
-                last_result: l.as_ref().map(|l| l.result.clone()),
-                last_exit: l.as_ref().map(|l| {
-                    if l.exit_code == "exited" {
-                        format!("status {}", l.exit_status)
-                    } else {
-                        format!("{} {}", l.exit_code, l.exit_status)
-                    }
-                }),
-                last_ended: l.as_ref().map(|l| l.ended),
-            });
-        }
-    }
-    out
-}
-
 /// The table. Pure.
 pub fn render(rows: &[JobRow], offset_secs: i64) -> String {
     if rows.is_empty() {
@@ -174,7 +113,7 @@ pub fn render(rows: &[JobRow], offset_secs: i64) -> String {
         if usec == 0 {
             "-".to_string()
         } else {
-            crate::cli::logs::render_time(usec, offset_secs)[..19].to_string()
+            crate::timefmt::render_time(usec, offset_secs)[..19].to_string()
         }
     };
     let mut table = vec![[
@@ -238,46 +177,10 @@ pub fn render(rows: &[JobRow], offset_secs: i64) -> String {
 }
 
 fn list(host: &crate::host::Host, a: ListArgs) -> Result<()> {
-    let dirs = host.dirs.clone();
-    let mut states = Vec::new();
-    match &a.id {
-        Some(id) => {
-            Ident::parse(id).map_err(|m| BadInput(format!("--id: service id {m}")))?;
-            if let Some(st) = crate::ops::cron::load_state(&dirs, id)? {
-                states.push((id.clone(), st));
-            }
-        }
-        None => {
-            let dir = dirs.state.join("cron");
-            let mut ids: Vec<String> = std::fs::read_dir(&dir)
-                .map(|rd| {
-                    rd.flatten()
-                        .filter_map(|e| {
-                            let n = e.file_name().to_string_lossy().to_string();
-                            n.strip_suffix(".json").map(str::to_string)
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            ids.sort();
-            for id in ids {
-                if let Some(st) = crate::ops::cron::load_state(&dirs, &id)? {
-                    states.push((id, st));
-                }
-            }
-        }
+    if let Some(id) = &a.id {
+        Ident::parse(id).map_err(|m| BadInput(format!("--id: service id {m}")))?;
     }
-    let sd = host.systemd()?;
-    let pattern = match &a.id {
-        Some(id) => format!("{}{id}-*.timer", oneoff::CRON_PREFIX),
-        None => format!("{}*.timer", oneoff::CRON_PREFIX),
-    };
-    let timers = sd.timers(&[pattern])?;
-    let last = |id: &str, key: &str| {
-        let b = std::fs::read(crate::ops::cron::last_path(&dirs, id, key)).ok()?;
-        serde_json::from_slice(&b).ok()
-    };
-    let rows = rows(&states, &timers, &last);
+    let rows = crate::ops::cron::list_jobs(host, a.id.as_deref())?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
@@ -285,7 +188,7 @@ fn list(host: &crate::host::Host, a: ListArgs) -> Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
             .unwrap_or(0);
-        print!("{}", render(&rows, crate::cli::logs::local_offset(now)));
+        print!("{}", render(&rows, crate::timefmt::local_offset(now)));
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! `shim reconcile`: bring the host back to the definitions and the recorded revisions (at
-//! boot, from units/shim-reconcile.service, or after editing the definitions). See
-//! `supervise::reconcile`.
+//! boot, from units/shim-reconcile.service, or after editing the definitions): the arguments; see
+//! `ops::reconcile`, which prints as it goes and fails naming the services it could not repair.
 
 use crate::cli::parse_duration_arg;
 

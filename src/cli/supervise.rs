@@ -1,6 +1,7 @@
 //! `shim supervise pause|resume`: stop the probe from acting on a service (or one of its
 //! processes) and let it act again. Persisted in the service's state under /var/lib/shim, so
-//! a pause survives reboots; `shim status` shows it.
+//! a pause survives reboots; `shim status` shows it. The arguments and the messages; the
+//! operations are in `ops::supervise`.
 
 use crate::cli::parse_duration_arg;
 
@@ -12,9 +13,7 @@ use clap::{Args, Subcommand};
 
 use crate::config::Ident;
 use crate::error::BadInput;
-use crate::host::lock::ServiceLock;
-use crate::host::state::StateStore;
-use crate::plan::probe_timer::probe_service_name;
+use crate::ops::supervise::{self, ProbeRun, Supervision};
 
 /// Pause or resume supervision of a service by its probe.
 ///
@@ -62,54 +61,18 @@ pub fn run(host: &crate::host::Host, config: &Path, args: SuperviseArgs) -> Resu
         SuperviseCommand::Resume(t) => (false, t),
     };
     Ident::parse(&t.id).map_err(|m| BadInput(format!("--id: service id {m}")))?;
-    // The service (and the process) must be defined; with no readable definitions, the
-    // pause is recorded anyway (it only ever makes the probe do less).
-    if let Ok(defs) = crate::config::load(config) {
-        let svc = defs.service(&t.id)?;
-        if let Some(p) = &t.process {
-            if !svc.processes.values().any(|d| d.name.as_str() == p) {
-                return Err(BadInput(format!(
-                    "--process: service {} has no process {p:?} (it has: {})",
-                    t.id,
-                    svc.processes
-                        .values()
-                        .map(|d| d.name.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-                .into());
-            }
-        }
-    }
-    let dirs = host.dirs.clone();
+    let defs = crate::config::load(config).ok();
+    supervise::check_target(defs.as_ref(), &t.id, t.process.as_deref())?;
     let what = match &t.process {
         Some(p) => format!("{} (process {p})", t.id),
         None => t.id.clone(),
     };
-    {
-        // Under the service's lock: an upgrade saves the state too and must not undo this.
-        let _lock = ServiceLock::acquire(&dirs.run, &t.id, t.lock_timeout)?;
-        let store = StateStore::new(&dirs.state);
-        let mut st = store.load(&t.id)?;
-        match (&t.process, pause) {
-            (None, true) => st.paused = true,
-            (None, false) => {
-                st.paused = false;
-                st.paused_processes.clear();
-            }
-            (Some(p), true) => {
-                st.paused_processes.insert(p.clone());
-            }
-            (Some(p), false) => {
-                st.paused_processes.remove(p);
-            }
-        }
-        store.save(&t.id, &st)?;
-        if pause {
+    match supervise::set_paused(host, &t.id, t.process.as_deref(), pause, t.lock_timeout)? {
+        Supervision::Paused => {
             println!("supervision of {what} paused: the probe leaves it alone until `shim supervise resume --id {}`", t.id);
             return Ok(());
         }
-        if st.paused {
+        Supervision::ServiceStillPaused => {
             println!(
                 "process {} resumed, but the whole service {} is still paused",
                 t.process.as_deref().unwrap_or_default(),
@@ -117,23 +80,17 @@ pub fn run(host: &crate::host::Host, config: &Path, args: SuperviseArgs) -> Resu
             );
             return Ok(());
         }
+        Supervision::Resumed => println!("supervision of {what} resumed"),
     }
-    println!("supervision of {what} resumed");
     // Probe now rather than at the next tick, so that resume converges right away.
-    let sd = host.systemd()?;
-    let probe = probe_service_name(&t.id);
-    if sd.list_units(std::slice::from_ref(&probe))?.is_empty() {
-        println!(
+    match supervise::probe_now(host, &t.id)? {
+        ProbeRun::NoTimer => println!(
             "{} has no probe timer (not running); nothing to probe",
             t.id
-        );
-        return Ok(());
-    }
-    let out = sd.start_units(std::slice::from_ref(&probe), Duration::from_secs(150))?;
-    match out.first() {
-        Some(o) if o.ok() => println!("probed {} ({probe})", t.id),
-        Some(o) => println!("probe run {probe}: {}", o.result),
-        None => {}
+        ),
+        ProbeRun::Probed(probe) => println!("probed {} ({probe})", t.id),
+        ProbeRun::Failed(probe, result) => println!("probe run {probe}: {result}"),
+        ProbeRun::Unknown => {}
     }
     Ok(())
 }

@@ -508,6 +508,107 @@ pub fn exec_job(host: &Host, defs: &crate::config::Definitions, id: &str, key: &
     Err(anyhow!(err).context(format!("executing {}", argv[0])))
 }
 
+/// One job, as `shim cron list` and `shim status` show it. The JSON field names are a
+/// stable interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobRow {
+    pub service: String,
+    pub job: String,
+    pub revision: String,
+    pub line: usize,
+    pub schedule: String,
+    pub calendars: Vec<String>,
+    pub command: String,
+    /// The timer's state ("active", or "missing" when it is not loaded).
+    pub timer: String,
+    /// Next run, µs since the epoch (0: none).
+    pub next_usec: u64,
+    /// How the last run ended ("success", "exit-code", ...), if it ran.
+    pub last_result: Option<String>,
+    pub last_exit: Option<String>,
+    /// When the last run ended, seconds since the epoch.
+    pub last_ended: Option<u64>,
+}
+
+/// Rows from the state files, the timers and the recorded results. Pure.
+pub fn job_rows(
+    states: &[(String, CronState)],
+    timers: &[crate::host::systemd::TimerInfo],
+    last: &dyn Fn(&str, &str) -> Option<crate::host::runtime::LastResult>,
+) -> Vec<JobRow> {
+    let mut out = Vec::new();
+    for (id, st) in states {
+        for j in &st.jobs {
+            let name = format!("{}.timer", oneoff::cron_stem(id, &j.key));
+            let t = timers.iter().find(|t| t.name == name);
+            let l = last(id, &j.key);
+            out.push(JobRow {
+                service: id.clone(),
+                job: j.key.clone(),
+                revision: st.revision.clone(),
+                line: j.line,
+                schedule: j.schedule.clone(),
+                calendars: j.calendars.clone(),
+                command: j.command.clone(),
+                timer: t
+                    .map(|t| t.active_state.clone())
+                    .unwrap_or_else(|| "missing".into()),
+                next_usec: t.map(|t| t.next_elapse_usec).unwrap_or(0),
+                last_result: l.as_ref().map(|l| l.result.clone()),
+                last_exit: l.as_ref().map(|l| {
+                    if l.exit_code == "exited" {
+                        format!("status {}", l.exit_status)
+                    } else {
+                        format!("{} {}", l.exit_code, l.exit_status)
+                    }
+                }),
+                last_ended: l.as_ref().map(|l| l.ended),
+            });
+        }
+    }
+    out
+}
+
+/// `shim cron list`: the jobs of service `id` (or of every service with a cron state file,
+/// by id), with their timers and last results. The caller has checked that `id` is an id.
+pub fn list_jobs(host: &Host, id: Option<&str>) -> Result<Vec<JobRow>> {
+    let dirs = &host.dirs;
+    let mut states = Vec::new();
+    let ids: Vec<String> = match id {
+        Some(id) => vec![id.to_string()],
+        None => {
+            let mut ids: Vec<String> = std::fs::read_dir(dirs.state.join("cron"))
+                .map(|rd| {
+                    rd.flatten()
+                        .filter_map(|e| {
+                            let n = e.file_name().to_string_lossy().to_string();
+                            n.strip_suffix(".json").map(str::to_string)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            ids.sort();
+            ids
+        }
+    };
+    for id in ids {
+        if let Some(st) = load_state(dirs, &id)? {
+            states.push((id, st));
+        }
+    }
+    let sd = host.systemd()?;
+    let pattern = match id {
+        Some(id) => format!("{}{id}-*.timer", oneoff::CRON_PREFIX),
+        None => format!("{}*.timer", oneoff::CRON_PREFIX),
+    };
+    let timers = sd.timers(&[pattern])?;
+    let last = |id: &str, key: &str| {
+        let b = std::fs::read(last_path(dirs, id, key)).ok()?;
+        serde_json::from_slice(&b).ok()
+    };
+    Ok(job_rows(&states, &timers, &last))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,9 @@ pub mod probe;
 pub mod probe_timer;
 pub mod reconcile;
 pub mod run;
+pub mod status;
 pub mod stop;
+pub mod supervise;
 pub mod upgrade;
 
 #[cfg(test)]

@@ -2,26 +2,31 @@
 //! (units/shim-reconcile.service) when every transient unit is gone, or after editing the
 //! definitions (`count` 2 → 4 scales without a deploy).
 //!
-//! Per defined service with a recorded current revision and not stopped, under its lock:
-//! [`drift`] says what differs (missing or extra instances, leftovers of other revisions or
-//! of an interrupted upgrade, an nginx upstream not pointing at the instances); if anything
-//! does, `upgrade::converge` to the current revision repairs it (its `recover` step removes
-//! what an interrupted upgrade left) and refreshes the probe timer; otherwise only the probe
-//! timer is checked. Units and probe timers of services no longer defined are stopped.
-//! Nothing that matches is touched, so a second run does nothing; `--dry-run` prints the plan.
+//! Flow: per defined service, look, decide, act. A service not deployed or stopped only has
+//! leftover probe and cron timers removed ([`plan_idle`]). A deployed one is looked at under
+//! its lock: [`drift`] says what differs (missing or extra instances, leftovers of other
+//! revisions or of an interrupted upgrade, an nginx upstream not pointing at the instances);
+//! if anything does, `upgrade::converge_locked` to the current revision repairs it (its
+//! `recover` step removes what an interrupted upgrade left) and refreshes the probe timer;
+//! otherwise its cron timers and probe timer are checked ([`plan_timers`]). Then services no
+//! longer defined that still have units or timers ([`orphans`]) are torn down with
+//! `stop::teardown` under their lock. Each decision is a [`ServiceAction`], chosen by a pure
+//! function from what was seen, and printed as one line per service as it is acted on
+//! ([`Report`]). Nothing that matches is touched, so a second run does nothing; `--dry-run`
+//! prints the plan and changes nothing.
 //!
 //! A paused service is still brought back (reconcile is asked for explicitly, or runs at
 //! boot); pausing stops the probe from acting, not the operator.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 
-use crate::config::{Definitions, ServiceDef};
+use crate::config::{Definitions, ProcessDef, ServiceDef};
 use crate::host::lock::ServiceLock;
-use crate::host::state::{ServiceState, StateStore};
+use crate::host::state::ServiceState;
 use crate::host::systemd::UnitInfo;
 use crate::host::Host;
 use crate::ops::instances;
@@ -69,11 +74,6 @@ pub fn drift(
         ));
     }
     let current: Vec<&UnitInfo> = units.iter().filter(|u| rev_of(u) == revision).collect();
-    let index = |u: &UnitInfo| -> u32 {
-        u.field("SHIM_INSTANCE")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0)
-    };
     let defined: BTreeSet<&str> = svc.processes.values().map(|p| p.name.as_str()).collect();
     let undefined: BTreeSet<&str> = current
         .iter()
@@ -84,47 +84,66 @@ pub fn drift(
         why.push(format!("process {p} is no longer defined"));
     }
     for d in svc.processes.values() {
-        let mine: Vec<&&UnitInfo> = current
+        why.extend(process_drift(svc.id.as_str(), d, revision, &current, files));
+    }
+    why
+}
+
+/// What differs about one process's instances of `revision` (`current`): missing or extra
+/// instances, its nginx upstream file. Pure.
+fn process_drift(
+    id: &str,
+    d: &ProcessDef,
+    revision: &str,
+    current: &[&UnitInfo],
+    files: &BTreeMap<PathBuf, Option<String>>,
+) -> Vec<String> {
+    let mut why = Vec::new();
+    let index = |u: &UnitInfo| -> u32 {
+        u.field("SHIM_INSTANCE")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    };
+    let mine: Vec<&&UnitInfo> = current
+        .iter()
+        .filter(|u| u.field("SHIM_PROCESS") == Some(d.name.as_str()))
+        .collect();
+    let have: BTreeSet<u32> = mine.iter().map(|u| index(u)).collect();
+    let missing = (1..=d.count).filter(|i| !have.contains(i)).count();
+    let extra = have.iter().filter(|i| **i > d.count || **i == 0).count();
+    if missing > 0 {
+        why.push(format!(
+            "{}: {missing} of {} instance(s) missing",
+            d.name, d.count
+        ));
+    }
+    if extra > 0 {
+        why.push(format!(
+            "{}: {extra} instance(s) beyond count {}",
+            d.name, d.count
+        ));
+    }
+    if let Some(px) = &d.proxy {
+        let mut ports: Vec<(u32, u16)> = mine
             .iter()
-            .filter(|u| u.field("SHIM_PROCESS") == Some(d.name.as_str()))
+            .filter(|u| index(u) <= d.count)
+            .filter_map(|u| Some((index(u), u.field("SHIM_PORT")?.parse().ok()?)))
             .collect();
-        let have: BTreeSet<u32> = mine.iter().map(|u| index(u)).collect();
-        let missing = (1..=d.count).filter(|i| !have.contains(i)).count();
-        let extra = have.iter().filter(|i| **i > d.count || **i == 0).count();
-        if missing > 0 {
+        ports.sort();
+        let ports: Vec<u16> = ports.into_iter().map(|(_, p)| p).collect();
+        let want = crate::plan::upstream::render_upstream(
+            &px.upstream,
+            id,
+            d.name.as_str(),
+            revision,
+            &ports,
+        );
+        if files.get(&px.file).cloned().flatten().as_deref() != Some(want.as_str()) {
             why.push(format!(
-                "{}: {missing} of {} instance(s) missing",
-                d.name, d.count
+                "{}: nginx upstream {} does not point at its instances",
+                d.name,
+                px.file.display()
             ));
-        }
-        if extra > 0 {
-            why.push(format!(
-                "{}: {extra} instance(s) beyond count {}",
-                d.name, d.count
-            ));
-        }
-        if let Some(px) = &d.proxy {
-            let mut ports: Vec<(u32, u16)> = mine
-                .iter()
-                .filter(|u| index(u) <= d.count)
-                .filter_map(|u| Some((index(u), u.field("SHIM_PORT")?.parse().ok()?)))
-                .collect();
-            ports.sort();
-            let ports: Vec<u16> = ports.into_iter().map(|(_, p)| p).collect();
-            let want = crate::plan::upstream::render_upstream(
-                &px.upstream,
-                svc.id.as_str(),
-                d.name.as_str(),
-                revision,
-                &ports,
-            );
-            if files.get(&px.file).cloned().flatten().as_deref() != Some(want.as_str()) {
-                why.push(format!(
-                    "{}: nginx upstream {} does not point at its instances",
-                    d.name,
-                    px.file.display()
-                ));
-            }
         }
     }
     why
@@ -138,195 +157,366 @@ fn upstream_files(svc: &ServiceDef) -> BTreeMap<PathBuf, Option<String>> {
         .collect()
 }
 
+/// What reconcile does with one service. [`ServiceAction::line`] is what it prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceAction {
+    /// Not deployed or stopped (`why`), with nothing of it loaded.
+    Nothing { why: &'static str },
+    /// Not deployed or stopped (`why`), but its probe or cron timers are loaded.
+    RemoveTimers { why: &'static str },
+    /// Deployed and different from its definition: converge to `revision`.
+    Converge {
+        revision: String,
+        why: Vec<String>,
+        paused: String,
+    },
+    /// Its instances match, its cron timers do not (`why`): sync them.
+    SyncCron { revision: String, why: String },
+    /// Its instances match, its probe timer does not (`why`): create it.
+    CreateProbeTimer {
+        revision: String,
+        why: String,
+        paused: String,
+    },
+    /// Everything matches.
+    InSync { revision: String, paused: String },
+    /// No longer defined: tear it down (probe and cron timers, `instances` units, dirs).
+    RemoveOrphan { instances: usize },
+}
+
+impl ServiceAction {
+    /// The line printed after the service's id.
+    pub fn line(&self) -> String {
+        match self {
+            Self::Nothing { why } => format!("{why}: nothing to do"),
+            Self::RemoveTimers { why } => format!("{why}: remove its probe and cron timers"),
+            Self::Converge {
+                revision,
+                why,
+                paused,
+            } => format!("converge to {revision}: {}{paused}", why.join("; ")),
+            Self::SyncCron { revision, why } => format!("{revision}: {why}: sync it"),
+            Self::CreateProbeTimer {
+                revision,
+                why,
+                paused,
+            } => format!("{revision}: {why}: create it{paused}"),
+            Self::InSync { revision, paused } => format!("{revision}: ok{paused}"),
+            Self::RemoveOrphan { instances } => {
+                format!("not defined: stop {instances} instance(s) and its probe and cron timers")
+            }
+        }
+    }
+
+    /// Whether it changes something (or would, in a dry run).
+    pub fn acts(&self) -> bool {
+        !matches!(self, Self::Nothing { .. } | Self::InSync { .. })
+    }
+}
+
+/// The decision for a service not deployed or stopped; None when it is deployed and running
+/// (see [`plan_deployed`]). `timers_loaded`: its probe timer or a cron timer is loaded. Pure.
+pub fn plan_idle(st: &ServiceState, timers_loaded: bool) -> Option<ServiceAction> {
+    let why = match (&st.current, st.stopped) {
+        (Some(_), false) => return None,
+        (_, true) => "stopped",
+        (None, false) => "not deployed",
+    };
+    Some(if timers_loaded {
+        ServiceAction::RemoveTimers { why }
+    } else {
+        ServiceAction::Nothing { why }
+    })
+}
+
+/// ` (supervision paused…)` after a line about a paused service, or nothing. Pure.
+pub fn paused_note(st: &ServiceState) -> String {
+    if st.paused {
+        " (supervision paused)".to_string()
+    } else if !st.paused_processes.is_empty() {
+        format!(
+            " (supervision paused for {})",
+            st.paused_processes
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    } else {
+        String::new()
+    }
+}
+
+/// The decision for a deployed service from its units and upstream files ([`drift`]):
+/// converge, or None when its instances match (then [`plan_timers`]). Pure.
+pub fn plan_deployed(
+    svc: &ServiceDef,
+    st: &ServiceState,
+    revision: &str,
+    units: &[UnitInfo],
+    files: &BTreeMap<PathBuf, Option<String>>,
+) -> Option<ServiceAction> {
+    let why = drift(svc, st, revision, units, files);
+    (!why.is_empty()).then(|| ServiceAction::Converge {
+        revision: revision.to_string(),
+        why,
+        paused: paused_note(st),
+    })
+}
+
+/// The decisions for a deployed service whose instances match, from what differs about its
+/// cron timers and its probe timer (None: nothing). Pure.
+pub fn plan_timers(
+    revision: &str,
+    paused: &str,
+    cron: Option<String>,
+    probe: Option<String>,
+) -> Vec<ServiceAction> {
+    let (revision, paused) = (revision.to_string(), paused.to_string());
+    let mut out = Vec::new();
+    if let Some(why) = cron {
+        out.push(ServiceAction::SyncCron {
+            revision: revision.clone(),
+            why,
+        });
+    }
+    out.push(match probe {
+        Some(why) => ServiceAction::CreateProbeTimer {
+            revision,
+            why,
+            paused,
+        },
+        None => ServiceAction::InSync { revision, paused },
+    });
+    out
+}
+
+/// Services no longer defined that still have instances (counted), a probe timer or cron
+/// timers: from every `shim-*` unit and the services with cron timers. Pure.
+pub fn orphans(
+    defs: &Definitions,
+    units: &[UnitInfo],
+    cron_services: &BTreeSet<String>,
+) -> BTreeMap<String, usize> {
+    let defined: BTreeSet<&str> = defs.services.keys().map(|k| k.as_str()).collect();
+    let mut out: BTreeMap<String, usize> = BTreeMap::new();
+    for u in units {
+        if let Some(s) = u.field("SHIM_SERVICE").filter(|s| !defined.contains(s)) {
+            *out.entry(s.to_string()).or_default() += 1;
+        }
+    }
+    let timers = units.iter().filter_map(|u| service_of_probe_timer(&u.name));
+    for s in timers.chain(cron_services.iter().map(String::as_str)) {
+        if !defined.contains(s) {
+            out.entry(s.to_string()).or_default();
+        }
+    }
+    out
+}
+
+/// What reconcile said and which services failed. Lines are printed as they are made when
+/// `live` (the command; converge prints its own steps in between), and kept for tests.
+#[derive(Debug, Default)]
+pub struct Report {
+    live: bool,
+    /// What reconcile printed on stdout, in order.
+    pub lines: Vec<String>,
+    /// What it printed on stderr: one `shim: reconcile of <id>: …` per failure.
+    pub errors: Vec<String>,
+    /// The services whose repair failed (once per failure).
+    pub failed: Vec<String>,
+    /// Something differed (and, unless a dry run, was acted on).
+    pub acted: bool,
+}
+
+impl Report {
+    fn line(&mut self, s: String) {
+        if self.live {
+            println!("{s}");
+        }
+        self.lines.push(s);
+    }
+
+    /// One line about a service: what reconcile found and does.
+    fn say(&mut self, id: &str, what: &str) {
+        self.line(format!("  {id:<20} {what}"));
+    }
+
+    fn fail(&mut self, id: &str, e: String) {
+        let s = format!("shim: reconcile of {id}: {e}");
+        if self.live {
+            eprintln!("{s}");
+        }
+        self.errors.push(s);
+        self.failed.push(id.to_string());
+    }
+}
+
+/// What every step needs.
+struct Cx<'a> {
+    host: &'a Host,
+    defs: &'a Definitions,
+    opts: &'a Options,
+    shim_exe: &'a Path,
+}
+
+/// `shim reconcile`: [`reconcile`], printing as it goes; fails naming the services whose
+/// repair failed.
 pub fn run(host: &Host, defs: &Definitions, opts: &Options) -> Result<()> {
-    let (sd, dirs) = (host.systemd()?, &host.dirs);
-    let store = StateStore::new(&dirs.state);
+    let rep = reconcile(host, defs, opts, true)?;
+    if rep.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!("reconcile failed for: {}", rep.failed.join(", ")))
+    }
+}
+
+/// Every defined service, then the services no longer defined; see the module docs.
+/// `live`: print the lines as they are made.
+pub fn reconcile(host: &Host, defs: &Definitions, opts: &Options, live: bool) -> Result<Report> {
+    let sd = host.systemd()?;
     let shim_exe = crate::host::images::shim_binary()?;
-    let mut failed: Vec<String> = Vec::new();
-    let mut acted = false;
-    // One line per service: what reconcile found and does.
-    let say = |id: &str, what: String| println!("  {id:<20} {what}");
-    println!(
+    let cx = Cx {
+        host,
+        defs,
+        opts,
+        shim_exe: &shim_exe,
+    };
+    let mut rep = Report {
+        live,
+        ..Default::default()
+    };
+    rep.line(format!(
         "reconcile{}: {} service(s) defined",
         if opts.dry_run { " (dry run)" } else { "" },
         defs.services.len()
-    );
-
+    ));
     for svc in defs.services.values() {
-        let id = svc.id.as_str();
-        let st = store.load(id)?;
-        let timer_loaded = !sd
-            .list_units(&[crate::plan::probe_timer::probe_timer_name(id)])?
-            .is_empty();
-        let revision = match (&st.current, st.stopped) {
-            (None, _) | (Some(_), true) => {
-                let why = if st.stopped {
-                    "stopped"
-                } else {
-                    "not deployed"
-                };
-                let cron_timers = !sd
-                    .list_units(&[format!("{}{id}-*.timer", crate::plan::oneoff::CRON_PREFIX)])?
-                    .is_empty();
-                if timer_loaded || cron_timers {
-                    say(id, format!("{why}: remove its probe and cron timers"));
-                    acted = true;
-                    if !opts.dry_run {
-                        crate::ops::probe_timer::remove_probe_timer(sd, id)?;
-                        crate::ops::cron::remove_all(sd, id)?;
-                    }
-                } else {
-                    say(id, format!("{why}: nothing to do"));
-                }
-                continue;
-            }
-            (Some(r), false) => r.clone(),
-        };
-        // Look and act under the service's lock, so an upgrade running meanwhile is not
-        // undone with what reconcile saw before it finished.
-        let lock = if opts.dry_run {
-            None
-        } else {
-            Some(ServiceLock::acquire(&dirs.run, id, opts.lock_timeout)?)
-        };
-        let st = store.load(id)?;
-        let revision = st.current.clone().unwrap_or(revision);
-        let units = instances::service_units(sd, id)?;
-        let why = drift(svc, &st, &revision, &units, &upstream_files(svc));
-        let paused = if st.paused {
-            " (supervision paused)".to_string()
-        } else if !st.paused_processes.is_empty() {
-            format!(
-                " (supervision paused for {})",
-                st.paused_processes
-                    .iter()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        } else {
-            String::new()
-        };
-        if !why.is_empty() {
-            acted = true;
-            say(
-                id,
-                format!("converge to {revision}: {}{paused}", why.join("; ")),
-            );
-            if opts.dry_run {
-                continue;
-            }
+        reconcile_service(&cx, svc, &mut rep)?;
+    }
+    let all = sd.list_units(&["shim-*".to_string()])?;
+    let cron = crate::ops::cron::services_with_timers(sd)?;
+    for (id, instances) in orphans(defs, &all, &cron) {
+        act(
+            &cx,
+            &id,
+            &ServiceAction::RemoveOrphan { instances },
+            None,
+            &mut rep,
+        )?;
+    }
+    if !rep.acted {
+        rep.line("nothing to do".into());
+    } else if opts.dry_run {
+        rep.line("dry run: nothing changed".into());
+    }
+    Ok(rep)
+}
+
+/// One defined service: look, decide, act.
+fn reconcile_service(cx: &Cx<'_>, svc: &ServiceDef, rep: &mut Report) -> Result<()> {
+    let (sd, dirs, store) = (cx.host.systemd()?, &cx.host.dirs, cx.host.state());
+    let id = svc.id.as_str();
+    let st = store.load(id)?;
+    let Some(revision) = st.current.clone().filter(|_| !st.stopped) else {
+        let probe = sd.list_units(&[crate::plan::probe_timer::probe_timer_name(id)])?;
+        let cron = sd.list_units(&[format!("{}{id}-*.timer", crate::plan::oneoff::CRON_PREFIX)])?;
+        if let Some(a) = plan_idle(&st, !probe.is_empty() || !cron.is_empty()) {
+            act(cx, id, &a, None, rep)?;
+        }
+        return Ok(());
+    };
+    // Look and act under the service's lock, so an upgrade running meanwhile is not undone
+    // with what reconcile saw before it finished.
+    let lock = if cx.opts.dry_run {
+        None
+    } else {
+        Some(ServiceLock::acquire(&dirs.run, id, cx.opts.lock_timeout)?)
+    };
+    let st = store.load(id)?;
+    let revision = st.current.clone().unwrap_or(revision);
+    let units = instances::service_units(sd, id)?;
+    if let Some(a) = plan_deployed(svc, &st, &revision, &units, &upstream_files(svc)) {
+        return act(cx, id, &a, lock, rep);
+    }
+    let cron = crate::ops::cron::drift(sd, svc, dirs, &revision)?;
+    let probe =
+        crate::ops::probe_timer::probe_timer_drift(cx.host, svc, cx.shim_exe, &cx.opts.config)?;
+    for a in plan_timers(&revision, &paused_note(&st), cron, probe) {
+        act(cx, id, &a, None, rep)?;
+    }
+    drop(lock);
+    Ok(())
+}
+
+/// Prints what `a` is and, unless a dry run, does it. A failed repair is reported and the
+/// next service reconciled; `lock` is the service's, held by the caller for a converge.
+fn act(
+    cx: &Cx<'_>,
+    id: &str,
+    a: &ServiceAction,
+    lock: Option<ServiceLock>,
+    rep: &mut Report,
+) -> Result<()> {
+    rep.say(id, &a.line());
+    rep.acted |= a.acts();
+    if cx.opts.dry_run {
+        return Ok(());
+    }
+    let (host, sd) = (cx.host, cx.host.systemd()?);
+    match a {
+        ServiceAction::Nothing { .. } | ServiceAction::InSync { .. } => {}
+        ServiceAction::RemoveTimers { .. } => {
+            crate::ops::probe_timer::remove_probe_timer(sd, id)?;
+            crate::ops::cron::remove_all(sd, id)?;
+        }
+        ServiceAction::Converge { revision, .. } => {
             let uopts = upgrade::Options {
                 kind: upgrade::Kind::Reconcile,
                 dry_run: false,
                 timeout: None,
-                lock_timeout: opts.lock_timeout,
+                lock_timeout: cx.opts.lock_timeout,
                 json: false,
-                config: opts.config.clone(),
+                config: cx.opts.config.clone(),
             };
-            if let Err(e) = upgrade::converge_locked(host, defs, id, &revision, &uopts, lock) {
-                eprintln!("shim: reconcile of {id}: {e:#}");
-                failed.push(id.to_string());
-            }
-            continue;
-        }
-        if let Some(why) = crate::ops::cron::drift(sd, svc, dirs, &revision)? {
-            acted = true;
-            say(id, format!("{revision}: {why}: sync it"));
-            if !opts.dry_run {
-                match crate::ops::cron::repair(host, defs, &opts.config, id, &revision) {
-                    Ok(lines) => lines.iter().for_each(|l| say(id, l.clone())),
-                    Err(e) => {
-                        eprintln!("shim: reconcile of {id}: cron: {e:#}");
-                        failed.push(id.to_string());
-                    }
-                }
+            if let Err(e) = upgrade::converge_locked(host, cx.defs, id, revision, &uopts, lock) {
+                rep.fail(id, format!("{e:#}"));
             }
         }
-        match crate::ops::probe_timer::probe_timer_drift(host, svc, &shim_exe, &opts.config)? {
-            None => say(id, format!("{revision}: ok{paused}")),
-            Some(t) => {
-                acted = true;
-                say(id, format!("{revision}: {t}: create it{paused}"));
-                if !opts.dry_run {
-                    if let Err(e) = crate::ops::probe_timer::ensure_probe_timer(
-                        host,
-                        svc,
-                        &shim_exe,
-                        &opts.config,
-                    ) {
-                        eprintln!("shim: reconcile of {id}: {e:#}");
-                        failed.push(id.to_string());
-                    }
-                }
+        ServiceAction::SyncCron { revision, .. } => {
+            match crate::ops::cron::repair(host, cx.defs, &cx.opts.config, id, revision) {
+                Ok(lines) => lines.iter().for_each(|l| rep.say(id, l)),
+                Err(e) => rep.fail(id, format!("cron: {e:#}")),
+            }
+        }
+        ServiceAction::CreateProbeTimer { .. } => {
+            let svc = cx.defs.service(id)?;
+            if let Err(e) =
+                crate::ops::probe_timer::ensure_probe_timer(host, svc, cx.shim_exe, &cx.opts.config)
+            {
+                rep.fail(id, format!("{e:#}"));
+            }
+        }
+        ServiceAction::RemoveOrphan { .. } => {
+            let r = ServiceLock::acquire(&host.dirs.run, id, cx.opts.lock_timeout)
+                .and_then(|l| crate::ops::stop::teardown(host, id, ORPHAN_STOP_TIMEOUT, &l));
+            if let Err(e) = r {
+                rep.fail(id, format!("{e:#}"));
             }
         }
     }
-
-    // Services no longer defined: their instances and probe timers go.
-    let defined: BTreeSet<&str> = defs.services.keys().map(|k| k.as_str()).collect();
-    let all = sd.list_units(&["shim-*".to_string()])?;
-    let mut orphans: BTreeMap<String, Vec<UnitInfo>> = BTreeMap::new();
-    for u in &all {
-        if let Some(s) = u.field("SHIM_SERVICE").filter(|s| !defined.contains(s)) {
-            orphans.entry(s.to_string()).or_default().push(u.clone());
-        }
-    }
-    for u in &all {
-        if let Some(s) = service_of_probe_timer(&u.name).filter(|s| !defined.contains(s)) {
-            orphans.entry(s.to_string()).or_default();
-        }
-    }
-    for id in crate::ops::cron::services_with_timers(sd)? {
-        if !defined.contains(id.as_str()) {
-            orphans.entry(id).or_default();
-        }
-    }
-    for (id, units) in &orphans {
-        acted = true;
-        say(
-            id,
-            format!(
-                "not defined: stop {} instance(s) and its probe and cron timers",
-                units.len()
-            ),
-        );
-        if opts.dry_run {
-            continue;
-        }
-        let r = (|| -> Result<()> {
-            let _lock = ServiceLock::acquire(&dirs.run, id, opts.lock_timeout)?;
-            crate::ops::probe_timer::remove_probe_timer(sd, id)?;
-            crate::ops::cron::remove_all(sd, id)?;
-            instances::stop_units(sd, units, Duration::from_secs(300))?;
-            let inst = dirs.instances(id);
-            instances::remove_stale_dirs(&inst, &Default::default())?;
-            let _ = std::fs::remove_dir(&inst);
-            crate::ops::probe::forget(dirs, id)
-        })();
-        if let Err(e) = r {
-            eprintln!("shim: reconcile of {id}: {e:#}");
-            failed.push(id.clone());
-        }
-    }
-
-    if !acted {
-        println!("nothing to do");
-    } else if opts.dry_run {
-        println!("dry run: nothing changed");
-    }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(anyhow!("reconcile failed for: {}", failed.join(", ")))
-    }
+    Ok(())
 }
+
+/// How long each stop job of an orphan's instances may take.
+const ORPHAN_STOP_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::parse_sources;
     use crate::host::state::{Attempt, Phase};
+    use crate::host::systemd::Systemd;
 
     const DEF: &str = r#"
 [services.app]
@@ -420,5 +610,275 @@ command = ["/w"]
         let why = drift(svc, &st, "r1", &ok, &upstream(&[20000, 20001]));
         assert_eq!(why.len(), 1);
         assert!(why[0].contains("interrupted"), "{why:?}");
+    }
+
+    /// One worker, no proxy and no health check: converge runs against the fakes.
+    const WORKER: &str = r#"
+[services.app]
+image = "oci:/i:{revision}"
+
+[services.app.processes.worker]
+command = ["/w"]
+"#;
+
+    fn opts(dry_run: bool) -> Options {
+        Options {
+            dry_run,
+            lock_timeout: Duration::ZERO,
+            config: PathBuf::from("/etc/shim/services.toml"),
+        }
+    }
+
+    fn deploy(h: &Host, id: &str, rev: &str) {
+        let st = ServiceState {
+            current: Some(rev.into()),
+            ..Default::default()
+        };
+        h.state().save(id, &st).unwrap();
+    }
+
+    fn loaded(name: &str, service: &str) -> UnitInfo {
+        let mut fields = BTreeMap::new();
+        if !service.is_empty() {
+            fields.insert("SHIM_SERVICE".to_string(), service.to_string());
+        }
+        UnitInfo {
+            name: name.into(),
+            active_state: "active".into(),
+            sub_state: "running".into(),
+            fields,
+            ..Default::default()
+        }
+    }
+
+    /// The lines about services, without the column padding.
+    fn said(r: &Report) -> Vec<String> {
+        r.lines
+            .iter()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect()
+    }
+
+    fn changes(calls: &[String]) -> Vec<&String> {
+        calls.iter().filter(|c| !c.starts_with("list ")).collect()
+    }
+
+    #[test]
+    fn a_service_not_deployed_has_its_leftover_timers_removed() {
+        let fh = crate::ops::testkit::host();
+        let d = crate::ops::testkit::defs(WORKER);
+        fh.systemd.insert(loaded("shim-probe-app.timer", ""));
+        fh.systemd.insert(loaded("shim-probe-app.service", ""));
+        fh.systemd
+            .insert(loaded("shimcron-app-0123456789.timer", ""));
+        let r = reconcile(&fh.host, &d, &opts(false), false).unwrap();
+        assert_eq!(
+            said(&r),
+            vec![
+                "reconcile: 1 service(s) defined",
+                "app not deployed: remove its probe and cron timers",
+            ]
+        );
+        assert!(r.acted && r.failed.is_empty());
+        assert_eq!(fh.systemd.unit_names(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_stopped_service_is_left_alone() {
+        let fh = crate::ops::testkit::host();
+        let d = crate::ops::testkit::defs(WORKER);
+        let st = ServiceState {
+            current: Some("r1".into()),
+            stopped: true,
+            ..Default::default()
+        };
+        fh.host.state().save("app", &st).unwrap();
+        let r = reconcile(&fh.host, &d, &opts(false), false).unwrap();
+        assert_eq!(
+            said(&r),
+            vec![
+                "reconcile: 1 service(s) defined",
+                "app stopped: nothing to do",
+                "nothing to do",
+            ]
+        );
+        assert!(changes(&fh.systemd.calls()).is_empty());
+        assert!(fh.host.state().load("app").unwrap().stopped);
+    }
+
+    #[test]
+    fn an_orphan_is_torn_down_and_a_look_alike_is_not_touched() {
+        let fh = crate::ops::testkit::host();
+        let h = &fh.host;
+        // `app-web` is defined (not deployed); `app` is not defined any more.
+        let d = crate::ops::testkit::defs(&WORKER.replace("services.app", "services.app-web"));
+        fh.systemd
+            .insert(loaded("shim-app-worker-r1-1.service", "app"));
+        fh.systemd.insert(loaded("shim-probe-app.timer", ""));
+        fh.systemd
+            .insert(loaded("shim-app-web-worker-r1-1.service", "app-web"));
+        let orphan_dir = h.dirs.instances("app").join("shim-app-worker-r1-1");
+        let kept_dir = h.dirs.instances("app-web").join("shim-app-web-worker-r1-1");
+        for dir in [&orphan_dir, &kept_dir] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        let r = reconcile(h, &d, &opts(false), false).unwrap();
+        assert_eq!(
+            said(&r),
+            vec![
+                "reconcile: 1 service(s) defined",
+                "app-web not deployed: nothing to do",
+                "app not defined: stop 1 instance(s) and its probe and cron timers",
+            ]
+        );
+        assert!(r.failed.is_empty(), "{:?}", r.errors);
+        assert_eq!(
+            fh.systemd.unit_names(),
+            vec!["shim-app-web-worker-r1-1.service"]
+        );
+        assert!(!h.dirs.instances("app").exists());
+        assert!(kept_dir.exists());
+    }
+
+    #[test]
+    fn a_dry_run_changes_nothing() {
+        let fh = crate::ops::testkit::host();
+        let h = &fh.host;
+        let d = crate::ops::testkit::defs(WORKER);
+        deploy(h, "app", "r1");
+        fh.systemd
+            .insert(loaded("shim-gone-worker-r1-1.service", "gone"));
+        let r = reconcile(h, &d, &opts(true), false).unwrap();
+        assert_eq!(
+            said(&r),
+            vec![
+                "reconcile (dry run): 1 service(s) defined",
+                "app converge to r1: worker: 1 of 1 instance(s) missing",
+                "gone not defined: stop 1 instance(s) and its probe and cron timers",
+                "dry run: nothing changed",
+            ]
+        );
+        assert!(
+            changes(&fh.systemd.calls()).is_empty(),
+            "{:?}",
+            fh.systemd.calls()
+        );
+        assert_eq!(
+            fh.systemd.unit_names(),
+            vec!["shim-gone-worker-r1-1.service"]
+        );
+    }
+
+    #[test]
+    fn converge_then_nothing_to_do_then_a_missing_probe_timer_is_created() {
+        let fh = crate::ops::testkit::host();
+        let h = &fh.host;
+        let d = crate::ops::testkit::defs(WORKER);
+        deploy(h, "app", "r1");
+        let r = reconcile(h, &d, &opts(false), false).unwrap();
+        assert!(r.failed.is_empty(), "{:?}", r.errors);
+        assert_eq!(
+            said(&r)[1],
+            "app converge to r1: worker: 1 of 1 instance(s) missing"
+        );
+        assert!(fh
+            .systemd
+            .unit_names()
+            .contains(&"shim-probe-app.timer".to_string()));
+
+        // Converge made the probe timer run the prepared `shim_exe` (testkit: /usr/bin/shim),
+        // reconcile wants the running binary (here the test's): on a host both are the same.
+        let r = reconcile(h, &d, &opts(false), false).unwrap();
+        assert_eq!(
+            said(&r)[1..],
+            ["app r1: probe timer differs from the definitions: create it".to_string()]
+        );
+
+        // A matching service: nothing to do, and a second run changes nothing.
+        for _ in 0..2 {
+            let before = fh.systemd.calls().len();
+            let units = fh.systemd.unit_names();
+            let r = reconcile(h, &d, &opts(false), false).unwrap();
+            assert_eq!(
+                said(&r),
+                vec![
+                    "reconcile: 1 service(s) defined",
+                    "app r1: ok",
+                    "nothing to do"
+                ]
+            );
+            assert!(changes(&fh.systemd.calls()[before..]).is_empty());
+            assert_eq!(fh.systemd.unit_names(), units);
+        }
+
+        // The probe timer is gone (e.g. stopped by hand): it is created again.
+        fh.systemd
+            .stop_units(
+                &[
+                    "shim-probe-app.timer".into(),
+                    "shim-probe-app.service".into(),
+                ],
+                Duration::from_secs(1),
+            )
+            .unwrap();
+        let r = reconcile(h, &d, &opts(false), false).unwrap();
+        assert_eq!(
+            said(&r)[1..],
+            ["app r1: probe timer missing: create it".to_string()]
+        );
+        assert!(r.acted && r.failed.is_empty(), "{:?}", r.errors);
+        assert!(fh
+            .systemd
+            .unit_names()
+            .contains(&"shim-probe-app.timer".to_string()));
+    }
+
+    #[test]
+    fn timers_are_checked_only_once_the_instances_match() {
+        assert_eq!(
+            plan_timers("r1", "", Some("crontab of r1 not installed".into()), None),
+            vec![
+                ServiceAction::SyncCron {
+                    revision: "r1".into(),
+                    why: "crontab of r1 not installed".into()
+                },
+                ServiceAction::InSync {
+                    revision: "r1".into(),
+                    paused: String::new()
+                },
+            ]
+        );
+        let st = ServiceState {
+            paused_processes: ["web".to_string()].into(),
+            ..Default::default()
+        };
+        assert_eq!(paused_note(&st), " (supervision paused for web)");
+        assert_eq!(
+            plan_idle(&st, false),
+            Some(ServiceAction::Nothing {
+                why: "not deployed"
+            })
+        );
+    }
+
+    #[test]
+    fn a_failed_converge_is_reported_and_fails_the_command() {
+        let fh = crate::host::FakeHost::with(|h| {
+            h.images = Box::new(crate::ops::testkit::FakePreparer {
+                bad: std::sync::Mutex::new(vec!["r1".into()]),
+            })
+        });
+        let d = crate::ops::testkit::defs(WORKER);
+        deploy(&fh.host, "app", "r1");
+        let r = reconcile(&fh.host, &d, &opts(false), false).unwrap();
+        assert_eq!(r.failed, vec!["app"]);
+        assert!(
+            r.errors[0].starts_with("shim: reconcile of app: ")
+                && r.errors[0].contains("no such tag"),
+            "{:?}",
+            r.errors
+        );
+        let e = run(&fh.host, &d, &opts(false)).unwrap_err();
+        assert_eq!(e.to_string(), "reconcile failed for: app");
     }
 }
