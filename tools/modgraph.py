@@ -9,7 +9,7 @@ import os, re, sys
 
 root = sys.argv[1] if len(sys.argv) > 1 else "src"
 RANK = {"main": 9, "cli": 8, "ops": 7, "host": 6, "plan": 5, "error": 4, "config": 3,
-        "image": 2, "crontab": 2, "util": 1}
+        "image": 2, "crontab": 2, "util": 1, "timefmt": 1}
 
 def strip_tests(text):
     out, skip, depth = [], False, 0

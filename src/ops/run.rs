@@ -277,22 +277,7 @@ fn run_prepared(
     };
 
     if attach == Attach::Detached {
-        let out = sd.start_transient(std::slice::from_ref(&plan.unit), START_TIMEOUT);
-        return match out {
-            Ok(o) if o.iter().all(|j| j.ok()) => {
-                println!("{}", plan.unit.name);
-                Ok(Finished {
-                    code: 0,
-                    stdout: Vec::new(),
-                })
-            }
-            other => {
-                let tail = host.journal.tail(&plan.unit.name, 15);
-                let _ = sd.stop_units(std::slice::from_ref(&plan.unit.name), START_TIMEOUT);
-                let _ = crate::host::runtime::remove_dir(&dir);
-                Err(start_error(&plan.unit.name, other.map(|_| ()), &tail))
-            }
-        };
+        return start_detached(host, sd.as_ref(), &plan.unit, &dir);
     }
 
     let mut anchor = Command::new(&prepared.shim_exe)
@@ -328,6 +313,30 @@ fn run_prepared(
         let _ = crate::host::runtime::remove_dir(&dir);
     }
     result
+}
+
+/// `--detach`: starts the run's unit and prints its name; output goes to the journal.
+fn start_detached(
+    host: &Host,
+    sd: &dyn crate::host::systemd::Systemd,
+    unit: &crate::plan::UnitSpec,
+    dir: &Path,
+) -> Result<Finished> {
+    match sd.start_transient(std::slice::from_ref(unit), START_TIMEOUT) {
+        Ok(o) if o.iter().all(|j| j.ok()) => {
+            println!("{}", unit.name);
+            Ok(Finished {
+                code: 0,
+                stdout: Vec::new(),
+            })
+        }
+        other => {
+            let tail = host.journal.tail(&unit.name, 15);
+            let _ = sd.stop_units(std::slice::from_ref(&unit.name), START_TIMEOUT);
+            let _ = crate::host::runtime::remove_dir(dir);
+            Err(start_error(&unit.name, other.map(|_| ()), &tail))
+        }
+    }
 }
 
 fn end_anchor(anchor: &mut Child) {
