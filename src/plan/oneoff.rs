@@ -20,7 +20,7 @@ use std::time::Duration;
 use oci_spec::runtime::Spec;
 
 use super::unit::{signal_number, stop_signal, usec, Exec, SLICE};
-use super::{bundle, merge_env, InstanceKey, PlanContext, Prop, UnitSpec};
+use super::{bundle, fields, merge_env, InstanceKey, PlanContext, Prop, UnitSpec};
 use crate::config::{Ident, ProcessDef};
 
 pub const RUN_PREFIX: &str = "shimrun-";
@@ -147,9 +147,10 @@ pub fn plan_oneoff_config(cx: &PlanContext<'_>, req: &OneOff<'_>) -> Result<Spec
         index: 0,
     };
     let mut spec = bundle::plan_config(cx, process, &key, &req.dir, None)?;
+    let instance = format!("{}=", fields::INSTANCE);
     let mut env: Vec<String> = merge_env(cx, process, &key, None)
         .into_iter()
-        .filter(|kv| !kv.starts_with("SHIM_INSTANCE="))
+        .filter(|kv| !kv.starts_with(&instance))
         .collect();
     for (k, v) in req.env.iter().chain(req.fields.iter()) {
         let prefix = format!("{k}=");
@@ -173,9 +174,9 @@ pub fn plan_oneoff_config(cx: &PlanContext<'_>, req: &OneOff<'_>) -> Result<Spec
 /// Journal fields of a one-off.
 fn oneoff_fields(cx: &PlanContext<'_>, process: &str, extra: &[(String, String)]) -> Vec<String> {
     let mut f = vec![
-        format!("SHIM_SERVICE={}", cx.service.id),
-        format!("SHIM_PROCESS={process}"),
-        format!("SHIM_REVISION={}", cx.revision),
+        format!("{}={}", fields::SERVICE, cx.service.id),
+        format!("{}={process}", fields::PROCESS),
+        format!("{}={}", fields::REVISION, cx.revision),
     ];
     f.extend(extra.iter().map(|(k, v)| format!("{k}={v}")));
     f
@@ -400,9 +401,9 @@ pub fn plan_cron_job(j: &CronJobUnits<'_>) -> (UnitSpec, UnitSpec) {
         (
             "LogExtraFields",
             Prop::Bytes(vec![
-                format!("SHIM_SERVICE={}", j.service),
-                "SHIM_PROCESS=cron".to_string(),
-                format!("SHIM_CRON={}", j.job),
+                format!("{}={}", fields::SERVICE, j.service),
+                format!("{}=cron", fields::PROCESS),
+                format!("{}={}", fields::CRON, j.job),
             ]),
         ),
     ];

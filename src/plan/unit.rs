@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{InstanceDir, InstanceKey, PlanContext};
+use super::{fields, InstanceDir, InstanceKey, PlanContext};
 use crate::config::ProcessDef;
 
 /// A transient unit: its name and properties in the order they are sent.
@@ -152,13 +152,13 @@ pub fn stop_signal(cx: &PlanContext<'_>, process: &ProcessDef) -> String {
 /// reads back to know what a unit is.
 pub fn log_fields(key: &InstanceKey, port: Option<u16>) -> Vec<String> {
     let mut f = vec![
-        format!("SHIM_SERVICE={}", key.service),
-        format!("SHIM_PROCESS={}", key.process),
-        format!("SHIM_REVISION={}", key.revision),
-        format!("SHIM_INSTANCE={}", key.index),
+        format!("{}={}", fields::SERVICE, key.service),
+        format!("{}={}", fields::PROCESS, key.process),
+        format!("{}={}", fields::REVISION, key.revision),
+        format!("{}={}", fields::INSTANCE, key.index),
     ];
     if let Some(p) = port {
-        f.push(format!("SHIM_PORT={p}"));
+        f.push(format!("{}={p}", fields::PORT));
     }
     f
 }
