@@ -28,7 +28,9 @@ use crate::plan::oneoff::CRON_PREFIX;
 use crate::plan::probe_timer::{probe_timer_name, service_of_probe_timer};
 use crate::plan::{InstanceDir, InstanceMeta};
 
-/// Show the instances shim runs on this host, and each service's cron jobs with their next run.
+/// Show the instances shim runs on this host, and each service's cron jobs.
+///
+/// Cron jobs are shown with their next run.
 ///
 /// Example: shim status --id billing_app --json
 #[derive(Args, Debug)]
