@@ -172,14 +172,11 @@ pub(super) fn plan_unit(
 ) -> UnitSpec {
     let d = InstanceDir(dir);
     let s = |v: &str| v.to_string();
-    let shim = cx.shim_exe.display().to_string();
-    let runtime = cx.runtime_bin.display().to_string();
-    let dir_s = dir.display().to_string();
     let stem = key.stem();
     let rev12: String = key.revision.chars().take(super::REV_IN_NAME).collect();
     let signal = stop_signal(cx, process);
 
-    let props: Vec<(&str, Prop)> = vec![
+    let mut props: Vec<(&str, Prop)> = vec![
         (
             "Description",
             Prop::Str(format!(
@@ -192,6 +189,42 @@ pub(super) fn plan_unit(
         ("PIDFile", Prop::Str(d.pid_file().display().to_string())),
         ("GuessMainPID", Prop::Bool(false)),
         ("Delegate", Prop::Bool(true)),
+    ];
+    props.extend(exec_props(cx, dir, &stem));
+    props.extend([
+        // Stop like `docker stop`: the stop signal to the container's init only, then after
+        // stop_timeout SIGKILL to everything left in the cgroup.
+        ("KillMode", Prop::Str(s("mixed"))),
+        ("KillSignal", Prop::I32(signal_number(&signal))),
+        ("TimeoutStopUSec", usec(process.stop_timeout)),
+    ]);
+    props.extend(restart_props(cx.restart));
+    props.extend([
+        // Unload the unit once stopped, so the same name can be started again; a failed one
+        // stays loaded so that `shim status` shows it (and its next retry) until the probe
+        // restarts it or `shim stop` resets it.
+        ("CollectMode", Prop::Str(s("inactive"))),
+        (
+            "SyslogIdentifier",
+            Prop::Str(format!("{}-{}-{}", key.service, key.process, key.index)),
+        ),
+        ("LogExtraFields", Prop::Bytes(log_fields(key, port))),
+    ]);
+    UnitSpec {
+        name: key.unit_name(),
+        properties: props.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+    }
+}
+
+/// ExecStartPre (`shim instance prepare`), ExecStart (the runtime) and ExecStopPost
+/// (`shim instance cleanup`).
+fn exec_props(cx: &PlanContext<'_>, dir: &Path, stem: &str) -> [(&'static str, Prop); 3] {
+    let d = InstanceDir(dir);
+    let s = |v: &str| v.to_string();
+    let shim = cx.shim_exe.display().to_string();
+    let runtime = cx.runtime_bin.display().to_string();
+    let dir_s = dir.display().to_string();
+    [
         (
             "ExecStartPre",
             exec(
@@ -217,7 +250,7 @@ pub(super) fn plan_unit(
                     d.pid_file().display().to_string(),
                     s("--bundle"),
                     dir_s.clone(),
-                    stem.clone(),
+                    s(stem),
                 ],
                 false,
             ),
@@ -237,29 +270,7 @@ pub(super) fn plan_unit(
                 true,
             ),
         ),
-        // Stop like `docker stop`: the stop signal to the container's init only, then after
-        // stop_timeout SIGKILL to everything left in the cgroup.
-        ("KillMode", Prop::Str(s("mixed"))),
-        ("KillSignal", Prop::I32(signal_number(&signal))),
-        ("TimeoutStopUSec", usec(process.stop_timeout)),
-    ];
-    let mut props = props;
-    props.extend(restart_props(cx.restart));
-    props.extend([
-        // Unload the unit once stopped, so the same name can be started again; a failed one
-        // stays loaded so that `shim status` shows it (and its next retry) until the probe
-        // restarts it or `shim stop` resets it.
-        ("CollectMode", Prop::Str(s("inactive"))),
-        (
-            "SyslogIdentifier",
-            Prop::Str(format!("{}-{}-{}", key.service, key.process, key.index)),
-        ),
-        ("LogExtraFields", Prop::Bytes(log_fields(key, port))),
-    ]);
-    UnitSpec {
-        name: key.unit_name(),
-        properties: props.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-    }
+    ]
 }
 
 impl UnitSpec {
