@@ -69,8 +69,9 @@ pub struct LsArgs {
     pub json: bool,
 }
 
-/// Forget images and remove their blobs and rootfs, except what another pulled image shares
-/// or a running instance uses.
+/// Forget images and remove their blobs and rootfs, except what is still used.
+///
+/// Keeps what another pulled image shares or a running instance uses.
 ///
 /// Example: shim image rm oci:/var/lib/images/billing:0f3a1c2b9d8e
 #[derive(Args, Debug)]
@@ -80,8 +81,10 @@ pub struct RmArgs {
     pub references: Vec<String>,
 }
 
-/// Remove every image, blob and rootfs that is not needed by the current or previous
-/// revision of a defined service, by a running instance, or by a pull younger than --grace.
+/// Remove every image, blob and rootfs that nothing needs.
+///
+/// Kept: what the current or previous revision of a defined service, a running instance, or
+/// a pull younger than --grace needs.
 ///
 /// Example: shim image prune --dry-run
 #[derive(Args, Debug)]

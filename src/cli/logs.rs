@@ -241,6 +241,51 @@ fn validate(a: &LogsArgs) -> Result<()> {
     Ok(())
 }
 
+/// The formatter for `a`; the prefix width from the definitions when the service is still
+/// defined.
+fn formatter(config: &std::path::Path, a: &LogsArgs) -> LogFormatter {
+    LogFormatter {
+        prefix: !(a.process.is_some() && a.instance.is_some()),
+        time: !a.no_time,
+        // From the definitions when the service is still defined; else it grows as needed.
+        width: crate::config::load(config)
+            .ok()
+            .and_then(|d| d.service(&a.id).ok().cloned())
+            .map(|s| {
+                prefix_width(
+                    s.processes
+                        .values()
+                        .filter(|p| a.process.as_deref().is_none_or(|w| w == p.name.as_str()))
+                        .map(|p| (p.name.as_str(), p.count)),
+                )
+            })
+            .unwrap_or(0),
+    }
+}
+
+/// journalctl's exit status as shim's: its errors, or a note that nothing matched.
+fn finish(args: &[String], status: std::process::ExitStatus, err: &str, shown: u64) -> Result<()> {
+    if !status.success() {
+        let err = err.trim();
+        // journalctl refuses a --since/--until it cannot parse: that is bad input.
+        if err.contains("Failed to parse") {
+            return Err(BadInput(format!("journalctl: {err}")).into());
+        }
+        anyhow::bail!("journalctl {} failed ({status}): {err}", args.join(" "));
+    }
+    if shown == 0 {
+        eprintln!(
+            "shim: no journal entries match {}",
+            args.iter()
+                .filter(|s| s.starts_with("SHIM_"))
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    Ok(())
+}
+
 pub fn run(host: &crate::host::Host, config: &std::path::Path, a: LogsArgs) -> Result<()> {
     validate(&a)?;
     let revision = a
@@ -263,23 +308,7 @@ pub fn run(host: &crate::host::Host, config: &std::path::Path, a: LogsArgs) -> R
         }
         s
     });
-    let mut fmt = LogFormatter {
-        prefix: !(a.process.is_some() && a.instance.is_some()),
-        time: !a.no_time,
-        // From the definitions when the service is still defined; else it grows as needed.
-        width: crate::config::load(config)
-            .ok()
-            .and_then(|d| d.service(&a.id).ok().cloned())
-            .map(|s| {
-                prefix_width(
-                    s.processes
-                        .values()
-                        .filter(|p| a.process.as_deref().is_none_or(|w| w == p.name.as_str()))
-                        .map(|p| (p.name.as_str(), p.count)),
-                )
-            })
-            .unwrap_or(0),
-    };
+    let mut fmt = formatter(config, &a);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut shown = 0u64;
@@ -309,25 +338,7 @@ pub fn run(host: &crate::host::Host, config: &std::path::Path, a: LogsArgs) -> R
     let _ = out.flush();
     let status = child.wait().context("waiting for journalctl")?;
     let err = errs.join().unwrap_or_default();
-    if !status.success() {
-        let err = err.trim();
-        // journalctl refuses a --since/--until it cannot parse: that is bad input.
-        if err.contains("Failed to parse") {
-            return Err(BadInput(format!("journalctl: {err}")).into());
-        }
-        anyhow::bail!("journalctl {} failed ({status}): {err}", args.join(" "));
-    }
-    if shown == 0 {
-        eprintln!(
-            "shim: no journal entries match {}",
-            args.iter()
-                .filter(|s| s.starts_with("SHIM_"))
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-    }
-    Ok(())
+    finish(&args, status, &err, shown)
 }
 
 #[cfg(test)]

@@ -105,3 +105,64 @@ pub fn run(host: &Host, cli: Cli) -> Result<()> {
 pub fn show_render_for_tests(plans: &[crate::plan::InstancePlan], notes: &[String]) -> String {
     show::render(plans, notes)
 }
+
+#[cfg(test)]
+mod help_tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// The lines of the `Commands:` section of a rendered help.
+    fn command_lines(help: &str) -> Vec<String> {
+        help.lines()
+            .skip_while(|l| l.trim_end() != "Commands:")
+            .skip(1)
+            .take_while(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Every listed command takes one short line: its name and a one-sentence summary (the
+    /// first paragraph of its doc comment; the rest is for `shim help CMD` and the man pages).
+    fn assert_short(cmd: &mut clap::Command, path: &str) {
+        let help = cmd.render_help().to_string();
+        let lines = command_lines(&help);
+        let visible: Vec<&str> = cmd
+            .get_subcommands()
+            .filter(|c| !c.is_hide_set())
+            .map(|c| c.get_name())
+            .collect();
+        assert!(!lines.is_empty(), "{path}: no Commands section in:\n{help}");
+        // One line per command (rendering added clap's `help`), no continuation lines.
+        assert_eq!(lines.len(), visible.len(), "{path}:\n{help}");
+        for line in &lines {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            assert!(
+                line.starts_with("  ") && visible.contains(&name),
+                "{path}: not a command line: {line:?}"
+            );
+            assert!(
+                line.chars().count() <= 100,
+                "{path}: {} characters: {line:?}",
+                line.chars().count()
+            );
+        }
+    }
+
+    #[test]
+    fn top_level_help_lists_each_command_on_one_short_line() {
+        assert_short(&mut Cli::command(), "shim");
+    }
+
+    #[test]
+    fn subcommand_helps_list_each_command_on_one_short_line() {
+        let mut cli = Cli::command();
+        cli.build();
+        for sub in cli.get_subcommands_mut() {
+            if sub.has_subcommands() {
+                let path = format!("shim {}", sub.get_name());
+                assert_short(sub, &path);
+            }
+        }
+    }
+}

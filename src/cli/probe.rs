@@ -10,9 +10,11 @@ use clap::Args;
 use crate::config::Ident;
 use crate::error::BadInput;
 
-/// Probe a service once: start missing instances, health-check the running ones (killing
-/// the main process of one that failed `unhealthy_after` checks in a row, so that systemd
-/// restarts it) and retry crash-looping ones whose backoff has passed.
+/// Probe a service once: start missing instances, repair unhealthy or crashed ones.
+///
+/// A running instance that failed `unhealthy_after` checks in a row has its main process
+/// killed, so that systemd restarts it; crash-looping ones whose backoff has passed are
+/// retried.
 ///
 /// The service's probe timer (shim-probe-ID.timer) runs this every health interval; it
 /// logs actions to the journal (`journalctl SHIM_SERVICE=ID SHIM_ACTION=kill`) and nothing

@@ -13,10 +13,11 @@ use clap::Args;
 use crate::host::Host;
 use crate::ops::reconcile::{self, Options};
 
-/// Make this host match the definitions: every service with a recorded current revision
-/// (and not stopped) runs `count` instances of that revision, nginx points at them and its
-/// probe timer runs; leftovers of interrupted upgrades and units of services no longer
-/// defined are removed. Changes only what differs: a second run does nothing.
+/// Make this host match the definitions, changing only what differs.
+///
+/// Every service with a recorded current revision (and not stopped) runs `count` instances
+/// of that revision, nginx points at them and its probe timer runs; leftovers of interrupted
+/// upgrades and units of services no longer defined are removed. A second run does nothing.
 ///
 /// Example: shim reconcile --dry-run
 #[derive(Args, Debug)]

@@ -14,7 +14,9 @@ use clap::Args;
 use crate::ops::cron::JobRow;
 use crate::ops::status::{InstanceRow, Query, Supervision};
 
-/// Show the instances shim runs on this host, and each service's cron jobs with their next run.
+/// Show the instances shim runs on this host, and each service's cron jobs.
+///
+/// Cron jobs are shown with their next run.
 ///
 /// Example: shim status --id billing_app --json
 #[derive(Args, Debug)]

@@ -31,8 +31,9 @@ pub struct SuperviseArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum SuperviseCommand {
-    /// Stop the probe from acting on the service (or one process) until resumed; persisted
-    /// across reboots and shown by `shim status`.
+    /// Stop the probe from acting on the service (or one process) until resumed.
+    ///
+    /// Persisted across reboots and shown by `shim status`.
     ///
     /// Example: shim supervise pause --id billing_app --process web
     Pause(Target),

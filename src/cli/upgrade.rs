@@ -13,9 +13,10 @@ use crate::error::BadInput;
 use crate::host::Host;
 use crate::ops::upgrade::{converge, Kind, Options};
 
-/// Switch a service to a revision with no dropped requests: start the new instances, wait
-/// until they are healthy, point nginx at them, drain and stop the old ones. Also the first
-/// deploy of a service. If anything fails, the old revision keeps serving.
+/// Switch a service to a revision with no dropped requests (also its first deploy).
+///
+/// Starts the new instances, waits until they are healthy, points nginx at them, drains and
+/// stops the old ones. If anything fails, the old revision keeps serving.
 ///
 /// Example: shim upgrade --id billing_app --revision 279d9035886d4c0427549863c4c2101e4a63e041
 #[derive(Args, Debug)]

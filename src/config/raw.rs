@@ -140,74 +140,7 @@ pub(super) fn parse_file(file: &Path, text: &str) -> Result<ParsedFile, ConfigEr
     let settings = match &raw.shim {
         None => None,
         Some(shim) => {
-            let mut s = HostSettings::default();
-            if let Some(range) = &shim.get_ref().port_range {
-                let [lo, hi] = *range.get_ref();
-                let key = "shim.port_range".to_string();
-                if !(1024..=65535).contains(&lo) || !(1024..=65535).contains(&hi) {
-                    return cx.err(
-                        &range.span(),
-                        key,
-                        format!("[{lo}, {hi}]: ports must be within 1024..65535"),
-                    );
-                }
-                if lo > hi {
-                    return cx.err(
-                        &range.span(),
-                        key,
-                        format!("[{lo}, {hi}]: the first port must not be above the second"),
-                    );
-                }
-                // Proven by the range checks just above.
-                s.port_range = (lo as u16, hi as u16);
-            }
-            if let Some(unit) = &shim.get_ref().nginx_unit {
-                let u = unit.get_ref();
-                let ok = u.ends_with(".service")
-                    && u.len() > 8
-                    && u.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || ":_.@-".contains(c));
-                if !ok {
-                    return cx.err(
-                        &unit.span(),
-                        "shim.nginx_unit".into(),
-                        format!("{u:?} is not a service unit name like \"nginx.service\""),
-                    );
-                }
-                s.nginx_unit = u.clone();
-            }
-            if let Some(d) = &shim.get_ref().restart_max_delay {
-                let key = "shim.restart_max_delay".to_string();
-                let v = cx.duration(d, key.clone())?;
-                if v < super::RESTART_SEC {
-                    return cx.err(
-                        &d.span(),
-                        key,
-                        format!(
-                            "must be at least the first restart delay ({})",
-                            super::format_duration(super::RESTART_SEC)
-                        ),
-                    );
-                }
-                s.restart_max_delay = v;
-            }
-            for r in shim.get_ref().insecure_registries.iter().flatten() {
-                if let Err(m) = crate::image::validate_registry_host(r.get_ref()) {
-                    return cx.err(&r.span(), "shim.insecure_registries".into(), m);
-                }
-                s.insecure_registries.push(r.get_ref().to_ascii_lowercase());
-            }
-            if let Some(f) = &shim.get_ref().auth_file {
-                let path = PathBuf::from(f.get_ref());
-                if !path.is_absolute() {
-                    return cx.err(
-                        &f.span(),
-                        "shim.auth_file".into(),
-                        format!("{:?} must be an absolute path", f.get_ref()),
-                    );
-                }
-                s.auth_file = path;
-            }
+            let s = validate_shim(&cx, shim.get_ref())?;
             Some((s, Some(line_of(text, shim.span().start))))
         }
     };
@@ -217,6 +150,84 @@ pub(super) fn parse_file(file: &Path, text: &str) -> Result<ParsedFile, ConfigEr
         services.push(validate_service(&cx, id, svc)?);
     }
     Ok(ParsedFile { settings, services })
+}
+
+/// The `[shim]` table.
+fn validate_shim(cx: &Ctx<'_>, shim: &RawShim) -> Result<HostSettings, ConfigError> {
+    let mut s = HostSettings::default();
+    if let Some(range) = &shim.port_range {
+        s.port_range = validate_port_range(cx, range)?;
+    }
+    if let Some(unit) = &shim.nginx_unit {
+        let u = unit.get_ref();
+        let ok = u.ends_with(".service")
+            && u.len() > 8
+            && u.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ":_.@-".contains(c));
+        if !ok {
+            return cx.err(
+                &unit.span(),
+                "shim.nginx_unit".into(),
+                format!("{u:?} is not a service unit name like \"nginx.service\""),
+            );
+        }
+        s.nginx_unit = u.clone();
+    }
+    if let Some(d) = &shim.restart_max_delay {
+        let key = "shim.restart_max_delay".to_string();
+        let v = cx.duration(d, key.clone())?;
+        if v < super::RESTART_SEC {
+            return cx.err(
+                &d.span(),
+                key,
+                format!(
+                    "must be at least the first restart delay ({})",
+                    super::format_duration(super::RESTART_SEC)
+                ),
+            );
+        }
+        s.restart_max_delay = v;
+    }
+    for r in shim.insecure_registries.iter().flatten() {
+        if let Err(m) = crate::image::validate_registry_host(r.get_ref()) {
+            return cx.err(&r.span(), "shim.insecure_registries".into(), m);
+        }
+        s.insecure_registries.push(r.get_ref().to_ascii_lowercase());
+    }
+    if let Some(f) = &shim.auth_file {
+        let path = PathBuf::from(f.get_ref());
+        if !path.is_absolute() {
+            return cx.err(
+                &f.span(),
+                "shim.auth_file".into(),
+                format!("{:?} must be an absolute path", f.get_ref()),
+            );
+        }
+        s.auth_file = path;
+    }
+    Ok(s)
+}
+
+/// `[shim] port_range`: two ports within 1024..65535, the first not above the second.
+fn validate_port_range(cx: &Ctx<'_>, range: &Spanned<[i64; 2]>) -> Result<(u16, u16), ConfigError> {
+    let [lo, hi] = *range.get_ref();
+    let key = "shim.port_range".to_string();
+    if !(1024..=65535).contains(&lo) || !(1024..=65535).contains(&hi) {
+        return cx.err(
+            &range.span(),
+            key,
+            format!("[{lo}, {hi}]: ports must be within 1024..65535"),
+        );
+    }
+    if lo > hi {
+        return cx.err(
+            &range.span(),
+            key,
+            format!("[{lo}, {hi}]: the first port must not be above the second"),
+        );
+    }
+    // Proven by the range checks just above.
+    Ok((lo as u16, hi as u16))
 }
 
 fn validate_env(
@@ -260,37 +271,9 @@ fn validate_service(
     let line = Some(line_of(cx.text, id.span().start));
     let r = svc.get_ref();
 
-    let Some(image) = &r.image else {
-        return cx.err(
-            &id.span(),
-            format!("{prefix}.image"),
-            "missing: every service needs an image, e.g. \"oci:/var/lib/images/app:{revision}\""
-                .into(),
-        );
-    };
-    if image.get_ref().trim().is_empty() {
-        return cx.err(&image.span(), format!("{prefix}.image"), "is empty".into());
-    }
-    // The reference must parse once a revision is filled in; catching a typo here keeps it from
-    // surfacing half way through a deploy.
-    let probe = image.get_ref().replace("{revision}", "0000000");
-    if let Err(e) = crate::image::ImageRef::parse(&probe) {
-        return cx.err(&image.span(), format!("{prefix}.image"), e.to_string());
-    }
-
+    let image = validate_image(cx, &prefix, id, &r.image)?;
     let env = validate_env(cx, &r.env, &prefix)?;
-    let mut env_files = Vec::new();
-    for f in &r.env_files {
-        let p = PathBuf::from(f.get_ref());
-        if !p.is_absolute() {
-            return cx.err(
-                &f.span(),
-                format!("{prefix}.env_files"),
-                format!("{:?} must be an absolute path", f.get_ref()),
-            );
-        }
-        env_files.push(p);
-    }
+    let env_files = validate_env_files(cx, &prefix, &r.env_files)?;
     let user = match &r.user {
         None => None,
         Some(u) => {
@@ -299,41 +282,11 @@ fn validate_service(
             Some(u.get_ref().clone())
         }
     };
-
     let cron = match &r.cron {
         None => None,
-        Some(c) => {
-            let v = c.get_ref();
-            if v.trim().is_empty() || v.contains('\0') || v.trim() != v {
-                return cx.err(
-                    &c.span(),
-                    format!("{prefix}.cron"),
-                    format!(
-                        "{v:?} must be the path of a program in the image that prints a crontab, \
-                         e.g. \"bin/generate-cron\" (relative to the image's working directory) \
-                         or \"/app/bin/generate-cron\""
-                    ),
-                );
-            }
-            Some(v.clone())
-        }
+        Some(c) => Some(validate_cron(cx, &prefix, c)?),
     };
-
-    if r.processes.is_empty() {
-        return cx.err(
-            &id.span(),
-            format!("{prefix}.processes"),
-            "missing: define at least one process, e.g. [services.ID.processes.web]".into(),
-        );
-    }
-    let mut processes = BTreeMap::new();
-    for (pname, p) in &r.processes {
-        let pprefix = format!("{prefix}.processes.{}", pname.get_ref());
-        let pident = Ident::parse(pname.get_ref())
-            .or_else(|m| cx.err(&pname.span(), pprefix.clone(), format!("process name {m}")))?;
-        let def = validate_process(cx, &pprefix, pident.clone(), p)?;
-        processes.insert(pident, def);
-    }
+    let processes = validate_processes(cx, &prefix, id, &r.processes)?;
 
     Ok(ServiceDef {
         id: ident,
@@ -350,6 +303,96 @@ fn validate_service(
     })
 }
 
+/// `image`: present, and a reference that parses once a revision is filled in.
+fn validate_image<'a>(
+    cx: &Ctx<'_>,
+    prefix: &str,
+    id: &Spanned<String>,
+    image: &'a Option<Spanned<String>>,
+) -> Result<&'a Spanned<String>, ConfigError> {
+    let Some(image) = image else {
+        return cx.err(
+            &id.span(),
+            format!("{prefix}.image"),
+            "missing: every service needs an image, e.g. \"oci:/var/lib/images/app:{revision}\""
+                .into(),
+        );
+    };
+    if image.get_ref().trim().is_empty() {
+        return cx.err(&image.span(), format!("{prefix}.image"), "is empty".into());
+    }
+    // The reference must parse once a revision is filled in; catching a typo here keeps it from
+    // surfacing half way through a deploy.
+    let probe = image.get_ref().replace("{revision}", "0000000");
+    if let Err(e) = crate::image::ImageRef::parse(&probe) {
+        return cx.err(&image.span(), format!("{prefix}.image"), e.to_string());
+    }
+    Ok(image)
+}
+
+/// `env_files`: absolute paths.
+fn validate_env_files(
+    cx: &Ctx<'_>,
+    prefix: &str,
+    files: &[Spanned<String>],
+) -> Result<Vec<PathBuf>, ConfigError> {
+    let mut env_files = Vec::new();
+    for f in files {
+        let p = PathBuf::from(f.get_ref());
+        if !p.is_absolute() {
+            return cx.err(
+                &f.span(),
+                format!("{prefix}.env_files"),
+                format!("{:?} must be an absolute path", f.get_ref()),
+            );
+        }
+        env_files.push(p);
+    }
+    Ok(env_files)
+}
+
+/// `cron`: the path of the crontab generator in the image.
+fn validate_cron(cx: &Ctx<'_>, prefix: &str, c: &Spanned<String>) -> Result<String, ConfigError> {
+    let v = c.get_ref();
+    if v.trim().is_empty() || v.contains('\0') || v.trim() != v {
+        return cx.err(
+            &c.span(),
+            format!("{prefix}.cron"),
+            format!(
+                "{v:?} must be the path of a program in the image that prints a crontab, \
+                 e.g. \"bin/generate-cron\" (relative to the image's working directory) \
+                 or \"/app/bin/generate-cron\""
+            ),
+        );
+    }
+    Ok(v.clone())
+}
+
+/// `processes`: at least one, each with a valid name.
+fn validate_processes(
+    cx: &Ctx<'_>,
+    prefix: &str,
+    id: &Spanned<String>,
+    raw: &BTreeMap<Spanned<String>, Spanned<RawProcess>>,
+) -> Result<BTreeMap<Ident, ProcessDef>, ConfigError> {
+    if raw.is_empty() {
+        return cx.err(
+            &id.span(),
+            format!("{prefix}.processes"),
+            "missing: define at least one process, e.g. [services.ID.processes.web]".into(),
+        );
+    }
+    let mut processes = BTreeMap::new();
+    for (pname, p) in raw {
+        let pprefix = format!("{prefix}.processes.{}", pname.get_ref());
+        let pident = Ident::parse(pname.get_ref())
+            .or_else(|m| cx.err(&pname.span(), pprefix.clone(), format!("process name {m}")))?;
+        let def = validate_process(cx, &pprefix, pident.clone(), p)?;
+        processes.insert(pident, def);
+    }
+    Ok(processes)
+}
+
 fn validate_process(
     cx: &Ctx<'_>,
     prefix: &str,
@@ -359,31 +402,11 @@ fn validate_process(
     let r = p.get_ref();
     let command = match &r.command {
         None => None,
-        Some(c) => {
-            if c.get_ref().is_empty() || c.get_ref()[0].is_empty() {
-                return cx.err(
-                    &c.span(),
-                    format!("{prefix}.command"),
-                    "must name a program; leave it out to use the image's entrypoint and cmd"
-                        .into(),
-                );
-            }
-            Some(c.get_ref().clone())
-        }
+        Some(c) => Some(validate_command(cx, prefix, c)?),
     };
     let count = match &r.count {
         None => 1,
-        Some(c) => {
-            let n = *c.get_ref();
-            if !(0..=MAX_COUNT).contains(&n) {
-                return cx.err(
-                    &c.span(),
-                    format!("{prefix}.count"),
-                    format!("{n} is out of range 0..{MAX_COUNT}"),
-                );
-            }
-            n as u32 // within 0..=256, checked just above
-        }
+        Some(c) => validate_count(cx, prefix, c)?,
     };
     let health = match &r.health {
         None => None,
@@ -398,17 +421,7 @@ fn validate_process(
     }
     let stop_timeout = match &r.stop_timeout {
         None => Duration::from_secs(30),
-        Some(s) => {
-            let d = cx.duration(s, format!("{prefix}.stop_timeout"))?;
-            if d.is_zero() {
-                return cx.err(
-                    &s.span(),
-                    format!("{prefix}.stop_timeout"),
-                    "must be more than 0".into(),
-                );
-            }
-            d
-        }
+        Some(s) => validate_stop_timeout(cx, prefix, s)?,
     };
     let stop_signal = match &r.stop_signal {
         None => None,
@@ -420,39 +433,7 @@ fn validate_process(
     let env = validate_env(cx, &r.env, prefix)?;
     let proxy = match &r.proxy {
         None => None,
-        Some(px) => {
-            let px_r = px.get_ref();
-            let up = px_r.upstream.get_ref();
-            if up.is_empty()
-                || !up
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
-                return cx.err(
-                    &px_r.upstream.span(),
-                    format!("{prefix}.proxy.upstream"),
-                    format!("{up:?} is not an nginx upstream name (letters, digits, '_', '-')"),
-                );
-            }
-            let file = PathBuf::from(px_r.file.get_ref());
-            if !file.is_absolute() || file.extension().is_none_or(|e| e != "conf") {
-                return cx.err(
-                    &px_r.file.span(),
-                    format!("{prefix}.proxy.file"),
-                    format!(
-                        "{:?} must be an absolute path ending in .conf",
-                        px_r.file.get_ref()
-                    ),
-                );
-            }
-            if health.is_none() {
-                return cx.err(&px.span(), format!("{prefix}.proxy"), "a proxied process needs a health check: nginx is only switched to instances that answer it".into());
-            }
-            Some(Proxy {
-                upstream: up.clone(),
-                file,
-            })
-        }
+        Some(px) => Some(validate_proxy(cx, prefix, px, health.is_some())?),
     };
     let drain = match &r.drain {
         None => Duration::from_secs(5),
@@ -471,6 +452,92 @@ fn validate_process(
         proxy,
         drain,
         singleton: r.singleton,
+    })
+}
+
+/// `command`: names a program.
+fn validate_command(
+    cx: &Ctx<'_>,
+    prefix: &str,
+    c: &Spanned<Vec<String>>,
+) -> Result<Vec<String>, ConfigError> {
+    if c.get_ref().is_empty() || c.get_ref()[0].is_empty() {
+        return cx.err(
+            &c.span(),
+            format!("{prefix}.command"),
+            "must name a program; leave it out to use the image's entrypoint and cmd".into(),
+        );
+    }
+    Ok(c.get_ref().clone())
+}
+
+/// `count`: within 0..MAX_COUNT.
+fn validate_count(cx: &Ctx<'_>, prefix: &str, c: &Spanned<i64>) -> Result<u32, ConfigError> {
+    let n = *c.get_ref();
+    if !(0..=MAX_COUNT).contains(&n) {
+        return cx.err(
+            &c.span(),
+            format!("{prefix}.count"),
+            format!("{n} is out of range 0..{MAX_COUNT}"),
+        );
+    }
+    Ok(n as u32) // within 0..=256, checked just above
+}
+
+/// `stop_timeout`: a duration above 0.
+fn validate_stop_timeout(
+    cx: &Ctx<'_>,
+    prefix: &str,
+    s: &Spanned<String>,
+) -> Result<Duration, ConfigError> {
+    let d = cx.duration(s, format!("{prefix}.stop_timeout"))?;
+    if d.is_zero() {
+        return cx.err(
+            &s.span(),
+            format!("{prefix}.stop_timeout"),
+            "must be more than 0".into(),
+        );
+    }
+    Ok(d)
+}
+
+/// `proxy`: an nginx upstream name and an absolute .conf path, for a health-checked process.
+fn validate_proxy(
+    cx: &Ctx<'_>,
+    prefix: &str,
+    px: &Spanned<RawProxy>,
+    has_health: bool,
+) -> Result<Proxy, ConfigError> {
+    let px_r = px.get_ref();
+    let up = px_r.upstream.get_ref();
+    if up.is_empty()
+        || !up
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return cx.err(
+            &px_r.upstream.span(),
+            format!("{prefix}.proxy.upstream"),
+            format!("{up:?} is not an nginx upstream name (letters, digits, '_', '-')"),
+        );
+    }
+    let file = PathBuf::from(px_r.file.get_ref());
+    if !file.is_absolute() || file.extension().is_none_or(|e| e != "conf") {
+        return cx.err(
+            &px_r.file.span(),
+            format!("{prefix}.proxy.file"),
+            format!(
+                "{:?} must be an absolute path ending in .conf",
+                px_r.file.get_ref()
+            ),
+        );
+    }
+    if !has_health {
+        return cx.err(&px.span(), format!("{prefix}.proxy"), "a proxied process needs a health check: nginx is only switched to instances that answer it".into());
+    }
+    Ok(Proxy {
+        upstream: up.clone(),
+        file,
     })
 }
 

@@ -64,7 +64,8 @@ fn normalise(path: &str) -> String {
         .to_string()
 }
 
-fn scan(path: &PathBuf) -> Result<Scan, String> {
+/// Opens the archive, refusing a compressed one (with what to do about it).
+fn open_plain_tar(path: &PathBuf) -> Result<File, String> {
     let mut file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
     let mut magic = [0u8; 4];
     let n = file
@@ -81,6 +82,28 @@ fn scan(path: &PathBuf) -> Result<Scan, String> {
     }
     file.seek(SeekFrom::Start(0))
         .map_err(|e| format!("cannot read: {e}"))?;
+    Ok(file)
+}
+
+/// Checks the `oci-layout` file's version.
+fn check_layout_marker(marker: &[u8]) -> Result<(), String> {
+    #[derive(serde::Deserialize)]
+    struct Marker {
+        #[serde(rename = "imageLayoutVersion")]
+        version: String,
+    }
+    let marker: Marker = serde_json::from_slice(marker).map_err(|e| format!("oci-layout: {e}"))?;
+    if !marker.version.starts_with("1.") {
+        return Err(format!(
+            "unsupported imageLayoutVersion {:?} (expected 1.x)",
+            marker.version
+        ));
+    }
+    Ok(())
+}
+
+fn scan(path: &PathBuf) -> Result<Scan, String> {
+    let file = open_plain_tar(path)?;
     let mut archive = tar::Archive::new(file);
     let mut entries = HashMap::new();
     let mut index_json = None;
@@ -127,18 +150,7 @@ fn scan(path: &PathBuf) -> Result<Scan, String> {
         };
         return Err(format!("no oci-layout file: not an OCI archive{hint}"));
     };
-    #[derive(serde::Deserialize)]
-    struct Marker {
-        #[serde(rename = "imageLayoutVersion")]
-        version: String,
-    }
-    let marker: Marker = serde_json::from_slice(&marker).map_err(|e| format!("oci-layout: {e}"))?;
-    if !marker.version.starts_with("1.") {
-        return Err(format!(
-            "unsupported imageLayoutVersion {:?} (expected 1.x)",
-            marker.version
-        ));
-    }
+    check_layout_marker(&marker)?;
     let index_json = index_json.ok_or("no index.json: not an OCI archive")?;
     Ok(Scan {
         entries,

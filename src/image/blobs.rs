@@ -188,95 +188,42 @@ impl BlobStore {
             return Ok(());
         }
         let partial = self.partial_path(d);
-        let io_err = |op, e| ImageError::io(&partial, op, e);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&partial)
-            .map_err(|e| io_err("opening", e))?;
+        let mut part = Partial::open(&partial)?;
+        part.resume(d, size)?;
+        progress.blob_started(d, size, part.have);
+        self.download(&mut part, d, size, fetch, progress)?;
+        self.verify_and_publish(part, d, fetch, progress)
+    }
 
-        // Re-hash what an earlier attempt left, unless it cannot be a prefix of this blob.
-        let mut hasher = Sha256::new();
-        let mut have = file.metadata().map_err(|e| io_err("reading", e))?.len();
-        if have > size {
-            file.set_len(0).map_err(|e| io_err("truncating", e))?;
-            have = 0;
-        } else if have > 0 {
-            let mut buf = vec![0u8; COPY_BUFFER];
-            let mut left = have;
-            while left > 0 {
-                let n = file.read(&mut buf).map_err(|e| io_err("reading", e))?;
-                if n == 0 {
-                    break;
-                }
-                let n = n.min(usize::try_from(left).unwrap_or(usize::MAX));
-                hasher.update(&buf[..n]);
-                left -= n as u64;
-            }
-            tracing::info!(digest = %d, bytes = have, "resuming an interrupted download");
-        }
-        progress.blob_started(d, size, have);
-
-        let mut best = have;
+    /// Downloads the rest of blob `d` into `part`, retrying as the module documentation says.
+    fn download(
+        &self,
+        part: &mut Partial<'_>,
+        d: &Digest,
+        size: u64,
+        fetch: &dyn Fetch,
+        progress: &dyn Progress,
+    ) -> Result<(), ImageError> {
+        let mut best = part.have;
         let mut attempts = 0u32;
         let mut stalled = 0u32;
         let mut last_error = String::new();
         let mut buf = vec![0u8; COPY_BUFFER];
-        while have < size {
+        while part.have < size {
             if attempts > 0 {
                 std::thread::sleep(self.retry_pause * stalled.max(1));
             }
             attempts += 1;
-            match fetch.open_at(have) {
+            match fetch.open_at(part.have) {
                 Ok(opened) => {
-                    if opened.start == 0 && have > 0 {
-                        // The server ignored the range and sent the whole blob: start over.
-                        progress.blob_restarted(d, have);
-                        file.set_len(0).map_err(|e| io_err("truncating", e))?;
-                        hasher = Sha256::new();
-                        have = 0;
-                    }
-                    if opened.start != have {
-                        last_error = format!(
-                            "asked for the bytes from {have} on, the server sent from {}",
-                            opened.start
-                        );
-                    } else {
-                        file.seek(SeekFrom::Start(have))
-                            .map_err(|e| io_err("seeking", e))?;
-                        let mut reader = opened.reader;
-                        while have < size {
-                            let want = usize::try_from(size - have)
-                                .unwrap_or(usize::MAX)
-                                .min(buf.len());
-                            let n = match reader.read(&mut buf[..want]) {
-                                Ok(0) => {
-                                    last_error = format!(
-                                        "the connection ended after {have} of {size} bytes"
-                                    );
-                                    break;
-                                }
-                                Ok(n) => n,
-                                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                                Err(e) => {
-                                    last_error = e.to_string();
-                                    break;
-                                }
-                            };
-                            file.write_all(&buf[..n])
-                                .map_err(|e| io_err("writing", e))?;
-                            hasher.update(&buf[..n]);
-                            have += n as u64;
-                            progress.blob_bytes(d, n as u64);
-                        }
+                    if let Some(e) = part.take(opened, d, size, &mut buf, progress)? {
+                        last_error = e;
                     }
                 }
                 Err(FetchError::Fatal(e)) => return Err(e),
                 Err(FetchError::Transient(msg)) => last_error = msg,
             }
+            let have = part.have;
             if have > best {
                 best = have;
                 stalled = 0;
@@ -286,7 +233,7 @@ impl BlobStore {
             if have < size && (stalled >= MAX_ATTEMPTS_WITHOUT_PROGRESS || attempts >= MAX_ATTEMPTS)
             {
                 // The partial file stays: the next pull resumes from it.
-                let _ = file.sync_all();
+                let _ = part.file.sync_all();
                 return Err(ImageError::DownloadFailed {
                     digest: d.to_string(),
                     origin: fetch.origin(),
@@ -297,20 +244,37 @@ impl BlobStore {
                 });
             }
         }
+        Ok(())
+    }
 
+    /// Checks the complete download against `d`, then moves it into place.
+    fn verify_and_publish(
+        &self,
+        part: Partial<'_>,
+        d: &Digest,
+        fetch: &dyn Fetch,
+        progress: &dyn Progress,
+    ) -> Result<(), ImageError> {
+        let Partial {
+            path: partial,
+            file,
+            hasher,
+            ..
+        } = part;
         let actual = Digest::from_hasher(hasher);
         if &actual != d {
             drop(file);
-            let _ = fs::remove_file(&partial);
+            let _ = fs::remove_file(partial);
             return Err(ImageError::DigestMismatch {
                 expected: d.to_string(),
                 actual: actual.to_string(),
                 origin: fetch.origin(),
             });
         }
-        file.sync_all().map_err(|e| io_err("syncing", e))?;
+        file.sync_all()
+            .map_err(|e| ImageError::io(partial, "syncing", e))?;
         drop(file);
-        self.publish(&partial, d)?;
+        self.publish(partial, d)?;
         progress.blob_done(d);
         Ok(())
     }
@@ -389,5 +353,122 @@ impl BlobStore {
             drop(l);
         }
         Ok(removed)
+    }
+}
+
+/// A download in progress: the `.partial` file, the hash of what it holds, and its length.
+struct Partial<'a> {
+    path: &'a Path,
+    file: File,
+    hasher: Sha256,
+    have: u64,
+}
+
+impl<'a> Partial<'a> {
+    fn open(path: &'a Path) -> Result<Partial<'a>, ImageError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| ImageError::io(path, "opening", e))?;
+        Ok(Partial {
+            path,
+            file,
+            hasher: Sha256::new(),
+            have: 0,
+        })
+    }
+
+    fn io_err(&self, op: &'static str, e: io::Error) -> ImageError {
+        ImageError::io(self.path, op, e)
+    }
+
+    /// Re-hashes what an earlier attempt left, unless it cannot be a prefix of this blob.
+    fn resume(&mut self, d: &Digest, size: u64) -> Result<(), ImageError> {
+        let have = self
+            .file
+            .metadata()
+            .map_err(|e| self.io_err("reading", e))?
+            .len();
+        if have > size {
+            self.file
+                .set_len(0)
+                .map_err(|e| self.io_err("truncating", e))?;
+        } else if have > 0 {
+            let mut buf = vec![0u8; COPY_BUFFER];
+            let mut left = have;
+            while left > 0 {
+                let n = self
+                    .file
+                    .read(&mut buf)
+                    .map_err(|e| self.io_err("reading", e))?;
+                if n == 0 {
+                    break;
+                }
+                let n = n.min(usize::try_from(left).unwrap_or(usize::MAX));
+                self.hasher.update(&buf[..n]);
+                left -= n as u64;
+            }
+            tracing::info!(digest = %d, bytes = have, "resuming an interrupted download");
+            self.have = have;
+        }
+        Ok(())
+    }
+
+    /// Appends what one response brings. `Some(cause)` when it ended before the blob did (or
+    /// started at the wrong offset); errors only for local I/O.
+    fn take(
+        &mut self,
+        opened: Opened,
+        d: &Digest,
+        size: u64,
+        buf: &mut [u8],
+        progress: &dyn Progress,
+    ) -> Result<Option<String>, ImageError> {
+        if opened.start == 0 && self.have > 0 {
+            // The server ignored the range and sent the whole blob: start over.
+            progress.blob_restarted(d, self.have);
+            self.file
+                .set_len(0)
+                .map_err(|e| self.io_err("truncating", e))?;
+            self.hasher = Sha256::new();
+            self.have = 0;
+        }
+        if opened.start != self.have {
+            return Ok(Some(format!(
+                "asked for the bytes from {} on, the server sent from {}",
+                self.have, opened.start
+            )));
+        }
+        self.file
+            .seek(SeekFrom::Start(self.have))
+            .map_err(|e| self.io_err("seeking", e))?;
+        let mut reader = opened.reader;
+        while self.have < size {
+            let have = self.have;
+            let want = usize::try_from(size - have)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            let n = match reader.read(&mut buf[..want]) {
+                Ok(0) => {
+                    return Ok(Some(format!(
+                        "the connection ended after {have} of {size} bytes"
+                    )))
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Ok(Some(e.to_string())),
+            };
+            self.file
+                .write_all(&buf[..n])
+                .map_err(|e| self.io_err("writing", e))?;
+            self.hasher.update(&buf[..n]);
+            self.have += n as u64;
+            progress.blob_bytes(d, n as u64);
+        }
+        Ok(None)
     }
 }

@@ -220,23 +220,53 @@ pub(crate) fn resolve_chain(
     reference: &ImageRef,
     want: &Platform,
 ) -> Result<(ResolvedImage, Chain), ImageError> {
-    let not_found = |available| ImageError::PlatformNotFound {
+    let tagged = source.tagged_descriptors()?;
+    let top = select_platform(&tagged, want)
+        .map_err(|available| platform_not_found(reference, want, available))?
+        .clone();
+    let mut json_blobs = Vec::new();
+    let (manifest_digest, manifest_json) =
+        find_manifest(source, reference, want, top.clone(), &mut json_blobs)?;
+    let manifest: ImageManifest = parse_json(&manifest_json, "manifest", &manifest_digest)?;
+    let image_config = read_config(source, &manifest, &manifest_digest, &mut json_blobs)?;
+    let layers = manifest_layers(&manifest, &image_config)?;
+
+    Ok((
+        ResolvedImage {
+            reference: reference.clone(),
+            manifest_digest: manifest_digest.to_string(),
+            config: image_config_of(&image_config),
+            layers,
+        },
+        Chain { top, json_blobs },
+    ))
+}
+
+fn platform_not_found(reference: &ImageRef, want: &Platform, available: Vec<String>) -> ImageError {
+    ImageError::PlatformNotFound {
         image: reference.to_string(),
         wanted: want.to_string(),
         available,
-    };
-    let tagged = source.tagged_descriptors()?;
-    let mut desc = select_platform(&tagged, want).map_err(not_found)?.clone();
-    let top = desc.clone();
-    let mut json_blobs = Vec::new();
+    }
+}
+
+/// Follows indexes from `desc` (the tagged descriptor) down to the image manifest for `want`;
+/// returns its digest and JSON. Every JSON blob read is added to `json_blobs`.
+fn find_manifest(
+    source: &dyn Source,
+    reference: &ImageRef,
+    want: &Platform,
+    mut desc: Descriptor,
+    json_blobs: &mut Vec<(Digest, u64)>,
+) -> Result<(Digest, Vec<u8>), ImageError> {
     let mut depth = 0;
-    let (manifest_digest, manifest_json) = loop {
+    loop {
         let media_type = desc.media_type().to_string();
         match kind_of(&media_type) {
             Some(Kind::Manifest) => {
                 let (digest, data) = read_json_blob(source, &desc, "manifest")?;
                 json_blobs.push((digest.clone(), desc.size()));
-                break (digest, data);
+                return Ok((digest, data));
             }
             Some(Kind::Index) if depth < MAX_INDEX_DEPTH => {
                 depth += 1;
@@ -244,7 +274,7 @@ pub(crate) fn resolve_chain(
                 json_blobs.push((digest.clone(), desc.size()));
                 let index: ImageIndex = parse_json(&data, "image index", &digest)?;
                 desc = select_platform(index.manifests(), want)
-                    .map_err(not_found)?
+                    .map_err(|available| platform_not_found(reference, want, available))?
                     .clone();
             }
             Some(Kind::Index) => {
@@ -269,9 +299,16 @@ pub(crate) fn resolve_chain(
                 })
             }
         }
-    };
-    let manifest: ImageManifest = parse_json(&manifest_json, "manifest", &manifest_digest)?;
+    }
+}
 
+/// Reads and checks the image config `manifest` names (added to `json_blobs`).
+fn read_config(
+    source: &dyn Source,
+    manifest: &ImageManifest,
+    manifest_digest: &Digest,
+    json_blobs: &mut Vec<(Digest, u64)>,
+) -> Result<ImageConfiguration, ImageError> {
     let config_desc = manifest.config();
     let config_type = config_desc.media_type().to_string();
     if config_type != OCI_CONFIG && config_type != DOCKER_CONFIG {
@@ -304,10 +341,18 @@ pub(crate) fn resolve_chain(
             manifest.layers().len()
         )));
     }
-    let layers = manifest
+    Ok(image_config)
+}
+
+/// The manifest's layers, each with its diff_id from the config (as many as layers).
+fn manifest_layers(
+    manifest: &ImageManifest,
+    image_config: &ImageConfiguration,
+) -> Result<Vec<Layer>, ImageError> {
+    manifest
         .layers()
         .iter()
-        .zip(rootfs.diff_ids())
+        .zip(image_config.rootfs().diff_ids())
         .map(|(l, diff_id)| {
             let digest = Digest::parse_for(l.digest().as_ref(), "layer")?;
             let media_type = l.media_type().to_string();
@@ -327,17 +372,7 @@ pub(crate) fn resolve_chain(
                 compression,
             })
         })
-        .collect::<Result<Vec<_>, ImageError>>()?;
-
-    Ok((
-        ResolvedImage {
-            reference: reference.clone(),
-            manifest_digest: manifest_digest.to_string(),
-            config: image_config_of(&image_config),
-            layers,
-        },
-        Chain { top, json_blobs },
-    ))
+        .collect()
 }
 
 /// The run-time part of the config; absent fields become empty, and empty strings are

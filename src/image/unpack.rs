@@ -305,89 +305,130 @@ impl Unpacker {
         let existing = lstat_opt(&full).map_err(|e| state.io(&name, e))?;
 
         if kind == EntryType::Directory {
-            let keep = existing.as_ref().is_some_and(|m| m.file_type().is_dir());
-            if !keep {
-                if let Some(m) = &existing {
-                    self.remove(state, &rel, m)
-                        .map_err(|e| state.io(&name, e))?;
-                }
-                // 0700 until the layer is done: the real mode may deny writes we still need.
-                fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(&full)
-                    .map_err(|e| state.io(&name, e))?;
-            }
-            self.chown(&full, &meta).map_err(|e| state.io(&name, e))?;
-            self.set_xattrs(&full, &meta)
-                .map_err(|e| state.io(&name, e))?;
-            state.pending_dirs.insert(
-                rel.clone(),
-                PendingDir {
-                    mode: Some(meta.mode),
-                    atime: meta.atime,
-                    mtime: meta.mtime,
-                },
-            );
-            state.mark_upper(&rel);
-            return Ok(());
+            return self.apply_dir(state, &name, &rel, &full, existing.as_ref(), &meta);
         }
 
         if let Some(m) = &existing {
             self.remove(state, &rel, m)
                 .map_err(|e| state.io(&name, e))?;
         }
+        if self.create_node(state, entry, kind, &name, &full, &meta)? {
+            state.mark_upper(&rel);
+        }
+        Ok(())
+    }
+
+    /// A directory entry: kept if one is there (a non-directory is replaced), its owner and
+    /// xattrs set now, its mode and times when the layer is done.
+    fn apply_dir(
+        &mut self,
+        state: &mut LayerState,
+        name: &str,
+        rel: &Path,
+        full: &Path,
+        existing: Option<&Metadata>,
+        meta: &EntryMeta,
+    ) -> Result<(), ImageError> {
+        let keep = existing.is_some_and(|m| m.file_type().is_dir());
+        if !keep {
+            if let Some(m) = existing {
+                self.remove(state, rel, m).map_err(|e| state.io(name, e))?;
+            }
+            // 0700 until the layer is done: the real mode may deny writes we still need.
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(full)
+                .map_err(|e| state.io(name, e))?;
+        }
+        self.chown(full, meta).map_err(|e| state.io(name, e))?;
+        self.set_xattrs(full, meta).map_err(|e| state.io(name, e))?;
+        state.pending_dirs.insert(
+            rel.to_path_buf(),
+            PendingDir {
+                mode: Some(meta.mode),
+                atime: meta.atime,
+                mtime: meta.mtime,
+            },
+        );
+        state.mark_upper(rel);
+        Ok(())
+    }
+
+    /// Creates the non-directory node of an entry at `full` (nothing is there any more).
+    /// `false` when it was skipped (a device without CAP_MKNOD).
+    fn create_node<R: Read>(
+        &mut self,
+        state: &mut LayerState,
+        entry: &mut tar::Entry<R>,
+        kind: EntryType,
+        name: &str,
+        full: &Path,
+        meta: &EntryMeta,
+    ) -> Result<bool, ImageError> {
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                self.create_file(entry, kind, &full, &meta)
-                    .map_err(|e| state.io(&name, e))?;
+                self.create_file(entry, kind, full, meta)
+                    .map_err(|e| state.io(name, e))?;
             }
             EntryType::Symlink => {
                 let target = entry
                     .link_name_bytes()
-                    .ok_or_else(|| state.unsafe_entry(&name, "symlink without a target"))?;
-                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &full)
-                    .map_err(|e| state.io(&name, e))?;
-                self.finish_node(&full, &meta, false)
-                    .map_err(|e| state.io(&name, e))?;
+                    .ok_or_else(|| state.unsafe_entry(name, "symlink without a target"))?;
+                std::os::unix::fs::symlink(OsStr::from_bytes(&target), full)
+                    .map_err(|e| state.io(name, e))?;
+                self.finish_node(full, meta, false)
+                    .map_err(|e| state.io(name, e))?;
             }
             EntryType::Link => {
                 let target = entry
                     .link_name_bytes()
-                    .ok_or_else(|| state.unsafe_entry(&name, "hardlink without a target"))?
+                    .ok_or_else(|| state.unsafe_entry(name, "hardlink without a target"))?
                     .into_owned();
-                self.hardlink(state, &name, &target, &full)?;
+                self.hardlink(state, name, &target, full)?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                let (sflag, what) = match kind {
-                    EntryType::Char => (SFlag::S_IFCHR, "character device"),
-                    EntryType::Block => (SFlag::S_IFBLK, "block device"),
-                    _ => (SFlag::S_IFIFO, "fifo"),
-                };
-                let header = entry.header();
-                let major = header.device_major().ok().flatten().unwrap_or(0);
-                let minor = header.device_minor().ok().flatten().unwrap_or(0);
-                let perm = Mode::from_bits_truncate(meta.mode & 0o777);
-                match mknod(&full, sflag, perm, makedev(major.into(), minor.into())) {
-                    Ok(()) => self
-                        .finish_node(&full, &meta, true)
-                        .map_err(|e| state.io(&name, e))?,
-                    // Without CAP_MKNOD (e.g. in a user namespace) a device cannot be
-                    // created; a missing /dev node is rarely fatal, the runtime mounts /dev.
-                    Err(nix::errno::Errno::EPERM) => {
-                        tracing::warn!(layer = state.layer, entry = %name, "skipping {what}: mknod not permitted");
-                        return Ok(());
-                    }
-                    Err(e) => return Err(state.io(&name, errno(e))),
-                }
+                return self.make_special(state, entry.header(), kind, name, full, meta);
             }
             other => {
                 return Err(
-                    state.unsafe_entry(&name, format!("unsupported tar entry type {other:?}"))
+                    state.unsafe_entry(name, format!("unsupported tar entry type {other:?}"))
                 );
             }
         }
-        state.mark_upper(&rel);
-        Ok(())
+        Ok(true)
+    }
+
+    /// A device node or fifo; `false` when mknod is not permitted and the entry is skipped.
+    fn make_special(
+        &mut self,
+        state: &LayerState,
+        header: &tar::Header,
+        kind: EntryType,
+        name: &str,
+        full: &Path,
+        meta: &EntryMeta,
+    ) -> Result<bool, ImageError> {
+        let (sflag, what) = match kind {
+            EntryType::Char => (SFlag::S_IFCHR, "character device"),
+            EntryType::Block => (SFlag::S_IFBLK, "block device"),
+            _ => (SFlag::S_IFIFO, "fifo"),
+        };
+        let major = header.device_major().ok().flatten().unwrap_or(0);
+        let minor = header.device_minor().ok().flatten().unwrap_or(0);
+        let perm = Mode::from_bits_truncate(meta.mode & 0o777);
+        match mknod(full, sflag, perm, makedev(major.into(), minor.into())) {
+            Ok(()) => self
+                .finish_node(full, meta, true)
+                .map_err(|e| state.io(name, e))?,
+            // Without CAP_MKNOD (e.g. in a user namespace) a device cannot be
+            // created; a missing /dev node is rarely fatal, the runtime mounts /dev.
+            Err(nix::errno::Errno::EPERM) => {
+                tracing::warn!(layer = state.layer, entry = %name, "skipping {what}: mknod not permitted");
+                return Ok(false);
+            }
+            Err(e) => return Err(state.io(name, errno(e))),
+        }
+        Ok(true)
     }
 
     /// Creates missing parent directories of an entry, refusing to go through a symlink or

@@ -39,6 +39,21 @@ pub(super) fn plan_config(
     }
     spec.set_hostname(None);
 
+    set_process(&mut spec, cx, process, key, port)?;
+    set_linux(&mut spec, cx, key)?;
+    let mounts = plan_mounts(&spec, cx, process)?;
+    spec.set_mounts(Some(mounts));
+    Ok(spec)
+}
+
+/// argv, env, cwd and user of the container's process.
+fn set_process(
+    spec: &mut Spec,
+    cx: &PlanContext<'_>,
+    process: &ProcessDef,
+    key: &InstanceKey,
+    port: Option<u16>,
+) -> Result<(), String> {
     if let Some(p) = spec.process_mut() {
         p.set_args(Some(plan_args(cx, process)?));
         p.set_env(Some(merge_env(cx, process, key, port)));
@@ -57,7 +72,11 @@ pub(super) fn plan_config(
         // some hosts (this project's CI machines) do not have. Without any rlimits crun sets
         // RLIMIT_MEMLOCK itself and fails the same way.
     }
+    Ok(())
+}
 
+/// Namespaces, devices and the cgroup.
+fn set_linux(spec: &mut Spec, cx: &PlanContext<'_>, key: &InstanceKey) -> Result<(), String> {
     if let Some(linux) = spec.linux_mut() {
         // The host's network (ports are host ports) and hostname, like `--network host`.
         if let Some(ns) = linux.namespaces_mut() {
@@ -87,7 +106,15 @@ pub(super) fn plan_config(
             key.unit_name()
         ))));
     }
+    Ok(())
+}
 
+/// The default mounts with /sys bound from the host, plus the host files and /tmp.
+fn plan_mounts(
+    spec: &Spec,
+    cx: &PlanContext<'_>,
+    process: &ProcessDef,
+) -> Result<Vec<Mount>, String> {
     let mut mounts: Vec<Mount> = spec.mounts().clone().unwrap_or_default();
     // sysfs cannot be mounted fresh without a network namespace of the container's own; bind
     // the host's read-only instead, as podman does for --network=host.
@@ -118,8 +145,7 @@ pub(super) fn plan_config(
             &["nosuid", "nodev", "mode=1777", "size=65536k"],
         )?);
     }
-    spec.set_mounts(Some(mounts));
-    Ok(spec)
+    Ok(mounts)
 }
 
 /// `config.json` text, pretty and stable: oci-spec keeps capabilities in hash sets, so

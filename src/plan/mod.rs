@@ -5,6 +5,7 @@
 //! function of its input and is snapshot-tested.
 
 mod bundle;
+pub mod fields;
 pub mod oneoff;
 pub mod podman;
 mod prepared;
@@ -50,8 +51,38 @@ impl InstanceKey {
         )
     }
 
+    /// `<stem>.service`.
+    ///
+    /// There is deliberately no way back from a unit name to the key: names are ambiguous.
+    /// Service and process ids may both contain `-`, so service `a` with process `b-web` and
+    /// service `a-b` with process `web` both give `shim-a-b-web-<rev>-1`, and the name holds
+    /// only the first [`REV_IN_NAME`] characters of the revision. Read a unit's identity from
+    /// the `SHIM_*` fields it carries with [`InstanceKey::from_fields`] instead.
     pub fn unit_name(&self) -> String {
         format!("{}.service", self.stem())
+    }
+
+    /// The key from the [`fields`] a unit carries (its `LogExtraFields`, or
+    /// [`InstanceMeta::fields`]): `SHIM_SERVICE`, `SHIM_PROCESS`, `SHIM_REVISION` and
+    /// `SHIM_INSTANCE`, exactly. `None` if one is missing or not valid (an index of 0, say),
+    /// e.g. for a one-off run or a cron job, which carry no instance.
+    // Callers (status, probe, reconcile) are outside plan and switch over separately.
+    #[allow(dead_code)]
+    pub fn from_fields(f: &std::collections::BTreeMap<String, String>) -> Option<InstanceKey> {
+        let service = Ident::parse(f.get(fields::SERVICE)?).ok()?;
+        let process = Ident::parse(f.get(fields::PROCESS)?).ok()?;
+        let revision = f.get(fields::REVISION)?;
+        validate_revision(revision).ok()?;
+        let index: u32 = f.get(fields::INSTANCE)?.parse().ok()?;
+        if index == 0 {
+            return None;
+        }
+        Some(InstanceKey {
+            service,
+            process,
+            revision: revision.clone(),
+            index,
+        })
     }
 }
 
@@ -235,16 +266,16 @@ impl InstanceMeta {
     /// The `SHIM_*` journal fields of the unit, as the unit's `LogExtraFields` says them.
     pub fn fields(&self) -> std::collections::BTreeMap<String, String> {
         let mut f: std::collections::BTreeMap<String, String> = [
-            ("SHIM_SERVICE", self.service.clone()),
-            ("SHIM_PROCESS", self.process.clone()),
-            ("SHIM_REVISION", self.revision.clone()),
-            ("SHIM_INSTANCE", self.instance.to_string()),
+            (fields::SERVICE, self.service.clone()),
+            (fields::PROCESS, self.process.clone()),
+            (fields::REVISION, self.revision.clone()),
+            (fields::INSTANCE, self.instance.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         if let Some(p) = self.port {
-            f.insert("SHIM_PORT".into(), p.to_string());
+            f.insert(fields::PORT.into(), p.to_string());
         }
         f
     }
@@ -349,10 +380,10 @@ pub fn merge_env(
     if let Some(port) = port {
         set("PORT", &port.to_string());
     }
-    set("SHIM_SERVICE", key.service.as_str());
-    set("SHIM_PROCESS", key.process.as_str());
-    set("SHIM_REVISION", &key.revision);
-    set("SHIM_INSTANCE", &key.index.to_string());
+    set(fields::SERVICE, key.service.as_str());
+    set(fields::PROCESS, key.process.as_str());
+    set(fields::REVISION, &key.revision);
+    set(fields::INSTANCE, &key.index.to_string());
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 use oci_spec::runtime::Spec;
 
 use super::unit::{signal_number, stop_signal, usec, Exec, SLICE};
-use super::{bundle, merge_env, InstanceKey, PlanContext, Prop, UnitSpec};
+use super::{bundle, fields, merge_env, InstanceKey, PlanContext, Prop, UnitSpec};
 use crate::config::{Ident, ProcessDef};
 
 pub const RUN_PREFIX: &str = "shimrun-";
@@ -68,6 +68,51 @@ pub struct OneOffPlan {
 pub fn run_stem(service: &str, revision: &str, tag: &str) -> String {
     let rev: String = revision.chars().take(super::REV_IN_NAME).collect();
     format!("{RUN_PREFIX}{service}-{rev}-{tag}")
+}
+
+/// ExecStartPre (`shim instance prepare`), ExecStart (the runtime, through `shim instance
+/// exec`) and ExecStopPost (`shim instance cleanup --remove`) of a `shim run`.
+fn oneoff_exec_props(cx: &PlanContext<'_>, req: &OneOff<'_>) -> [(&'static str, Prop); 3] {
+    let s = |v: &str| v.to_string();
+    let dir = req.dir.display().to_string();
+    [
+        (
+            "ExecStartPre",
+            exec(
+                vec![
+                    cx.shim_exe.display().to_string(),
+                    s("instance"),
+                    s("prepare"),
+                    s("--lower"),
+                    cx.rootfs.display().to_string(),
+                    dir.clone(),
+                ],
+                false,
+            ),
+        ),
+        (
+            "ExecStart",
+            exec(
+                runtime_exec_argv(cx.shim_exe, cx.runtime_bin, &req.dir, &req.stem),
+                false,
+            ),
+        ),
+        (
+            "ExecStopPost",
+            exec(
+                vec![
+                    cx.shim_exe.display().to_string(),
+                    s("instance"),
+                    s("cleanup"),
+                    s("--remove"),
+                    s("--runtime"),
+                    cx.runtime_bin.display().to_string(),
+                    dir,
+                ],
+                true,
+            ),
+        ),
+    ]
 }
 
 /// The anchor scope of an attached run: holds a child of the caller; when the caller dies the
@@ -147,9 +192,10 @@ pub fn plan_oneoff_config(cx: &PlanContext<'_>, req: &OneOff<'_>) -> Result<Spec
         index: 0,
     };
     let mut spec = bundle::plan_config(cx, process, &key, &req.dir, None)?;
+    let instance = format!("{}=", fields::INSTANCE);
     let mut env: Vec<String> = merge_env(cx, process, &key, None)
         .into_iter()
-        .filter(|kv| !kv.starts_with("SHIM_INSTANCE="))
+        .filter(|kv| !kv.starts_with(&instance))
         .collect();
     for (k, v) in req.env.iter().chain(req.fields.iter()) {
         let prefix = format!("{k}=");
@@ -173,9 +219,9 @@ pub fn plan_oneoff_config(cx: &PlanContext<'_>, req: &OneOff<'_>) -> Result<Spec
 /// Journal fields of a one-off.
 fn oneoff_fields(cx: &PlanContext<'_>, process: &str, extra: &[(String, String)]) -> Vec<String> {
     let mut f = vec![
-        format!("SHIM_SERVICE={}", cx.service.id),
-        format!("SHIM_PROCESS={process}"),
-        format!("SHIM_REVISION={}", cx.revision),
+        format!("{}={}", fields::SERVICE, cx.service.id),
+        format!("{}={process}", fields::PROCESS),
+        format!("{}={}", fields::REVISION, cx.revision),
     ];
     f.extend(extra.iter().map(|(k, v)| format!("{k}={v}")));
     f
@@ -197,7 +243,6 @@ pub fn plan_oneoff(cx: &PlanContext<'_>, req: &OneOff<'_>) -> Result<OneOffPlan,
     let fallback = default_process()?;
     let process = req.process.unwrap_or(&fallback);
     let s = |v: &str| v.to_string();
-    let dir = req.dir.display().to_string();
     let rev12: String = cx.revision.chars().take(super::REV_IN_NAME).collect();
     let signal = stop_signal(cx, process);
     let mut props: Vec<(&str, Prop)> = vec![
@@ -212,42 +257,9 @@ pub fn plan_oneoff(cx: &PlanContext<'_>, req: &OneOff<'_>) -> Result<OneOffPlan,
         ("Slice", Prop::Str(s(SLICE))),
         ("Type", Prop::Str(s("exec"))),
         ("Delegate", Prop::Bool(true)),
-        (
-            "ExecStartPre",
-            exec(
-                vec![
-                    cx.shim_exe.display().to_string(),
-                    s("instance"),
-                    s("prepare"),
-                    s("--lower"),
-                    cx.rootfs.display().to_string(),
-                    dir.clone(),
-                ],
-                false,
-            ),
-        ),
-        (
-            "ExecStart",
-            exec(
-                runtime_exec_argv(cx.shim_exe, cx.runtime_bin, &req.dir, &req.stem),
-                false,
-            ),
-        ),
-        (
-            "ExecStopPost",
-            exec(
-                vec![
-                    cx.shim_exe.display().to_string(),
-                    s("instance"),
-                    s("cleanup"),
-                    s("--remove"),
-                    s("--runtime"),
-                    cx.runtime_bin.display().to_string(),
-                    dir,
-                ],
-                true,
-            ),
-        ),
+    ];
+    props.extend(oneoff_exec_props(cx, req));
+    props.extend([
         // The stop signal to the runtime, which passes it to the container's init; whatever is
         // left after stop_timeout is killed.
         ("KillMode", Prop::Str(s("mixed"))),
@@ -263,7 +275,7 @@ pub fn plan_oneoff(cx: &PlanContext<'_>, req: &OneOff<'_>) -> Result<OneOffPlan,
             "LogExtraFields",
             Prop::Bytes(oneoff_fields(cx, process.name.as_str(), &req.fields)),
         ),
-    ];
+    ]);
     match req.attach {
         Attach::Detached => {}
         Attach::Pipes | Attach::Tty => {
@@ -336,8 +348,47 @@ pub fn plan_cron_job(j: &CronJobUnits<'_>) -> (UnitSpec, UnitSpec) {
         j.schedule_text,
         describe_argv(&[j.command.to_string()])
     );
-    let timer: Vec<(&str, Prop)> = vec![
-        ("Description", Prop::Str(description.clone())),
+    let timer = cron_timer_props(j, description.clone());
+    let mut service: Vec<(&str, Prop)> = vec![
+        ("Description", Prop::Str(description)),
+        ("Slice", Prop::Str(s(SLICE))),
+        ("Type", Prop::Str(s("exec"))),
+        ("Delegate", Prop::Bool(true)),
+    ];
+    service.extend(cron_exec_props(j));
+    service.extend([
+        ("KillMode", Prop::Str(s("mixed"))),
+        ("TimeoutStopUSec", usec(j.stop_timeout)),
+        ("Restart", Prop::Str(s("no"))),
+        ("SyslogIdentifier", Prop::Str(format!("{}-cron", j.service))),
+        (
+            "LogExtraFields",
+            Prop::Bytes(vec![
+                format!("{}={}", fields::SERVICE, j.service),
+                format!("{}=cron", fields::PROCESS),
+                format!("{}={}", fields::CRON, j.job),
+            ]),
+        ),
+    ]);
+    if let Some(input) = j.stdin {
+        service.push(("StandardInput", Prop::Str(s("data"))));
+        service.push(("StandardInputData", Prop::Data(input.as_bytes().to_vec())));
+        service.push(("StandardOutput", Prop::Str(s("journal"))));
+    }
+    let unit = |name: String, props: Vec<(&str, Prop)>| UnitSpec {
+        name,
+        properties: props.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+    };
+    (
+        unit(format!("{stem}.timer"), timer),
+        unit(format!("{stem}.service"), service),
+    )
+}
+
+/// The timer of a cron job: its calendars, to the second, not catching up missed runs.
+fn cron_timer_props(j: &CronJobUnits<'_>, description: String) -> Vec<(&'static str, Prop)> {
+    vec![
+        ("Description", Prop::Str(description)),
         (
             "TimersCalendar",
             Prop::Calendars(
@@ -353,12 +404,14 @@ pub fn plan_cron_job(j: &CronJobUnits<'_>) -> (UnitSpec, UnitSpec) {
         ("RandomizedDelayUSec", Prop::USec(0)),
         ("Persistent", Prop::Bool(false)),
         // It triggers the service of the same name (Unit= cannot be set on transient timers).
-    ];
-    let mut service: Vec<(&str, Prop)> = vec![
-        ("Description", Prop::Str(description)),
-        ("Slice", Prop::Str(s(SLICE))),
-        ("Type", Prop::Str(s("exec"))),
-        ("Delegate", Prop::Bool(true)),
+    ]
+}
+
+/// ExecStart (`shim cron exec`) and ExecStopPost (`shim instance cleanup --record`) of a
+/// cron job's service.
+fn cron_exec_props(j: &CronJobUnits<'_>) -> [(&'static str, Prop); 2] {
+    let s = |v: &str| v.to_string();
+    [
         (
             "ExecStart",
             exec(
@@ -393,30 +446,5 @@ pub fn plan_cron_job(j: &CronJobUnits<'_>) -> (UnitSpec, UnitSpec) {
                 true,
             ),
         ),
-        ("KillMode", Prop::Str(s("mixed"))),
-        ("TimeoutStopUSec", usec(j.stop_timeout)),
-        ("Restart", Prop::Str(s("no"))),
-        ("SyslogIdentifier", Prop::Str(format!("{}-cron", j.service))),
-        (
-            "LogExtraFields",
-            Prop::Bytes(vec![
-                format!("SHIM_SERVICE={}", j.service),
-                "SHIM_PROCESS=cron".to_string(),
-                format!("SHIM_CRON={}", j.job),
-            ]),
-        ),
-    ];
-    if let Some(input) = j.stdin {
-        service.push(("StandardInput", Prop::Str(s("data"))));
-        service.push(("StandardInputData", Prop::Data(input.as_bytes().to_vec())));
-        service.push(("StandardOutput", Prop::Str(s("journal"))));
-    }
-    let unit = |name: String, props: Vec<(&str, Prop)>| UnitSpec {
-        name,
-        properties: props.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-    };
-    (
-        unit(format!("{stem}.timer"), timer),
-        unit(format!("{stem}.service"), service),
-    )
+    ]
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{InstanceDir, InstanceKey, PlanContext};
+use super::{fields, InstanceDir, InstanceKey, PlanContext};
 use crate::config::ProcessDef;
 
 /// A transient unit: its name and properties in the order they are sent.
@@ -152,13 +152,13 @@ pub fn stop_signal(cx: &PlanContext<'_>, process: &ProcessDef) -> String {
 /// reads back to know what a unit is.
 pub fn log_fields(key: &InstanceKey, port: Option<u16>) -> Vec<String> {
     let mut f = vec![
-        format!("SHIM_SERVICE={}", key.service),
-        format!("SHIM_PROCESS={}", key.process),
-        format!("SHIM_REVISION={}", key.revision),
-        format!("SHIM_INSTANCE={}", key.index),
+        format!("{}={}", fields::SERVICE, key.service),
+        format!("{}={}", fields::PROCESS, key.process),
+        format!("{}={}", fields::REVISION, key.revision),
+        format!("{}={}", fields::INSTANCE, key.index),
     ];
     if let Some(p) = port {
-        f.push(format!("SHIM_PORT={p}"));
+        f.push(format!("{}={p}", fields::PORT));
     }
     f
 }
@@ -172,14 +172,11 @@ pub(super) fn plan_unit(
 ) -> UnitSpec {
     let d = InstanceDir(dir);
     let s = |v: &str| v.to_string();
-    let shim = cx.shim_exe.display().to_string();
-    let runtime = cx.runtime_bin.display().to_string();
-    let dir_s = dir.display().to_string();
     let stem = key.stem();
     let rev12: String = key.revision.chars().take(super::REV_IN_NAME).collect();
     let signal = stop_signal(cx, process);
 
-    let props: Vec<(&str, Prop)> = vec![
+    let mut props: Vec<(&str, Prop)> = vec![
         (
             "Description",
             Prop::Str(format!(
@@ -192,6 +189,42 @@ pub(super) fn plan_unit(
         ("PIDFile", Prop::Str(d.pid_file().display().to_string())),
         ("GuessMainPID", Prop::Bool(false)),
         ("Delegate", Prop::Bool(true)),
+    ];
+    props.extend(exec_props(cx, dir, &stem));
+    props.extend([
+        // Stop like `docker stop`: the stop signal to the container's init only, then after
+        // stop_timeout SIGKILL to everything left in the cgroup.
+        ("KillMode", Prop::Str(s("mixed"))),
+        ("KillSignal", Prop::I32(signal_number(&signal))),
+        ("TimeoutStopUSec", usec(process.stop_timeout)),
+    ]);
+    props.extend(restart_props(cx.restart));
+    props.extend([
+        // Unload the unit once stopped, so the same name can be started again; a failed one
+        // stays loaded so that `shim status` shows it (and its next retry) until the probe
+        // restarts it or `shim stop` resets it.
+        ("CollectMode", Prop::Str(s("inactive"))),
+        (
+            "SyslogIdentifier",
+            Prop::Str(format!("{}-{}-{}", key.service, key.process, key.index)),
+        ),
+        ("LogExtraFields", Prop::Bytes(log_fields(key, port))),
+    ]);
+    UnitSpec {
+        name: key.unit_name(),
+        properties: props.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+    }
+}
+
+/// ExecStartPre (`shim instance prepare`), ExecStart (the runtime) and ExecStopPost
+/// (`shim instance cleanup`).
+fn exec_props(cx: &PlanContext<'_>, dir: &Path, stem: &str) -> [(&'static str, Prop); 3] {
+    let d = InstanceDir(dir);
+    let s = |v: &str| v.to_string();
+    let shim = cx.shim_exe.display().to_string();
+    let runtime = cx.runtime_bin.display().to_string();
+    let dir_s = dir.display().to_string();
+    [
         (
             "ExecStartPre",
             exec(
@@ -217,7 +250,7 @@ pub(super) fn plan_unit(
                     d.pid_file().display().to_string(),
                     s("--bundle"),
                     dir_s.clone(),
-                    stem.clone(),
+                    s(stem),
                 ],
                 false,
             ),
@@ -237,29 +270,7 @@ pub(super) fn plan_unit(
                 true,
             ),
         ),
-        // Stop like `docker stop`: the stop signal to the container's init only, then after
-        // stop_timeout SIGKILL to everything left in the cgroup.
-        ("KillMode", Prop::Str(s("mixed"))),
-        ("KillSignal", Prop::I32(signal_number(&signal))),
-        ("TimeoutStopUSec", usec(process.stop_timeout)),
-    ];
-    let mut props = props;
-    props.extend(restart_props(cx.restart));
-    props.extend([
-        // Unload the unit once stopped, so the same name can be started again; a failed one
-        // stays loaded so that `shim status` shows it (and its next retry) until the probe
-        // restarts it or `shim stop` resets it.
-        ("CollectMode", Prop::Str(s("inactive"))),
-        (
-            "SyslogIdentifier",
-            Prop::Str(format!("{}-{}-{}", key.service, key.process, key.index)),
-        ),
-        ("LogExtraFields", Prop::Bytes(log_fields(key, port))),
-    ]);
-    UnitSpec {
-        name: key.unit_name(),
-        properties: props.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-    }
+    ]
 }
 
 impl UnitSpec {
