@@ -50,7 +50,7 @@ fn main() {
 fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SHIM_LOG")
+            tracing_subscriber::EnvFilter::try_from_env(crate::plan::fields::env::LOG)
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)

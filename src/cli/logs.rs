@@ -93,14 +93,16 @@ pub fn parse_entry(line: &str) -> Option<Entry> {
     let get = |k: &str| field_text(v.get(k));
     Some(Entry {
         usec: get("__REALTIME_TIMESTAMP")?.parse().ok()?,
-        process: get("SHIM_PROCESS").unwrap_or_else(|| "?".into()),
+        process: get(crate::plan::fields::PROCESS).unwrap_or_else(|| "?".into()),
         // One-offs have no instance number: a run shows its tag (the end of its unit name),
         // a cron job its key.
-        instance: get("SHIM_INSTANCE")
-            .or_else(|| get("SHIM_CRON"))
-            .or_else(|| get("SHIM_RUN").and_then(|r| r.rsplit('-').next().map(str::to_string)))
+        instance: get(crate::plan::fields::INSTANCE)
+            .or_else(|| get(crate::plan::fields::CRON))
+            .or_else(|| {
+                get(crate::plan::fields::RUN).and_then(|r| r.rsplit('-').next().map(str::to_string))
+            })
             .unwrap_or_else(|| "?".into()),
-        revision: get("SHIM_REVISION").unwrap_or_default(),
+        revision: get(crate::plan::fields::REVISION).unwrap_or_default(),
         message: get("MESSAGE").unwrap_or_default(),
     })
 }
@@ -209,7 +211,7 @@ fn resolve_revision(host: &crate::host::Host, id: &str, rev: &str) -> String {
             known.extend(
                 units
                     .iter()
-                    .filter_map(|u| u.field("SHIM_REVISION").map(String::from)),
+                    .filter_map(|u| u.field(crate::plan::fields::REVISION).map(String::from)),
             );
         }
     }

@@ -38,7 +38,7 @@ fn after_help() -> String {
 pub struct Cli {
     /// Service definitions: a file (plus services.d/*.toml beside it) or a directory holding
     /// services.toml and/or services.d/.
-    #[arg(long, global = true, env = "SHIM_CONFIG", default_value = crate::config::DEFAULT_CONFIG)]
+    #[arg(long, global = true, env = crate::plan::fields::env::CONFIG, default_value = crate::config::DEFAULT_CONFIG)]
     pub config: PathBuf,
 
     #[command(subcommand)]
@@ -73,7 +73,7 @@ pub fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
 
 /// `shim probe` as its timer runs it, without clap (see [`probe::lean_args`]).
 pub fn probe_lean_args(args: &[std::ffi::OsString]) -> Option<probe::Lean> {
-    probe::lean_args(args, std::env::var_os("SHIM_CONFIG"))
+    probe::lean_args(args, std::env::var_os(crate::plan::fields::env::CONFIG))
 }
 
 pub fn probe_run_lean(host: &Host, l: &probe::Lean, init_logging: impl FnOnce()) -> Result<()> {

@@ -55,7 +55,7 @@ pub fn run(host: &crate::host::Host, config: &Path, args: ShowArgs) -> Result<()
             .list_units(&["shim-*".to_string()])
             .unwrap_or_default()
             .iter()
-            .filter_map(|u| u.field("SHIM_PORT")?.parse().ok())
+            .filter_map(|u| u.port())
             .collect(),
         Err(_) => {
             notes.push("systemd not reachable: ports are shown as on an empty host".into());

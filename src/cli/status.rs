@@ -220,15 +220,15 @@ mod tests {
 
     fn unit(svc: &str, proc_: &str, i: u32, port: Option<u16>, pid: u32) -> UnitInfo {
         let mut fields = BTreeMap::new();
-        fields.insert("SHIM_SERVICE".into(), svc.into());
-        fields.insert("SHIM_PROCESS".into(), proc_.into());
+        fields.insert(crate::plan::fields::SERVICE.into(), svc.into());
+        fields.insert(crate::plan::fields::PROCESS.into(), proc_.into());
         fields.insert(
-            "SHIM_REVISION".into(),
+            crate::plan::fields::REVISION.into(),
             "279d9035886d4c0427549863c4c2101e4a63e041".into(),
         );
-        fields.insert("SHIM_INSTANCE".into(), i.to_string());
+        fields.insert(crate::plan::fields::INSTANCE.into(), i.to_string());
         if let Some(p) = port {
-            fields.insert("SHIM_PORT".into(), p.to_string());
+            fields.insert(crate::plan::fields::PORT.into(), p.to_string());
         }
         UnitInfo {
             name: format!("shim-{svc}-{proc_}-279d9035886d-{i}.service"),

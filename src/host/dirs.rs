@@ -18,10 +18,10 @@ pub struct Dirs {
 impl Dirs {
     pub fn from_env() -> Dirs {
         Dirs {
-            state: std::env::var_os("SHIM_STATE_DIR")
+            state: std::env::var_os(crate::plan::fields::env::STATE_DIR)
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/var/lib/shim")),
-            run: std::env::var_os("SHIM_RUN_DIR")
+            run: std::env::var_os(crate::plan::fields::env::RUN_DIR)
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/run/shim")),
         }

@@ -164,8 +164,8 @@ mod tests {
             WARNING,
             "killed",
             &[
-                ("SHIM_SERVICE", "app".into()),
-                ("SHIM_REASON", "a\nb".into()),
+                (crate::plan::fields::SERVICE, "app".into()),
+                (crate::plan::fields::REASON, "a\nb".into()),
             ],
         );
         let mut want = b"MESSAGE=killed\nPRIORITY=4\nSYSLOG_IDENTIFIER=shim-probe\nSHIM_SERVICE=app\nSHIM_REASON\n".to_vec();

@@ -485,7 +485,7 @@ pub fn exec_job(host: &Host, defs: &crate::config::Definitions, id: &str, key: &
         process: None,
         argv: vec![shell, "-c".into(), job.command.clone()],
         env: job.env.clone(),
-        fields: vec![("SHIM_CRON".into(), key.to_string())],
+        fields: vec![(crate::plan::fields::CRON.into(), key.to_string())],
         attach: Attach::Detached,
         dir: dir.clone(),
     };

@@ -54,7 +54,7 @@ pub fn service_units(sd: &dyn Systemd, id: &str) -> Result<Vec<UnitInfo>> {
     Ok(sd
         .list_units(&[plan::service_unit_pattern(id)])?
         .into_iter()
-        .filter(|u| u.field("SHIM_SERVICE") == Some(id))
+        .filter(|u| u.field(crate::plan::fields::SERVICE) == Some(id))
         .collect())
 }
 
@@ -123,8 +123,7 @@ pub fn start_instances(
     let sd = host.systemd()?;
     let _lock = crate::host::lock::lock_host(&host.dirs)?;
     let all = sd.list_units(&["shim-*".to_string()])?;
-    let names: BTreeSet<String> = all.iter().map(|u| u.name.clone()).collect();
-    let (missing, already_running) = split_running(prepared, wanted, &names);
+    let (missing, already_running) = split_running(prepared, wanted, &all)?;
     let mut report = StartReport {
         started: Vec::new(),
         already_running,
@@ -132,10 +131,7 @@ pub fn start_instances(
     if missing.is_empty() {
         return Ok(report);
     }
-    let taken: BTreeSet<u16> = all
-        .iter()
-        .filter_map(|u| u.field("SHIM_PORT")?.parse().ok())
-        .collect();
+    let taken: BTreeSet<u16> = all.iter().filter_map(|u| u.port()).collect();
     let port_map = allocate(host, prepared, &missing, &taken)?;
     let plans = prepared.plan(&prepared.secrets, &missing, &port_map)?;
     for p in &plans {
@@ -157,28 +153,43 @@ pub fn start_instances(
     Err(roll_back(host, prepared, &plans, &failed))
 }
 
-/// The wanted (process, index) pairs not running yet, and the names of those that are.
+/// (process, index) pairs.
+type Wanted = Vec<(String, u32)>;
+
+/// The wanted (process, index) pairs not running yet, and the names of those that are. A
+/// unit of the wanted name counts as running only if its recorded identity (its `SHIM_*`
+/// fields) is that instance: names of look-alike services can collide, and another
+/// service's unit must not be taken for one of ours.
 fn split_running(
     prepared: &Prepared,
     wanted: &[(String, u32)],
-    names: &BTreeSet<String>,
-) -> (Vec<(String, u32)>, Vec<String>) {
-    let key_of = |p: &str, i: u32| plan::InstanceKey {
-        service: prepared.service.id.clone(),
-        process: crate::config::Ident::parse(p).unwrap_or_else(|_| prepared.service.id.clone()),
-        revision: prepared.revision.clone(),
-        index: i,
-    };
+    all: &[UnitInfo],
+) -> Result<(Wanted, Vec<String>)> {
     let (mut missing, mut running) = (Vec::new(), Vec::new());
     for (p, i) in wanted {
-        let name = key_of(p, *i).unit_name();
-        if names.contains(&name) {
-            running.push(name);
-        } else {
-            missing.push((p.clone(), *i));
+        let key = plan::InstanceKey {
+            service: prepared.service.id.clone(),
+            process: crate::config::Ident::parse(p).map_err(|m| anyhow!("process {p:?}: {m}"))?,
+            revision: prepared.revision.clone(),
+            index: *i,
+        };
+        let name = key.unit_name();
+        match all.iter().find(|u| u.name == name) {
+            None => missing.push((p.clone(), *i)),
+            Some(u) if u.key().as_ref() == Some(&key) => running.push(name),
+            Some(u) => {
+                return Err(anyhow!(
+                    "unit {name} already exists for service {} process {} revision {}: instance {} of {p} of {} cannot be started under that name",
+                    u.field(crate::plan::fields::SERVICE).unwrap_or("?"),
+                    u.process().unwrap_or("?"),
+                    u.revision(),
+                    i,
+                    prepared.service.id
+                ))
+            }
         }
     }
-    (missing, running)
+    Ok((missing, running))
 }
 
 /// Ports for the instances of `missing` whose process takes one: free in the kernel and not
@@ -288,7 +299,7 @@ mod tests {
         assert_eq!(r.started.len(), 3);
         let ports: BTreeSet<String> = lock(&sd.units)
             .values()
-            .filter_map(|u| u.field("SHIM_PORT").map(str::to_string))
+            .filter_map(|u| u.field(crate::plan::fields::PORT).map(str::to_string))
             .collect();
         assert_eq!(ports, ["30000", "30001"].map(String::from).into());
         // Bundles are written, root-only.
@@ -337,5 +348,31 @@ mod tests {
         );
         let left: Vec<_> = std::fs::read_dir(d.instances("app")).unwrap().collect();
         assert!(left.is_empty(), "instance dirs left: {left:?}");
+    }
+
+    #[test]
+    fn a_look_alike_services_unit_is_not_taken_for_ours() {
+        // Service `a` + process `b-web` and service `a-b` + process `web` map to the same unit
+        // name; the second start must not report success with no instance of its own.
+        let defs = testkit::defs(
+            "[services.a]\nimage = \"oci:/i:{revision}\"\n[services.a.processes.b-web]\ncommand = [\"/x\"]\n\
+             [services.a-b]\nimage = \"oci:/i:{revision}\"\n[services.a-b.processes.web]\ncommand = [\"/x\"]\n",
+        );
+        let fh = testkit::host();
+        let d = fh.host.dirs.clone();
+        let ab = testkit::prepared(&defs, "a-b", "r1", &d);
+        let r = start_instances(&fh.host, &ab, &ab.all_instances()).unwrap();
+        assert_eq!(r.started, vec!["shim-a-b-web-r1-1.service".to_string()]);
+        let a = testkit::prepared(&defs, "a", "r1", &d);
+        let e = start_instances(&fh.host, &a, &a.all_instances())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("already exists for service a-b process web"),
+            "{e}"
+        );
+        // Starting a-b again finds its own instance running.
+        let again = start_instances(&fh.host, &ab, &ab.all_instances()).unwrap();
+        assert_eq!(again.already_running.len(), 1);
     }
 }

@@ -28,10 +28,16 @@ pub fn probe_env(dirs: &Dirs) -> Vec<(String, String)> {
     };
     let mut env = Vec::new();
     if dirs.state != default.state {
-        env.push(("SHIM_STATE_DIR".into(), dirs.state.display().to_string()));
+        env.push((
+            crate::plan::fields::env::STATE_DIR.into(),
+            dirs.state.display().to_string(),
+        ));
     }
     if dirs.run != default.run {
-        env.push(("SHIM_RUN_DIR".into(), dirs.run.display().to_string()));
+        env.push((
+            crate::plan::fields::env::RUN_DIR.into(),
+            dirs.run.display().to_string(),
+        ));
     }
     env
 }
@@ -228,7 +234,10 @@ health = { path = "/health", interval = "3s" }
         };
         assert_eq!(
             probe_env(&d),
-            vec![("SHIM_STATE_DIR".to_string(), "/tmp/s".to_string())]
+            vec![(
+                crate::plan::fields::env::STATE_DIR.to_string(),
+                "/tmp/s".to_string()
+            )]
         );
     }
 }

@@ -41,10 +41,6 @@ pub struct Options {
     pub config: PathBuf,
 }
 
-fn rev_of(u: &UnitInfo) -> &str {
-    u.field("SHIM_REVISION").unwrap_or_default()
-}
-
 /// Why a deployed service differs from its definition at `revision`; empty when it matches.
 /// `files` holds the current content of each proxied process's upstream file (None: absent).
 /// Failed (crash-looping) instances count as present: they are the probe's to retry.
@@ -64,7 +60,7 @@ pub fn drift(
     }
     let others: BTreeSet<&str> = units
         .iter()
-        .map(rev_of)
+        .map(|u| u.revision())
         .filter(|r| *r != revision)
         .collect();
     if !others.is_empty() {
@@ -73,11 +69,11 @@ pub fn drift(
             others.into_iter().collect::<Vec<_>>().join(", ")
         ));
     }
-    let current: Vec<&UnitInfo> = units.iter().filter(|u| rev_of(u) == revision).collect();
+    let current: Vec<&UnitInfo> = units.iter().filter(|u| u.revision() == revision).collect();
     let defined: BTreeSet<&str> = svc.processes.values().map(|p| p.name.as_str()).collect();
     let undefined: BTreeSet<&str> = current
         .iter()
-        .filter_map(|u| u.field("SHIM_PROCESS"))
+        .filter_map(|u| u.process())
         .filter(|p| !defined.contains(p))
         .collect();
     for p in undefined {
@@ -99,14 +95,10 @@ fn process_drift(
     files: &BTreeMap<PathBuf, Option<String>>,
 ) -> Vec<String> {
     let mut why = Vec::new();
-    let index = |u: &UnitInfo| -> u32 {
-        u.field("SHIM_INSTANCE")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0)
-    };
+    let index = |u: &UnitInfo| -> u32 { u.index() };
     let mine: Vec<&&UnitInfo> = current
         .iter()
-        .filter(|u| u.field("SHIM_PROCESS") == Some(d.name.as_str()))
+        .filter(|u| u.process() == Some(d.name.as_str()))
         .collect();
     let have: BTreeSet<u32> = mine.iter().map(|u| index(u)).collect();
     let missing = (1..=d.count).filter(|i| !have.contains(i)).count();
@@ -127,7 +119,7 @@ fn process_drift(
         let mut ports: Vec<(u32, u16)> = mine
             .iter()
             .filter(|u| index(u) <= d.count)
-            .filter_map(|u| Some((index(u), u.field("SHIM_PORT")?.parse().ok()?)))
+            .filter_map(|u| Some((index(u), u.port()?)))
             .collect();
         ports.sort();
         let ports: Vec<u16> = ports.into_iter().map(|(_, p)| p).collect();
@@ -301,7 +293,10 @@ pub fn orphans(
     let defined: BTreeSet<&str> = defs.services.keys().map(|k| k.as_str()).collect();
     let mut out: BTreeMap<String, usize> = BTreeMap::new();
     for u in units {
-        if let Some(s) = u.field("SHIM_SERVICE").filter(|s| !defined.contains(s)) {
+        if let Some(s) = u
+            .field(crate::plan::fields::SERVICE)
+            .filter(|s| !defined.contains(s))
+        {
             *out.entry(s.to_string()).or_default() += 1;
         }
     }
@@ -533,12 +528,15 @@ command = ["/w"]
 
     fn unit(process: &str, rev: &str, index: u32, port: Option<u16>) -> UnitInfo {
         let mut fields = BTreeMap::new();
-        fields.insert("SHIM_SERVICE".to_string(), "app".to_string());
-        fields.insert("SHIM_PROCESS".to_string(), process.to_string());
-        fields.insert("SHIM_REVISION".to_string(), rev.to_string());
-        fields.insert("SHIM_INSTANCE".to_string(), index.to_string());
+        fields.insert(crate::plan::fields::SERVICE.to_string(), "app".to_string());
+        fields.insert(
+            crate::plan::fields::PROCESS.to_string(),
+            process.to_string(),
+        );
+        fields.insert(crate::plan::fields::REVISION.to_string(), rev.to_string());
+        fields.insert(crate::plan::fields::INSTANCE.to_string(), index.to_string());
         if let Some(p) = port {
-            fields.insert("SHIM_PORT".to_string(), p.to_string());
+            fields.insert(crate::plan::fields::PORT.to_string(), p.to_string());
         }
         UnitInfo {
             name: format!("shim-app-{process}-{rev}-{index}.service"),
@@ -640,7 +638,10 @@ command = ["/w"]
     fn loaded(name: &str, service: &str) -> UnitInfo {
         let mut fields = BTreeMap::new();
         if !service.is_empty() {
-            fields.insert("SHIM_SERVICE".to_string(), service.to_string());
+            fields.insert(
+                crate::plan::fields::SERVICE.to_string(),
+                service.to_string(),
+            );
         }
         UnitInfo {
             name: name.into(),

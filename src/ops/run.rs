@@ -260,7 +260,7 @@ fn run_prepared(
         process,
         argv: argv.to_vec(),
         env,
-        fields: vec![("SHIM_RUN".into(), stem.clone())],
+        fields: vec![(crate::plan::fields::RUN.into(), stem.clone())],
         attach,
         dir: dir.clone(),
     };
@@ -397,10 +397,13 @@ fn attached(
     let fields = JournalFields {
         ident: format!("{}-{process}", prepared.service.id),
         fields: vec![
-            ("SHIM_SERVICE", prepared.service.id.to_string()),
-            ("SHIM_PROCESS", process.to_string()),
-            ("SHIM_REVISION", prepared.revision.clone()),
-            ("SHIM_RUN", stem.to_string()),
+            (
+                crate::plan::fields::SERVICE,
+                prepared.service.id.to_string(),
+            ),
+            (crate::plan::fields::PROCESS, process.to_string()),
+            (crate::plan::fields::REVISION, prepared.revision.clone()),
+            (crate::plan::fields::RUN, stem.to_string()),
         ],
     };
     let _term = TermGuard::save(attach == Attach::Tty);

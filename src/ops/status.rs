@@ -156,36 +156,34 @@ pub fn rows(
     let none = Supervision::default();
     let mut rows: Vec<InstanceRow> = units
         .iter()
-        .filter(|u| u.field("SHIM_SERVICE").is_some())
-        .filter(|u| id.is_none() || u.field("SHIM_SERVICE") == id)
+        .filter(|u| u.field(crate::plan::fields::SERVICE).is_some())
+        .filter(|u| id.is_none() || u.field(crate::plan::fields::SERVICE) == id)
         .map(|u| {
             (
                 u,
-                sup.get(u.field("SHIM_SERVICE").unwrap_or_default())
+                sup.get(u.field(crate::plan::fields::SERVICE).unwrap_or_default())
                     .unwrap_or(&none),
             )
         })
         .map(|(u, s)| InstanceRow {
-            service: u.field("SHIM_SERVICE").unwrap_or_default().to_string(),
-            process: u.field("SHIM_PROCESS").unwrap_or_default().to_string(),
-            instance: u
-                .field("SHIM_INSTANCE")
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0),
-            revision: u.field("SHIM_REVISION").unwrap_or_default().to_string(),
+            service: u
+                .field(crate::plan::fields::SERVICE)
+                .unwrap_or_default()
+                .to_string(),
+            process: u.process().unwrap_or_default().to_string(),
+            instance: u.index(),
+            revision: u.revision().to_string(),
             unit: u.name.clone(),
             state: u.active_state.clone(),
             sub_state: u.sub_state.clone(),
             main_pid: (u.main_pid != 0).then_some(u.main_pid),
-            port: u.field("SHIM_PORT").and_then(|s| s.parse().ok()),
+            port: u.port(),
             restarts: u.n_restarts,
             uptime_secs: (u.main_pid != 0
                 && u.main_start_usec != 0
                 && now_usec >= u.main_start_usec)
                 .then(|| (now_usec - u.main_start_usec) / 1_000_000),
-            paused: s.paused
-                || u.field("SHIM_PROCESS")
-                    .is_some_and(|p| s.paused_processes.contains(p)),
+            paused: s.paused || u.process().is_some_and(|p| s.paused_processes.contains(p)),
             next_retry: crate::ops::probe::pending_retry(
                 u,
                 &s.memory.units.get(&u.name).cloned().unwrap_or_default(),
@@ -300,7 +298,7 @@ pub fn gather(host: &Host, defs: Option<&Definitions>, q: &Query<'_>) -> Result<
     let units = read_instances(host, sd, instances)?;
     let services: BTreeSet<&str> = units
         .iter()
-        .filter_map(|u| u.field("SHIM_SERVICE"))
+        .filter_map(|u| u.field(crate::plan::fields::SERVICE))
         .filter(|s| q.id.is_none() || q.id == Some(*s))
         .collect();
     let supervision = supervision(host, &units, &services);
@@ -410,15 +408,15 @@ mod tests {
 
     fn unit(svc: &str, proc_: &str, i: u32, port: Option<u16>, pid: u32) -> UnitInfo {
         let mut fields = BTreeMap::new();
-        fields.insert("SHIM_SERVICE".into(), svc.into());
-        fields.insert("SHIM_PROCESS".into(), proc_.into());
+        fields.insert(crate::plan::fields::SERVICE.into(), svc.into());
+        fields.insert(crate::plan::fields::PROCESS.into(), proc_.into());
         fields.insert(
-            "SHIM_REVISION".into(),
+            crate::plan::fields::REVISION.into(),
             "279d9035886d4c0427549863c4c2101e4a63e041".into(),
         );
-        fields.insert("SHIM_INSTANCE".into(), i.to_string());
+        fields.insert(crate::plan::fields::INSTANCE.into(), i.to_string());
         if let Some(p) = port {
-            fields.insert("SHIM_PORT".into(), p.to_string());
+            fields.insert(crate::plan::fields::PORT.into(), p.to_string());
         }
         UnitInfo {
             name: format!("shim-{svc}-{proc_}-279d9035886d-{i}.service"),
@@ -538,7 +536,8 @@ mod tests {
     fn fake_unit(svc: &str, i: u32, active: &str, sub: &str) -> UnitInfo {
         let mut u = unit(svc, "web", i, None, 1);
         u.name = format!("shim-{svc}-web-r1-{i}.service");
-        u.fields.insert("SHIM_REVISION".into(), "r1".into());
+        u.fields
+            .insert(crate::plan::fields::REVISION.into(), "r1".into());
         u.active_state = active.into();
         u.sub_state = sub.into();
         u
@@ -548,7 +547,7 @@ mod tests {
     /// test's own process (so that it exists).
     fn write_instance_dir(host: &Host, u: &UnitInfo, starts: u32) {
         let stem = u.name.trim_end_matches(".service");
-        let svc = u.field("SHIM_SERVICE").unwrap();
+        let svc = u.field(crate::plan::fields::SERVICE).unwrap();
         let dir = host.dirs.instances(svc).join(stem);
         std::fs::create_dir_all(&dir).unwrap();
         let d = InstanceDir(&dir);

@@ -68,7 +68,11 @@ mod tests {
             name: name.into(),
             active_state: "active".into(),
             sub_state: "running".into(),
-            fields: [("SHIM_SERVICE".to_string(), service.to_string())].into(),
+            fields: [(
+                crate::plan::fields::SERVICE.to_string(),
+                service.to_string(),
+            )]
+            .into(),
             ..Default::default()
         }
     }

@@ -7,10 +7,6 @@
 //!
 //! The environment variables that configure shim itself are in [`env`].
 
-// Some names are so far only spelled out as literals outside plan/config/image (ops, cli,
-// host); those rings switch to these constants separately.
-#![allow(dead_code)]
-
 /// The service id (`[service] id`) an instance, run or cron job belongs to.
 pub const SERVICE: &str = "SHIM_SERVICE";
 /// The process name within the service (`cron` for cron jobs).

@@ -66,8 +66,6 @@ impl InstanceKey {
     /// [`InstanceMeta::fields`]): `SHIM_SERVICE`, `SHIM_PROCESS`, `SHIM_REVISION` and
     /// `SHIM_INSTANCE`, exactly. `None` if one is missing or not valid (an index of 0, say),
     /// e.g. for a one-off run or a cron job, which carry no instance.
-    // Callers (status, probe, reconcile) are outside plan and switch over separately.
-    #[allow(dead_code)]
     pub fn from_fields(f: &std::collections::BTreeMap<String, String>) -> Option<InstanceKey> {
         let service = Ident::parse(f.get(fields::SERVICE)?).ok()?;
         let process = Ident::parse(f.get(fields::PROCESS)?).ok()?;

@@ -250,7 +250,10 @@ command = ["/w"]
         assert_ne!(a, plan("/srv/shim", &[]));
         assert_ne!(
             a,
-            plan("/etc/shim", &[("SHIM_RUN_DIR".into(), "/tmp/r".into())])
+            plan(
+                "/etc/shim",
+                &[(crate::plan::fields::env::RUN_DIR.into(), "/tmp/r".into())]
+            )
         );
     }
 

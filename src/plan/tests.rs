@@ -273,7 +273,7 @@ fn env_precedence_and_shim_vars() {
         );
         assert!(get("DB_PASSWORD").is_some());
         assert_eq!(get("PORT").as_deref(), Some("20005"));
-        assert_eq!(get("SHIM_INSTANCE").as_deref(), Some("3"));
+        assert_eq!(get(crate::plan::fields::INSTANCE).as_deref(), Some("3"));
         assert_eq!(env.iter().filter(|e| e.starts_with("PATH=")).count(), 1);
     });
 }
@@ -359,7 +359,7 @@ fn run_request<'a>(
     );
     oneoff::OneOff {
         dir: PathBuf::from(format!("/run/shim/runs/billing_app/{stem}")),
-        fields: vec![("SHIM_RUN".into(), stem.clone())],
+        fields: vec![(crate::plan::fields::RUN.into(), stem.clone())],
         stem,
         process,
         argv: vec!["bin/rails".into(), "console".into()],

@@ -67,6 +67,35 @@ impl UnitInfo {
     pub fn field(&self, k: &str) -> Option<&str> {
         self.fields.get(k).map(|s| s.as_str())
     }
+
+    /// What instance this unit is, from its `SHIM_*` fields (never from its name, which
+    /// cannot be parsed back unambiguously); `None` for units that are not instances.
+    pub fn key(&self) -> Option<crate::plan::InstanceKey> {
+        crate::plan::InstanceKey::from_fields(&self.fields)
+    }
+
+    /// The revision it runs (`SHIM_REVISION`), "" if it carries none.
+    pub fn revision(&self) -> &str {
+        self.field(crate::plan::fields::REVISION)
+            .unwrap_or_default()
+    }
+
+    /// The process it is an instance of (`SHIM_PROCESS`).
+    pub fn process(&self) -> Option<&str> {
+        self.field(crate::plan::fields::PROCESS)
+    }
+
+    /// Its instance index (`SHIM_INSTANCE`), 0 if it carries none.
+    pub fn index(&self) -> u32 {
+        self.field(crate::plan::fields::INSTANCE)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The host port it was given (`SHIM_PORT`).
+    pub fn port(&self) -> Option<u16> {
+        self.field(crate::plan::fields::PORT)?.parse().ok()
+    }
 }
 
 /// One unit as `ListUnitsByPatterns` lists it, before any of its properties is read: what

@@ -72,14 +72,12 @@ pub struct CheckReq {
 }
 
 fn process_def<'a>(svc: &'a ServiceDef, u: &UnitInfo) -> Option<&'a ProcessDef> {
-    let name = u.field("SHIM_PROCESS")?;
+    let name = u.process()?;
     svc.processes.values().find(|p| p.name.as_str() == name)
 }
 
 fn index_of(u: &UnitInfo) -> u32 {
-    u.field("SHIM_INSTANCE")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    u.index()
 }
 
 /// Units of the current revision whose process is defined and not paused.
@@ -88,7 +86,7 @@ fn supervised<'a>(
 ) -> impl Iterator<Item = (&'a UnitInfo, &'a ProcessDef)> + 'a {
     inp.units
         .iter()
-        .filter(|u| u.field("SHIM_REVISION") == Some(inp.revision))
+        .filter(|u| u.field(crate::plan::fields::REVISION) == Some(inp.revision))
         .filter_map(|u| Some((u, process_def(inp.service, u)?)))
         .filter(|(_, d)| !inp.state.is_paused(d.name.as_str()))
 }
@@ -105,7 +103,7 @@ pub fn plan_checks(inp: &Inputs<'_>) -> Vec<CheckReq> {
             }
             Some(CheckReq {
                 unit: u.name.clone(),
-                port: u.field("SHIM_PORT")?.parse().ok()?,
+                port: u.port()?,
                 path: h.path.clone(),
                 timeout: h.timeout,
             })
@@ -273,11 +271,17 @@ command = ["/w"]
         start: u64,
     ) -> UnitInfo {
         let mut fields = std::collections::BTreeMap::new();
-        fields.insert("SHIM_SERVICE".to_string(), "app".to_string());
-        fields.insert("SHIM_PROCESS".to_string(), process.to_string());
-        fields.insert("SHIM_REVISION".to_string(), "r1".to_string());
-        fields.insert("SHIM_INSTANCE".to_string(), index.to_string());
-        fields.insert("SHIM_PORT".to_string(), (20000 + index).to_string());
+        fields.insert(crate::plan::fields::SERVICE.to_string(), "app".to_string());
+        fields.insert(
+            crate::plan::fields::PROCESS.to_string(),
+            process.to_string(),
+        );
+        fields.insert(crate::plan::fields::REVISION.to_string(), "r1".to_string());
+        fields.insert(crate::plan::fields::INSTANCE.to_string(), index.to_string());
+        fields.insert(
+            crate::plan::fields::PORT.to_string(),
+            (20000 + index).to_string(),
+        );
         UnitInfo {
             name: format!("shim-app-{process}-r1-{index}.service"),
             load_state: "loaded".into(),
@@ -340,7 +344,8 @@ command = ["/w"]
         let d = defs();
         let st = ServiceState::default();
         let mut old = running("web", 2, 9);
-        old.fields.insert("SHIM_REVISION".into(), "r0".into());
+        old.fields
+            .insert(crate::plan::fields::REVISION.into(), "r0".into());
         old.name = "shim-app-web-r0-2.service".into();
         let units = [running("web", 1, 11), old, running("web", 3, 14)];
         let mem = Memory::default();

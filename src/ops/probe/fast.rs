@@ -42,7 +42,7 @@ use crate::plan::instance_keys;
 pub const MAX_AGE: Duration = Duration::from_secs(60);
 
 /// Set to `0` to make every probe run a full one (troubleshooting, benchmarks).
-pub const ENV_SWITCH: &str = "SHIM_PROBE_FAST";
+pub const ENV_SWITCH: &str = crate::plan::fields::env::PROBE_FAST;
 
 /// Bumped when [`Record`] or what [`inputs_digest`] covers changes meaning.
 const FORMAT: &str = "shim-probe-fast-1";
@@ -244,7 +244,7 @@ pub fn plan_record(
                     return None;
                 }
                 Some(Probe {
-                    port: u.field("SHIM_PORT")?.parse().ok()?,
+                    port: u.port()?,
                     path: h.path.clone(),
                     timeout_ms: u64::try_from(h.timeout.as_millis()).unwrap_or(u64::MAX),
                 })
@@ -448,7 +448,7 @@ mod tests {
     fn healthy(units: &[UnitInfo]) -> BTreeMap<String, Check> {
         units
             .iter()
-            .filter(|u| u.field("SHIM_PROCESS") == Some("web"))
+            .filter(|u| u.process() == Some("web"))
             .map(|u| (u.name.clone(), Check::Healthy(200)))
             .collect()
     }
@@ -591,7 +591,8 @@ mod tests {
         assert!(record_of(&extra, &plain).is_none());
         // An instance of another revision beside them (draining, or left over).
         let mut old = running("web", 1, 9);
-        old.fields.insert("SHIM_REVISION".into(), "r0".into());
+        old.fields
+            .insert(crate::plan::fields::REVISION.into(), "r0".into());
         old.name = "shim-app-web-r0-1.service".into();
         let mut with_old = clean();
         with_old.push(old);

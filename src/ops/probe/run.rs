@@ -41,8 +41,11 @@ use crate::ops::instances;
 /// Logs a condition once (until it clears), so that a probe every few seconds stays quiet.
 fn note_once(host: &Host, mem: &mut Memory, key: &str, id: &str, message: &str) {
     if mem.noted.insert(key.to_string()) {
-        host.journal
-            .send(NOTICE, message, &[("SHIM_SERVICE", id.to_string())]);
+        host.journal.send(
+            NOTICE,
+            message,
+            &[(crate::plan::fields::SERVICE, id.to_string())],
+        );
     }
 }
 
@@ -108,7 +111,7 @@ fn note_bad_definitions(host: &Host, mem: &mut Memory, id: &str, e: &dyn std::fm
         host.journal.send(
             WARNING,
             &format!("cannot read the definitions, nothing is probed: {e}"),
-            &[("SHIM_SERVICE", id.to_string())],
+            &[(crate::plan::fields::SERVICE, id.to_string())],
         );
     }
 }
@@ -295,11 +298,11 @@ fn record_clean(
 /// The journal fields of an action on one instance.
 fn fields(cx: &Acting<'_>, process: &str, index: u32, unit: &str) -> Vec<(&'static str, String)> {
     vec![
-        ("SHIM_SERVICE", cx.id.to_string()),
-        ("SHIM_PROCESS", process.to_string()),
-        ("SHIM_INSTANCE", index.to_string()),
-        ("SHIM_REVISION", cx.revision.to_string()),
-        ("SHIM_UNIT", unit.to_string()),
+        (crate::plan::fields::SERVICE, cx.id.to_string()),
+        (crate::plan::fields::PROCESS, process.to_string()),
+        (crate::plan::fields::INSTANCE, index.to_string()),
+        (crate::plan::fields::REVISION, cx.revision.to_string()),
+        (crate::plan::fields::UNIT, unit.to_string()),
     ]
 }
 
@@ -328,10 +331,10 @@ fn act_starts(cx: &Acting<'_>, actions: &[Action], mem: &mut Memory) {
         .and_then(|p| instances::start_instances(cx.host, &p, &wanted));
     for (process, index, unit) in missing {
         let mut f = fields(cx, process, index, unit);
-        f.push(("SHIM_ACTION", "start".into()));
+        f.push((crate::plan::fields::ACTION, "start".into()));
         match &r {
             Ok(_) => {
-                f.push(("SHIM_REASON", "instance missing".into()));
+                f.push((crate::plan::fields::REASON, "instance missing".into()));
                 let message = format!("started missing instance {unit}");
                 cx.host.journal.send(NOTICE, &message, &f);
                 mem.units.remove(unit);
@@ -341,7 +344,7 @@ fn act_starts(cx: &Acting<'_>, actions: &[Action], mem: &mut Memory) {
                 m.retries += 1;
                 m.last_start_usec = cx.host.clock.wall_usec();
                 f.push((
-                    "SHIM_REASON",
+                    crate::plan::fields::REASON,
                     format!("instance missing; starting it failed: {e:#}"),
                 ));
                 let message = format!(
@@ -369,9 +372,9 @@ fn act_retries(cx: &Acting<'_>, actions: &[Action]) {
         };
         let r = cx.sd.restart_failed(unit, instances::START_TIMEOUT);
         let mut f = fields(cx, process, *index, unit);
-        f.push(("SHIM_ACTION", "retry".into()));
+        f.push((crate::plan::fields::ACTION, "retry".into()));
         f.push((
-            "SHIM_REASON",
+            crate::plan::fields::REASON,
             format!("crash loop: retry {retry} after {} s", waited.as_secs()),
         ));
         let (priority, message) = match r {
@@ -422,8 +425,8 @@ fn act_kills(cx: &Acting<'_>, actions: &[Action]) {
             continue;
         }
         let mut f = fields(cx, process, *index, unit);
-        f.push(("SHIM_ACTION", "kill".into()));
-        f.push(("SHIM_REASON", reason.clone()));
+        f.push((crate::plan::fields::ACTION, "kill".into()));
+        f.push((crate::plan::fields::REASON, reason.clone()));
         let message = match cx.sd.kill_main(unit, libc::SIGKILL) {
             Ok(()) => format!(
                 "killed unhealthy instance {unit} (pid {pid}) so that systemd restarts it: {reason}"
@@ -541,7 +544,7 @@ mod tests {
 
     fn action(e: &Entry) -> &str {
         e.fields
-            .get("SHIM_ACTION")
+            .get(crate::plan::fields::ACTION)
             .map(String::as_str)
             .unwrap_or("")
     }
@@ -567,9 +570,9 @@ mod tests {
         assert_eq!(logged.len(), 2, "{logged:?}");
         assert!(logged.iter().all(|e| action(e) == "start"
             && e.priority == NOTICE
-            && e.fields["SHIM_REASON"] == "instance missing"));
+            && e.fields[crate::plan::fields::REASON] == "instance missing"));
         assert_eq!(
-            logged[1].fields["SHIM_UNIT"],
+            logged[1].fields[crate::plan::fields::UNIT],
             "shim-app-worker-r1-1.service"
         );
         assert_eq!(p.memory(), Memory::default());
@@ -607,7 +610,8 @@ mod tests {
         assert_eq!(action(&logged[0]), "kill");
         assert_eq!(logged[0].priority, WARNING);
         assert!(
-            logged[0].fields["SHIM_REASON"].contains("3 consecutive failed health checks"),
+            logged[0].fields[crate::plan::fields::REASON]
+                .contains("3 consecutive failed health checks"),
             "{logged:?}"
         );
         // The count starts over for the next process.
@@ -676,7 +680,7 @@ mod tests {
         assert_eq!(logged.len(), 1, "{logged:?}");
         assert_eq!(action(&logged[0]), "retry");
         assert_eq!(
-            logged[0].fields["SHIM_REASON"],
+            logged[0].fields[crate::plan::fields::REASON],
             "crash loop: retry 1 after 4 s"
         );
     }
@@ -830,7 +834,7 @@ mod tests {
         assert!(logged[0]
             .message
             .contains("service gone is no longer defined"));
-        assert_eq!(logged[0].fields["SHIM_SERVICE"], "gone");
+        assert_eq!(logged[0].fields[crate::plan::fields::SERVICE], "gone");
         assert!(load_memory(&p.fh.host.dirs, "gone")
             .noted
             .contains("undefined"));

@@ -25,10 +25,6 @@ pub struct Unhealthy {
     pub reason: String,
 }
 
-fn rev_of(u: &UnitInfo) -> &str {
-    u.field("SHIM_REVISION").unwrap_or_default()
-}
-
 /// Why a unit is not usable, if it is not: restarted since the wait began, or not active.
 fn broken(u: &UnitInfo, baseline: &BTreeMap<String, u32>, suffix: &str) -> Option<Unhealthy> {
     let restarted = u.n_restarts > baseline.get(&u.name).copied().unwrap_or(0);
@@ -56,7 +52,7 @@ impl Wait<'_> {
         instances::service_units(sd, self.p.service.id.as_str())
             .map(|us| {
                 us.into_iter()
-                    .filter(|u| rev_of(u) == self.p.revision)
+                    .filter(|u| u.revision() == self.p.revision)
                     .collect()
             })
             .map_err(|e| self.whole(e.to_string()))
@@ -90,7 +86,7 @@ impl Wait<'_> {
                 failed.push(b);
                 continue;
             }
-            let Some(port) = u.field("SHIM_PORT").and_then(|s| s.parse().ok()) else {
+            let Some(port) = u.port() else {
                 failed.push(Unhealthy {
                     unit: u.name.clone(),
                     reason: "no port recorded".into(),

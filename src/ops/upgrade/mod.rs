@@ -123,12 +123,8 @@ impl Outcome {
     }
 }
 
-fn rev_of(u: &UnitInfo) -> &str {
-    u.field("SHIM_REVISION").unwrap_or_default()
-}
-
 fn process_of<'a>(p: &'a Prepared, u: &UnitInfo) -> Option<&'a ProcessDef> {
-    let name = u.field("SHIM_PROCESS")?;
+    let name = u.process()?;
     p.service
         .processes
         .values()
@@ -364,10 +360,11 @@ impl Run<'_> {
     fn observe_plan(&self) -> Result<Planned> {
         let p = need(&self.prepared)?;
         let units = instances::service_units(self.host.systemd()?, self.id)?;
-        let (same, old): (Vec<UnitInfo>, Vec<UnitInfo>) =
-            units.into_iter().partition(|u| rev_of(u) == self.revision);
+        let (same, old): (Vec<UnitInfo>, Vec<UnitInfo>) = units
+            .into_iter()
+            .partition(|u| u.revision() == self.revision);
         if self.opts.kind.refuses_other_revision() && !old.is_empty() {
-            let revs: BTreeSet<&str> = old.iter().map(rev_of).collect();
+            let revs: BTreeSet<&str> = old.iter().map(|u| u.revision()).collect();
             let id = self.id;
             return Err(BadInput(format!(
                 "service {id} is running revision {}; `shim start` does not replace a revision (use `shim upgrade`, or `shim stop --id {id}` first)",
@@ -482,7 +479,7 @@ impl Run<'_> {
                 self.unhealthy = Some(e);
                 self.healthy_units = instances::service_units(host.systemd()?, self.id)?
                     .into_iter()
-                    .filter(|u| rev_of(u) == revision)
+                    .filter(|u| u.revision() == revision)
                     .collect();
             }
             Err(e) => {
@@ -558,7 +555,7 @@ impl Run<'_> {
                 let scaled = to_stop
                     .iter()
                     .find(|u| u.name == n)
-                    .is_some_and(|u| rev_of(u) == revision);
+                    .is_some_and(|u| u.revision() == revision);
                 d.push(format!(
                     "stopped {n}{}",
                     if scaled { " (scaled down)" } else { "" }
@@ -689,7 +686,7 @@ fn describe_plan(
     let to_start = wanted.iter().filter(|n| !have.contains(n.as_str())).count();
     d.push(format!("start {to_start} new instance(s) of {revision}"));
     if !planned.old.is_empty() {
-        let revs: BTreeSet<&str> = planned.old.iter().map(rev_of).collect();
+        let revs: BTreeSet<&str> = planned.old.iter().map(|u| u.revision()).collect();
         d.push(format!(
             "then stop {} instance(s) of {}",
             planned.old.len(),

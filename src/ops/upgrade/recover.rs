@@ -38,10 +38,6 @@ pub struct Recovery {
     pub drain_first: bool,
 }
 
-fn rev_of(u: &UnitInfo) -> &str {
-    u.field("SHIM_REVISION").unwrap_or_default()
-}
-
 /// Decides the recovery. `files_name_attempt`: whether an upstream file of the service
 /// already points at the attempt's revision.
 pub fn decide(
@@ -76,7 +72,7 @@ pub fn decide(
     let stale_target = current.is_some() && current.as_deref() != Some(target);
     r.leftovers = units
         .iter()
-        .filter(|u| !keep.contains(rev_of(u)) || (stale_target && rev_of(u) == target))
+        .filter(|u| !keep.contains(u.revision()) || (stale_target && u.revision() == target))
         .map(|u| u.name.clone())
         .collect();
     if r.leftovers.is_empty() {
@@ -170,8 +166,8 @@ mod tests {
         UnitInfo {
             name: format!("shim-app-web-{rev}-{i}.service"),
             fields: [
-                ("SHIM_SERVICE".to_string(), "app".to_string()),
-                ("SHIM_REVISION".to_string(), rev.to_string()),
+                (crate::plan::fields::SERVICE.to_string(), "app".to_string()),
+                (crate::plan::fields::REVISION.to_string(), rev.to_string()),
             ]
             .into(),
             ..Default::default()

@@ -68,7 +68,7 @@ impl Reporter {
 /// Test hook: `SHIM_TEST_KILL_AFTER=<step>` makes shim SIGKILL itself right after that step,
 /// so tests can check what the next run repairs. Harmless when unset.
 fn test_hook(step: &str) {
-    if std::env::var("SHIM_TEST_KILL_AFTER").is_ok_and(|s| s == step) {
+    if std::env::var(crate::plan::fields::env::TEST_KILL_AFTER).is_ok_and(|s| s == step) {
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
 }

@@ -30,11 +30,11 @@ pub fn plan_files(p: &Prepared, units: &[UnitInfo]) -> Result<Vec<UpstreamFile>>
         let Some(proxy) = &def.proxy else { continue };
         let mut ports: Vec<(u32, u16)> = units
             .iter()
-            .filter(|u| u.field("SHIM_PROCESS") == Some(def.name.as_str()))
+            .filter(|u| u.process() == Some(def.name.as_str()))
             .filter_map(|u| {
                 Some((
-                    u.field("SHIM_INSTANCE")?.parse().ok()?,
-                    u.field("SHIM_PORT")?.parse().ok()?,
+                    u.field(crate::plan::fields::INSTANCE)?.parse().ok()?,
+                    u.port()?,
                 ))
             })
             .filter(|(i, _)| *i <= def.count)

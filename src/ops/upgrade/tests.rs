@@ -146,8 +146,8 @@ impl T {
         let units = lock(&self.fh.systemd.units);
         let mut v: Vec<u16> = units
             .values()
-            .filter(|u| u.field("SHIM_REVISION") == Some(rev))
-            .filter_map(|u| u.field("SHIM_PORT")?.parse().ok())
+            .filter(|u| u.field(crate::plan::fields::REVISION) == Some(rev))
+            .filter_map(|u| u.port())
             .collect();
         v.sort();
         v
@@ -421,10 +421,10 @@ fn killed_after_the_switch_the_next_run_treats_the_attempt_as_current() {
         name: "shim-app-web-r1-1.service".into(),
         active_state: "active".into(),
         fields: [
-            ("SHIM_SERVICE".to_string(), "app".to_string()),
-            ("SHIM_PROCESS".to_string(), "web".to_string()),
-            ("SHIM_REVISION".to_string(), "r1".to_string()),
-            ("SHIM_INSTANCE".to_string(), "1".to_string()),
+            (crate::plan::fields::SERVICE.to_string(), "app".to_string()),
+            (crate::plan::fields::PROCESS.to_string(), "web".to_string()),
+            (crate::plan::fields::REVISION.to_string(), "r1".to_string()),
+            (crate::plan::fields::INSTANCE.to_string(), "1".to_string()),
         ]
         .into(),
         ..Default::default()
