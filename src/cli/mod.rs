@@ -100,12 +100,6 @@ pub fn run(host: &Host, cli: Cli) -> Result<()> {
     }
 }
 
-/// `shim show`'s renderer, for the planner's snapshot tests.
-#[cfg(test)]
-pub fn show_render_for_tests(plans: &[crate::plan::InstancePlan], notes: &[String]) -> String {
-    show::render(plans, notes)
-}
-
 #[cfg(test)]
 mod help_tests {
     use clap::CommandFactory;

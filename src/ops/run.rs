@@ -229,6 +229,18 @@ pub fn run_capture(host: &Host, prepared: &Prepared, argv: &[String]) -> Result<
     )
 }
 
+/// One-offs run the runtime in the foreground; podman services have no such path yet.
+fn refuse_podman(prepared: &Prepared) -> Result<()> {
+    if prepared.service.runtime == Runtime::Podman {
+        bail!(
+            "shim run: service {:?} uses runtime = \"podman\"; one-off runs support runc and crun \
+             (use `podman run` with the same image meanwhile)",
+            prepared.service.id.as_str()
+        );
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_prepared(
     host: &Host,
@@ -241,13 +253,7 @@ fn run_prepared(
     sink: Sink,
     signals: Option<&Forwarder>,
 ) -> Result<Finished> {
-    if prepared.service.runtime == Runtime::Podman {
-        bail!(
-            "shim run: service {:?} uses runtime = \"podman\"; one-off runs support runc and crun \
-             (use `podman run` with the same image meanwhile)",
-            prepared.service.id.as_str()
-        );
-    }
+    refuse_podman(prepared)?;
     let process = borrowed_process(prepared, process)?;
     let stem = oneoff::run_stem(
         prepared.service.id.as_str(),

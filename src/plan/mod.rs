@@ -406,5 +406,27 @@ pub fn plan_args(cx: &PlanContext<'_>, process: &ProcessDef) -> Result<Vec<Strin
     Ok(args)
 }
 
+/// The text of `shim show` for planned instances: each unit as a unit file, then its
+/// config.json (or podman env file) with the secrets as the caller redacted them.
+pub fn render_show(plans: &[InstancePlan], notes: &[String]) -> String {
+    let mut out = String::new();
+    for n in notes {
+        out.push_str(&format!("# note: {n}\n"));
+    }
+    for p in plans {
+        out.push_str(&p.unit.render());
+        // config.json (runc/crun) or the env file (podman), secrets already redacted.
+        match p.render_files() {
+            Ok((path, text)) => {
+                out.push_str(&format!("# {}\n", path.display()));
+                out.push_str(text.trim_end());
+            }
+            Err(e) => out.push_str(&format!("# error: {e}")),
+        }
+        out.push_str("\n\n");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests;

@@ -234,10 +234,7 @@ fn read_only_worker_snapshot() {
 fn show_output_snapshot() {
     with_cx(|cx| {
         let plans = vec![plan_instance(cx, process(cx, "web"), 2, Some(20001)).unwrap()];
-        insta::assert_snapshot!(
-            "show_output",
-            crate::cli::show_render_for_tests(&plans, &["a note".to_string()])
-        );
+        insta::assert_snapshot!("show_output", render_show(&plans, &["a note".to_string()]));
     });
 }
 
