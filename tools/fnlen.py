@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Lengths of production Rust functions, longest first.
 
-Usage: python3 tools/fnlen.py [DIR]        (default: src; TOP=N shows N functions, default 15)
+Usage: python3 tools/fnlen.py [DIR] [--max N]   (default: src; TOP=N shows N functions,
+default 15; with --max, exits 1 if any function is longer than N lines: CI runs it with 120)
 
 Counts the lines of each `fn` from its signature to its closing brace, skipping items under
 `#[cfg(test)]` and the test-only files (*_tests.rs, tests.rs, testutil.rs, fake.rs). Before
@@ -112,7 +113,13 @@ def functions(path):
 
 
 def main():
-    root = sys.argv[1] if len(sys.argv) > 1 else "src"
+    args = sys.argv[1:]
+    limit = None
+    if "--max" in args:
+        k = args.index("--max")
+        limit = int(args[k + 1])
+        del args[k : k + 2]
+    root = args[0] if args else "src"
     res = []
     for dp, _, fs in os.walk(root):
         for f in fs:
@@ -126,6 +133,12 @@ def main():
     over80 = sum(1 for r in res if r[0] > 80)
     over120 = sum(1 for r in res if r[0] > 120)
     print(f"functions: {len(res)}, over 80: {over80}, over 120: {over120}")
+    if limit is not None:
+        long = [r for r in res if r[0] > limit]
+        for n, p, line, name in long:
+            print(f"over {limit} lines: {p}:{line} {name} ({n})")
+        if long:
+            sys.exit(1)
 
 
 if __name__ == "__main__":
