@@ -577,3 +577,56 @@ fn json_outcome_is_one_object() {
     assert_eq!(v["revision"], "r1");
     assert_eq!(o.render(false), "done in 12 ms\n");
 }
+
+#[test]
+fn a_failed_stop_after_the_switch_keeps_the_new_revision_and_the_next_run_finishes() {
+    let t = setup();
+    t.up("r1").unwrap();
+    lock(&t.fh.systemd.fail_stop).push("shim-app-worker-r1-1.service".into());
+    let e = format!("{:#}", t.up("r2").unwrap_err());
+    assert!(
+        e.contains("stopping failed for: shim-app-worker-r1-1.service"),
+        "{e}"
+    );
+    // nginx serves r2 already; the attempt stays recorded as switched.
+    assert!(t.upstream().contains("revision r2"));
+    let st = t.state();
+    assert_eq!(
+        st.upgrading.as_ref().map(|a| a.phase),
+        Some(Phase::Switched)
+    );
+    assert_eq!(
+        st.upgrading.as_ref().map(|a| a.revision.as_str()),
+        Some("r2")
+    );
+    // The next run (reconcile, or the same upgrade again) recovers: r2 current, r1 gone.
+    lock(&t.fh.systemd.fail_stop).clear();
+    t.up("r2").unwrap();
+    let st = t.state();
+    assert_eq!(
+        (st.current.as_deref(), st.previous.as_deref()),
+        (Some("r2"), Some("r1"))
+    );
+    assert!(st.upgrading.is_none());
+    assert!(t.of("r1").is_empty(), "{:?}", t.instances());
+    assert_eq!(t.of("r2").len(), 3);
+}
+
+#[test]
+fn a_crontab_that_cannot_be_read_stops_the_upgrade_before_anything_changes() {
+    // generate-cron runs as a one-off container. Here it cannot even start (the test's shim
+    // binary, /usr/bin/shim, does not exist to be the run's anchor): the upgrade must stop at
+    // `crontab`, before any instance starts. (Bad crontab lines: the sandbox's cron test.)
+    let t = setup_with(&DEF.replace(
+        "image = \"oci:/i:{revision}\"",
+        "image = \"oci:/i:{revision}\"\ncron = \"bin/generate-cron\"",
+    ));
+    let e = format!("{:#}", t.up("r1").unwrap_err());
+    assert!(
+        e.contains("running bin/generate-cron of service app at revision r1"),
+        "{e}"
+    );
+    assert!(t.instances().is_empty(), "{:?}", t.instances());
+    assert!(t.state().upgrading.is_none());
+    assert!(!t.file.exists());
+}
