@@ -239,6 +239,29 @@ pub fn paused_note(st: &ServiceState) -> String {
     }
 }
 
+/// The revision a service must run: the recorded current one, unless an upgrade was
+/// interrupted after nginx switched to its revision (its phase says so, or an upstream file
+/// already names it): then that revision serves and is the one to keep. None for a service
+/// stopped or never deployed. Pure; the converge's recovery then promotes the attempt.
+pub fn target_revision(
+    st: &ServiceState,
+    files: &BTreeMap<PathBuf, Option<String>>,
+) -> Option<String> {
+    if st.stopped {
+        return None;
+    }
+    if let Some(a) = &st.upgrading {
+        let named = files
+            .values()
+            .flatten()
+            .any(|t| crate::plan::upstream::file_revision(t) == Some(a.revision.as_str()));
+        if a.phase == crate::host::state::Phase::Switched || named {
+            return Some(a.revision.clone());
+        }
+    }
+    st.current.clone()
+}
+
 /// The decision for a deployed service from its units and upstream files ([`drift`]):
 /// converge, or None when its instances match (then [`plan_timers`]). Pure.
 pub fn plan_deployed(
@@ -386,19 +409,21 @@ pub fn reconcile(host: &Host, defs: &Definitions, opts: &Options, live: bool) ->
         if opts.dry_run { " (dry run)" } else { "" },
         defs.services.len()
     ));
+    // One service's problem (a corrupt state file, a lock held too long, systemd refusing
+    // a call) is reported and the next service reconciled: at boot, every other service
+    // must come back.
     for svc in defs.services.values() {
-        reconcile_service(&cx, svc, &mut rep)?;
+        if let Err(e) = reconcile_service(&cx, svc, &mut rep) {
+            rep.fail(svc.id.as_str(), format!("{e:#}"));
+        }
     }
     let all = sd.list_units(&["shim-*".to_string()])?;
     let cron = crate::ops::cron::services_with_timers(sd)?;
     for (id, instances) in orphans(defs, &all, &cron) {
-        act(
-            &cx,
-            &id,
-            &ServiceAction::RemoveOrphan { instances },
-            None,
-            &mut rep,
-        )?;
+        let a = ServiceAction::RemoveOrphan { instances };
+        if let Err(e) = act(&cx, &id, &a, None, &mut rep) {
+            rep.fail(&id, format!("{e:#}"));
+        }
     }
     if !rep.acted {
         rep.line("nothing to do".into());
@@ -413,7 +438,8 @@ fn reconcile_service(cx: &Cx<'_>, svc: &ServiceDef, rep: &mut Report) -> Result<
     let (sd, dirs, store) = (cx.host.systemd()?, &cx.host.dirs, cx.host.state());
     let id = svc.id.as_str();
     let st = store.load(id)?;
-    let Some(revision) = st.current.clone().filter(|_| !st.stopped) else {
+    let files = upstream_files(svc);
+    let Some(revision) = target_revision(&st, &files) else {
         let probe = sd.list_units(&[crate::plan::probe_timer::probe_timer_name(id)])?;
         let cron = sd.list_units(&[format!("{}{id}-*.timer", crate::plan::oneoff::CRON_PREFIX)])?;
         if let Some(a) = plan_idle(&st, !probe.is_empty() || !cron.is_empty()) {
@@ -429,9 +455,10 @@ fn reconcile_service(cx: &Cx<'_>, svc: &ServiceDef, rep: &mut Report) -> Result<
         Some(ServiceLock::acquire(&dirs.run, id, cx.opts.lock_timeout)?)
     };
     let st = store.load(id)?;
-    let revision = st.current.clone().unwrap_or(revision);
+    let files = upstream_files(svc);
+    let revision = target_revision(&st, &files).unwrap_or(revision);
     let units = instances::service_units(sd, id)?;
-    if let Some(a) = plan_deployed(svc, &st, &revision, &units, &upstream_files(svc)) {
+    if let Some(a) = plan_deployed(svc, &st, &revision, &units, &files) {
         return act(cx, id, &a, lock, rep);
     }
     let cron = crate::ops::cron::drift(sd, svc, dirs, &revision)?;
@@ -881,5 +908,138 @@ command = ["/w"]
         );
         let e = run(&fh.host, &d, &opts(false)).unwrap_err();
         assert_eq!(e.to_string(), "reconcile failed for: app");
+    }
+
+    const TWO: &str = r#"
+[services.app]
+image = "oci:/i:{revision}"
+
+[services.app.processes.worker]
+command = ["/w"]
+
+[services.broken]
+image = "oci:/i:{revision}"
+
+[services.broken.processes.worker]
+command = ["/w"]
+"#;
+
+    #[test]
+    fn a_corrupt_state_file_of_one_service_does_not_stop_the_others() {
+        let fh = crate::ops::testkit::host();
+        let h = &fh.host;
+        let d = crate::ops::testkit::defs(TWO);
+        deploy(h, "app", "r1");
+        let bad = h.state().path("broken");
+        std::fs::write(&bad, "{\"current\": 7").unwrap();
+        let r = reconcile(h, &d, &opts(false), false).unwrap();
+        assert_eq!(r.failed, vec!["broken".to_string()]);
+        let e = r.errors.join("\n");
+        assert!(e.contains(&bad.display().to_string()), "{e}");
+        assert!(fh
+            .systemd
+            .unit_names()
+            .contains(&"shim-app-worker-r1-1.service".to_string()));
+        // The broken one is left alone: its file as it was, nothing of it started.
+        assert_eq!(std::fs::read_to_string(&bad).unwrap(), "{\"current\": 7");
+        assert!(fh
+            .systemd
+            .unit_names()
+            .iter()
+            .all(|n| !n.contains("broken")));
+        // And `shim reconcile` fails naming it.
+        let e = run(h, &d, &opts(false)).unwrap_err().to_string();
+        assert_eq!(e, "reconcile failed for: broken");
+    }
+
+    #[test]
+    fn the_target_is_an_attempt_that_switched_not_the_recorded_current() {
+        let files = |rev: Option<&str>| -> BTreeMap<PathBuf, Option<String>> {
+            [(
+                PathBuf::from("/etc/nginx/shim/app.conf"),
+                rev.map(|r| crate::plan::upstream::render_upstream("u", "app", "web", r, &[1])),
+            )]
+            .into()
+        };
+        let st = |phase| ServiceState {
+            current: Some("r1".into()),
+            upgrading: Some(Attempt {
+                revision: "r2".into(),
+                phase,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            target_revision(&st(Phase::Switched), &files(Some("r1"))).as_deref(),
+            Some("r2")
+        );
+        assert_eq!(
+            target_revision(&st(Phase::Starting), &files(Some("r2"))).as_deref(),
+            Some("r2")
+        );
+        assert_eq!(
+            target_revision(&st(Phase::Starting), &files(Some("r1"))).as_deref(),
+            Some("r1")
+        );
+        assert_eq!(
+            target_revision(&st(Phase::Starting), &files(None)).as_deref(),
+            Some("r1")
+        );
+        let first = ServiceState {
+            upgrading: Some(Attempt {
+                revision: "r1".into(),
+                phase: Phase::Switched,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(target_revision(&first, &files(None)).as_deref(), Some("r1"));
+        let stopped = ServiceState {
+            stopped: true,
+            ..st(Phase::Switched)
+        };
+        assert_eq!(target_revision(&stopped, &files(None)), None);
+    }
+
+    #[test]
+    fn reconcile_after_a_kill_past_the_switch_keeps_the_new_revision() {
+        let fh = crate::ops::testkit::host();
+        let h = &fh.host;
+        let d = crate::ops::testkit::defs(WORKER);
+        deploy(h, "app", "r1");
+        reconcile(h, &d, &opts(false), false).unwrap();
+        // As shim leaves it when killed during drain of an upgrade to r2: r2 runs beside r1,
+        // the attempt is recorded as switched, current still says r1.
+        let mut st = h.state().load("app").unwrap();
+        st.upgrading = Some(Attempt {
+            revision: "r2".into(),
+            phase: Phase::Switched,
+        });
+        h.state().save("app", &st).unwrap();
+        let mut u = loaded("shim-app-worker-r2-1.service", "app");
+        for (k, v) in [
+            (crate::plan::fields::PROCESS, "worker"),
+            (crate::plan::fields::REVISION, "r2"),
+            (crate::plan::fields::INSTANCE, "1"),
+        ] {
+            u.fields.insert(k.to_string(), v.to_string());
+        }
+        fh.systemd.insert(u);
+        let r = reconcile(h, &d, &opts(false), false).unwrap();
+        assert!(r.failed.is_empty(), "{:?}", r.errors);
+        let st = h.state().load("app").unwrap();
+        assert_eq!(
+            (st.current.as_deref(), st.previous.as_deref()),
+            (Some("r2"), Some("r1"))
+        );
+        assert!(st.upgrading.is_none());
+        let names = fh.systemd.unit_names();
+        assert!(
+            names.contains(&"shim-app-worker-r2-1.service".to_string()),
+            "{names:?}"
+        );
+        assert!(
+            !names.contains(&"shim-app-worker-r1-1.service".to_string()),
+            "{names:?}"
+        );
     }
 }
