@@ -51,6 +51,18 @@ pub fn write_upstream(path: &Path, content: &str) -> Result<Option<Backup>> {
     }))
 }
 
+/// The upstream files of a service's proxied processes as they are now, by path (None:
+/// absent or unreadable).
+pub fn read_upstream_files(
+    svc: &crate::config::ServiceDef,
+) -> std::collections::BTreeMap<PathBuf, Option<String>> {
+    svc.processes
+        .values()
+        .filter_map(|d| d.proxy.as_ref())
+        .map(|px| (px.file.clone(), std::fs::read_to_string(&px.file).ok()))
+        .collect()
+}
+
 /// The nginx binary, as the switch uses it.
 pub trait Nginx: Send + Sync {
     /// `nginx -t`: the whole configuration, as nginx will load it.

@@ -29,6 +29,30 @@ pub struct ServiceState {
 }
 
 impl ServiceState {
+    /// The revision the service serves: the recorded current one, unless an upgrade was
+    /// interrupted after nginx switched to its revision (its phase says so, or one of the
+    /// service's upstream files, `upstreams` by path, already names it): then that revision.
+    /// None for a service stopped or never deployed. Reconcile converges to it (the converge's
+    /// recovery then promotes the attempt) and the probe supervises it. Pure.
+    pub fn serving_revision(
+        &self,
+        upstreams: &std::collections::BTreeMap<PathBuf, Option<String>>,
+    ) -> Option<String> {
+        if self.stopped {
+            return None;
+        }
+        if let Some(a) = &self.upgrading {
+            let named = upstreams
+                .values()
+                .flatten()
+                .any(|t| crate::plan::upstream::file_revision(t) == Some(a.revision.as_str()));
+            if a.phase == Phase::Switched || named {
+                return Some(a.revision.clone());
+            }
+        }
+        self.current.clone()
+    }
+
     /// Whether the probe must leave `process` alone.
     pub fn is_paused(&self, process: &str) -> bool {
         self.paused || self.paused_processes.contains(process)

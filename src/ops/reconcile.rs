@@ -141,14 +141,6 @@ fn process_drift(
     why
 }
 
-fn upstream_files(svc: &ServiceDef) -> BTreeMap<PathBuf, Option<String>> {
-    svc.processes
-        .values()
-        .filter_map(|d| d.proxy.as_ref())
-        .map(|px| (px.file.clone(), std::fs::read_to_string(&px.file).ok()))
-        .collect()
-}
-
 /// What reconcile does with one service. [`ServiceAction::line`] is what it prints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServiceAction {
@@ -237,29 +229,6 @@ pub fn paused_note(st: &ServiceState) -> String {
     } else {
         String::new()
     }
-}
-
-/// The revision a service must run: the recorded current one, unless an upgrade was
-/// interrupted after nginx switched to its revision (its phase says so, or an upstream file
-/// already names it): then that revision serves and is the one to keep. None for a service
-/// stopped or never deployed. Pure; the converge's recovery then promotes the attempt.
-pub fn target_revision(
-    st: &ServiceState,
-    files: &BTreeMap<PathBuf, Option<String>>,
-) -> Option<String> {
-    if st.stopped {
-        return None;
-    }
-    if let Some(a) = &st.upgrading {
-        let named = files
-            .values()
-            .flatten()
-            .any(|t| crate::plan::upstream::file_revision(t) == Some(a.revision.as_str()));
-        if a.phase == crate::host::state::Phase::Switched || named {
-            return Some(a.revision.clone());
-        }
-    }
-    st.current.clone()
 }
 
 /// The decision for a deployed service from its units and upstream files ([`drift`]):
@@ -438,8 +407,8 @@ fn reconcile_service(cx: &Cx<'_>, svc: &ServiceDef, rep: &mut Report) -> Result<
     let (sd, dirs, store) = (cx.host.systemd()?, &cx.host.dirs, cx.host.state());
     let id = svc.id.as_str();
     let st = store.load(id)?;
-    let files = upstream_files(svc);
-    let Some(revision) = target_revision(&st, &files) else {
+    let files = crate::host::nginx::read_upstream_files(svc);
+    let Some(revision) = st.serving_revision(&files) else {
         let probe = sd.list_units(&[crate::plan::probe_timer::probe_timer_name(id)])?;
         let cron = sd.list_units(&[format!("{}{id}-*.timer", crate::plan::oneoff::CRON_PREFIX)])?;
         if let Some(a) = plan_idle(&st, !probe.is_empty() || !cron.is_empty()) {
@@ -455,8 +424,8 @@ fn reconcile_service(cx: &Cx<'_>, svc: &ServiceDef, rep: &mut Report) -> Result<
         Some(ServiceLock::acquire(&dirs.run, id, cx.opts.lock_timeout)?)
     };
     let st = store.load(id)?;
-    let files = upstream_files(svc);
-    let revision = target_revision(&st, &files).unwrap_or(revision);
+    let files = crate::host::nginx::read_upstream_files(svc);
+    let revision = st.serving_revision(&files).unwrap_or(revision);
     let units = instances::service_units(sd, id)?;
     if let Some(a) = plan_deployed(svc, &st, &revision, &units, &files) {
         return act(cx, id, &a, lock, rep);
@@ -970,19 +939,27 @@ command = ["/w"]
             ..Default::default()
         };
         assert_eq!(
-            target_revision(&st(Phase::Switched), &files(Some("r1"))).as_deref(),
+            st(Phase::Switched)
+                .serving_revision(&files(Some("r1")))
+                .as_deref(),
             Some("r2")
         );
         assert_eq!(
-            target_revision(&st(Phase::Starting), &files(Some("r2"))).as_deref(),
+            st(Phase::Starting)
+                .serving_revision(&files(Some("r2")))
+                .as_deref(),
             Some("r2")
         );
         assert_eq!(
-            target_revision(&st(Phase::Starting), &files(Some("r1"))).as_deref(),
+            st(Phase::Starting)
+                .serving_revision(&files(Some("r1")))
+                .as_deref(),
             Some("r1")
         );
         assert_eq!(
-            target_revision(&st(Phase::Starting), &files(None)).as_deref(),
+            st(Phase::Starting)
+                .serving_revision(&files(None))
+                .as_deref(),
             Some("r1")
         );
         let first = ServiceState {
@@ -992,12 +969,12 @@ command = ["/w"]
             }),
             ..Default::default()
         };
-        assert_eq!(target_revision(&first, &files(None)).as_deref(), Some("r1"));
+        assert_eq!(first.serving_revision(&files(None)).as_deref(), Some("r1"));
         let stopped = ServiceState {
             stopped: true,
             ..st(Phase::Switched)
         };
-        assert_eq!(target_revision(&stopped, &files(None)), None);
+        assert_eq!(stopped.serving_revision(&files(None)), None);
     }
 
     #[test]

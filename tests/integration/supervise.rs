@@ -664,6 +664,10 @@ stop_timeout = "3s"
     let out = shim_ok(cfg.path(), &["reconcile"]);
     assert!(out.contains("nothing to do"), "{out}");
 
+    // The probe goes on supervising the serving revision after an interrupted upgrade (it
+    // would scale rev1 to the edited count 3 within a second): paused here, so that what the
+    // dry run sees is what reconcile repairs.
+    shim_ok(cfg.path(), &["supervise", "pause", "--id", a]);
     // An upgrade killed after its instances started leaves rev2 units and a recorded attempt.
     let o = run(Command::new(SHIM)
         .arg("--config")

@@ -6,7 +6,8 @@
 //!
 //! 1. [`target`]: the service must be defined, have a current revision, not be stopped or
 //!    paused; the service lock must be free (an upgrade, start or stop working on it is left
-//!    alone this time); no interrupted upgrade may be recorded ([`interrupted`]);
+//!    alone this time); after an interrupted upgrade, the revision that serves is the one
+//!    supervised ([`note_interrupted`]);
 //! 2. observe: the service's units (one D-Bus listing) and the time ([`Host::clock`]), as
 //!    [`Inputs`] for the pure decisions in [`super::decide`];
 //! 3. check and act on counts ([`check_and_start`]): the health checks (concurrent, from one
@@ -154,9 +155,7 @@ impl Run<'_> {
         let Some(_lock) = ServiceLock::try_acquire(&host.dirs.run, id)? else {
             return Ok(());
         };
-        if interrupted(host, &t.st, id, mem) {
-            return Ok(());
-        }
+        note_interrupted(host, &t, id, mem);
         let sd = host.systemd()?;
         let units = instances::service_units(sd, id)?;
         let memory = mem.clone();
@@ -211,7 +210,12 @@ fn target<'d>(
     };
     mem.noted.remove("undefined");
     let st = host.state().load(id)?;
-    let Some(revision) = st.current.clone().filter(|_| !st.stopped) else {
+    // After an interrupted upgrade, the revision nginx serves (which may be the attempt's).
+    let upstreams = match st.upgrading {
+        Some(_) => crate::host::nginx::read_upstream_files(svc),
+        None => Default::default(),
+    };
+    let Some(revision) = st.serving_revision(&upstreams) else {
         return Ok(None);
     };
     if st.paused {
@@ -220,24 +224,25 @@ fn target<'d>(
     Ok(Some(Target { svc, st, revision }))
 }
 
-/// Whether an interrupted upgrade is recorded (noted once): the probe waits until
-/// `shim reconcile` or the next upgrade repairs it.
-fn interrupted(host: &Host, st: &ServiceState, id: &str, mem: &mut Memory) -> bool {
-    if let Some(a) = &st.upgrading {
-        note_once(
-            host,
-            mem,
-            "interrupted",
-            id,
-            &format!(
-                "an upgrade of {id} to {} was interrupted; the probe waits until `shim reconcile` or the next upgrade repairs it",
-                a.revision
-            ),
-        );
-        return true;
-    }
-    mem.noted.remove("interrupted");
-    false
+/// Notes (once) an interrupted upgrade. The probe goes on supervising the revision that
+/// serves ([`ServiceState::serving_revision`]): a hung or crashed serving instance must not
+/// stay in rotation until someone runs `shim reconcile`. The attempt's other instances are
+/// left for reconcile or the next upgrade to repair.
+fn note_interrupted(host: &Host, t: &Target<'_>, id: &str, mem: &mut Memory) {
+    let Some(a) = &t.st.upgrading else {
+        mem.noted.remove("interrupted");
+        return;
+    };
+    note_once(
+        host,
+        mem,
+        "interrupted",
+        id,
+        &format!(
+            "an upgrade of {id} to {} was interrupted; the probe supervises {}, the revision that serves, until `shim reconcile` or the next upgrade repairs the rest",
+            a.revision, t.revision
+        ),
+    );
 }
 
 /// Decides on counts and crash loops, and makes the health checks beside acting on them (a
@@ -772,7 +777,9 @@ mod tests {
     }
 
     #[test]
-    fn an_interrupted_upgrade_is_noted_once_and_nothing_is_done_until_repaired() {
+    fn after_an_interrupted_upgrade_the_serving_revision_is_still_supervised() {
+        // Killed before nginx switched: r1 serves. Its missing instances are started (a hung
+        // or crashed serving instance must not wait for `shim reconcile`); r2 is left alone.
         let p = Probe::new();
         p.set_state(ServiceState {
             current: Some("r1".into()),
@@ -784,29 +791,52 @@ mod tests {
         });
         p.run();
         p.run();
+        let starts: Vec<String> = p
+            .changes()
+            .into_iter()
+            .filter(|c| c.starts_with("start "))
+            .collect();
+        assert!(!starts.is_empty(), "{:?}", p.changes());
+        assert!(starts.iter().all(|c| c.contains("-r1-")), "{starts:?}");
+        let notes: Vec<_> = p
+            .logged()
+            .into_iter()
+            .filter(|e| e.message.contains("was interrupted"))
+            .collect();
+        assert_eq!(notes.len(), 1, "noted once: {notes:?}");
         assert!(
-            p.fh.systemd.calls().is_empty(),
-            "{:?}",
-            p.fh.systemd.calls()
-        );
-        let logged = p.logged();
-        assert_eq!(logged.len(), 1, "{logged:?}");
-        assert!(
-            logged[0]
-                .message
-                .contains("upgrade of app to r2 was interrupted"),
-            "{logged:?}"
+            notes[0].message.contains("the probe supervises r1"),
+            "{notes:?}"
         );
         assert!(p.memory().noted.contains("interrupted"));
-        // Repaired (the state is plain again): the probe works and forgets the note.
+        // Repaired (the state is plain again): the note is forgotten.
         p.set_state(ServiceState {
             current: Some("r1".into()),
             ..Default::default()
         });
-        p.all_running();
         p.run();
-        assert_eq!(p.memory(), Memory::default());
-        assert_eq!(p.logged().len(), 1);
+        assert!(!p.memory().noted.contains("interrupted"));
+    }
+
+    #[test]
+    fn after_a_kill_past_the_switch_the_attempts_revision_is_supervised() {
+        let p = Probe::new();
+        p.set_state(ServiceState {
+            current: Some("r1".into()),
+            upgrading: Some(Attempt {
+                revision: "r2".into(),
+                phase: Phase::Switched,
+            }),
+            ..Default::default()
+        });
+        p.run();
+        let starts: Vec<String> = p
+            .changes()
+            .into_iter()
+            .filter(|c| c.starts_with("start "))
+            .collect();
+        assert!(!starts.is_empty(), "{:?}", p.changes());
+        assert!(starts.iter().all(|c| c.contains("-r2-")), "{starts:?}");
     }
 
     #[test]
