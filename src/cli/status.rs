@@ -193,7 +193,20 @@ pub fn run(host: &crate::host::Host, config: &Path, args: StatusArgs) -> Result<
         cron: !args.json,
         now_usec: now,
     };
+    if let Some(id) = &args.id {
+        crate::config::Ident::parse(id)
+            .map_err(|m| crate::error::BadInput(format!("--id: service id {m}")))?;
+    }
     let report = crate::ops::status::gather(host, defs.as_ref(), &q)?;
+    if let (Some(id), Some(d)) = (&args.id, &defs) {
+        // A typo must not look like a service with nothing running: an id that is neither
+        // defined nor known on this host (no state, no instance) is an error.
+        if let Err(e) = d.service(id) {
+            if report.instances.is_empty() && !host.state().path(id).exists() {
+                return Err(crate::error::BadInput(format!("{e}")).into());
+            }
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report.instances)?);
         return Ok(());

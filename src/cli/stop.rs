@@ -36,6 +36,17 @@ pub fn run(host: &Host, config: &Path, args: StopArgs) -> Result<()> {
         .and_then(|s| s.processes.values().map(|p| p.stop_timeout).max())
         .map(|t| t + Duration::from_secs(30))
         .unwrap_or(Duration::from_secs(300));
+    let defined = crate::config::load(config).is_ok_and(|d| d.service(&args.id).is_ok());
+    if !defined && !crate::ops::stop::known(host, &args.id)? {
+        // Nothing of that name is defined, recorded or running: most likely a typo. Checked
+        // before the lock is taken, so that nothing at all is written.
+        return Err(BadInput(format!(
+            "service {} is not defined in {} and nothing of it is on this host",
+            args.id,
+            config.display()
+        ))
+        .into());
+    }
     let done = crate::ops::stop::stop(host, &args.id, timeout, args.lock_timeout)?;
     if let Some(t) = &done.probe_timer {
         println!("removed  {t}");

@@ -49,8 +49,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .ok_or_else(|| format!("{s:?}: too long"))?;
         rest = rest[unit_len..].trim_start();
     }
+    if total > MAX_DURATION {
+        return Err(format!(
+            "{s:?} is longer than 24h, the longest duration shim accepts (drain, timeouts, intervals)"
+        ));
+    }
     Ok(total)
 }
+
+/// The longest duration accepted anywhere (a drain, a stop or health timeout, an interval, a
+/// backoff cap, `--lock-timeout`): longer is a typo, and would keep a deploy or a stop
+/// waiting for days.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// Formats a duration the way systemd and operators read it (`1min 30s`, `250ms`).
 pub fn format_duration(d: Duration) -> String {
@@ -96,6 +106,17 @@ mod tests {
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("-5s").is_err());
         assert!(parse_duration("99999999999h").is_err());
+    }
+
+    #[test]
+    fn durations_are_bounded_by_a_day() {
+        assert_eq!(parse_duration("24h"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("23h59min60s"), Ok(MAX_DURATION));
+        let e = parse_duration("99999999h").unwrap_err();
+        assert!(e.contains("longer than 24h"), "{e}");
+        assert!(parse_duration("24h1s")
+            .unwrap_err()
+            .contains("longer than 24h"));
     }
 
     #[test]

@@ -277,8 +277,18 @@ pub fn config_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     let mut files = Vec::new();
     if main.exists() {
         files.push(main);
-    } else if !path.is_dir() {
-        return Err(io_err(path, std::io::ErrorKind::NotFound.into()));
+    } else if !path.is_dir() && !dir.is_dir() {
+        // Definitions only in services.d/ (Chef/Ansible often write one file per service)
+        // are as good as a services.toml; neither is an error that says where it looked.
+        return Err(ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: String::new(),
+            message: format!(
+                "cannot read: no such file, and no {} directory beside it",
+                dir.display()
+            ),
+        });
     }
     if dir.is_dir() {
         let mut extra = Vec::new();

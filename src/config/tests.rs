@@ -178,10 +178,26 @@ fn files_are_found_in_order() {
         config_files(&t.path().join("services.toml")).unwrap(),
         files
     );
-    assert!(load(&t.path().join("missing.toml"))
+    let empty = tempfile::tempdir().unwrap();
+    let e = load(&empty.path().join("missing.toml"))
         .unwrap_err()
-        .to_string()
-        .contains("missing.toml"));
+        .to_string();
+    assert!(
+        e.contains("missing.toml") && e.contains("services.d"),
+        "{e}"
+    );
+}
+
+#[test]
+fn definitions_only_in_services_d_are_enough() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir(t.path().join("services.d")).unwrap();
+    std::fs::write(t.path().join("services.d/app.toml"), BASE).unwrap();
+    // As the default path names it (/etc/shim/services.toml, absent) and as a directory.
+    for p in [t.path().join("services.toml"), t.path().to_path_buf()] {
+        let d = load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert!(!d.services.is_empty());
+    }
 }
 
 #[test]

@@ -44,6 +44,10 @@ impl ServiceLock {
 
     /// Takes the lock, waiting up to `timeout` for another holder to finish.
     pub fn acquire(run_dir: &Path, id: &str, timeout: Duration) -> Result<ServiceLock> {
+        // The id names a file: refuse anything that is not a service id (`../../x`, say)
+        // before touching the file system, whatever the caller checked.
+        crate::config::Ident::parse(id)
+            .map_err(|m| crate::error::BadInput(format!("--id: service id {m}")))?;
         let dir = run_dir.join("locks");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join(format!("{id}.lock"));
@@ -123,5 +127,17 @@ mod tests {
         ServiceLock::acquire(t.path(), "other", Duration::ZERO).unwrap();
         drop(first);
         ServiceLock::acquire(t.path(), "app", Duration::ZERO).unwrap();
+    }
+
+    #[test]
+    fn an_id_that_is_not_a_service_id_touches_no_file() {
+        let t = tempfile::tempdir().unwrap();
+        let run = t.path().join("a/b/run");
+        for id in ["../../x", "a/b", "", ".."] {
+            let e = ServiceLock::acquire(&run, id, Duration::ZERO).unwrap_err();
+            assert_eq!(crate::error::exit_code(&e), 2, "{id}: {e}");
+        }
+        assert!(!t.path().join("a").exists(), "nothing created");
+        assert!(!t.path().join("x.lock").exists());
     }
 }

@@ -43,6 +43,23 @@ pub fn teardown(host: &Host, id: &str, timeout: Duration, _lock: &ServiceLock) -
     })
 }
 
+/// Whether anything of service `id` is on this host: a recorded state, an instance, its
+/// probe timer or a cron timer (a stop of a service no longer defined still works).
+pub fn known(host: &Host, id: &str) -> Result<bool> {
+    if host.state().path(id).exists() {
+        return Ok(true);
+    }
+    let sd = host.systemd()?;
+    if !instances::service_units(sd, id)?.is_empty() {
+        return Ok(true);
+    }
+    let timers = sd.list_units(&[
+        crate::plan::probe_timer::probe_timer_name(id),
+        format!("{}{id}-*.timer", crate::plan::oneoff::CRON_PREFIX),
+    ])?;
+    Ok(!timers.is_empty())
+}
+
 /// `shim stop`: the teardown under the service lock, and the state marked stopped so that
 /// neither the probe nor reconcile brings the service back.
 pub fn stop(host: &Host, id: &str, timeout: Duration, lock_timeout: Duration) -> Result<Teardown> {
@@ -122,5 +139,23 @@ mod tests {
             fh.systemd.calls().is_empty(),
             "nothing was asked of systemd"
         );
+    }
+
+    #[test]
+    fn known_is_anything_of_the_service_on_the_host() {
+        let fh = testkit::host();
+        let h = &fh.host;
+        assert!(!known(h, "app").unwrap());
+        fh.systemd
+            .insert(unit("shim-app-web-x-1.service", "app-web"));
+        assert!(
+            !known(h, "app").unwrap(),
+            "a look-alike's unit is not app's"
+        );
+        fh.systemd.insert(unit("shim-probe-app.timer", ""));
+        assert!(known(h, "app").unwrap());
+        let fh = testkit::host();
+        fh.host.state().save("app", &Default::default()).unwrap();
+        assert!(known(&fh.host, "app").unwrap());
     }
 }

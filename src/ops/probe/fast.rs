@@ -775,9 +775,11 @@ mod tests {
         std::fs::create_dir_all(dirs.state.join("state")).unwrap();
         std::fs::write(dirs.state.join("state/app.json"), "{}").unwrap();
         assert_ne!(inputs_digest(&cfg, &dirs, "app").unwrap(), b);
-        // No definitions at all: no digest (the full run says why).
+        // No definitions at all (no file, no services.d beside it): no digest (the full run
+        // says why).
+        let empty = tempfile::tempdir().unwrap();
         assert_eq!(
-            inputs_digest(&t.path().join("nope.toml"), &dirs, "app"),
+            inputs_digest(&empty.path().join("nope.toml"), &dirs, "app"),
             None
         );
     }
