@@ -84,7 +84,13 @@ fn resolve_image_user(
         .unwrap_or_else(|| "0:0".into());
     let spec = plan::parse_user_spec(&spec_text)
         .map_err(|m| BadInput(format!("user {spec_text:?}: {m}")))?;
-    let read = |p: &str| std::fs::read_to_string(rootfs.join(p)).unwrap_or_default();
+    // The image's own files, read inside its root only and bounded (a hostile image may
+    // ship symlinks to host files, a FIFO or a device there).
+    let read = |p: &str| -> Result<String> {
+        crate::host::fsutil::read_in_root(rootfs, p, 1 << 20)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| anyhow::Error::from(BadInput(format!("{e:#}"))))
+    };
     if !unpacked && !rootfs.is_dir() {
         // Dry run with the image not unpacked yet: numbers are fine, names must wait.
         let numeric = plan::resolve_user(&spec, "", "");
@@ -98,7 +104,7 @@ fn resolve_image_user(
             ),
         });
     }
-    let u = plan::resolve_user(&spec, &read("etc/passwd"), &read("etc/group")).map_err(|m| {
+    let u = plan::resolve_user(&spec, &read("etc/passwd")?, &read("etc/group")?).map_err(|m| {
         BadInput(format!(
             "{}: services.{}.user: {m}",
             svc.source.display(),
