@@ -357,7 +357,49 @@ pub fn parse_sources(sources: &[(PathBuf, String)]) -> Result<Definitions, Confi
             defs.services.insert(svc.id.clone(), svc);
         }
     }
+    check_proxies(&defs)?;
     Ok(defs)
+}
+
+/// Each proxied process needs an upstream file and an upstream name of its own: two writers
+/// of one file drop each other's upstream, and two upstream blocks of one name make
+/// `nginx -t` fail only at switch time. Refused at load time, naming both.
+fn check_proxies(defs: &Definitions) -> Result<(), ConfigError> {
+    let mut files: BTreeMap<&Path, (&ServiceDef, &ProcessDef)> = BTreeMap::new();
+    let mut names: BTreeMap<&str, (&ServiceDef, &ProcessDef)> = BTreeMap::new();
+    for svc in defs.services.values() {
+        for p in svc.processes.values() {
+            let Some(px) = &p.proxy else { continue };
+            let err = |what: &str, key: &str, other: (&ServiceDef, &ProcessDef)| {
+                ConfigError {
+                file: svc.source.clone(),
+                line: svc.line,
+                key: format!("services.{}.processes.{}.proxy.{key}", svc.id, p.name),
+                message: format!(
+                    "{what} is also that of services.{}.processes.{} ({}): each proxied process needs its own",
+                    other.0.id,
+                    other.1.name,
+                    other.0.source.display()
+                ),
+            }
+            };
+            if let Some(other) = files.insert(&px.file, (svc, p)) {
+                return Err(err(
+                    &format!("{:?}", px.file.display().to_string()),
+                    "file",
+                    other,
+                ));
+            }
+            if let Some(other) = names.insert(&px.upstream, (svc, p)) {
+                return Err(err(
+                    &format!("upstream {:?}", px.upstream),
+                    "upstream",
+                    other,
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// 1-based line of byte offset `pos` in `text`.

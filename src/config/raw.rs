@@ -435,6 +435,13 @@ fn validate_process(
         None => None,
         Some(px) => Some(validate_proxy(cx, prefix, px, health.is_some())?),
     };
+    if let (Some(px), 0) = (&r.proxy, count) {
+        return cx.err(
+            &px.span(),
+            format!("{prefix}.proxy"),
+            "count = 0 with a proxy: nginx would be pointed at no instance (remove the proxy, or raise count)".into(),
+        );
+    }
     let drain = match &r.drain {
         None => Duration::from_secs(5),
         Some(d) => cx.duration(d, format!("{prefix}.drain"))?,

@@ -253,3 +253,50 @@ fn registry_settings() {
         }
     }
 }
+
+#[test]
+fn proxies_need_their_own_file_and_upstream_name_and_instances() {
+    let svc = |id: &str, file: &str, up: &str| {
+        format!(
+            "[services.{id}]\nimage = \"oci:/i:{{revision}}\"\n[services.{id}.processes.web]\n\
+             health = {{ path = \"/h\" }}\nproxy = {{ upstream = \"{up}\", file = \"{file}\" }}\n"
+        )
+    };
+    let two = |a: String, b: String| {
+        parse_sources(&[
+            (PathBuf::from("/etc/shim/services.d/a.toml"), a),
+            (PathBuf::from("/etc/shim/services.d/b.toml"), b),
+        ])
+    };
+    let e = two(
+        svc("a", "/etc/nginx/shim/x.conf", "a_web"),
+        svc("b", "/etc/nginx/shim/x.conf", "b_web"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("services.b.processes.web.proxy.file"), "{e}");
+    assert!(
+        e.contains("services.a.processes.web") && e.contains("a.toml"),
+        "{e}"
+    );
+    let e = two(
+        svc("a", "/etc/nginx/shim/a.conf", "web"),
+        svc("b", "/etc/nginx/shim/b.conf", "web"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("proxy.upstream") && e.contains("upstream \"web\""),
+        "{e}"
+    );
+    two(
+        svc("a", "/etc/nginx/shim/a.conf", "a_web"),
+        svc("b", "/etc/nginx/shim/b.conf", "b_web"),
+    )
+    .unwrap();
+    let e =
+        parse(&svc("a", "/etc/nginx/shim/a.conf", "a_web").replace("health", "count = 0\nhealth"))
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("count = 0 with a proxy"), "{e}");
+}

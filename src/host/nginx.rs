@@ -33,6 +33,7 @@ impl Backup {
 /// Writes `content` to `path` atomically if it differs; returns the backup, or None when the
 /// file already says exactly this.
 pub fn write_upstream(path: &Path, content: &str) -> Result<Option<Backup>> {
+    check_owned(path)?;
     let previous = match std::fs::read(path) {
         Ok(b) => Some(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -49,6 +50,27 @@ pub fn write_upstream(path: &Path, content: &str) -> Result<Option<Backup>> {
         path: path.to_path_buf(),
         previous,
     }))
+}
+
+/// Refuses (bad input: nothing is changed) to replace a file shim did not write: shim's
+/// upstream files start with the header `plan::upstream` renders. An absent file is fine.
+pub fn check_owned(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut head = [0u8; 64];
+    let n = match std::fs::File::open(path) {
+        Ok(f) => f.take(head.len() as u64).read(&mut head).unwrap_or(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if head[..n].starts_with(crate::plan::upstream::HEADER.as_bytes()) {
+        return Ok(());
+    }
+    Err(crate::error::BadInput(format!(
+        "{} exists and was not written by shim (it does not start with {:?}): shim only replaces its own upstream files; point proxy.file at another path, or remove the file",
+        path.display(),
+        crate::plan::upstream::HEADER
+    ))
+    .into())
 }
 
 /// The upstream files of a service's proxied processes as they are now, by path (None:
@@ -151,16 +173,33 @@ mod tests {
     fn write_is_skipped_when_unchanged_and_restorable() {
         let t = tempfile::tempdir().unwrap();
         let f = t.path().join("shim/app.conf");
-        let b = write_upstream(&f, "one").unwrap().expect("written");
-        assert_eq!(std::fs::read_to_string(&f).unwrap(), "one");
-        assert!(write_upstream(&f, "one").unwrap().is_none());
-        let b2 = write_upstream(&f, "two").unwrap().expect("written");
+        let one = crate::plan::upstream::render_upstream("u", "app", "web", "r1", &[1]);
+        let two = crate::plan::upstream::render_upstream("u", "app", "web", "r2", &[2]);
+        let b = write_upstream(&f, &one).unwrap().expect("written");
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), one);
+        assert!(write_upstream(&f, &one).unwrap().is_none());
+        let b2 = write_upstream(&f, &two).unwrap().expect("written");
         b2.restore().unwrap();
-        assert_eq!(std::fs::read_to_string(&f).unwrap(), "one");
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), one);
         b.restore().unwrap();
         assert!(
             !f.exists(),
             "restoring the first write removes the file it created"
         );
+    }
+
+    #[test]
+    fn a_file_shim_did_not_write_is_never_replaced() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("nginx.conf");
+        std::fs::write(&f, "events {}\n").unwrap();
+        let up = crate::plan::upstream::render_upstream("u", "app", "web", "r1", &[1]);
+        let e = write_upstream(&f, &up)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("was not written by shim"), "{e}");
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "events {}\n");
+        assert!(check_owned(&t.path().join("absent.conf")).is_ok());
     }
 }

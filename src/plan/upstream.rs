@@ -2,6 +2,9 @@
 //! instances' ports; its header line names service, process and revision so that recovery
 //! can read back which revision nginx was pointed at ([`file_revision`]).
 
+/// How every upstream file shim writes begins: what marks a file as shim's to replace.
+pub const HEADER: &str = "# Written by shim for service ";
+
 /// The upstream block for `ports` (loopback only: instances share the host's network).
 pub fn render_upstream(
     upstream: &str,
@@ -25,7 +28,7 @@ pub fn render_upstream(
 /// The revision an upstream file written by shim points at (from its header), if any.
 pub fn file_revision(text: &str) -> Option<&str> {
     let first = text.lines().next()?;
-    let rest = first.strip_prefix("# Written by shim for service ")?;
+    let rest = first.strip_prefix(HEADER)?;
     rest.rsplit_once(", revision ")
         .map(|(_, r)| r.trim_end_matches('.'))
 }

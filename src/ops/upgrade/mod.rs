@@ -339,6 +339,16 @@ impl Run<'_> {
         let nginx_unit = &self.defs.settings.nginx_unit;
         self.rep.step("plan", |d| {
             describe_plan(p, &planned, rev, d)?;
+            // Files shim would not replace, and an nginx that cannot be reloaded, fail here,
+            // before anything changes.
+            for px in p
+                .service
+                .processes
+                .values()
+                .filter_map(|d| d.proxy.as_ref())
+            {
+                crate::host::nginx::check_owned(&px.file)?;
+            }
             let proxied = p.service.processes.values().any(|p| p.proxy.is_some());
             if proxied && !opts.dry_run {
                 nginx_is_active(host, nginx_unit)?;

@@ -630,3 +630,22 @@ fn a_crontab_that_cannot_be_read_stops_the_upgrade_before_anything_changes() {
     assert!(t.state().upgrading.is_none());
     assert!(!t.file.exists());
 }
+
+#[test]
+fn a_proxy_file_shim_did_not_write_is_refused_before_anything_changes() {
+    let t = setup();
+    std::fs::create_dir_all(t.file.parent().unwrap()).unwrap();
+    std::fs::write(&t.file, "worker_processes 4;\n").unwrap();
+    let e = t.up("r1").unwrap_err();
+    assert_eq!(crate::error::exit_code(&e), 2, "{e:#}");
+    assert!(
+        format!("{e:#}").contains("was not written by shim"),
+        "{e:#}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&t.file).unwrap(),
+        "worker_processes 4;\n"
+    );
+    assert!(t.instances().is_empty());
+    assert!(t.state().upgrading.is_none());
+}
