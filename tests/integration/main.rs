@@ -4,6 +4,7 @@
 
 mod common;
 mod cron;
+mod hardening;
 mod logs;
 mod registry;
 mod run;

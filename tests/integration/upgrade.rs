@@ -452,3 +452,54 @@ fn concurrent_upgrades_wait_for_each_other() {
     shim_ok(&path, &["stop", "--id", id]);
     disable_site(id);
 }
+
+/// An upgrade SIGKILLed at or after the switch, then `shim reconcile` (what the boot runs):
+/// the revision nginx was pointed at when shim died is the one that serves afterwards, with
+/// every old instance gone and no failed request meanwhile. (The audit saw reconcile bring
+/// the old revision back: it took its target before recovery promoted the switched attempt.)
+#[test]
+fn reconcile_after_a_kill_past_the_switch_keeps_the_new_revision() {
+    require_sandbox!();
+    ensure_nginx();
+    let id = "kswitch";
+    let cfg = TestConfig::new(&upgrade_toml(id, 2));
+    shim_ok(cfg.path(), &["upgrade", "--id", id, "--revision", "rev1"]);
+    enable_site(id);
+    // Supervision paused: the probe must not repair anything behind the reconcile's back.
+    shim_ok(cfg.path(), &["supervise", "pause", "--id", id]);
+    let mut rev = "rev1";
+    for step in ["switch", "drain", "stop-old"] {
+        let next = if rev == "rev1" { "rev2" } else { "rev1" };
+        let load = Load::start();
+        let o = run(std::process::Command::new(SHIM)
+            .arg("--config")
+            .arg(cfg.path())
+            .args(["upgrade", "--id", id, "--revision", next])
+            .env("SHIM_TEST_KILL_AFTER", step));
+        assert_eq!(o.status.code(), None, "{step}: not killed: {}", stdout(&o));
+        assert_eq!(served_revision(), format!("revision={next}"), "{step}");
+        let out = shim_ok(cfg.path(), &["reconcile"]);
+        let stats = load.finish();
+        assert!(stats.failed.is_empty(), "{step}: {}", failures(&stats));
+        assert_eq!(
+            served_revision(),
+            format!("revision={next}"),
+            "{step}: reconcile changed the serving revision:\n{out}"
+        );
+        let rows = status(cfg.path(), id);
+        assert_eq!(rows.len(), 3, "{step}: {rows:?}\n{out}");
+        assert!(
+            rows.iter().all(|r| r["revision"] == next),
+            "{step}: {rows:?}"
+        );
+        let st: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(format!("/var/lib/shim/state/{id}.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(st["current"], next, "{step}: {st}");
+        assert!(st.get("upgrading").is_none(), "{step}: {st}");
+        rev = next;
+    }
+    shim_ok(cfg.path(), &["stop", "--id", id]);
+    disable_site(id);
+}

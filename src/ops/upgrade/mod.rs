@@ -216,6 +216,13 @@ pub fn converge_locked(
     if !opts.json {
         println!("{} {id} to {revision}", opts.kind.verb());
     }
+    // Upstream files shim would not replace are refused before anything is written, the
+    // lock file included (an unknown service is fetch's to report).
+    if let Ok(svc) = defs.service(id) {
+        for px in svc.processes.values().filter_map(|d| d.proxy.as_ref()) {
+            crate::host::nginx::check_owned(&px.file)?;
+        }
+    }
     let first = if lock.is_some() || opts.dry_run {
         Step::Fetch
     } else {
