@@ -361,10 +361,37 @@ pub fn parse_sources(sources: &[(PathBuf, String)]) -> Result<Definitions, Confi
     Ok(defs)
 }
 
+/// Unit names join service and process with `-`, which ids may contain too: service `a`
+/// with process `b-web` and service `a-b` with process `web` would share every unit name.
+/// One set of definitions may not hold both (refused naming both).
+fn check_unit_names(defs: &Definitions) -> Result<(), ConfigError> {
+    let mut seen: BTreeMap<String, (&ServiceDef, &ProcessDef)> = BTreeMap::new();
+    for svc in defs.services.values() {
+        for p in svc.processes.values() {
+            let joined = format!("{}-{}", svc.id, p.name);
+            if let Some((os, op)) = seen.insert(joined.clone(), (svc, p)) {
+                return Err(ConfigError {
+                    file: svc.source.clone(),
+                    line: svc.line,
+                    key: format!("services.{}.processes.{}", svc.id, p.name),
+                    message: format!(
+                        "its units would be named like those of services.{}.processes.{} ({}): both give shim-{joined}-…; rename one",
+                        os.id,
+                        op.name,
+                        os.source.display()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Each proxied process needs an upstream file and an upstream name of its own: two writers
 /// of one file drop each other's upstream, and two upstream blocks of one name make
 /// `nginx -t` fail only at switch time. Refused at load time, naming both.
 fn check_proxies(defs: &Definitions) -> Result<(), ConfigError> {
+    check_unit_names(defs)?;
     let mut files: BTreeMap<&Path, (&ServiceDef, &ProcessDef)> = BTreeMap::new();
     let mut names: BTreeMap<&str, (&ServiceDef, &ProcessDef)> = BTreeMap::new();
     for svc in defs.services.values() {

@@ -300,3 +300,23 @@ fn proxies_need_their_own_file_and_upstream_name_and_instances() {
             .to_string();
     assert!(e.contains("count = 0 with a proxy"), "{e}");
 }
+
+#[test]
+fn look_alike_service_and_process_names_are_refused() {
+    let e = parse(
+        "[services.a]\nimage = \"oci:/i:{revision}\"\n[services.a.processes.b-web]\n\
+         [services.a-b]\nimage = \"oci:/i:{revision}\"\n[services.a-b.processes.web]\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("services.a-b.processes.web") || e.contains("services.a.processes.b-web"),
+        "{e}"
+    );
+    assert!(e.contains("shim-a-b-web-"), "{e}");
+    parse(
+        "[services.a]\nimage = \"oci:/i:{revision}\"\n[services.a.processes.web]\n\
+         [services.a-b]\nimage = \"oci:/i:{revision}\"\n[services.a-b.processes.web]\n",
+    )
+    .unwrap();
+}

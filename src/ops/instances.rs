@@ -354,13 +354,17 @@ mod tests {
     fn a_look_alike_services_unit_is_not_taken_for_ours() {
         // Service `a` + process `b-web` and service `a-b` + process `web` map to the same unit
         // name; the second start must not report success with no instance of its own.
+        // One set of definitions cannot hold both (config refuses it); the units of an older
+        // set can still be there when the new one is deployed.
+        let old = testkit::defs(
+            "[services.a-b]\nimage = \"oci:/i:{revision}\"\n[services.a-b.processes.web]\ncommand = [\"/x\"]\n",
+        );
         let defs = testkit::defs(
-            "[services.a]\nimage = \"oci:/i:{revision}\"\n[services.a.processes.b-web]\ncommand = [\"/x\"]\n\
-             [services.a-b]\nimage = \"oci:/i:{revision}\"\n[services.a-b.processes.web]\ncommand = [\"/x\"]\n",
+            "[services.a]\nimage = \"oci:/i:{revision}\"\n[services.a.processes.b-web]\ncommand = [\"/x\"]\n",
         );
         let fh = testkit::host();
         let d = fh.host.dirs.clone();
-        let ab = testkit::prepared(&defs, "a-b", "r1", &d);
+        let ab = testkit::prepared(&old, "a-b", "r1", &d);
         let r = start_instances(&fh.host, &ab, &ab.all_instances()).unwrap();
         assert_eq!(r.started, vec!["shim-a-b-web-r1-1.service".to_string()]);
         let a = testkit::prepared(&defs, "a", "r1", &d);

@@ -151,14 +151,19 @@ mod tests {
     }
 
     /// Unit names cannot be parsed back: ids may contain `-`, so two different keys give the
-    /// same name. The fields keep them apart.
+    /// same name (one set of definitions cannot hold both; units left from older definitions
+    /// can). The fields keep them apart.
     #[test]
     fn unit_names_are_ambiguous_fields_are_not() {
         let a = key("a", "b-web", "279d9035886d4c04", 1);
         let b = key("a-b", "web", "279d9035886d4c04", 1);
         assert_ne!(a, b);
         assert_eq!(a.unit_name(), b.unit_name());
-        assert_eq!(a.unit_name(), "shim-a-b-web-279d9035886d-1.service");
+        assert!(
+            a.unit_name().starts_with("shim-a-b-web-279d9035886d-"),
+            "{}",
+            a.unit_name()
+        );
         assert_eq!(
             InstanceKey::from_fields(&meta(&a, None).fields()),
             Some(a.clone())
@@ -167,9 +172,9 @@ mod tests {
             InstanceKey::from_fields(&meta(&b, None).fields()),
             Some(b.clone())
         );
-        // Only the first REV_IN_NAME characters of the revision are in the name, too.
+        // Revisions that share their first REV_IN_NAME characters get different names.
         let c = key("a", "b-web", "279d9035886dffff", 1);
-        assert_eq!(a.unit_name(), c.unit_name());
+        assert_ne!(a.unit_name(), c.unit_name());
         assert_ne!(
             InstanceKey::from_fields(&meta(&a, None).fields()),
             InstanceKey::from_fields(&meta(&c, None).fields())

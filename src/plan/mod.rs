@@ -36,18 +36,37 @@ pub struct InstanceKey {
     pub index: u32,
 }
 
-/// Unit names carry at most this much of the revision; the full one is in SHIM_REVISION.
+/// Unit names carry at most this much of the revision as it is; the full one is in
+/// SHIM_REVISION.
 pub const REV_IN_NAME: usize = 12;
 
+/// The revision as unit names carry it: itself when it has at most [`REV_IN_NAME`]
+/// characters, else its first [`REV_IN_NAME`] characters, `-` and 8 hex digits of the
+/// SHA-256 of the whole revision. Different revisions give different names (a long one is
+/// never as short as a short one), so `release-2024-01` and `release-2024-02`, or two git
+/// SHAs with the same first 12 characters, do not collide.
+pub fn rev_in_name(revision: &str) -> String {
+    if revision.chars().count() <= REV_IN_NAME {
+        return revision.to_string();
+    }
+    use sha2::Digest as _;
+    let head: String = revision.chars().take(REV_IN_NAME).collect();
+    let h = sha2::Sha256::digest(revision.as_bytes());
+    format!("{head}-{}", hex::encode(&h[..4]))
+}
+
 impl InstanceKey {
-    /// `shim-billing_app-web-279d9035886d-1`: the unit name without `.service`, also used as the
-    /// container id and the instance directory name. All parts are validated idents or
+    /// `shim-billing_app-web-279d9035886d-1a2b3c4d-1`: the unit name without `.service`, also
+    /// used as the container id and the instance directory name (the revision as
+    /// [`rev_in_name`] gives it). All parts are validated idents or
     /// revisions (`[A-Za-z0-9._-]`), which are valid unit-name characters as they are.
     pub fn stem(&self) -> String {
-        let rev: String = self.revision.chars().take(REV_IN_NAME).collect();
         format!(
             "shim-{}-{}-{}-{}",
-            self.service, self.process, rev, self.index
+            self.service,
+            self.process,
+            rev_in_name(&self.revision),
+            self.index
         )
     }
 
@@ -55,8 +74,9 @@ impl InstanceKey {
     ///
     /// There is deliberately no way back from a unit name to the key: names are ambiguous.
     /// Service and process ids may both contain `-`, so service `a` with process `b-web` and
-    /// service `a-b` with process `web` both give `shim-a-b-web-<rev>-1`, and the name holds
-    /// only the first [`REV_IN_NAME`] characters of the revision. Read a unit's identity from
+    /// service `a-b` with process `web` both give `shim-a-b-web-<rev>-1` (one set of
+    /// definitions cannot hold both: `config` refuses it), and a long revision is only its
+    /// first [`REV_IN_NAME`] characters and a hash. Read a unit's identity from
     /// the `SHIM_*` fields it carries with [`InstanceKey::from_fields`] instead.
     pub fn unit_name(&self) -> String {
         format!("{}.service", self.stem())

@@ -66,8 +66,10 @@ pub struct OneOffPlan {
 
 /// `shimrun-<service>-<rev12>-<tag>`.
 pub fn run_stem(service: &str, revision: &str, tag: &str) -> String {
-    let rev: String = revision.chars().take(super::REV_IN_NAME).collect();
-    format!("{RUN_PREFIX}{service}-{rev}-{tag}")
+    format!(
+        "{RUN_PREFIX}{service}-{}-{tag}",
+        super::rev_in_name(revision)
+    )
 }
 
 /// ExecStartPre (`shim instance prepare`), ExecStart (the runtime, through `shim instance

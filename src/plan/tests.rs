@@ -89,13 +89,18 @@ fn with_podman_cx<T>(f: impl FnOnce(&PlanContext<'_>) -> T) -> T {
 fn podman_web_snapshot() {
     with_podman_cx(|cx| {
         let p = plan_instance(cx, process(cx, "web"), 1, Some(20000)).unwrap();
-        assert_eq!(p.unit.name, "shim-billing_app-web-279d9035886d-1.service");
+        assert_eq!(
+            p.unit.name,
+            "shim-billing_app-web-279d9035886d-a6522c65-1.service"
+        );
         assert!(p.oci_config().is_none());
         insta::assert_snapshot!("podman_web_unit", p.unit.render());
         let (path, env) = p.render_files().unwrap();
         assert_eq!(
             path,
-            Path::new("/run/shim/instances/billing_app/shim-billing_app-web-279d9035886d-1/env")
+            Path::new(
+                "/run/shim/instances/billing_app/shim-billing_app-web-279d9035886d-a6522c65-1/env"
+            )
         );
         insta::assert_snapshot!("podman_web_env", env);
     });
@@ -159,7 +164,10 @@ fn podman_unit_follows_quadlet() {
                 .position(|a| a == flag)
                 .map(|i| argv[i + 1].as_str())
         };
-        assert_eq!(after("--name"), Some("shim-billing_app-web-279d9035886d-1"));
+        assert_eq!(
+            after("--name"),
+            Some("shim-billing_app-web-279d9035886d-a6522c65-1")
+        );
         assert_eq!(after("--log-driver"), Some("passthrough"));
         assert_eq!(after("--network"), Some("host"));
         assert_eq!(after("--user"), Some("1000:1000"));
@@ -185,7 +193,7 @@ fn podman_unit_follows_quadlet() {
             "--ignore".into(),
             "--time".into(),
             "0".into(),
-            "shim-billing_app-web-279d9035886d-1".into()
+            "shim-billing_app-web-279d9035886d-a6522c65-1".into()
         ]));
     });
 }
@@ -215,7 +223,10 @@ fn process<'a>(cx: &'a PlanContext<'_>, name: &str) -> &'a crate::config::Proces
 fn web_instance_snapshot() {
     with_cx(|cx| {
         let p = plan_instance(cx, process(cx, "web"), 1, Some(20000)).unwrap();
-        assert_eq!(p.unit.name, "shim-billing_app-web-279d9035886d-1.service");
+        assert_eq!(
+            p.unit.name,
+            "shim-billing_app-web-279d9035886d-a6522c65-1.service"
+        );
         insta::assert_snapshot!("web_unit", p.unit.render());
         insta::assert_snapshot!("web_config", render_config(p.oci_config().unwrap()));
     });
@@ -340,7 +351,7 @@ fn unit_names_are_short_and_readable() {
     };
     assert_eq!(
         key.unit_name(),
-        "shim-billing_app-web-279d9035886d-4.service"
+        "shim-billing_app-web-279d9035886d-a6522c65-4.service"
     );
     assert_eq!(service_unit_pattern("billing_app"), "shim-billing_app-*");
 }
@@ -372,7 +383,7 @@ fn oneoff_attached_snapshot() {
         let p = oneoff::plan_oneoff(cx, &req).unwrap();
         assert_eq!(
             p.unit.name,
-            "shimrun-billing_app-279d9035886d-a1b2c3.service"
+            "shimrun-billing_app-279d9035886d-a6522c65-a1b2c3.service"
         );
         insta::assert_snapshot!("oneoff_attached_unit", p.unit.render());
         // The anchor scope the unit is bound to.
@@ -395,14 +406,16 @@ fn oneoff_config_has_the_command_a_terminal_and_no_instance_vars() {
         assert!(env.contains(&"SHARED=process".to_string()), "{env:?}");
         assert!(env.iter().any(|e| e.starts_with("DB_PASSWORD=")));
         assert!(env.contains(&"TERM=xterm-256color".to_string()));
-        assert!(env.contains(&"SHIM_RUN=shimrun-billing_app-279d9035886d-a1b2c3".to_string()));
+        assert!(
+            env.contains(&"SHIM_RUN=shimrun-billing_app-279d9035886d-a6522c65-a1b2c3".to_string())
+        );
         assert!(!env
             .iter()
             .any(|e| e.starts_with("PORT=") || e.starts_with("SHIM_INSTANCE=")));
         assert_eq!(
             spec.linux().as_ref().unwrap().cgroups_path().as_deref(),
             Some(Path::new(
-                "/shim.slice/shimrun-billing_app-279d9035886d-a1b2c3.service/container"
+                "/shim.slice/shimrun-billing_app-279d9035886d-a6522c65-a1b2c3.service/container"
             ))
         );
         // Detached: no terminal, no anchor, no reference held.
@@ -470,4 +483,23 @@ fn meta_says_what_the_log_fields_say() {
             with_podman_cx(check)
         }
     }
+}
+
+#[test]
+fn revisions_in_unit_names_never_collide() {
+    assert_eq!(rev_in_name("rev1"), "rev1");
+    assert_eq!(rev_in_name("279d9035886d"), "279d9035886d");
+    let a = rev_in_name("release-2024-01");
+    let b = rev_in_name("release-2024-02");
+    assert_ne!(a, b);
+    assert!(
+        a.starts_with("release-2024-") && a.len() == 12 + 1 + 8,
+        "{a}"
+    );
+    // A short revision cannot equal a long one's name, nor one's 12-character prefix.
+    assert_ne!(rev_in_name("release-2024"), a);
+    let sha1 = "279d9035886d4c0427549863c4c2101e4a63e041";
+    let sha2 = "279d9035886d00000000000000000000000000ff";
+    assert_ne!(rev_in_name(sha1), rev_in_name(sha2));
+    assert_eq!(rev_in_name(sha1), rev_in_name(sha1), "stable");
 }
