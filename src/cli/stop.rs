@@ -30,13 +30,14 @@ pub fn run(host: &Host, config: &Path, args: StopArgs) -> Result<()> {
     Ident::parse(&args.id).map_err(|m| BadInput(format!("--id: service id {m}")))?;
     // The longest stop_timeout of the service if it is still defined, plus margin for
     // SIGKILL and cleanup; a generous default when the definition is gone.
-    let timeout = crate::config::load(config)
-        .ok()
-        .and_then(|d| d.service(&args.id).ok().cloned())
+    let defs = crate::config::load(config).ok();
+    let timeout = defs
+        .as_ref()
+        .and_then(|d| d.service(&args.id).ok())
         .and_then(|s| s.processes.values().map(|p| p.stop_timeout).max())
         .map(|t| t + Duration::from_secs(30))
         .unwrap_or(Duration::from_secs(300));
-    let defined = crate::config::load(config).is_ok_and(|d| d.service(&args.id).is_ok());
+    let defined = defs.as_ref().is_some_and(|d| d.service(&args.id).is_ok());
     if !defined && !crate::ops::stop::known(host, &args.id)? {
         // Nothing of that name is defined, recorded or running: most likely a typo. Checked
         // before the lock is taken, so that nothing at all is written.
@@ -47,7 +48,13 @@ pub fn run(host: &Host, config: &Path, args: StopArgs) -> Result<()> {
         ))
         .into());
     }
-    let done = crate::ops::stop::stop(host, &args.id, timeout, args.lock_timeout)?;
+    let done = crate::ops::stop::stop(host, defs.as_ref(), &args.id, timeout, args.lock_timeout)?;
+    for l in &done.closed {
+        match l.strip_prefix("warning: ") {
+            Some(w) => eprintln!("shim: warning: {w}"),
+            None => println!("{l}"),
+        }
+    }
     if let Some(t) = &done.probe_timer {
         println!("removed  {t}");
     }

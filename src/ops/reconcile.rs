@@ -472,6 +472,16 @@ fn act(
             };
             if let Err(e) = upgrade::converge_locked(host, cx.defs, id, revision, &uopts, lock) {
                 rep.fail(id, format!("{e:#}"));
+                // Nothing of it came back (at boot: the image is gone, say): its upstream must
+                // not go on listing ports that other services may be given now.
+                if instances::service_units(sd, id)?.is_empty() {
+                    let svc = cx.defs.service(id)?;
+                    match crate::ops::stop::close_upstreams(host, svc, &cx.defs.settings.nginx_unit)
+                    {
+                        Ok(lines) => lines.iter().for_each(|l| rep.say(id, l)),
+                        Err(e) => rep.fail(id, format!("{e:#}")),
+                    }
+                }
             }
         }
         ServiceAction::SyncCron { revision, .. } => {
@@ -1017,6 +1027,37 @@ command = ["/w"]
         assert!(
             !names.contains(&"shim-app-worker-r1-1.service".to_string()),
             "{names:?}"
+        );
+    }
+
+    #[test]
+    fn a_service_that_does_not_come_back_has_its_upstream_closed() {
+        let fh = crate::host::FakeHost::with(|h| {
+            h.images = Box::new(crate::ops::testkit::FakePreparer {
+                bad: std::sync::Mutex::new(vec!["r1".into()]),
+            })
+        });
+        let file = fh.tmp.path().join("app.conf");
+        let d = crate::ops::testkit::defs(&format!(
+            "[services.app]\nimage = \"oci:/i:{{revision}}\"\n[services.app.processes.web]\n\
+             health = {{ path = \"/h\" }}\nproxy = {{ upstream = \"app_web\", file = \"{}\" }}\n",
+            file.display()
+        ));
+        // Before the reboot, nginx pointed at port 20000; after it, the image is gone.
+        std::fs::write(
+            &file,
+            crate::plan::upstream::render_upstream("app_web", "app", "web", "r1", &[20000]),
+        )
+        .unwrap();
+        deploy(&fh.host, "app", "r1");
+        let r = reconcile(&fh.host, &d, &opts(false), false).unwrap();
+        assert_eq!(r.failed, vec!["app"]);
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains("20000") && text.contains("down;"), "{text}");
+        assert!(
+            said(&r).iter().any(|l| l.contains("closed")),
+            "{:?}",
+            said(&r)
         );
     }
 }

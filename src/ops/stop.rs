@@ -1,4 +1,8 @@
-//! Taking a service down: its probe timer (a probe running now stops too), its cron timers
+//! Taking a service down. First nginx stops sending it requests: each proxied process's
+//! upstream file is closed (one server marked `down`, so nginx answers 502 and never the
+//! ports the service frees, which the next service may be given), nginx is reloaded, and the
+//! instances get their `drain` for the requests in flight. Then its probe timer (a probe
+//! running now stops too), its cron timers
 //! (a job running now finishes; their state stays, so a start at the same revision brings them
 //! back), its instances (each with its stop signal and timeout), their directories, and what
 //! the probe remembered. One teardown serves `shim stop` and reconcile's removal of services
@@ -9,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
+use crate::config::{Definitions, ServiceDef};
 use crate::host::lock::ServiceLock;
 use crate::host::Host;
 use crate::ops::instances;
@@ -22,6 +27,57 @@ pub struct Teardown {
     pub cron: Vec<String>,
     /// The instance units stopped.
     pub stopped: Vec<String>,
+    /// One line per upstream file closed (or why it could not be).
+    pub closed: Vec<String>,
+}
+
+/// Points each proxied process's upstream at no instance (see the module docs) and reloads
+/// nginx if it runs. Files already closed, absent or not shim's are left alone (the last is
+/// an error, with the lines so far). Returns one line per file closed.
+pub fn close_upstreams(host: &Host, svc: &ServiceDef, nginx_unit: &str) -> Result<Vec<String>> {
+    let mut lines = Vec::new();
+    let mut backups = Vec::new();
+    for d in svc.processes.values() {
+        let Some(px) = &d.proxy else { continue };
+        if !px.file.exists() {
+            continue;
+        }
+        let text = crate::plan::upstream::render_closed_upstream(
+            &px.upstream,
+            svc.id.as_str(),
+            d.name.as_str(),
+        );
+        if let Some(b) = crate::host::nginx::write_upstream(&px.file, &text)? {
+            lines.push(format!(
+                "closed   {} (upstream {})",
+                px.file.display(),
+                px.upstream
+            ));
+            backups.push(b);
+        }
+    }
+    if backups.is_empty() {
+        return Ok(lines);
+    }
+    let active = host
+        .systemd()?
+        .list_units(&[nginx_unit.to_string()])?
+        .iter()
+        .any(|u| u.name == nginx_unit && u.active_state == "active");
+    if !active {
+        return Ok(lines);
+    }
+    let applied = host
+        .nginx
+        .test_config()
+        .and_then(|_| crate::host::nginx::reload(host, nginx_unit, Duration::from_secs(30)));
+    if let Err(e) = applied {
+        for b in &backups {
+            let _ = b.restore();
+        }
+        return Err(e.context("closing the upstream failed; previous file restored"));
+    }
+    Ok(lines)
 }
 
 /// Stops everything of service `id`; `timeout` bounds each stop job. The caller holds the
@@ -40,6 +96,7 @@ pub fn teardown(host: &Host, id: &str, timeout: Duration, _lock: &ServiceLock) -
         probe_timer: had_probe.then(|| crate::plan::probe_timer::probe_timer_name(id)),
         cron,
         stopped,
+        closed: Vec::new(),
     })
 }
 
@@ -60,11 +117,41 @@ pub fn known(host: &Host, id: &str) -> Result<bool> {
     Ok(!timers.is_empty())
 }
 
-/// `shim stop`: the teardown under the service lock, and the state marked stopped so that
-/// neither the probe nor reconcile brings the service back.
-pub fn stop(host: &Host, id: &str, timeout: Duration, lock_timeout: Duration) -> Result<Teardown> {
+/// `shim stop`: under the service lock, nginx off the service and its drain (when `defs`
+/// still define it), then the teardown, and the state marked stopped so that neither the
+/// probe nor reconcile brings the service back. A failure to close the upstream is reported
+/// and the stop goes on: a stop must not be held up by nginx.
+pub fn stop(
+    host: &Host,
+    defs: Option<&Definitions>,
+    id: &str,
+    timeout: Duration,
+    lock_timeout: Duration,
+) -> Result<Teardown> {
     let lock = ServiceLock::acquire(&host.dirs.run, id, lock_timeout)?;
-    let done = teardown(host, id, timeout, &lock)?;
+    let mut closed = Vec::new();
+    if let Some((d, svc)) = defs.and_then(|d| Some((d, d.service(id).ok()?))) {
+        match close_upstreams(host, svc, &d.settings.nginx_unit) {
+            Ok(lines) if !lines.is_empty() => {
+                closed = lines;
+                let running = !instances::service_units(host.systemd()?, id)?.is_empty();
+                let drain = svc
+                    .processes
+                    .values()
+                    .filter(|p| p.proxy.is_some())
+                    .map(|p| p.drain)
+                    .max()
+                    .unwrap_or_default();
+                if running {
+                    host.clock.sleep(drain);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => closed.push(format!("warning: {e:#}")),
+        }
+    }
+    let mut done = teardown(host, id, timeout, &lock)?;
+    done.closed = closed;
     let store = host.state();
     let mut st = store.load(id)?;
     if st.current.is_some() || !done.stopped.is_empty() {
@@ -110,12 +197,12 @@ mod tests {
             ..Default::default()
         };
         store.save("app", &st).unwrap();
-        let t = stop(h, "app", Duration::from_secs(5), Duration::ZERO).unwrap();
+        let t = stop(h, None, "app", Duration::from_secs(5), Duration::ZERO).unwrap();
         assert_eq!(t.stopped, vec!["shim-app-web-r1-1.service".to_string()]);
         assert_eq!(t.probe_timer.as_deref(), Some("shim-probe-app.timer"));
         assert_eq!(fh.systemd.unit_names(), vec!["shim-app-web-x-1.service"]);
         assert!(store.load("app").unwrap().stopped);
-        let again = stop(h, "app", Duration::from_secs(5), Duration::ZERO).unwrap();
+        let again = stop(h, None, "app", Duration::from_secs(5), Duration::ZERO).unwrap();
         assert_eq!(again, Teardown::default());
         assert!(store.load("app").unwrap().stopped);
     }
@@ -126,6 +213,7 @@ mod tests {
         let _held = ServiceLock::acquire(&fh.host.dirs.run, "app", Duration::ZERO).unwrap();
         let e = stop(
             &fh.host,
+            None,
             "app",
             Duration::from_secs(5),
             Duration::from_millis(60),
@@ -157,5 +245,98 @@ mod tests {
         let fh = testkit::host();
         fh.host.state().save("app", &Default::default()).unwrap();
         assert!(known(&fh.host, "app").unwrap());
+    }
+
+    #[test]
+    fn stop_takes_nginx_off_the_service_then_drains_then_stops() {
+        let fh = testkit::host();
+        let h = &fh.host;
+        let file = fh.tmp.path().join("nginx/app.conf");
+        let defs = testkit::defs(&format!(
+            "[services.app]\nimage = \"oci:/i:{{revision}}\"\n[services.app.processes.web]\n\
+             health = {{ path = \"/h\" }}\ndrain = \"3s\"\nproxy = {{ upstream = \"app_web\", file = \"{}\" }}\n",
+            file.display()
+        ));
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(
+            &file,
+            crate::plan::upstream::render_upstream("app_web", "app", "web", "r1", &[20000]),
+        )
+        .unwrap();
+        fh.systemd.insert(UnitInfo {
+            name: "nginx.service".into(),
+            active_state: "active".into(),
+            main_pid: 10,
+            ..Default::default()
+        });
+        fh.systemd.insert(unit("shim-app-web-r1-1.service", "app"));
+        let t = stop(
+            h,
+            Some(&defs),
+            "app",
+            Duration::from_secs(5),
+            Duration::ZERO,
+        )
+        .unwrap();
+        assert_eq!(t.stopped, vec!["shim-app-web-r1-1.service".to_string()]);
+        assert_eq!(t.closed.len(), 1, "{:?}", t.closed);
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains("20000") && text.contains("down;"), "{text}");
+        let calls = fh.systemd.calls();
+        let reload = calls
+            .iter()
+            .position(|c| c == "reload nginx.service")
+            .unwrap();
+        let stop_at = calls
+            .iter()
+            .position(|c| c == "stop shim-app-web-r1-1.service")
+            .unwrap();
+        assert!(reload < stop_at, "{calls:?}");
+        // A second stop: the file is already closed, nothing reloaded again.
+        let again = stop(
+            h,
+            Some(&defs),
+            "app",
+            Duration::from_secs(5),
+            Duration::ZERO,
+        )
+        .unwrap();
+        assert!(again.closed.is_empty(), "{:?}", again.closed);
+        assert_eq!(
+            fh.systemd
+                .calls()
+                .iter()
+                .filter(|c| *c == "reload nginx.service")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_foreign_upstream_file_is_reported_and_the_stop_goes_on() {
+        let fh = testkit::host();
+        let file = fh.tmp.path().join("app.conf");
+        std::fs::write(&file, "events {}\n").unwrap();
+        let defs = testkit::defs(&format!(
+            "[services.app]\nimage = \"oci:/i:{{revision}}\"\n[services.app.processes.web]\n\
+             health = {{ path = \"/h\" }}\nproxy = {{ upstream = \"app_web\", file = \"{}\" }}\n",
+            file.display()
+        ));
+        fh.systemd.insert(unit("shim-app-web-r1-1.service", "app"));
+        let t = stop(
+            &fh.host,
+            Some(&defs),
+            "app",
+            Duration::from_secs(5),
+            Duration::ZERO,
+        )
+        .unwrap();
+        assert!(
+            t.closed[0].starts_with("warning: ") && t.closed[0].contains("not written by shim"),
+            "{:?}",
+            t.closed
+        );
+        assert_eq!(t.stopped.len(), 1);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "events {}\n");
     }
 }

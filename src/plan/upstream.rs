@@ -25,6 +25,17 @@ pub fn render_upstream(
     out
 }
 
+/// The upstream block of a stopped service: one server marked `down`, so that nginx accepts
+/// the block and answers 502 rather than sending requests to ports that other services may
+/// be given next.
+pub fn render_closed_upstream(upstream: &str, service: &str, process: &str) -> String {
+    format!(
+        "{HEADER}{service}, process {process}, revision (stopped).\n\
+         # The service is stopped: nginx answers 502 until it is started again.\n\
+         upstream {upstream} {{\n    server 127.0.0.1:1 down;\n}}\n"
+    )
+}
+
 /// The revision an upstream file written by shim points at (from its header), if any.
 pub fn file_revision(text: &str) -> Option<&str> {
     let first = text.lines().next()?;
@@ -36,6 +47,14 @@ pub fn file_revision(text: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_closed_upstream_is_shims_and_names_no_revision_or_port() {
+        let t = render_closed_upstream("app_web", "app", "web");
+        assert!(t.starts_with(HEADER), "{t}");
+        assert_eq!(file_revision(&t), Some("(stopped)"));
+        assert!(t.contains("upstream app_web {") && t.contains("server 127.0.0.1:1 down;"));
+    }
 
     #[test]
     fn upstream_snapshot() {

@@ -503,3 +503,52 @@ fn reconcile_after_a_kill_past_the_switch_keeps_the_new_revision() {
     shim_ok(cfg.path(), &["stop", "--id", id]);
     disable_site(id);
 }
+
+/// `shim stop` takes nginx off the service before its instances go: the site answers 502
+/// from then on, and never the next service given the freed ports.
+#[test]
+fn a_stopped_services_site_never_serves_the_next_service_on_its_ports() {
+    require_sandbox!();
+    ensure_nginx();
+    let id = "stopa";
+    let cfg = TestConfig::new(&upgrade_toml(id, 1));
+    shim_ok(cfg.path(), &["upgrade", "--id", id, "--revision", "rev1"]);
+    enable_site(id);
+    assert_eq!(served_revision(), "revision=rev1");
+    let freed: Vec<u64> = status(cfg.path(), id)
+        .iter()
+        .filter_map(|r| r["port"].as_u64())
+        .collect();
+    let out = shim_ok(cfg.path(), &["stop", "--id", id]);
+    assert!(out.contains("closed"), "{out}");
+    let file = std::fs::read_to_string(format!("/etc/nginx/shim/{id}.conf")).unwrap();
+    for p in &freed {
+        assert!(!file.contains(&format!(":{p} ")), "{file}");
+    }
+    // Another service, same port range: it is given the freed port.
+    let other = "stopb";
+    let ocfg = TestConfig::new(&upgrade_toml(other, 1).replace(
+        &format!(
+            "proxy = {{ upstream = \"{other}_web\", file = \"/etc/nginx/shim/{other}.conf\" }}\n"
+        ),
+        "",
+    ));
+    shim_ok(ocfg.path(), &["start", "--id", other, "--revision", "rev2"]);
+    let ports: Vec<u64> = status(ocfg.path(), other)
+        .iter()
+        .filter_map(|r| r["port"].as_u64())
+        .collect();
+    assert!(
+        ports.iter().any(|p| freed.contains(p)),
+        "{ports:?} vs {freed:?}"
+    );
+    for _ in 0..5 {
+        let r = one_request();
+        assert!(
+            matches!(&r, Ok((502, _))),
+            "the stopped service's site must not answer: {r:?}"
+        );
+    }
+    shim_ok(ocfg.path(), &["stop", "--id", other]);
+    disable_site(id);
+}
