@@ -472,6 +472,7 @@ pub fn exec_job(host: &Host, defs: &crate::config::Definitions, id: &str, key: &
         return Ok(());
     };
     let prepared = crate::ops::instances::prepare(host, defs, id, &st.revision, true)?;
+    crate::ops::instances::check_device_filter(&prepared)?;
     let shell = job
         .env
         .iter()

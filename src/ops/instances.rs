@@ -113,6 +113,20 @@ pub struct StartReport {
 /// How long a start job may take: runc returns once the container's init runs.
 pub const START_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// shim runs no container without device filtering. crun filters devices with an eBPF
+/// program, which it loads only after raising RLIMIT_MEMLOCK; on a host without
+/// CAP_SYS_RESOURCE it cannot (and an image's device node would then reach the host's
+/// device), so crun is refused there before anything starts. runc's rules work everywhere.
+pub fn check_device_filter(prepared: &Prepared) -> Result<()> {
+    if prepared.restrict_devices {
+        return Ok(());
+    }
+    Err(anyhow!(
+        "service {} uses runtime = \"crun\", which cannot filter devices on this host: shim has no CAP_SYS_RESOURCE to let crun raise RLIMIT_MEMLOCK for its eBPF device program, and runs no container without device filtering; use runtime = \"runc\" here",
+        prepared.service.id
+    ))
+}
+
 /// Starts the instances of `wanted` that are not already running. All or nothing: if one fails
 /// to start, the ones this call started are stopped again.
 pub fn start_instances(
@@ -120,6 +134,7 @@ pub fn start_instances(
     prepared: &Prepared,
     wanted: &[(String, u32)],
 ) -> Result<StartReport> {
+    check_device_filter(prepared)?;
     let sd = host.systemd()?;
     let _lock = crate::host::lock::lock_host(&host.dirs)?;
     let all = sd.list_units(&["shim-*".to_string()])?;
@@ -378,5 +393,19 @@ mod tests {
         // Starting a-b again finds its own instance running.
         let again = start_instances(&fh.host, &ab, &ab.all_instances()).unwrap();
         assert_eq!(again.already_running.len(), 1);
+    }
+
+    #[test]
+    fn crun_without_a_device_filter_is_refused_before_anything_starts() {
+        let fh = testkit::host();
+        let d = fh.host.dirs.clone();
+        let mut p = testkit::prepared(&testkit::defs(DEF), "app", "r1", &d);
+        p.restrict_devices = false;
+        let e = start_instances(&fh.host, &p, &p.all_instances())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot filter devices on this host"), "{e}");
+        assert!(fh.systemd.calls().is_empty(), "{:?}", fh.systemd.calls());
+        assert!(!d.instances("app").exists());
     }
 }

@@ -254,6 +254,7 @@ fn run_prepared(
     signals: Option<&Forwarder>,
 ) -> Result<Finished> {
     refuse_podman(prepared)?;
+    instances::check_device_filter(prepared)?;
     let process = borrowed_process(prepared, process)?;
     let stem = oneoff::run_stem(
         prepared.service.id.as_str(),

@@ -22,6 +22,9 @@ pub struct Shown {
 pub fn plan(host: &Host, defs: &Definitions, id: &str, revision: &str) -> Result<Shown> {
     let prepared = crate::ops::instances::prepare(host, defs, id, revision, false)?;
     let mut notes: Vec<String> = prepared.user_note.iter().cloned().collect();
+    if let Err(e) = crate::ops::instances::check_device_filter(&prepared) {
+        notes.push(format!("a start would be refused: {e}"));
+    }
     // Ports as a start would pick them now: reads systemd when reachable, never writes.
     let taken: BTreeSet<u16> = match host.systemd() {
         Ok(sd) => sd

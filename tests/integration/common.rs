@@ -299,3 +299,29 @@ pub fn mounts_containing(needle: &str) -> Vec<String> {
 pub fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
+
+/// Whether crun can load its eBPF device filter here: it needs CAP_SYS_RESOURCE (in the
+/// bounding set) to raise RLIMIT_MEMLOCK. Without it shim refuses crun services.
+pub fn crun_can_filter_devices() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
+/// On a host where crun cannot filter devices: `args` (a start or a run of a crun service)
+/// is refused with a message saying why, and nothing is left. Says that the crun test is
+/// skipped, and why.
+pub fn assert_crun_refused(config: &Path, args: &[&str], unit_glob: &str) {
+    let o = shim(config, args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+    assert!(err.contains("cannot filter devices on this host"), "{err}");
+    assert!(units_matching(unit_glob).is_empty(), "{args:?} left units");
+    eprintln!(
+        "crun: refused as it must be on this host (no CAP_SYS_RESOURCE: no eBPF device filter); the crun run-through is skipped here"
+    );
+}

@@ -304,6 +304,15 @@ fn lifecycle_runc() {
 #[test]
 fn lifecycle_crun() {
     require_sandbox!();
+    if !crun_can_filter_devices() {
+        let cfg = TestConfig::new(&service_toml("life_crun", "crun", 3));
+        assert_crun_refused(
+            cfg.path(),
+            &["start", "--id", "life_crun", "--revision", "rev1"],
+            "shim-life_crun-*",
+        );
+        return;
+    }
     lifecycle("crun");
 }
 

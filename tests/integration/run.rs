@@ -166,6 +166,15 @@ fn run_exit_codes_and_output_crun() {
     if !in_sandbox() {
         return;
     }
+    if !crun_can_filter_devices() {
+        let cfg = TestConfig::new(&run_toml("runcr", "crun"));
+        assert_crun_refused(
+            cfg.path(),
+            &["run", "--id", "runcr", "--revision", "rev1", "--", "true"],
+            "shimrun-runcr-*",
+        );
+        return;
+    }
     exit_codes_and_output("runcr", "crun");
 }
 
