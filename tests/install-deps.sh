@@ -5,7 +5,7 @@
 # Idempotent; quick when all is present.
 set -euo pipefail
 PKGS=(systemd dbus runc crun umoci skopeo nginx-light busybox-static iproute2 curl jq procps util-linux
-  docker-registry apache2-utils podman conmon tmux)
+  docker-registry apache2-utils podman conmon tmux golang-github-containers-common)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -187,6 +187,20 @@ pub struct ProcessDef {
     pub singleton: bool,
 }
 
+/// `seccomp = …`: which system-call filter a service's containers run under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Seccomp {
+    /// The profile container users expect: the one containers-common ships (Debian's
+    /// golang-github-containers-common, `/usr/share/containers/seccomp.json`), as podman uses.
+    #[default]
+    Default,
+    /// No filter (an explicit opt-out).
+    Unconfined,
+    /// A profile of the operator's, in Docker's or the OCI format.
+    Profile(PathBuf),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServiceDef {
     pub id: Ident,
@@ -200,6 +214,8 @@ pub struct ServiceDef {
     pub env: BTreeMap<String, String>,
     pub env_files: Vec<PathBuf>,
     pub user: Option<String>,
+    /// The system-call filter of its containers (runc, crun).
+    pub seccomp: Seccomp,
     /// `cron = "bin/generate-cron"`: run in the image, prints the app's crontab (`shim cron`).
     pub cron: Option<String>,
     pub processes: BTreeMap<Ident, ProcessDef>,

@@ -44,6 +44,8 @@ struct RawService {
     #[serde(default)]
     env_files: Vec<Spanned<String>>,
     user: Option<Spanned<String>>,
+    /// `"default"` (containers-common's profile), `"unconfined"`, or an absolute path.
+    seccomp: Option<Spanned<String>>,
     /// The app's crontab generator: a program inside the image that prints a crontab.
     cron: Option<Spanned<String>>,
     #[serde(default)]
@@ -286,6 +288,21 @@ fn validate_service(
         None => None,
         Some(c) => Some(validate_cron(cx, &prefix, c)?),
     };
+    let seccomp = match &r.seccomp {
+        None => super::Seccomp::Default,
+        Some(v) => match v.get_ref().as_str() {
+            "default" => super::Seccomp::Default,
+            "unconfined" => super::Seccomp::Unconfined,
+            p if p.starts_with('/') => super::Seccomp::Profile(PathBuf::from(p)),
+            other => {
+                return cx.err(
+                    &v.span(),
+                    format!("{prefix}.seccomp"),
+                    format!("{other:?}: use \"default\", \"unconfined\" or an absolute path to a seccomp profile"),
+                )
+            }
+        },
+    };
     let processes = validate_processes(cx, &prefix, id, &r.processes)?;
 
     Ok(ServiceDef {
@@ -298,6 +315,7 @@ fn validate_service(
         env,
         env_files,
         user,
+        seccomp,
         cron,
         processes,
     })

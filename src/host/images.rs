@@ -126,6 +126,49 @@ pub fn shim_binary() -> Result<PathBuf> {
     })
 }
 
+/// Where Debian's golang-github-containers-common puts the profile podman uses by default.
+pub const DEFAULT_SECCOMP: &str = "/usr/share/containers/seccomp.json";
+
+/// The text of the service's seccomp profile; None for `unconfined`.
+fn read_seccomp(svc: &ServiceDef) -> Result<Option<String>> {
+    let (path, missing) = match &svc.seccomp {
+        crate::config::Seccomp::Unconfined => return Ok(None),
+        crate::config::Seccomp::Default => (
+            PathBuf::from(DEFAULT_SECCOMP),
+            format!(
+                "the default seccomp profile {DEFAULT_SECCOMP} is not installed (Debian: apt install golang-github-containers-common); or set seccomp = \"unconfined\" in services.{} ({}) to run without one",
+                svc.id,
+                svc.source.display()
+            ),
+        ),
+        crate::config::Seccomp::Profile(p) => (
+            p.clone(),
+            format!(
+                "{}: services.{}.seccomp: cannot read {}",
+                svc.source.display(),
+                svc.id,
+                p.display()
+            ),
+        ),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) => Err(anyhow::Error::from(BadInput(format!("{missing}: {e}")))),
+    }
+}
+
+/// The running kernel's (major, minor), (0, 0) if it cannot be read.
+fn kernel_version() -> (u32, u32) {
+    let Ok(u) = nix::sys::utsname::uname() else {
+        return (0, 0);
+    };
+    let r = u.release().to_string_lossy().to_string();
+    let mut it = r
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
 /// Secrets with their values replaced by where they come from, for display.
 pub fn redacted_secrets(svc: &ServiceDef) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -176,7 +219,10 @@ fn prepare(dirs: &Dirs, req: &PrepareRequest<'_>) -> Result<Prepared> {
         .map(PathBuf::from)
         .filter(|p| p.is_file())
         .collect();
+    let seccomp = read_seccomp(&svc)?;
     Ok(Prepared {
+        seccomp,
+        kernel: kernel_version(),
         instances_dir: dirs.instances(svc.id.as_str()),
         revision: revision.to_string(),
         image,

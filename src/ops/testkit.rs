@@ -47,6 +47,8 @@ pub fn prepared(defs: &Definitions, id: &str, revision: &str, dirs: &Dirs) -> Pr
         restrict_devices: true,
         restart: plan::RestartPolicy::StartLimit,
         podman: dirs.podman(),
+        seccomp: None,
+        kernel: (6, 1),
         service,
     }
 }

@@ -41,6 +41,7 @@ pub(super) fn plan_config(
 
     set_process(&mut spec, cx, process, key, port)?;
     set_linux(&mut spec, cx, key)?;
+    set_seccomp(&mut spec, cx)?;
     let mounts = plan_mounts(&spec, cx, process)?;
     spec.set_mounts(Some(mounts));
     Ok(spec)
@@ -66,6 +67,15 @@ fn set_process(
         ));
         p.user_mut().set_uid(cx.user.uid);
         p.user_mut().set_gid(cx.user.gid);
+        // Ambient capabilities would hand a non-root process the capabilities root gets:
+        // only root keeps them (as docker and podman do).
+        if cx.user.uid != 0 {
+            let mut caps = p.capabilities().clone();
+            if let Some(c) = caps.as_mut() {
+                c.set_ambient(None);
+            }
+            p.set_capabilities(caps);
+        }
         p.set_terminal(Some(false));
         // rlimits stay as `runc spec` writes them (RLIMIT_NOFILE 1024): lowering needs no
         // privilege, while raising above the unit's hard limit needs CAP_SYS_RESOURCE, which
@@ -105,6 +115,38 @@ fn set_linux(spec: &mut Spec, cx: &PlanContext<'_>, key: &InstanceKey) -> Result
             "/{SLICE}/{}/container",
             key.unit_name()
         ))));
+    }
+    Ok(())
+}
+
+/// The system-call filter (`seccomp` of the definitions), chosen for the container's
+/// architecture and bounding capabilities (see `plan::seccomp`).
+fn set_seccomp(spec: &mut Spec, cx: &PlanContext<'_>) -> Result<(), String> {
+    let Some(profile) = cx.seccomp else {
+        return Ok(());
+    };
+    let caps: Vec<String> = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.capabilities().as_ref())
+        .and_then(|c| c.bounding().as_ref())
+        .map(|b| {
+            b.iter()
+                .filter_map(|c| serde_json::to_value(c).ok()?.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let filter = super::seccomp::plan_seccomp(
+        profile,
+        &super::seccomp::Target {
+            arch: std::env::consts::ARCH,
+            caps: &caps,
+            kernel: cx.kernel,
+        },
+    )
+    .map_err(|e| format!("services.{}.seccomp: {e}", cx.service.id))?;
+    if let Some(linux) = spec.linux_mut() {
+        linux.set_seccomp(Some(filter));
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod oneoff;
 pub mod podman;
 mod prepared;
 pub mod probe_timer;
+pub mod seccomp;
 mod unit;
 pub mod upstream;
 
@@ -176,6 +177,10 @@ pub struct PlanContext<'a> {
     pub restart: RestartPolicy,
     /// podman's store for shim's containers (`runtime = "podman"` only).
     pub podman: &'a PodmanStorage,
+    /// The seccomp profile's text (Docker's or the OCI format), None for `unconfined`.
+    pub seccomp: Option<&'a str>,
+    /// The host kernel's (major, minor), for the profile's `minKernel` rules.
+    pub kernel: (u32, u32),
 }
 
 /// Everything needed to start one instance.

@@ -29,6 +29,10 @@ pub struct Prepared {
     pub restrict_devices: bool,
     pub restart: plan::RestartPolicy,
     pub podman: plan::PodmanStorage,
+    /// The seccomp profile's text, None for `seccomp = "unconfined"`.
+    pub seccomp: Option<String>,
+    /// The host kernel's (major, minor).
+    pub kernel: (u32, u32),
 }
 
 impl Prepared {
@@ -48,6 +52,8 @@ impl Prepared {
             restrict_devices: self.restrict_devices,
             restart: self.restart,
             podman: &self.podman,
+            seccomp: self.seccomp.as_deref(),
+            kernel: self.kernel,
         }
     }
 

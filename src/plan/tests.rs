@@ -60,6 +60,8 @@ fn with_cx<T>(f: impl FnOnce(&PlanContext<'_>) -> T) -> T {
         restrict_devices: true,
         restart: RestartPolicy::StartLimit,
         podman: &podman,
+        seccomp: None,
+        kernel: (6, 1),
     };
     f(&cx)
 }
@@ -502,4 +504,59 @@ fn revisions_in_unit_names_never_collide() {
     let sha2 = "279d9035886d00000000000000000000000000ff";
     assert_ne!(rev_in_name(sha1), rev_in_name(sha2));
     assert_eq!(rev_in_name(sha1), rev_in_name(sha1), "stable");
+}
+
+#[test]
+fn config_carries_the_seccomp_filter_and_non_root_has_no_ambient_caps() {
+    with_cx(|cx| {
+        let profile = r#"{"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 38,
+          "archMap": [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": []},
+                      {"architecture": "SCMP_ARCH_AARCH64", "subArchitectures": []}],
+          "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"},
+                       {"names": ["kill"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_KILL"]}},
+                       {"names": ["chroot"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_SYS_CHROOT"]}}]}"#;
+        let cx2 = PlanContext {
+            seccomp: Some(profile),
+            ..cx.clone()
+        };
+        let p = plan_instance(&cx2, process(&cx2, "web"), 1, Some(20000)).unwrap();
+        let v = serde_json::to_value(p.oci_config().unwrap()).unwrap();
+        let sc = &v["linux"]["seccomp"];
+        assert_eq!(sc["defaultAction"], "SCMP_ACT_ERRNO");
+        let names: Vec<&str> = sc["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| {
+                r["names"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|n| n.as_str().unwrap())
+            })
+            .collect();
+        // runc spec's capabilities include CAP_KILL, not CAP_SYS_CHROOT.
+        assert_eq!(names, ["read", "kill"]);
+        assert!(
+            v["process"]["capabilities"]["ambient"].is_null(),
+            "user 1000 gets no ambient caps"
+        );
+        // Without a profile (seccomp = "unconfined"), no filter.
+        let p = plan_instance(cx, process(cx, "web"), 1, Some(20000)).unwrap();
+        let v = serde_json::to_value(p.oci_config().unwrap()).unwrap();
+        assert!(v["linux"]["seccomp"].is_null());
+        // Root keeps runc spec's ambient set.
+        let root = PlanContext {
+            user: ResolvedUser { uid: 0, gid: 0 },
+            ..cx.clone()
+        };
+        let p = plan_instance(&root, process(&root, "web"), 1, Some(20000)).unwrap();
+        let v = serde_json::to_value(p.oci_config().unwrap()).unwrap();
+        assert_eq!(
+            v["process"]["capabilities"]["ambient"]
+                .as_array()
+                .map(|a| a.len()),
+            Some(3)
+        );
+    });
 }

@@ -163,3 +163,34 @@ fn a_corrupt_state_file_does_not_stop_the_other_services() {
     shim_ok(cfg.path(), &["stop", "--id", "good1"]);
     std::fs::remove_file("/var/lib/shim/state/bad1.json").unwrap();
 }
+
+fn seccomp_of_main_pid(unit: &str) -> String {
+    let pid = unit_prop(unit, "MainPID");
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Containers run under containers-common's seccomp profile by default (`Seccomp: 2`, a
+/// filter, in the status of the container's init), and without one only when asked.
+#[test]
+fn containers_run_under_the_default_seccomp_profile() {
+    require_sandbox!();
+    for (id, extra, want) in [
+        ("secd", "", "2"),
+        ("secu", "seccomp = \"unconfined\"\n", "0"),
+    ] {
+        let text = toml(id).replace(
+            &format!("[services.{id}]\n"),
+            &format!("[services.{id}]\n{extra}"),
+        );
+        let cfg = TestConfig::new(&text);
+        shim_ok(cfg.path(), &["start", "--id", id, "--revision", "rev1"]);
+        let unit = format!("shim-{id}-web-rev1-1.service");
+        assert_eq!(seccomp_of_main_pid(&unit), want, "{id}");
+        shim_ok(cfg.path(), &["stop", "--id", id]);
+    }
+}
