@@ -126,6 +126,28 @@ pub fn shim_binary() -> Result<PathBuf> {
     })
 }
 
+/// What can be checked of a request without touching anything: the revision is one, the
+/// service is defined, its image reference with the revision filled in parses. Operations
+/// call it before they take a lock, so that such bad input leaves no file behind.
+pub fn check_request<'d>(
+    defs: &'d Definitions,
+    id: &str,
+    revision: &str,
+) -> Result<(&'d ServiceDef, ImageRef)> {
+    plan::validate_revision(revision).map_err(|m| BadInput(format!("--revision: {m}")))?;
+    let svc = defs.service(id)?;
+    let reference = svc.image_for(revision)?;
+    let image_ref = ImageRef::parse(&reference).map_err(|e| {
+        BadInput(format!(
+            "{}:{}: services.{}.image: {e}",
+            svc.source.display(),
+            svc.image_line.unwrap_or(0),
+            svc.id
+        ))
+    })?;
+    Ok((svc, image_ref))
+}
+
 /// Where Debian's golang-github-containers-common puts the profile podman uses by default.
 pub const DEFAULT_SECCOMP: &str = "/usr/share/containers/seccomp.json";
 
@@ -185,17 +207,9 @@ pub fn redacted_secrets(svc: &ServiceDef) -> Vec<(String, String)> {
 /// nothing is written: the image is read and verified, but not unpacked.
 fn prepare(dirs: &Dirs, req: &PrepareRequest<'_>) -> Result<Prepared> {
     let (defs, id, revision, unpack) = (req.defs, req.id, req.revision, req.unpack);
-    plan::validate_revision(revision).map_err(|m| BadInput(format!("--revision: {m}")))?;
-    let svc = defs.service(id)?.clone();
+    let (svc, image_ref) = check_request(defs, id, revision)?;
+    let svc = svc.clone();
     let reference = svc.image_for(revision)?;
-    let image_ref = ImageRef::parse(&reference).map_err(|e| {
-        BadInput(format!(
-            "{}:{}: services.{}.image: {e}",
-            svc.source.display(),
-            svc.image_line.unwrap_or(0),
-            svc.id
-        ))
-    })?;
     let secrets = read_secrets(&svc)?;
     let runtime_bin = crate::host::runtime::runtime_binary(svc.runtime)?;
     let store = ImageStore::with_settings(dirs.images(), defs.settings.registry())

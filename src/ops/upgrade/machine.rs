@@ -4,11 +4,13 @@
 //! is an error, not a silent half-upgrade.
 //!
 //! ```text
-//! lock → fetch → recover → plan → [crontab] → [singleton] → start → health → switch
+//! fetch → lock → recover → plan → [crontab] → [singleton] → start → health → switch
 //!      → [drain → stop-old] → record → probe → [cron] → done
 //! ```
 //!
-//! A dry run goes fetch → plan → done. Any step may end in `failed` (the driver has already
+//! The image is fetched (and every input checked) before the lock is taken, so that bad
+//! input leaves not even a lock file behind; reconcile, which holds the lock already, goes
+//! fetch → recover. A dry run goes fetch → plan → done. Any step may end in `failed` (the driver has already
 //! bailed out: stopped what this run started, restored the upstream files).
 
 use anyhow::{bail, Result};
@@ -68,9 +70,9 @@ impl Step {
         }
         matches!(
             (self, next),
-            (Init, Lock)
-                | (Init, Fetch)
-                | (Lock, Fetch)
+            (Init, Fetch)
+                | (Fetch, Lock)
+                | (Lock, Recover)
                 | (Fetch, Recover)
                 | (Fetch, Plan)
                 | (Recover, Plan)
@@ -150,7 +152,7 @@ mod tests {
     fn the_full_path_and_the_dry_run_path_are_legal() {
         use Step::*;
         let full = [
-            Lock, Fetch, Recover, Plan, Crontab, Singleton, Start, Health, Switch, Drain, StopOld,
+            Fetch, Lock, Recover, Plan, Crontab, Singleton, Start, Health, Switch, Drain, StopOld,
             Record, Probe, Cron, Done,
         ];
         let mut m = Machine::default();
@@ -169,8 +171,8 @@ mod tests {
     fn skipping_health_or_going_back_is_refused_and_named() {
         let mut m = Machine::default();
         for s in [
-            Step::Lock,
             Step::Fetch,
+            Step::Lock,
             Step::Recover,
             Step::Plan,
             Step::Start,
@@ -179,7 +181,7 @@ mod tests {
         }
         let e = m.advance(Step::Switch).unwrap_err().to_string();
         assert!(e.contains("from start to switch"), "{e}");
-        assert!(e.contains("lock → fetch → recover → plan → start"), "{e}");
+        assert!(e.contains("fetch → lock → recover → plan → start"), "{e}");
         assert_eq!(
             m.step(),
             Step::Start,

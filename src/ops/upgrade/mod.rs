@@ -3,12 +3,12 @@
 //! and reported ([`report`]):
 //!
 //! ```text
-//! lock → fetch → recover → plan → [crontab] → [singleton] → start → health → switch
+//! fetch → lock → recover → plan → [crontab] → [singleton] → start → health → switch
 //!      → [drain → stop-old] → record → probe → [cron] → done
 //! ```
 //!
 //! [`Run::tick`] performs one step and names the next; [`machine::Machine`] refuses an
-//! illegal transition. Nothing changes before `start`: the lock, the image, and the repair of
+//! illegal transition. Nothing changes before `start`: the image, the lock, and the repair of
 //! an interrupted attempt ([`recover`], a pure decision from the persisted phase, the units
 //! and the upstream files) come first. Until `switch` the old revision serves, so any failure
 //! there stops the new instances and leaves the host as it was. The phase is persisted
@@ -216,18 +216,14 @@ pub fn converge_locked(
     if !opts.json {
         println!("{} {id} to {revision}", opts.kind.verb());
     }
-    // Upstream files shim would not replace are refused before anything is written, the
-    // lock file included (an unknown service is fetch's to report).
-    if let Ok(svc) = defs.service(id) {
-        for px in svc.processes.values().filter_map(|d| d.proxy.as_ref()) {
-            crate::host::nginx::check_owned(&px.file)?;
-        }
+    // Bad input that can be seen without touching anything (an unknown service, a bad
+    // revision or image reference, upstream files shim would not replace) is refused before
+    // anything is written, the lock file included.
+    let (svc, _) = crate::host::images::check_request(defs, id, revision)?;
+    for px in svc.processes.values().filter_map(|d| d.proxy.as_ref()) {
+        crate::host::nginx::check_owned(&px.file)?;
     }
-    let first = if lock.is_some() || opts.dry_run {
-        Step::Fetch
-    } else {
-        Step::Lock
-    };
+    let first = Step::Fetch;
     let mut run = Run {
         host,
         defs,
@@ -307,7 +303,9 @@ impl Run<'_> {
             self.rep
                 .step("lock", |_| ServiceLock::acquire(run_dir, id, t))?,
         );
-        Ok(Step::Fetch)
+        // What the state says is read under the lock only.
+        self.st = self.store.load(id)?;
+        Ok(Step::Recover)
     }
 
     fn tick_fetch(&mut self) -> Result<Step> {
@@ -322,12 +320,16 @@ impl Run<'_> {
             Ok(p)
         })?;
         self.prepared = Some(p);
-        self.st = self.store.load(id)?;
-        Ok(if self.opts.dry_run {
-            Step::Plan
-        } else {
-            Step::Recover
-        })
+        if self.opts.dry_run {
+            self.st = self.store.load(id)?;
+            return Ok(Step::Plan);
+        }
+        if self.lock.is_some() {
+            // Reconcile holds the lock already.
+            self.st = self.store.load(id)?;
+            return Ok(Step::Recover);
+        }
+        Ok(Step::Lock)
     }
 
     fn tick_recover(&mut self) -> Result<Step> {

@@ -170,7 +170,7 @@ fn a_first_deploy_starts_checks_switches_and_records() {
     use machine::Step::*;
     assert_eq!(
         out.steps,
-        vec![Init, Lock, Fetch, Recover, Plan, Start, Health, Switch, Record, Probe, Done]
+        vec![Init, Fetch, Lock, Recover, Plan, Start, Health, Switch, Record, Probe, Done]
     );
     // Only the web instances have a health check.
     let asked: BTreeSet<u16> = lock(&t.http.asked).iter().map(|(p, _)| *p).collect();
