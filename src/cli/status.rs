@@ -207,6 +207,9 @@ pub fn run(host: &crate::host::Host, config: &Path, args: StatusArgs) -> Result<
             }
         }
     }
+    for w in &report.warnings {
+        eprintln!("shim: warning: {w}");
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report.instances)?);
         return Ok(());

@@ -28,7 +28,7 @@ mod registry;
 mod remote;
 mod resolve;
 mod store;
-mod unpack;
+pub(crate) mod unpack;
 
 #[cfg(test)]
 mod pull_tests;

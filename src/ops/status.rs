@@ -50,6 +50,8 @@ pub struct StatusReport {
     pub supervision: BTreeMap<String, Supervision>,
     /// The cron jobs of each service shown, by id (empty unless [`Query::cron`]).
     pub cron: BTreeMap<String, Vec<JobRow>>,
+    /// What could not be read (a corrupt state file, say), one line each.
+    pub warnings: Vec<String>,
 }
 
 /// What an instance's directory says about it, as [`read_local`] found it.
@@ -310,10 +312,25 @@ pub fn gather(host: &Host, defs: Option<&Definitions>, q: &Query<'_>) -> Result<
     } else {
         BTreeMap::new()
     };
+    let mut ids: BTreeSet<&str> = defs
+        .map(|d| d.services.keys().map(|k| k.as_str()).collect())
+        .unwrap_or_default();
+    ids.extend(services.iter().copied());
+    if let Some(id) = q.id {
+        ids.retain(|i| *i == id);
+    }
+    let warnings = ids
+        .iter()
+        .filter_map(|id| host.state().load(id).err().map(|e| (id, e)))
+        .map(|(id, e)| {
+            format!("service {id}: {e:#}; reconcile leaves it alone until the file is repaired or removed")
+        })
+        .collect();
     Ok(StatusReport {
         instances: rows(&units, q.id, q.now_usec, &supervision, max_delay),
         supervision,
         cron,
+        warnings,
     })
 }
 
@@ -664,6 +681,31 @@ mod tests {
         assert!(r.instances.is_empty());
         assert!(r.supervision.is_empty());
         assert!(r.cron.is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_reported_and_the_rest_shown() {
+        let fh = crate::ops::testkit::host();
+        fh.systemd.insert(fake_unit("app", 1, "active", "running"));
+        let defs = crate::ops::testkit::defs(
+            "[services.app]\nimage = \"oci:/i:{revision}\"\n[services.app.processes.web]\n\
+             [services.brk]\nimage = \"oci:/i:{revision}\"\n[services.brk.processes.web]\n",
+        );
+        std::fs::create_dir_all(fh.host.dirs.state.join("state")).unwrap();
+        std::fs::write(fh.host.state().path("brk"), "{\"current\": 7").unwrap();
+        let q = Query {
+            id: None,
+            cron: false,
+            now_usec: 1,
+        };
+        let r = gather(&fh.host, Some(&defs), &q).unwrap();
+        assert_eq!(r.instances.len(), 1);
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(
+            r.warnings[0].starts_with("service brk: ") && r.warnings[0].contains("brk.json"),
+            "{:?}",
+            r.warnings
+        );
     }
 
     #[test]
