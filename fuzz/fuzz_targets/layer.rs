@@ -24,5 +24,9 @@ fuzz_target!(|data: &[u8]| {
         .expect("read parent")
         .map(|e| e.expect("entry").file_name())
         .collect();
-    assert_eq!(names, vec![std::ffi::OsString::from("rootfs")], "an entry escaped the rootfs");
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("rootfs")],
+        "an entry escaped the rootfs"
+    );
 });
