@@ -215,7 +215,17 @@ fn allocate(
     missing: &[(String, u32)],
     taken: &BTreeSet<u16>,
 ) -> Result<BTreeMap<(String, u32), u16>> {
-    let needs_port: Vec<(String, u32)> = missing
+    let needs_port = needing_ports(prepared, missing);
+    let ports = plan::allocate_ports(prepared.port_range, needs_port.len(), taken, |p| {
+        !host.procfs.port_free(p)
+    })
+    .map_err(|m| anyhow!(m))?;
+    Ok(needs_port.into_iter().zip(ports).collect())
+}
+
+/// The (process, index) pairs of `wanted` whose process takes a port.
+pub fn needing_ports(prepared: &Prepared, wanted: &[(String, u32)]) -> Wanted {
+    wanted
         .iter()
         .filter(|(p, _)| {
             prepared
@@ -225,12 +235,7 @@ fn allocate(
                 .any(|d| d.name.as_str() == p && d.port)
         })
         .cloned()
-        .collect();
-    let ports = plan::allocate_ports(prepared.port_range, needs_port.len(), taken, |p| {
-        !host.procfs.port_free(p)
-    })
-    .map_err(|m| anyhow!(m))?;
-    Ok(needs_port.into_iter().zip(ports).collect())
+        .collect()
 }
 
 /// Stops what a failed start started, so the host is as it was; the error names each failed

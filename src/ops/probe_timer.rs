@@ -50,6 +50,24 @@ pub enum TimerChange {
     Replaced,
 }
 
+/// The service's probe timer and service as the definitions ask for them (the definitions'
+/// path made absolute: the timer runs from `/`).
+fn planned(
+    host: &Host,
+    svc: &ServiceDef,
+    shim_exe: &Path,
+    config: &Path,
+) -> Result<crate::plan::probe_timer::ProbeUnits> {
+    let config = std::path::absolute(config)?;
+    let env = probe_env(&host.dirs);
+    Ok(plan_probe(&ProbeContext {
+        service: svc,
+        shim_exe,
+        config: &config,
+        env: &env,
+    }))
+}
+
 /// How a probe timer is now, for reconcile's plan: `None` when it is what the definitions
 /// ask for and active.
 pub fn probe_timer_drift(
@@ -58,15 +76,8 @@ pub fn probe_timer_drift(
     shim_exe: &Path,
     config: &Path,
 ) -> Result<Option<String>> {
-    let (sd, dirs) = (host.systemd()?, &host.dirs);
-    let config = std::path::absolute(config)?;
-    let env = probe_env(dirs);
-    let planned = plan_probe(&ProbeContext {
-        service: svc,
-        shim_exe,
-        config: &config,
-        env: &env,
-    });
+    let sd = host.systemd()?;
+    let planned = planned(host, svc, shim_exe, config)?;
     let name = &planned.timer.name;
     let now = sd.list_units(std::slice::from_ref(name))?;
     let want = match &planned.timer.properties[0].1 {
@@ -92,15 +103,8 @@ pub fn ensure_probe_timer(
     let Some(_) = probe_timer_drift(host, svc, shim_exe, config)? else {
         return Ok(TimerChange::Unchanged);
     };
-    let (sd, dirs) = (host.systemd()?, &host.dirs);
-    let config = std::path::absolute(config)?;
-    let env = probe_env(dirs);
-    let planned = plan_probe(&ProbeContext {
-        service: svc,
-        shim_exe,
-        config: &config,
-        env: &env,
-    });
+    let sd = host.systemd()?;
+    let planned = planned(host, svc, shim_exe, config)?;
     let id = svc.id.as_str();
     let existed = remove_probe_timer(sd, id)?;
     // A stopped transient unit is unloaded by systemd's garbage collection, soon after its

@@ -39,17 +39,7 @@ pub fn plan(host: &Host, defs: &Definitions, id: &str, revision: &str) -> Result
         }
     };
     let wanted = prepared.all_instances();
-    let needs_port: Vec<(String, u32)> = wanted
-        .iter()
-        .filter(|(p, _)| {
-            prepared
-                .service
-                .processes
-                .values()
-                .any(|d| d.name.as_str() == p && d.port)
-        })
-        .cloned()
-        .collect();
+    let needs_port = crate::ops::instances::needing_ports(&prepared, &wanted);
     let ports = plan::allocate_ports(prepared.port_range, needs_port.len(), &taken, |_| false)
         .map_err(anyhow::Error::msg)?;
     let ports: BTreeMap<_, _> = needs_port.into_iter().zip(ports).collect();
