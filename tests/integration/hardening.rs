@@ -463,3 +463,57 @@ fn bad_input_corpus_exits_2_names_the_problem_and_changes_nothing() {
     eprintln!("bad-input corpus: {n} cases, each exit 2, named, nothing changed");
     assert!(units_matching("shim-corp*").is_empty());
 }
+
+/// An image that ships a node of one of the host's block devices: the container cannot open
+/// it (runc's device rule denies it; crun, which cannot enforce one here, is refused).
+#[test]
+fn a_device_node_shipped_in_an_image_gives_no_access_to_the_host_device() {
+    require_sandbox!();
+    // A block device of this host, e.g. its disk (major:minor from sysfs).
+    let dev = std::fs::read_dir("/sys/dev/block")
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string());
+    let Some(dev) = dev else {
+        eprintln!("skipped: this host has no block device to point a node at");
+        return;
+    };
+    let (major, minor) = dev.split_once(':').unwrap();
+    let layout = "/var/lib/shim-test/images/devnode";
+    let o = run(Command::new("bash")
+        .arg(repo_root().join("tests/sandbox/build-test-image.sh"))
+        .args([layout, "revdev", "revdev", TESTAPP])
+        .env("IMAGE_DEVICE", format!("b {major} {minor}")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = toml("devn").replace("oci:{layout}", &format!("oci:{layout}"));
+    let cfg = TestConfig::new(&text);
+    let o = shim(
+        cfg.path(),
+        &[
+            "run",
+            "--id",
+            "devn",
+            "--revision",
+            "revdev",
+            "--",
+            "/bin/sh",
+            "-c",
+            "ls -l /app/hostdev; head -c 512 /app/hostdev > /dev/null && echo READ-THE-HOST-DEVICE",
+        ],
+    );
+    let (out, err) = (stdout(&o), stderr(&o));
+    assert!(
+        out.contains("/app/hostdev"),
+        "the node is in the image: {out}\n{err}"
+    );
+    assert!(
+        !out.contains("READ-THE-HOST-DEVICE"),
+        "the container read {dev}: {out}"
+    );
+    assert!(
+        err.contains("Operation not permitted") || err.contains("Permission denied"),
+        "opening the node must be refused, not fail otherwise: {err}"
+    );
+    assert_ne!(o.status.code(), Some(0));
+}

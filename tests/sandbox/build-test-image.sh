@@ -10,6 +10,8 @@
 #   REVISION    baked into the image as env APP_REVISION (GET / echoes it)
 #               and as the org.opencontainers.image.revision label.
 #   IMAGE_CRONTAB (env) the crontab bin/generate-cron prints (default: empty).
+#   IMAGE_DEVICE (env) "b MAJOR MINOR" or "c MAJOR MINOR": a device node at /app/hostdev,
+#               as a hostile image would ship one (default: none).
 #   APP_BINARY  defaults to target/release/shim-testapp in the repository
 #               (build it with: cargo build --release --bin shim-testapp).
 #
@@ -123,6 +125,11 @@ root:x:0:
 app:x:1000:
 nogroup:x:65534:
 EOF
+if [[ -n "${IMAGE_DEVICE:-}" ]]; then
+  # shellcheck disable=SC2086 # "b 7 0": three words on purpose
+  mknod "$ROOTFS/app/hostdev" ${IMAGE_DEVICE}
+  chmod 0666 "$ROOTFS/app/hostdev"
+fi
 # Existing files so a runtime can bind-mount over them.
 printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$ROOTFS/etc/hosts"
 : >"$ROOTFS/etc/resolv.conf"
