@@ -150,4 +150,32 @@ out=$(shim reconcile 2>/dev/null) && fail "shim reconcile did not report brk: $o
 grep -q "nothing to do" <<<"$out" || fail "reconcile after boot was not a no-op: $out"
 shim status | sed "s/^/  /"
 ' || fail "after the reboot: see above"
+
+# The chaos test, recovery by reboot: an upgrade SIGKILLed right after each step, then a
+# reboot. What serves afterwards is what nginx pointed at when shim died: the old revision
+# before the switch, the new one from the switch on.
+rev=rev2
+for step in start health switch drain stop-old; do
+  next=$([[ $rev == rev2 ]] && echo rev1 || echo rev2)
+  case $step in start | health) want=$rev ;; *) want=$next ;; esac
+  X env STEP="$step" NEXT="$next" bash -uo pipefail -c '
+rc=0; SHIM_TEST_KILL_AFTER=$STEP shim upgrade --id reb --revision $NEXT >/dev/null 2>&1 || rc=$?
+[[ $rc == 137 ]] || { echo "the upgrade to $NEXT was not killed after $STEP (exit $rc)"; exit 1; }
+' || fail "killing the upgrade after $step"
+  SHIM_SANDBOX_ALLOW_DEGRADED=1 $SB reboot --name "$NAME" >/dev/null || fail "reboot after a kill at $step"
+  X env PORT="$PORT" WANT="$want" STEP="$step" bash -uo pipefail -c '
+rows=$(shim status --id reb --json)
+[[ "$(jq "[.[] | select(.revision == \"$WANT\" and .state == \"active\")] | length" <<<"$rows")" == 3 ]] ||
+  { echo "after a kill at $STEP and a reboot: expected 3 active $WANT instances: $rows"; exit 1; }
+[[ "$(jq "[.[] | select(.revision != \"$WANT\")] | length" <<<"$rows")" == 0 ]] ||
+  { echo "after a kill at $STEP and a reboot: other revisions left: $rows"; exit 1; }
+for i in $(seq 100); do
+  body=$(curl -sf "http://127.0.0.1:$PORT/") && [[ "$body" == revision=$WANT* ]] && break
+  sleep 0.1
+done
+[[ "$body" == revision=$WANT* ]] || { echo "after a kill at $STEP and a reboot nginx serves: ${body:-nothing}"; exit 1; }
+echo "  killed after $STEP, rebooted: $WANT serves ($body)"
+' || fail "after a kill at $step and a reboot: see above"
+  rev=$want
+done
 echo "reboot test: PASS"

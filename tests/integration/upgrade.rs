@@ -383,6 +383,13 @@ fn killed_upgrade_is_repaired_by_the_next() {
             rows.iter().all(|r| r["revision"] == next),
             "{step}: {rows:?}"
         );
+        // No runc container or mount of the old revision is left.
+        let stem = format!("shim-{id}-web-{rev}-");
+        assert!(
+            !runtime_containers("runc").iter().any(|c| c.starts_with(&stem)),
+            "{step}: runc containers of {rev} left"
+        );
+        assert!(mounts_containing(&stem).is_empty(), "{step}: mounts of {rev} left");
         rev = next;
     }
     shim_ok(cfg.path(), &["stop", "--id", id]);
@@ -453,12 +460,14 @@ fn concurrent_upgrades_wait_for_each_other() {
     disable_site(id);
 }
 
-/// An upgrade SIGKILLed at or after the switch, then `shim reconcile` (what the boot runs):
-/// the revision nginx was pointed at when shim died is the one that serves afterwards, with
-/// every old instance gone and no failed request meanwhile. (The audit saw reconcile bring
-/// the old revision back: it took its target before recovery promoted the switched attempt.)
+/// The chaos test, recovery by reconcile (what the boot runs): an upgrade SIGKILLed right
+/// after each step, then `shim reconcile`, under load. Killed before nginx switched, the old
+/// revision goes on serving and the attempt's instances go; killed at or after the switch,
+/// the new one serves (the audit saw reconcile bring the old one back: it took its target
+/// before recovery promoted the switched attempt). Either way no failed request, and no unit,
+/// runc container or mount of the other revision is left, nor a held lock.
 #[test]
-fn reconcile_after_a_kill_past_the_switch_keeps_the_new_revision() {
+fn reconcile_after_a_kill_at_each_step_keeps_what_nginx_served() {
     require_sandbox!();
     ensure_nginx();
     let id = "kswitch";
@@ -468,8 +477,9 @@ fn reconcile_after_a_kill_past_the_switch_keeps_the_new_revision() {
     // Supervision paused: the probe must not repair anything behind the reconcile's back.
     shim_ok(cfg.path(), &["supervise", "pause", "--id", id]);
     let mut rev = "rev1";
-    for step in ["switch", "drain", "stop-old"] {
+    for step in ["start", "health", "switch", "drain", "stop-old"] {
         let next = if rev == "rev1" { "rev2" } else { "rev1" };
+        let switched = !matches!(step, "start" | "health");
         let load = Load::start();
         let o = run(std::process::Command::new(SHIM)
             .arg("--config")
@@ -477,11 +487,12 @@ fn reconcile_after_a_kill_past_the_switch_keeps_the_new_revision() {
             .args(["upgrade", "--id", id, "--revision", next])
             .env("SHIM_TEST_KILL_AFTER", step));
         assert_eq!(o.status.code(), None, "{step}: not killed: {}", stdout(&o));
-        // nginx was pointed at `next` when shim died (a request this instant may still reach
-        // a worker of the previous generation, which serves the old instances: both run).
+        // What nginx was pointed at when shim died (a request this instant may still reach a
+        // worker of the previous generation: both revisions run).
+        let serving = if switched { next } else { rev };
         let file = std::fs::read_to_string(format!("/etc/nginx/shim/{id}.conf")).unwrap();
         assert!(
-            file.contains(&format!("revision {next}.")),
+            file.contains(&format!("revision {serving}.")),
             "{step}: {file}"
         );
         let out = shim_ok(cfg.path(), &["reconcile"]);
@@ -489,22 +500,46 @@ fn reconcile_after_a_kill_past_the_switch_keeps_the_new_revision() {
         assert!(stats.failed.is_empty(), "{step}: {}", failures(&stats));
         assert_eq!(
             served_revision(),
-            format!("revision={next}"),
+            format!("revision={serving}"),
             "{step}: reconcile changed the serving revision:\n{out}"
         );
         let rows = status(cfg.path(), id);
         assert_eq!(rows.len(), 3, "{step}: {rows:?}\n{out}");
         assert!(
-            rows.iter().all(|r| r["revision"] == next),
+            rows.iter().all(|r| r["revision"] == serving),
             "{step}: {rows:?}"
         );
         let st: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(format!("/var/lib/shim/state/{id}.json")).unwrap(),
         )
         .unwrap();
-        assert_eq!(st["current"], next, "{step}: {st}");
+        assert_eq!(st["current"], serving, "{step}: {st}");
         assert!(st.get("upgrading").is_none(), "{step}: {st}");
-        rev = next;
+        // Nothing of the other revision is left behind.
+        let gone = if switched { rev } else { next };
+        let stem = format!("shim-{id}-web-{gone}-");
+        assert!(
+            units_matching(&format!("{stem}*")).is_empty(),
+            "{step}: units of {gone}"
+        );
+        assert!(
+            !runtime_containers("runc")
+                .iter()
+                .any(|c| c.starts_with(&stem)),
+            "{step}: runc containers of {gone}: {:?}",
+            runtime_containers("runc")
+        );
+        assert!(
+            mounts_containing(&stem).is_empty(),
+            "{step}: mounts of {gone}"
+        );
+        // And the lock is free again.
+        let l = std::fs::File::open(format!("/run/shim/locks/{id}.lock")).unwrap();
+        assert!(
+            nix::fcntl::Flock::lock(l, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok(),
+            "{step}: the service lock is still held"
+        );
+        rev = serving;
     }
     shim_ok(cfg.path(), &["stop", "--id", id]);
     disable_site(id);
