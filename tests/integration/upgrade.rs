@@ -386,10 +386,15 @@ fn killed_upgrade_is_repaired_by_the_next() {
         // No runc container or mount of the old revision is left.
         let stem = format!("shim-{id}-web-{rev}-");
         assert!(
-            !runtime_containers("runc").iter().any(|c| c.starts_with(&stem)),
+            !runtime_containers("runc")
+                .iter()
+                .any(|c| c.starts_with(&stem)),
             "{step}: runc containers of {rev} left"
         );
-        assert!(mounts_containing(&stem).is_empty(), "{step}: mounts of {rev} left");
+        assert!(
+            mounts_containing(&stem).is_empty(),
+            "{step}: mounts of {rev} left"
+        );
         rev = next;
     }
     shim_ok(cfg.path(), &["stop", "--id", id]);
