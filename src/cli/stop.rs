@@ -49,11 +49,11 @@ pub fn run(host: &Host, config: &Path, args: StopArgs) -> Result<()> {
         .into());
     }
     let done = crate::ops::stop::stop(host, defs.as_ref(), &args.id, timeout, args.lock_timeout)?;
+    for w in &done.warnings {
+        eprintln!("shim: warning: {w}");
+    }
     for l in &done.closed {
-        match l.strip_prefix("warning: ") {
-            Some(w) => eprintln!("shim: warning: {w}"),
-            None => println!("{l}"),
-        }
+        println!("{l}");
     }
     if let Some(t) = &done.probe_timer {
         println!("removed  {t}");

@@ -127,13 +127,13 @@ pub fn shim_binary() -> Result<PathBuf> {
 }
 
 /// What can be checked of a request without touching anything: the revision is one, the
-/// service is defined, its image reference with the revision filled in parses. Operations
-/// call it before they take a lock, so that such bad input leaves no file behind.
-pub fn check_request<'d>(
+/// service is defined, its image reference with the revision filled in (returned as written
+/// and parsed) parses.
+fn check_request<'d>(
     defs: &'d Definitions,
     id: &str,
     revision: &str,
-) -> Result<(&'d ServiceDef, ImageRef)> {
+) -> Result<(&'d ServiceDef, String, ImageRef)> {
     plan::validate_revision(revision).map_err(|m| BadInput(format!("--revision: {m}")))?;
     let svc = defs.service(id)?;
     let reference = svc.image_for(revision)?;
@@ -145,7 +145,7 @@ pub fn check_request<'d>(
             svc.id
         ))
     })?;
-    Ok((svc, image_ref))
+    Ok((svc, reference, image_ref))
 }
 
 /// Where Debian's golang-github-containers-common puts the profile podman uses by default.
@@ -207,9 +207,8 @@ pub fn redacted_secrets(svc: &ServiceDef) -> Vec<(String, String)> {
 /// nothing is written: the image is read and verified, but not unpacked.
 fn prepare(dirs: &Dirs, req: &PrepareRequest<'_>) -> Result<Prepared> {
     let (defs, id, revision, unpack) = (req.defs, req.id, req.revision, req.unpack);
-    let (svc, image_ref) = check_request(defs, id, revision)?;
+    let (svc, reference, image_ref) = check_request(defs, id, revision)?;
     let svc = svc.clone();
-    let reference = svc.image_for(revision)?;
     let secrets = read_secrets(&svc)?;
     let runtime_bin = crate::host::runtime::runtime_binary(svc.runtime)?;
     let store = ImageStore::with_settings(dirs.images(), defs.settings.registry())

@@ -165,6 +165,38 @@ pub fn reload(host: &Host, unit: &str, timeout: Duration) -> Result<()> {
     }
 }
 
+/// `nginx -t`, then the reload; on failure every file of `backups` is restored (and, when the
+/// reload itself failed, nginx reloaded again on the old files), so nginx keeps serving
+/// what it served. The error says which failed, and both if the second reload fails too.
+pub fn apply(host: &Host, unit: &str, backups: &[Backup]) -> Result<()> {
+    if let Err(e) = host.nginx.test_config() {
+        restore(backups);
+        return Err(e.context("the new upstream was refused; previous file restored"));
+    }
+    if let Err(e) = reload(host, unit, Duration::from_secs(30)) {
+        restore(backups);
+        // Put nginx back on the old file too; if this fails as well, the error says both.
+        let again = reload(host, unit, Duration::from_secs(30));
+        let e = e.context("reloading nginx failed; previous upstream restored");
+        return Err(match again {
+            Ok(()) => e,
+            Err(e2) => e.context(format!(
+                "and reloading it with the previous file failed too: {e2:#}"
+            )),
+        });
+    }
+    Ok(())
+}
+
+/// Puts back what `backups` hold; a failure is reported, the others still restored.
+pub fn restore(backups: &[Backup]) {
+    for b in backups {
+        if let Err(e) = b.restore() {
+            eprintln!("shim: restoring an upstream file failed: {e:#}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,15 +42,25 @@ impl ServiceState {
             return None;
         }
         if let Some(a) = &self.upgrading {
-            let named = upstreams
-                .values()
-                .flatten()
-                .any(|t| crate::plan::upstream::file_revision(t) == Some(a.revision.as_str()));
-            if a.phase == Phase::Switched || named {
+            if a.phase == Phase::Switched || self.upstreams_name_attempt(upstreams) {
                 return Some(a.revision.clone());
             }
         }
         self.current.clone()
+    }
+
+    /// Whether one of the service's upstream files (`upstreams` by path) already names the
+    /// interrupted attempt's revision: nginx was switched even if the phase did not get saved.
+    pub fn upstreams_name_attempt(
+        &self,
+        upstreams: &std::collections::BTreeMap<PathBuf, Option<String>>,
+    ) -> bool {
+        self.upgrading.as_ref().is_some_and(|a| {
+            upstreams
+                .values()
+                .flatten()
+                .any(|t| crate::plan::upstream::file_revision(t) == Some(a.revision.as_str()))
+        })
     }
 
     /// Whether the probe must leave `process` alone.

@@ -27,8 +27,10 @@ pub struct Teardown {
     pub cron: Vec<String>,
     /// The instance units stopped.
     pub stopped: Vec<String>,
-    /// One line per upstream file closed (or why it could not be).
+    /// One line per upstream file closed.
     pub closed: Vec<String>,
+    /// What went wrong without stopping the stop (an upstream that could not be closed).
+    pub warnings: Vec<String>,
 }
 
 /// Points each proxied process's upstream at no instance (see the module docs) and reloads
@@ -67,16 +69,8 @@ pub fn close_upstreams(host: &Host, svc: &ServiceDef, nginx_unit: &str) -> Resul
     if !active {
         return Ok(lines);
     }
-    let applied = host
-        .nginx
-        .test_config()
-        .and_then(|_| crate::host::nginx::reload(host, nginx_unit, Duration::from_secs(30)));
-    if let Err(e) = applied {
-        for b in &backups {
-            let _ = b.restore();
-        }
-        return Err(e.context("closing the upstream failed; previous file restored"));
-    }
+    crate::host::nginx::apply(host, nginx_unit, &backups)
+        .map_err(|e| e.context("closing the upstream failed"))?;
     Ok(lines)
 }
 
@@ -97,6 +91,7 @@ pub fn teardown(host: &Host, id: &str, timeout: Duration, _lock: &ServiceLock) -
         cron,
         stopped,
         closed: Vec::new(),
+        warnings: Vec::new(),
     })
 }
 
@@ -129,7 +124,7 @@ pub fn stop(
     lock_timeout: Duration,
 ) -> Result<Teardown> {
     let lock = ServiceLock::acquire(&host.dirs.run, id, lock_timeout)?;
-    let mut closed = Vec::new();
+    let (mut closed, mut warnings) = (Vec::new(), Vec::new());
     if let Some((d, svc)) = defs.and_then(|d| Some((d, d.service(id).ok()?))) {
         match close_upstreams(host, svc, &d.settings.nginx_unit) {
             Ok(lines) if !lines.is_empty() => {
@@ -147,11 +142,12 @@ pub fn stop(
                 }
             }
             Ok(_) => {}
-            Err(e) => closed.push(format!("warning: {e:#}")),
+            Err(e) => warnings.push(format!("{e:#}")),
         }
     }
     let mut done = teardown(host, id, timeout, &lock)?;
     done.closed = closed;
+    done.warnings = warnings;
     let store = host.state();
     let mut st = store.load(id)?;
     if st.current.is_some() || !done.stopped.is_empty() {
@@ -331,10 +327,11 @@ mod tests {
             Duration::ZERO,
         )
         .unwrap();
+        assert!(t.closed.is_empty(), "{:?}", t.closed);
         assert!(
-            t.closed[0].starts_with("warning: ") && t.closed[0].contains("not written by shim"),
+            t.warnings.len() == 1 && t.warnings[0].contains("not written by shim"),
             "{:?}",
-            t.closed
+            t.warnings
         );
         assert_eq!(t.stopped.len(), 1);
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "events {}\n");

@@ -216,13 +216,6 @@ pub fn converge_locked(
     if !opts.json {
         println!("{} {id} to {revision}", opts.kind.verb());
     }
-    // Bad input that can be seen without touching anything (an unknown service, a bad
-    // revision or image reference, upstream files shim would not replace) is refused before
-    // anything is written, the lock file included.
-    let (svc, _) = crate::host::images::check_request(defs, id, revision)?;
-    for px in svc.processes.values().filter_map(|d| d.proxy.as_ref()) {
-        crate::host::nginx::check_owned(&px.file)?;
-    }
     let first = Step::Fetch;
     let mut run = Run {
         host,
@@ -313,6 +306,16 @@ impl Run<'_> {
         let unpack = !self.opts.dry_run;
         let p = self.rep.step("fetch", |d| {
             let p = instances::prepare(host, defs, id, rev, unpack)?;
+            // Upstream files shim would not replace are refused here too, before the lock
+            // file is made.
+            for px in p
+                .service
+                .processes
+                .values()
+                .filter_map(|d| d.proxy.as_ref())
+            {
+                crate::host::nginx::check_owned(&px.file)?;
+            }
             d.push(format!(
                 "image {} ({})",
                 p.image.reference, p.image.manifest_digest

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::host::nginx;
-use crate::host::state::{Attempt, Phase, ServiceState, StateStore};
+use crate::host::state::{Phase, ServiceState, StateStore};
 use crate::host::systemd::UnitInfo;
 use crate::host::Host;
 use crate::ops::instances;
@@ -94,20 +94,6 @@ pub fn recovered_state(st: &ServiceState, r: &Recovery) -> ServiceState {
     st
 }
 
-/// Whether any of the service's upstream files already points at `attempt`'s revision.
-pub fn files_name_attempt(p: &Prepared, attempt: Option<&Attempt>) -> bool {
-    let Some(a) = attempt else { return false };
-    p.service
-        .processes
-        .values()
-        .filter_map(|d| d.proxy.as_ref())
-        .any(|px| {
-            std::fs::read_to_string(&px.file).ok().is_some_and(|t| {
-                crate::plan::upstream::file_revision(&t) == Some(a.revision.as_str())
-            })
-        })
-}
-
 /// Observes, decides and repairs; saves the recovered state before stopping anything.
 pub fn run(
     host: &Host,
@@ -124,7 +110,7 @@ pub fn run(
         st,
         &p.revision,
         &units,
-        files_name_attempt(p, st.upgrading.as_ref()),
+        st.upstreams_name_attempt(&crate::host::nginx::read_upstream_files(&p.service)),
     );
     details.extend(r.notes.iter().cloned());
     if r.clear_attempt {
@@ -161,6 +147,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::state::Attempt;
 
     fn unit(rev: &str, i: u32) -> UnitInfo {
         UnitInfo {

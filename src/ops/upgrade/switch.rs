@@ -4,11 +4,9 @@
 //! file this switch wrote (and reloads nginx on them again if the reload itself failed), so
 //! nginx keeps serving the old revision.
 
-use std::time::Duration;
-
 use anyhow::{bail, Result};
 
-use crate::host::nginx::{self, Backup};
+use crate::host::nginx;
 use crate::host::systemd::UnitInfo;
 use crate::host::Host;
 use crate::plan::Prepared;
@@ -84,7 +82,7 @@ pub fn switch(
             }
             Ok(None) => details.push(format!("{}: unchanged", f.file.display())),
             Err(e) => {
-                restore(&backups);
+                nginx::restore(&backups);
                 return Err(e);
             }
         }
@@ -92,36 +90,7 @@ pub fn switch(
     if backups.is_empty() {
         return Ok(());
     }
-    apply(host, nginx_unit, &backups)?;
+    nginx::apply(host, nginx_unit, &backups)?;
     details.push(format!("{nginx_unit} reloaded; new workers running"));
     Ok(())
-}
-
-/// `nginx -t`, then the reload; on failure the files are restored.
-fn apply(host: &Host, nginx_unit: &str, backups: &[Backup]) -> Result<()> {
-    if let Err(e) = host.nginx.test_config() {
-        restore(backups);
-        return Err(e.context("the new upstream was refused; previous file restored"));
-    }
-    if let Err(e) = nginx::reload(host, nginx_unit, Duration::from_secs(30)) {
-        restore(backups);
-        // Put nginx back on the old file too; if this fails as well, the error says both.
-        let again = nginx::reload(host, nginx_unit, Duration::from_secs(30));
-        let e = e.context("reloading nginx failed; previous upstream restored");
-        return Err(match again {
-            Ok(()) => e,
-            Err(e2) => e.context(format!(
-                "and reloading it with the previous file failed too: {e2:#}"
-            )),
-        });
-    }
-    Ok(())
-}
-
-fn restore(backups: &[Backup]) {
-    for b in backups {
-        if let Err(e) = b.restore() {
-            eprintln!("shim: restoring an upstream file failed: {e:#}");
-        }
-    }
 }
