@@ -116,13 +116,10 @@ fn process_drift(
         ));
     }
     if let Some(px) = &d.proxy {
-        let mut ports: Vec<(u32, u16)> = mine
-            .iter()
-            .filter(|u| index(u) <= d.count)
-            .filter_map(|u| Some((index(u), u.port()?)))
-            .collect();
-        ports.sort();
-        let ports: Vec<u16> = ports.into_iter().map(|(_, p)| p).collect();
+        let ports = crate::plan::upstream::upstream_ports(
+            mine.iter().filter_map(|u| Some((index(u), u.port()?))),
+            d.count,
+        );
         let want = crate::plan::upstream::render_upstream(
             &px.upstream,
             id,

@@ -5,6 +5,14 @@
 /// How every upstream file shim writes begins: what marks a file as shim's to replace.
 pub const HEADER: &str = "# Written by shim for service ";
 
+/// The ports an upstream lists: those of the instances up to `count` (the ones beyond are
+/// about to be stopped), in instance order.
+pub fn upstream_ports(instances: impl IntoIterator<Item = (u32, u16)>, count: u32) -> Vec<u16> {
+    let mut v: Vec<(u32, u16)> = instances.into_iter().filter(|(i, _)| *i <= count).collect();
+    v.sort();
+    v.into_iter().map(|(_, p)| p).collect()
+}
+
 /// The upstream block for `ports` (loopback only: instances share the host's network).
 pub fn render_upstream(
     upstream: &str,
@@ -47,6 +55,15 @@ pub fn file_revision(text: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ports_are_in_instance_order_and_stop_at_count() {
+        assert_eq!(
+            upstream_ports([(3, 30003), (1, 30001), (2, 30007)], 2),
+            [30001, 30007]
+        );
+        assert!(upstream_ports([], 2).is_empty());
+    }
 
     #[test]
     fn a_closed_upstream_is_shims_and_names_no_revision_or_port() {

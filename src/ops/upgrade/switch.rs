@@ -26,19 +26,18 @@ pub fn plan_files(p: &Prepared, units: &[UnitInfo]) -> Result<Vec<UpstreamFile>>
     let mut out = Vec::new();
     for def in p.service.processes.values() {
         let Some(proxy) = &def.proxy else { continue };
-        let mut ports: Vec<(u32, u16)> = units
-            .iter()
-            .filter(|u| u.process() == Some(def.name.as_str()))
-            .filter_map(|u| {
-                Some((
-                    u.field(crate::plan::fields::INSTANCE)?.parse().ok()?,
-                    u.port()?,
-                ))
-            })
-            .filter(|(i, _)| *i <= def.count)
-            .collect();
-        ports.sort();
-        let ports: Vec<u16> = ports.into_iter().map(|(_, p)| p).collect();
+        let ports = crate::plan::upstream::upstream_ports(
+            units
+                .iter()
+                .filter(|u| u.process() == Some(def.name.as_str()))
+                .filter_map(|u| {
+                    Some((
+                        u.field(crate::plan::fields::INSTANCE)?.parse().ok()?,
+                        u.port()?,
+                    ))
+                }),
+            def.count,
+        );
         if ports.is_empty() && def.count > 0 {
             bail!("no running instance of {} to point nginx at", def.name);
         }
