@@ -20,15 +20,25 @@ pub struct StartArgs {
     /// Service id, as in [services.ID].
     #[arg(long)]
     pub id: String,
-    /// Revision (e.g. a git SHA): fills {revision} in the image reference.
+    /// Revision (e.g. a git SHA): fills {revision} in the image reference. Default: the
+    /// recorded deployment, exactly as it was deployed (image digest, definition, secrets).
     #[arg(long)]
-    pub revision: String,
+    pub revision: Option<String>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
 
 pub fn run(host: &Host, config: &Path, args: StartArgs) -> Result<()> {
     let defs = crate::config::load(config)?;
-    let opts = args.common.options(Kind::Start, config);
-    converge(host, &defs, &args.id, &args.revision, &opts).map(|_| ())
+    defs.service(&args.id)?;
+    let mut opts = args.common.options(Kind::Start, config);
+    let revision = match args.revision {
+        Some(r) => r,
+        None => {
+            let st = host.state().load(&args.id)?;
+            opts.deployed = st.deployment.clone();
+            crate::cli::upgrade::current_revision(host, &args.id)?
+        }
+    };
+    converge(host, &defs, &args.id, &revision, &opts).map(|_| ())
 }

@@ -13,10 +13,13 @@ use crate::error::BadInput;
 use crate::host::Host;
 use crate::ops::upgrade::{converge, Kind, Options};
 
-/// Switch a service to a revision with no dropped requests (also its first deploy).
+/// Deploy a revision, or roll out a definition or secret change, with no dropped requests.
 ///
-/// Starts the new instances, waits until they are healthy, points nginx at them, drains and
-/// stops the old ones. If anything fails, the old revision keeps serving.
+/// Resolves the image tag to a digest and records the deployment (revision, image digest,
+/// definition, env_files snapshot) before anything starts; then starts the new instances,
+/// waits until they are healthy, points nginx at them, drains and stops the old ones. If
+/// anything fails, the old deployment keeps serving. Without --revision: the current one,
+/// with the definitions and env_files as they are now ("nothing to do" if that is what runs).
 ///
 /// Example: shim upgrade --id billing_app --revision 279d9035886d4c0427549863c4c2101e4a63e041
 #[derive(Args, Debug)]
@@ -24,9 +27,9 @@ pub struct UpgradeArgs {
     /// Service id.
     #[arg(long)]
     pub id: String,
-    /// The revision to deploy (fills {revision} in the image reference).
+    /// The revision to deploy (fills {revision} in the image reference); default: the current.
     #[arg(long)]
-    pub revision: String,
+    pub revision: Option<String>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -56,11 +59,44 @@ impl CommonArgs {
             lock_timeout: self.lock_timeout,
             json: self.json,
             config: config.to_path_buf(),
+            deployed: None,
         }
     }
 }
 
-/// Go back to the previous revision, through the same health-gated flow as upgrade.
+/// Replace the current deployment's instances with new ones, with no dropped requests.
+///
+/// What to run after rotating a certificate the app reads at boot, say. The same image digest, definition and secrets snapshot as deployed: nothing is read
+/// afresh. New instances start beside the old ones, nginx switches once they are healthy,
+/// then the old ones drain and stop.
+///
+/// Example: shim restart --id billing_app --process web
+#[derive(Args, Debug)]
+pub struct RestartArgs {
+    /// Service id.
+    #[arg(long)]
+    pub id: String,
+    /// Only this process's instances (repeatable); default: all.
+    #[arg(long)]
+    pub process: Vec<String>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// The current revision of `id`, for commands whose --revision defaults to it.
+pub fn current_revision(host: &Host, id: &str) -> Result<String> {
+    let st = host.state().load(id)?;
+    st.current.ok_or_else(|| {
+        BadInput(format!(
+            "service {id} has no deployed revision: pass --revision"
+        ))
+        .into()
+    })
+}
+
+/// Go back to the previous deployment, through the same health-gated flow as upgrade.
+///
+/// Exactly as it ran: its image digest, definition and secrets snapshot.
 ///
 /// Example: shim rollback --id billing_app
 #[derive(Args, Debug)]
@@ -74,14 +110,46 @@ pub struct RollbackArgs {
 
 pub fn run_upgrade(host: &Host, config: &Path, args: UpgradeArgs) -> Result<()> {
     let defs = crate::config::load(config)?;
+    defs.service(&args.id)?;
+    let revision = match args.revision {
+        Some(r) => r,
+        None => current_revision(host, &args.id)?,
+    };
     converge(
         host,
         &defs,
         &args.id,
-        &args.revision,
+        &revision,
         &args.common.options(Kind::Upgrade, config),
     )
     .map(|_| ())
+}
+
+pub fn run_restart(host: &Host, config: &Path, args: RestartArgs) -> Result<()> {
+    let defs = crate::config::load(config)?;
+    defs.service(&args.id)?;
+    let st = host.state().load(&args.id)?;
+    let (Some(d), false) = (&st.deployment, st.stopped) else {
+        return Err(BadInput(format!(
+            "service {} has no running deployment to restart{}",
+            args.id,
+            if st.stopped { " (it is stopped: `shim start`)" } else { " (deploy it with `shim upgrade`)" }
+        ))
+        .into());
+    };
+    for p in &args.process {
+        if !d.definition.processes.values().any(|x| x.name.as_str() == p) {
+            return Err(BadInput(format!(
+                "--process {p}: service {} has no such process in its deployment (it has {})",
+                args.id,
+                d.definition.processes.keys().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+            ))
+            .into());
+        }
+    }
+    let mut opts = args.common.options(Kind::Restart, config);
+    opts.deployed = Some(d.restarted(&args.process));
+    converge(host, &defs, &args.id, &d.revision, &opts).map(|_| ())
 }
 
 pub fn run_rollback(host: &Host, config: &Path, args: RollbackArgs) -> Result<()> {
@@ -96,12 +164,11 @@ pub fn run_rollback(host: &Host, config: &Path, args: RollbackArgs) -> Result<()
         ))
         .into());
     };
-    converge(
-        host,
-        &defs,
-        &args.id,
-        &previous,
-        &args.common.options(Kind::Rollback, config),
-    )
-    .map(|_| ())
+    let mut opts = args.common.options(Kind::Rollback, config);
+    // The previous deployment exactly as it ran (a record from a shim that kept none: its
+    // revision, read afresh).
+    opts.deployed = st
+        .previous_deployment
+        .filter(|d| d.revision == previous);
+    converge(host, &defs, &args.id, &previous, &opts).map(|_| ())
 }

@@ -56,9 +56,22 @@ impl std::error::Error for ConfigError {}
 
 /// A validated identifier (service id or process name): `[a-z0-9_-]`, 1..=64 characters.
 /// Being valid by construction, it can go into unit names, paths and journal fields unescaped.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Ident(String);
+
+impl TryFrom<String> for Ident {
+    type Error = String;
+    fn try_from(s: String) -> Result<Ident, String> {
+        Ident::parse(&s)
+    }
+}
+
+impl From<Ident> for String {
+    fn from(i: Ident) -> String {
+        i.0
+    }
+}
 
 impl Ident {
     pub fn parse(s: &str) -> Result<Ident, String> {
@@ -148,7 +161,7 @@ impl Default for HostSettings {
 }
 
 /// Where a process's instances are announced to nginx.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Proxy {
     /// The `upstream` block's name.
     pub upstream: String,
@@ -156,7 +169,7 @@ pub struct Proxy {
     pub file: PathBuf,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Health {
     pub path: String,
     pub interval: Duration,
@@ -165,7 +178,7 @@ pub struct Health {
     pub start_period: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ProcessDef {
     pub name: Ident,
     /// Replaces the image's entrypoint + cmd when set.
@@ -188,7 +201,7 @@ pub struct ProcessDef {
 }
 
 /// `seccomp = …`: which system-call filter a service's containers run under.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Seccomp {
     /// The profile container users expect: the one containers-common ships (Debian's
@@ -201,7 +214,7 @@ pub enum Seccomp {
     Profile(PathBuf),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ServiceDef {
     pub id: Ident,
     /// The file (and line) that defined it, for error messages later on.

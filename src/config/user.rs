@@ -16,7 +16,7 @@ pub struct UserSpec {
     pub group: Option<IdOrName>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ResolvedUser {
     pub uid: u32,
     pub gid: u32,

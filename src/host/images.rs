@@ -24,6 +24,9 @@ pub struct PrepareRequest<'a> {
     pub restart: plan::RestartPolicy,
     /// Whether crun may be given its device filter (see `PlanContext::restrict_devices`).
     pub cap_sys_resource: bool,
+    /// Start from this recorded deployment (its pinned image digest, frozen definition and
+    /// secrets snapshot) instead of reading the definitions, env_files and image tag afresh.
+    pub deployed: Option<&'a plan::Deployment>,
 }
 
 /// Gathers the host facts for one service at one revision.
@@ -55,7 +58,7 @@ impl Preparer for StorePreparer {
     }
 }
 
-fn read_secrets(svc: &ServiceDef) -> Result<Vec<(String, String)>> {
+pub(crate) fn read_secrets(svc: &ServiceDef) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for f in &svc.env_files {
         let text = std::fs::read_to_string(f).map_err(|e| {
@@ -114,6 +117,27 @@ fn resolve_image_user(
     Ok((u, None))
 }
 
+/// What of a deployment the definitions and files on disk would change now: "definition"
+/// (the service's definition or its seccomp profile's text) and "secrets" (the env_files'
+/// contents). The image tag is not looked up (that needs the registry); a file that cannot be
+/// read counts as a change (the upgrade then says why).
+pub fn changes_on_disk(svc: &ServiceDef, d: &plan::Deployment) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let seccomp = read_seccomp(svc);
+    let same_def = seccomp
+        .as_ref()
+        .is_ok_and(|s| plan::deployment::definition_digest(svc, s.as_deref()) == d.definition_digest());
+    if !same_def {
+        out.push("definition");
+    }
+    let same_secrets = read_secrets(svc)
+        .is_ok_and(|s| plan::deployment::secrets_digest(&s) == d.secrets_digest);
+    if !same_secrets {
+        out.push("secrets");
+    }
+    out
+}
+
 /// The path of the running shim binary, for the units' ExecStartPre/ExecStopPost. If the
 /// package was upgraded while this command runs, /proc/self/exe says "… (deleted)": the new
 /// binary at the same path is the one units should run.
@@ -152,7 +176,7 @@ fn check_request<'d>(
 pub const DEFAULT_SECCOMP: &str = "/usr/share/containers/seccomp.json";
 
 /// The text of the service's seccomp profile; None for `unconfined`.
-fn read_seccomp(svc: &ServiceDef) -> Result<Option<String>> {
+pub(crate) fn read_seccomp(svc: &ServiceDef) -> Result<Option<String>> {
     let (path, missing) = match &svc.seccomp {
         crate::config::Seccomp::Unconfined => return Ok(None),
         crate::config::Seccomp::Default => (
@@ -203,9 +227,13 @@ pub fn redacted_secrets(svc: &ServiceDef) -> Vec<(String, String)> {
     out
 }
 
-/// Gathers the host facts for `req.id` at `req.revision`. With `unpack` false (dry run)
-/// nothing is written: the image is read and verified, but not unpacked.
+/// Gathers the host facts for `req.id` at `req.revision` (or from `req.deployed`). With
+/// `unpack` false (dry run) nothing is written: the image is read and verified, but not
+/// unpacked.
 fn prepare(dirs: &Dirs, req: &PrepareRequest<'_>) -> Result<Prepared> {
+    if let Some(d) = req.deployed {
+        return prepare_deployed(dirs, req, d);
+    }
     let (defs, id, revision, unpack) = (req.defs, req.id, req.revision, req.unpack);
     let (svc, reference, image_ref) = check_request(defs, id, revision)?;
     let svc = svc.clone();
@@ -233,7 +261,22 @@ fn prepare(dirs: &Dirs, req: &PrepareRequest<'_>) -> Result<Prepared> {
         .filter(|p| p.is_file())
         .collect();
     let seccomp = read_seccomp(&svc)?;
+    let deployment = plan::Deployment {
+        revision: revision.to_string(),
+        image: reference.clone(),
+        manifest_digest: image.manifest_digest.clone(),
+        image_config: image.config.clone(),
+        user,
+        definition: svc.clone(),
+        seccomp: seccomp.clone(),
+        secrets_digest: plan::deployment::secrets_digest(&secrets),
+        generations: Default::default(),
+        ports: Default::default(),
+        deployed_usec: wall_usec(),
+        untagged: false,
+    };
     Ok(Prepared {
+        deployment,
         seccomp,
         kernel: kernel_version(),
         instances_dir: dirs.instances(svc.id.as_str()),
@@ -247,6 +290,100 @@ fn prepare(dirs: &Dirs, req: &PrepareRequest<'_>) -> Result<Prepared> {
         shim_exe,
         host_files,
         port_range: defs.settings.port_range,
+        restrict_devices: svc.runtime != crate::config::Runtime::Crun || req.cap_sys_resource,
+        restart: req.restart,
+        podman: dirs.podman(),
+        service: svc,
+    })
+}
+
+fn wall_usec() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The image of a deployment, by its pinned manifest digest: the unpacked rootfs if the store
+/// has it, else fetched again by digest (a registry), or from its source as long as that
+/// still holds the same manifest; never another manifest.
+fn pinned_image(
+    store: &ImageStore,
+    d: &plan::Deployment,
+    unpack: bool,
+) -> Result<(crate::image::ResolvedImage, PathBuf)> {
+    let digest = crate::image::Digest::parse(&d.manifest_digest)
+        .ok_or_else(|| anyhow::anyhow!("the deployment's manifest digest {:?} is not a digest", d.manifest_digest))?;
+    let mut r = ImageRef::parse(&d.image).map_err(|e| anyhow::anyhow!("{}: {e}", d.image))?;
+    let rootfs = store.rootfs_path(&digest);
+    let recorded = crate::image::ResolvedImage {
+        reference: r.clone(),
+        manifest_digest: d.manifest_digest.clone(),
+        config: d.image_config.clone(),
+        layers: Vec::new(),
+    };
+    if !unpack || store.is_unpacked(&digest) {
+        return Ok((recorded, rootfs));
+    }
+    if let ImageRef::Registry(rr) = &mut r {
+        rr.digest = Some(digest.clone());
+    }
+    let img = store
+        .resolve(&r)
+        .with_context(|| format!("fetching the deployed image {} ({})", d.image, d.manifest_digest))?;
+    if img.manifest_digest != d.manifest_digest {
+        anyhow::bail!(
+            "the deployed image {} ({}) is no longer in the image store, and {} now has manifest {}: run `shim upgrade --id {}` to deploy what it is now",
+            d.image,
+            d.manifest_digest,
+            d.image,
+            img.manifest_digest,
+            d.definition.id
+        );
+    }
+    let rootfs = store
+        .ensure_rootfs(&img)
+        .with_context(|| format!("unpacking image {}", d.image))?;
+    Ok((crate::image::ResolvedImage { config: d.image_config.clone(), ..img }, rootfs))
+}
+
+/// [`prepare`] from a recorded deployment: its definition, image digest, user, seccomp
+/// profile and secrets snapshot; only the host's own facts (runtime, binary, ports range)
+/// are read now.
+fn prepare_deployed(dirs: &Dirs, req: &PrepareRequest<'_>, d: &plan::Deployment) -> Result<Prepared> {
+    let svc = d.definition.clone();
+    if svc.id.as_str() != req.id {
+        anyhow::bail!(
+            "the deployment record of {} is for service {}: the state file was edited or damaged",
+            req.id,
+            svc.id
+        );
+    }
+    let secrets = crate::host::secrets::load(dirs, req.id, &d.secrets_digest)?;
+    let runtime_bin = crate::host::runtime::runtime_binary(svc.runtime)?;
+    let store = ImageStore::with_settings(dirs.images(), req.defs.settings.registry())
+        .with_progress(crate::image::progress::auto());
+    let (image, rootfs) = pinned_image(&store, d, req.unpack)?;
+    let host_files = ["/etc/resolv.conf", "/etc/hosts"]
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .collect();
+    Ok(Prepared {
+        deployment: d.clone(),
+        seccomp: d.seccomp.clone(),
+        kernel: kernel_version(),
+        instances_dir: dirs.instances(svc.id.as_str()),
+        revision: d.revision.clone(),
+        image,
+        rootfs,
+        secrets,
+        user: d.user,
+        user_note: None,
+        runtime_bin,
+        shim_exe: shim_binary()?,
+        host_files,
+        port_range: req.defs.settings.port_range,
         restrict_devices: svc.runtime != crate::config::Runtime::Crun || req.cap_sys_resource,
         restart: req.restart,
         podman: dirs.podman(),

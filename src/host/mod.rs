@@ -20,6 +20,7 @@ pub mod lock;
 pub mod nginx;
 pub mod procfs;
 pub mod runtime;
+pub mod secrets;
 pub mod state;
 pub mod systemd;
 

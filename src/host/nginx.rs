@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::host::Host;
 
 /// What was in the file before a switch, to put back on failure.
+#[derive(Clone)]
 pub struct Backup {
     path: PathBuf,
     previous: Option<Vec<u8>>,
@@ -205,8 +206,8 @@ mod tests {
     fn write_is_skipped_when_unchanged_and_restorable() {
         let t = tempfile::tempdir().unwrap();
         let f = t.path().join("shim/app.conf");
-        let one = crate::plan::upstream::render_upstream("u", "app", "web", "r1", &[1]);
-        let two = crate::plan::upstream::render_upstream("u", "app", "web", "r2", &[2]);
+        let one = crate::plan::upstream::render_upstream("u", "app", "web", "r1", "", &[1]);
+        let two = crate::plan::upstream::render_upstream("u", "app", "web", "r2", "", &[2]);
         let b = write_upstream(&f, &one).unwrap().expect("written");
         assert_eq!(std::fs::read_to_string(&f).unwrap(), one);
         assert!(write_upstream(&f, &one).unwrap().is_none());
@@ -225,7 +226,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let f = t.path().join("nginx.conf");
         std::fs::write(&f, "events {}\n").unwrap();
-        let up = crate::plan::upstream::render_upstream("u", "app", "web", "r1", &[1]);
+        let up = crate::plan::upstream::render_upstream("u", "app", "web", "r1", "", &[1]);
         let e = write_upstream(&f, &up)
             .err()
             .map(|e| e.to_string())

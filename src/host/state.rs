@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::plan::Deployment;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceState {
     pub current: Option<String>,
@@ -26,6 +28,13 @@ pub struct ServiceState {
     /// `shim supervise pause --id --process`: the probe leaves these processes alone.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub paused_processes: BTreeSet<String>,
+    /// The current deployment (its revision is `current`); None for a service deployed by a
+    /// shim that recorded none (the next upgrade or reconcile records one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<Deployment>,
+    /// The one before it, for `shim rollback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_deployment: Option<Deployment>,
 }
 
 impl ServiceState {
@@ -56,11 +65,76 @@ impl ServiceState {
         upstreams: &std::collections::BTreeMap<PathBuf, Option<String>>,
     ) -> bool {
         self.upgrading.as_ref().is_some_and(|a| {
-            upstreams
-                .values()
-                .flatten()
-                .any(|t| crate::plan::upstream::file_revision(t) == Some(a.revision.as_str()))
+            let current: BTreeSet<String> = self
+                .deployment
+                .iter()
+                .flat_map(|d| d.tags().into_values())
+                .collect();
+            // The attempt's own tags (those it shares with the current deployment, a rolling
+            // restart's untouched processes, say nothing).
+            let new: BTreeSet<String> = a
+                .deployment
+                .iter()
+                .flat_map(|d| d.tags().into_values())
+                .filter(|t| !t.is_empty() && !current.contains(t))
+                .collect();
+            upstreams.values().flatten().any(|t| {
+                let named = crate::plan::upstream::file_revision(t);
+                match &a.deployment {
+                    Some(_) => crate::plan::upstream::file_deployment(t)
+                        .is_some_and(|d| new.contains(d)),
+                    None => named == Some(a.revision.as_str()),
+                }
+            })
         })
+    }
+
+    /// The deployment that serves (see [`ServiceState::serving_revision`]).
+    pub fn serving_deployment(
+        &self,
+        upstreams: &std::collections::BTreeMap<PathBuf, Option<String>>,
+    ) -> Option<&Deployment> {
+        if self.stopped {
+            return None;
+        }
+        if let Some(a) = &self.upgrading {
+            if a.phase == Phase::Switched || self.upstreams_name_attempt(upstreams) {
+                return a.deployment.as_ref();
+            }
+        }
+        self.deployment.as_ref()
+    }
+
+    /// The digests of the secrets snapshots this state still refers to.
+    pub fn secrets_in_use(&self) -> BTreeSet<String> {
+        [
+            &self.deployment,
+            &self.previous_deployment,
+            &self.upgrading.as_ref().and_then(|a| a.deployment.clone()),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|d| d.secrets_digest.clone())
+        .collect()
+    }
+
+    /// Makes `d` the current deployment (the current one becomes the previous, unless it is
+    /// the same deployment restarted or with other ports).
+    pub fn promote(&mut self, d: Option<Deployment>, revision: &str) {
+        let other_revision = self.current.as_deref() != Some(revision);
+        let shift = match (&self.deployment, &d) {
+            (Some(a), Some(b)) => other_revision || a.id() != b.id(),
+            // The first record of a revision an older shim deployed replaces nothing.
+            _ => other_revision,
+        };
+        if shift {
+            self.previous = self.current.take();
+            self.previous_deployment = self.deployment.take();
+        }
+        self.current = Some(revision.to_string());
+        if d.is_some() || shift {
+            self.deployment = d;
+        }
     }
 
     /// Whether the probe must leave `process` alone.
@@ -74,6 +148,9 @@ impl ServiceState {
 pub struct Attempt {
     pub revision: String,
     pub phase: Phase,
+    /// The deployment being rolled out, recorded before its first instance starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<Deployment>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,9 +213,12 @@ mod tests {
             upgrading: Some(Attempt {
                 revision: "c".into(),
                 phase: Phase::Switched,
+                deployment: Some(crate::plan::deployment::tests::sample()),
             }),
             paused: false,
             paused_processes: ["web".to_string()].into(),
+            deployment: None,
+            previous_deployment: None,
         };
         assert!(st.is_paused("web") && !st.is_paused("worker"));
         s.save("a", &st).unwrap();

@@ -69,7 +69,7 @@ impl Default for RegistrySettings {
 }
 
 /// What the container needs from the image config (the OCI `config` section).
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ImageConfig {
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,

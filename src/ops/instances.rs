@@ -45,8 +45,71 @@ pub fn prepare(
         unpack,
         restart: restart_policy(host, defs.settings.restart_max_delay),
         cap_sys_resource: host.procfs.has_cap_sys_resource(),
+        deployed: None,
     };
     host.images.prepare(&host.dirs, &req)
+}
+
+/// Gathers the host facts to start instances of a recorded deployment: its image digest,
+/// definition and secrets snapshot, nothing read afresh (`defs` gives the host settings).
+pub fn prepare_deployed(
+    host: &Host,
+    defs: &Definitions,
+    d: &plan::Deployment,
+    unpack: bool,
+) -> Result<Prepared> {
+    let req = PrepareRequest {
+        defs,
+        id: d.definition.id.as_str(),
+        revision: &d.revision,
+        unpack,
+        restart: restart_policy(host, defs.settings.restart_max_delay),
+        cap_sys_resource: host.procfs.has_cap_sys_resource(),
+        deployed: Some(d),
+    };
+    host.images.prepare(&host.dirs, &req)
+}
+
+/// "definition changed since deploy…" when the definitions or env_files on disk differ from
+/// what `deployed` runs (None when they match, or nothing is deployed).
+pub fn definition_change_note(
+    svc: &crate::config::ServiceDef,
+    deployed: Option<&plan::Deployment>,
+) -> Option<String> {
+    let d = deployed?;
+    let changes = crate::host::images::changes_on_disk(svc, d);
+    (!changes.is_empty()).then(|| {
+        format!(
+            "{} changed since deploy: run `shim upgrade --id {}` to roll it out",
+            changes.join(" and "),
+            svc.id
+        )
+    })
+}
+
+/// The ports recorded by the deployments of every service (current and being rolled out):
+/// an instance that is down keeps its port, which no other instance is given.
+pub fn recorded_ports(host: &Host) -> BTreeSet<u16> {
+    let dir = host.dirs.state.join("state");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return BTreeSet::new();
+    };
+    let store = host.state();
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.strip_suffix(".json").map(str::to_string)
+        })
+        .filter_map(|id| store.load(&id).ok())
+        .filter(|st| !st.stopped)
+        .flat_map(|st| {
+            let a = st.upgrading.and_then(|a| a.deployment);
+            [st.deployment, a].into_iter().flatten()
+        })
+        .flat_map(|d| d.ports.into_values())
+        .filter(|p| *p != 0)
+        .collect()
 }
 
 /// The units of one service (the name pattern alone could also match `id-other`'s units).
@@ -108,6 +171,20 @@ pub fn remove_stale_dirs(instances_dir: &Path, live_units: &BTreeSet<String>) ->
 pub struct StartReport {
     pub started: Vec<String>,
     pub already_running: Vec<String>,
+    /// The ports the started instances were given (a recorded one when it was free).
+    pub ports: BTreeMap<(String, u32), u16>,
+}
+
+impl StartReport {
+    /// Records the ports given in `d`; whether any differs from what `d` had.
+    pub fn record_ports(&self, d: &mut plan::Deployment) -> bool {
+        let mut changed = false;
+        for ((p, i), port) in &self.ports {
+            let old = d.ports.insert(plan::deployment::port_key(p, *i), *port);
+            changed |= old != Some(*port);
+        }
+        changed
+    }
 }
 
 /// How long a start job may take: runc returns once the container's init runs.
@@ -142,12 +219,17 @@ pub fn start_instances(
     let mut report = StartReport {
         started: Vec::new(),
         already_running,
+        ports: BTreeMap::new(),
     };
     if missing.is_empty() {
         return Ok(report);
     }
-    let taken: BTreeSet<u16> = all.iter().filter_map(|u| u.port()).collect();
+    let mut taken: BTreeSet<u16> = all.iter().filter_map(|u| u.port()).collect();
+    // Ports recorded for other instances, but this deployment's own (see `allocate`).
+    let own: BTreeSet<u16> = prepared.deployment.ports.values().copied().collect();
+    taken.extend(recorded_ports(host).difference(&own));
     let port_map = allocate(host, prepared, &missing, &taken)?;
+    report.ports = port_map.clone();
     let plans = prepared.plan(&prepared.secrets, &missing, &port_map)?;
     for p in &plans {
         write_bundle(p)?;
@@ -186,6 +268,7 @@ fn split_running(
             service: prepared.service.id.clone(),
             process: crate::config::Ident::parse(p).map_err(|m| anyhow!("process {p:?}: {m}"))?,
             revision: prepared.revision.clone(),
+            deployment: prepared.deployment.tag(p),
             index: *i,
         };
         let name = key.unit_name();
@@ -207,8 +290,9 @@ fn split_running(
     Ok((missing, running))
 }
 
-/// Ports for the instances of `missing` whose process takes one: free in the kernel and not
-/// recorded by any of shim's units (`taken`).
+/// Ports for the instances of `missing` whose process takes one: the port the deployment
+/// recorded for the instance if it is still free, else one free in the kernel and not
+/// `taken` (by any of shim's units, or recorded by another service's deployment).
 fn allocate(
     host: &Host,
     prepared: &Prepared,
@@ -216,11 +300,26 @@ fn allocate(
     taken: &BTreeSet<u16>,
 ) -> Result<BTreeMap<(String, u32), u16>> {
     let needs_port = needing_ports(prepared, missing);
-    let ports = plan::allocate_ports(prepared.port_range, needs_port.len(), taken, |p| {
+    let mut taken = taken.clone();
+    let mut out = BTreeMap::new();
+    let mut fresh = Vec::new();
+    for (p, i) in needs_port {
+        match prepared.deployment.port(&p, i) {
+            Some(port) if !taken.contains(&port) && host.procfs.port_free(port) => {
+                taken.insert(port);
+                out.insert((p, i), port);
+            }
+            _ => fresh.push((p, i)),
+        }
+    }
+    // Ports the deployment recorded for its other instances are theirs to come back to.
+    taken.extend(prepared.deployment.ports.values().copied());
+    let ports = plan::allocate_ports(prepared.port_range, fresh.len(), &taken, |p| {
         !host.procfs.port_free(p)
     })
     .map_err(|m| anyhow!(m))?;
-    Ok(needs_port.into_iter().zip(ports).collect())
+    out.extend(fresh.into_iter().zip(ports));
+    Ok(out)
 }
 
 /// The (process, index) pairs of `wanted` whose process takes a port.

@@ -47,10 +47,11 @@ pub struct Options {
 pub fn drift(
     svc: &ServiceDef,
     st: &ServiceState,
-    revision: &str,
+    serving: Serving<'_>,
     units: &[UnitInfo],
     files: &BTreeMap<PathBuf, Option<String>>,
 ) -> Vec<String> {
+    let (dep, revision) = serving;
     let mut why = Vec::new();
     if let Some(a) = &st.upgrading {
         why.push(format!(
@@ -58,18 +59,22 @@ pub fn drift(
             a.revision, a.phase
         ));
     }
-    let others: BTreeSet<&str> = units
+    let owned = |u: &UnitInfo| upgrade::recover::owned_by(dep, revision, u);
+    let others: BTreeSet<String> = units
         .iter()
-        .map(|u| u.revision())
-        .filter(|r| *r != revision)
+        .filter(|u| !owned(u))
+        .map(|u| match u.deployment() {
+            "" => u.revision().to_string(),
+            tag => format!("{} ({tag})", u.revision()),
+        })
         .collect();
     if !others.is_empty() {
         why.push(format!(
-            "instances of other revisions are left: {}",
+            "instances of other deployments are left: {}",
             others.into_iter().collect::<Vec<_>>().join(", ")
         ));
     }
-    let current: Vec<&UnitInfo> = units.iter().filter(|u| u.revision() == revision).collect();
+    let current: Vec<&UnitInfo> = units.iter().filter(|u| owned(u)).collect();
     let defined: BTreeSet<&str> = svc.processes.values().map(|p| p.name.as_str()).collect();
     let undefined: BTreeSet<&str> = current
         .iter()
@@ -80,17 +85,22 @@ pub fn drift(
         why.push(format!("process {p} is no longer defined"));
     }
     for d in svc.processes.values() {
-        why.extend(process_drift(svc.id.as_str(), d, revision, &current, files));
+        let tag = dep.map(|x| x.tag(d.name.as_str())).unwrap_or_default();
+        why.extend(process_drift(svc.id.as_str(), d, (revision, &tag), &current, files));
     }
     why
 }
+
+/// What serves: the recorded deployment (None for a service deployed by an older shim) and
+/// its revision.
+pub type Serving<'a> = (Option<&'a crate::plan::Deployment>, &'a str);
 
 /// What differs about one process's instances of `revision` (`current`): missing or extra
 /// instances, its nginx upstream file. Pure.
 fn process_drift(
     id: &str,
     d: &ProcessDef,
-    revision: &str,
+    (revision, tag): (&str, &str),
     current: &[&UnitInfo],
     files: &BTreeMap<PathBuf, Option<String>>,
 ) -> Vec<String> {
@@ -125,6 +135,7 @@ fn process_drift(
             id,
             d.name.as_str(),
             revision,
+            tag,
             &ports,
         );
         if files.get(&px.file).cloned().flatten().as_deref() != Some(want.as_str()) {
@@ -145,9 +156,11 @@ pub enum ServiceAction {
     Nothing { why: &'static str },
     /// Not deployed or stopped (`why`), but its probe or cron timers are loaded.
     RemoveTimers { why: &'static str },
-    /// Deployed and different from its definition: converge to `revision`.
+    /// Deployed and different from its deployment: converge to `revision` (from the recorded
+    /// deployment `deployed`, if there is one).
     Converge {
         revision: String,
+        deployed: Option<Box<crate::plan::Deployment>>,
         why: Vec<String>,
         paused: String,
     },
@@ -175,6 +188,7 @@ impl ServiceAction {
                 revision,
                 why,
                 paused,
+                ..
             } => format!("converge to {revision}: {}{paused}", why.join("; ")),
             Self::SyncCron { revision, why } => format!("{revision}: {why}: sync it"),
             Self::CreateProbeTimer {
@@ -233,13 +247,15 @@ pub fn paused_note(st: &ServiceState) -> String {
 pub fn plan_deployed(
     svc: &ServiceDef,
     st: &ServiceState,
-    revision: &str,
+    serving: Serving<'_>,
     units: &[UnitInfo],
     files: &BTreeMap<PathBuf, Option<String>>,
 ) -> Option<ServiceAction> {
-    let why = drift(svc, st, revision, units, files);
+    let svc = serving.0.map(|d| &d.definition).unwrap_or(svc);
+    let why = drift(svc, st, serving, units, files);
     (!why.is_empty()).then(|| ServiceAction::Converge {
-        revision: revision.to_string(),
+        revision: serving.1.to_string(),
+        deployed: serving.0.cloned().map(Box::new),
         why,
         paused: paused_note(st),
     })
@@ -423,10 +439,16 @@ fn reconcile_service(cx: &Cx<'_>, svc: &ServiceDef, rep: &mut Report) -> Result<
     let st = store.load(id)?;
     let files = crate::host::nginx::read_upstream_files(svc);
     let revision = st.serving_revision(&files).unwrap_or(revision);
+    let deployed = st.serving_deployment(&files);
+    if let Some(note) = crate::ops::instances::definition_change_note(svc, deployed) {
+        rep.say(id, &note);
+    }
     let units = instances::service_units(sd, id)?;
-    if let Some(a) = plan_deployed(svc, &st, &revision, &units, &files) {
+    if let Some(a) = plan_deployed(svc, &st, (deployed, &revision), &units, &files) {
         return act(cx, id, &a, lock, rep);
     }
+    // The timers follow the deployed definition too.
+    let svc = deployed.map(|d| &d.definition).unwrap_or(svc);
     let cron = crate::ops::cron::drift(sd, svc, dirs, &revision)?;
     let probe =
         crate::ops::probe_timer::probe_timer_drift(cx.host, svc, cx.shim_exe, &cx.opts.config)?;
@@ -458,7 +480,9 @@ fn act(
             crate::ops::probe_timer::remove_probe_timer(sd, id)?;
             crate::ops::cron::remove_all(sd, id)?;
         }
-        ServiceAction::Converge { revision, .. } => {
+        ServiceAction::Converge {
+            revision, deployed, ..
+        } => {
             let uopts = upgrade::Options {
                 kind: upgrade::Kind::Reconcile,
                 dry_run: false,
@@ -466,6 +490,7 @@ fn act(
                 lock_timeout: cx.opts.lock_timeout,
                 json: false,
                 config: cx.opts.config.clone(),
+                deployed: deployed.as_deref().cloned(),
             };
             if let Err(e) = upgrade::converge_locked(host, cx.defs, id, revision, &uopts, lock) {
                 rep.fail(id, format!("{e:#}"));
@@ -488,7 +513,11 @@ fn act(
             }
         }
         ServiceAction::CreateProbeTimer { .. } => {
-            let svc = cx.defs.service(id)?;
+            let st = host.state().load(id)?;
+            let svc = match &st.deployment {
+                Some(d) => &d.definition,
+                None => cx.defs.service(id)?,
+            };
             if let Err(e) =
                 crate::ops::probe_timer::ensure_probe_timer(host, svc, cx.shim_exe, &cx.opts.config)
             {
@@ -557,7 +586,7 @@ command = ["/w"]
         [(
             PathBuf::from("/etc/nginx/shim/app.conf"),
             Some(crate::plan::upstream::render_upstream(
-                "app_web", "app", "web", "r1", ports,
+                "app_web", "app", "web", "r1", "", ports,
             )),
         )]
         .into()
@@ -577,7 +606,7 @@ command = ["/w"]
             unit("worker", "r1", 1, None),
         ];
         assert_eq!(
-            drift(svc, &st, "r1", &ok, &upstream(&[20000, 20001])),
+            drift(svc, &st, (None, "r1"), &ok, &upstream(&[20000, 20001])),
             Vec::<String>::new()
         );
 
@@ -588,11 +617,11 @@ command = ["/w"]
             unit("web", "r1", 3, Some(20002)),
             unit("web", "r0", 1, Some(20005)),
         ];
-        let why = drift(svc, &st, "r1", &units, &upstream(&[20005]));
+        let why = drift(svc, &st, (None, "r1"), &units, &upstream(&[20005]));
         assert_eq!(
             why,
             vec![
-                "instances of other revisions are left: r0",
+                "instances of other deployments are left: r0",
                 "web: 1 instance(s) beyond count 2",
                 "web: nginx upstream /etc/nginx/shim/app.conf does not point at its instances",
                 "worker: 1 of 1 instance(s) missing",
@@ -605,10 +634,11 @@ command = ["/w"]
             upgrading: Some(Attempt {
                 revision: "r2".into(),
                 phase: Phase::Starting,
+                deployment: None,
             }),
             ..Default::default()
         };
-        let why = drift(svc, &st, "r1", &ok, &upstream(&[20000, 20001]));
+        let why = drift(svc, &st, (None, "r1"), &ok, &upstream(&[20000, 20001]));
         assert_eq!(why.len(), 1);
         assert!(why[0].contains("interrupted"), "{why:?}");
     }
@@ -870,6 +900,7 @@ command = ["/w"]
         let fh = crate::host::FakeHost::with(|h| {
             h.images = Box::new(crate::ops::testkit::FakePreparer {
                 bad: std::sync::Mutex::new(vec!["r1".into()]),
+                tagged: false,
             })
         });
         let d = crate::ops::testkit::defs(WORKER);
@@ -933,7 +964,7 @@ command = ["/w"]
         let files = |rev: Option<&str>| -> BTreeMap<PathBuf, Option<String>> {
             [(
                 PathBuf::from("/etc/nginx/shim/app.conf"),
-                rev.map(|r| crate::plan::upstream::render_upstream("u", "app", "web", r, &[1])),
+                rev.map(|r| crate::plan::upstream::render_upstream("u", "app", "web", r, "", &[1])),
             )]
             .into()
         };
@@ -942,6 +973,7 @@ command = ["/w"]
             upgrading: Some(Attempt {
                 revision: "r2".into(),
                 phase,
+                deployment: None,
             }),
             ..Default::default()
         };
@@ -973,6 +1005,7 @@ command = ["/w"]
             upgrading: Some(Attempt {
                 revision: "r1".into(),
                 phase: Phase::Switched,
+                deployment: None,
             }),
             ..Default::default()
         };
@@ -997,6 +1030,7 @@ command = ["/w"]
         st.upgrading = Some(Attempt {
             revision: "r2".into(),
             phase: Phase::Switched,
+            deployment: None,
         });
         h.state().save("app", &st).unwrap();
         let mut u = loaded("shim-app-worker-r2-1.service", "app");
@@ -1032,6 +1066,7 @@ command = ["/w"]
         let fh = crate::host::FakeHost::with(|h| {
             h.images = Box::new(crate::ops::testkit::FakePreparer {
                 bad: std::sync::Mutex::new(vec!["r1".into()]),
+                tagged: false,
             })
         });
         let file = fh.tmp.path().join("app.conf");
@@ -1043,7 +1078,7 @@ command = ["/w"]
         // Before the reboot, nginx pointed at port 20000; after it, the image is gone.
         std::fs::write(
             &file,
-            crate::plan::upstream::render_upstream("app_web", "app", "web", "r1", &[20000]),
+            crate::plan::upstream::render_upstream("app_web", "app", "web", "r1", "", &[20000]),
         )
         .unwrap();
         deploy(&fh.host, "app", "r1");

@@ -466,6 +466,7 @@ mod tests {
                 service: "billing_app".into(),
                 process: "web".into(),
                 revision: "279d9035886d4c0427549863c4c2101e4a63e041".into(),
+                deployment: String::new(),
                 instance: 2,
                 port: Some(20001),
             }),
@@ -573,6 +574,7 @@ mod tests {
             service: svc.into(),
             process: "web".into(),
             revision: "r1".into(),
+            deployment: String::new(),
             instance: 1,
             port: None,
         };

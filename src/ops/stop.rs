@@ -256,7 +256,7 @@ mod tests {
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         std::fs::write(
             &file,
-            crate::plan::upstream::render_upstream("app_web", "app", "web", "r1", &[20000]),
+            crate::plan::upstream::render_upstream("app_web", "app", "web", "r1", "", &[20000]),
         )
         .unwrap();
         fh.systemd.insert(UnitInfo {

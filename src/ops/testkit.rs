@@ -18,21 +18,52 @@ pub fn defs(toml: &str) -> Definitions {
         .unwrap_or_else(|e| panic!("test definitions: {e:#}"))
 }
 
-/// What the real preparer would gather, with a made-up image (digest from the revision).
-pub fn prepared(defs: &Definitions, id: &str, revision: &str, dirs: &Dirs) -> Prepared {
-    let service = defs.service(id).unwrap_or_else(|e| panic!("{e:#}")).clone();
-    let digest: String = format!("{revision:0<64}")
+/// The made-up manifest digest of `revision`'s image.
+fn digest_of(revision: &str) -> String {
+    let hex: String = format!("{revision:0<64}")
         .chars()
         .map(|c| if c.is_ascii_hexdigit() { c } else { 'a' })
         .take(64)
         .collect();
+    format!("sha256:{}", hex.to_lowercase())
+}
+
+/// The deployment the fake preparer gathers for `id` at `revision`: untagged (instances are
+/// named `shim-app-web-r1-1`), so that tests about other things can name units simply.
+///
+/// Its digests are those of the definition and files on disk, as the real preparer's are, so
+/// that "changed since deploy" is said only when a test changes them.
+pub fn deployment(defs: &Definitions, id: &str, revision: &str) -> plan::Deployment {
+    let service = defs.service(id).unwrap_or_else(|e| panic!("{e:#}")).clone();
+    let seccomp = crate::host::images::read_seccomp(&service).ok().flatten();
+    let secrets = crate::host::images::read_secrets(&service).unwrap_or_default();
+    plan::Deployment {
+        revision: revision.into(),
+        image: format!("oci:/i:{revision}"),
+        manifest_digest: digest_of(revision),
+        image_config: ImageConfig::default(),
+        user: ResolvedUser { uid: 0, gid: 0 },
+        seccomp,
+        secrets_digest: plan::deployment::secrets_digest(&secrets),
+        generations: Default::default(),
+        ports: Default::default(),
+        deployed_usec: 0,
+        untagged: true,
+        definition: service,
+    }
+}
+
+/// What the real preparer would gather, with a made-up image (digest from the revision).
+pub fn prepared(defs: &Definitions, id: &str, revision: &str, dirs: &Dirs) -> Prepared {
+    let service = defs.service(id).unwrap_or_else(|e| panic!("{e:#}")).clone();
     Prepared {
+        deployment: deployment(defs, id, revision),
         instances_dir: dirs.instances(service.id.as_str()),
         revision: revision.into(),
         image: ResolvedImage {
             reference: ImageRef::parse(&format!("oci:/i:{revision}"))
                 .unwrap_or_else(|e| panic!("{e}")),
-            manifest_digest: format!("sha256:{}", digest.to_lowercase()),
+            manifest_digest: digest_of(revision),
             config: ImageConfig::default(),
             layers: vec![],
         },
@@ -58,6 +89,8 @@ pub fn prepared(defs: &Definitions, id: &str, revision: &str, dirs: &Dirs) -> Pr
 #[derive(Default)]
 pub struct FakePreparer {
     pub bad: std::sync::Mutex<Vec<String>>,
+    /// Gather tagged deployments, as the real preparer does.
+    pub tagged: bool,
 }
 
 impl Preparer for FakePreparer {
@@ -70,7 +103,15 @@ impl Preparer for FakePreparer {
         {
             anyhow::bail!("resolving image oci:/i:{}: no such tag", req.revision);
         }
+        if let Some(d) = req.deployed {
+            let mut p = prepared(req.defs, req.id, req.revision, dirs);
+            p.service = d.definition.clone();
+            p.deployment = d.clone();
+            p.restart = req.restart;
+            return Ok(p);
+        }
         let mut p = prepared(req.defs, req.id, req.revision, dirs);
+        p.deployment.untagged = !self.tagged;
         p.restart = req.restart;
         Ok(p)
     }

@@ -13,6 +13,10 @@ pub const SERVICE: &str = "SHIM_SERVICE";
 pub const PROCESS: &str = "SHIM_PROCESS";
 /// The full revision (unit names carry only its first [`super::REV_IN_NAME`] characters).
 pub const REVISION: &str = "SHIM_REVISION";
+/// The deployment tag of an instance (`plan::deployment`: 8 hex digits of what it runs and
+/// its process's restart generation); instances started before deployments were recorded
+/// carry none.
+pub const DEPLOYMENT: &str = "SHIM_DEPLOYMENT";
 /// The 1-based instance index of a long-running process.
 pub const INSTANCE: &str = "SHIM_INSTANCE";
 /// The host port handed to the instance (also its `$PORT`), when the process has one.
@@ -56,6 +60,7 @@ mod tests {
             service: Ident::parse(service).unwrap(),
             process: Ident::parse(process).unwrap(),
             revision: revision.into(),
+            deployment: String::new(),
             index,
         }
     }
@@ -65,6 +70,7 @@ mod tests {
             unit: k.unit_name(),
             service: k.service.to_string(),
             process: k.process.to_string(),
+            deployment: k.deployment.clone(),
             revision: k.revision.clone(),
             instance: k.index,
             port,

@@ -5,6 +5,7 @@
 //! function of its input and is snapshot-tested.
 
 mod bundle;
+pub mod deployment;
 pub mod fields;
 pub mod oneoff;
 pub mod podman;
@@ -15,6 +16,7 @@ mod unit;
 pub mod upstream;
 
 pub use crate::config::{parse_user_spec, resolve_user, ResolvedUser};
+pub use deployment::Deployment;
 pub use bundle::render_config;
 pub use podman::PodmanStorage;
 pub use prepared::Prepared;
@@ -34,6 +36,9 @@ pub struct InstanceKey {
     pub service: Ident,
     pub process: Ident,
     pub revision: String,
+    /// The deployment tag (`Deployment::tag`); "" for an instance named as before
+    /// deployments were recorded.
+    pub deployment: String,
     pub index: u32,
 }
 
@@ -61,14 +66,18 @@ impl InstanceKey {
     /// used as the container id and the instance directory name (the revision as
     /// [`rev_in_name`] gives it). All parts are validated idents or
     /// revisions (`[A-Za-z0-9._-]`), which are valid unit-name characters as they are.
+    ///
+    /// With a deployment tag: `shim-billing_app-web-279d9035886d-5e6f7a8b-1`, the revision's
+    /// first [`REV_IN_NAME`] characters and the tag (which is derived from the whole
+    /// revision, so two revisions with the same first characters still differ).
     pub fn stem(&self) -> String {
-        format!(
-            "shim-{}-{}-{}-{}",
-            self.service,
-            self.process,
-            rev_in_name(&self.revision),
-            self.index
-        )
+        let rev = if self.deployment.is_empty() {
+            rev_in_name(&self.revision)
+        } else {
+            let head: String = self.revision.chars().take(REV_IN_NAME).collect();
+            format!("{head}-{}", self.deployment)
+        };
+        format!("shim-{}-{}-{rev}-{}", self.service, self.process, self.index)
     }
 
     /// `<stem>.service`.
@@ -96,27 +105,32 @@ impl InstanceKey {
         if index == 0 {
             return None;
         }
+        let deployment = f.get(fields::DEPLOYMENT).cloned().unwrap_or_default();
+        if !deployment.chars().all(|c| c.is_ascii_hexdigit()) || deployment.len() > 16 {
+            return None;
+        }
         Some(InstanceKey {
             service,
             process,
             revision: revision.clone(),
+            deployment,
             index,
         })
     }
 }
 
-/// Every instance the definition asks for at `revision`, with its process, in process order.
-pub fn instance_keys<'a>(
-    service: &'a ServiceDef,
-    revision: &'a str,
-) -> impl Iterator<Item = (InstanceKey, &'a ProcessDef)> + 'a {
+/// Every instance deployment `dep` asks for, with its process, in process order.
+pub fn instance_keys(dep: &Deployment) -> impl Iterator<Item = (InstanceKey, &ProcessDef)> + '_ {
+    let service = &dep.definition;
     service.processes.values().flat_map(move |d| {
+        let tag = dep.tag(d.name.as_str());
         (1..=d.count).map(move |index| {
             (
                 InstanceKey {
                     service: service.id.clone(),
                     process: d.name.clone(),
-                    revision: revision.to_string(),
+                    revision: dep.revision.clone(),
+                    deployment: tag.clone(),
                     index,
                 },
                 d,
@@ -181,6 +195,8 @@ pub struct PlanContext<'a> {
     pub seccomp: Option<&'a str>,
     /// The host kernel's (major, minor), for the profile's `minKernel` rules.
     pub kernel: (u32, u32),
+    /// The deployment planned from: its tags name the instances (None: untagged names).
+    pub deployment: Option<&'a Deployment>,
 }
 
 /// Everything needed to start one instance.
@@ -222,6 +238,7 @@ impl InstancePlan {
             service: self.key.service.to_string(),
             process: self.key.process.to_string(),
             revision: self.key.revision.clone(),
+            deployment: self.key.deployment.clone(),
             instance: self.key.index,
             port: self.port,
         }
@@ -280,6 +297,9 @@ pub struct InstanceMeta {
     pub process: String,
     /// The full revision (the unit name has only its first [`REV_IN_NAME`] characters).
     pub revision: String,
+    /// The deployment tag ("" before deployments were recorded).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub deployment: String,
     pub instance: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
@@ -300,6 +320,9 @@ impl InstanceMeta {
         if let Some(p) = self.port {
             f.insert(fields::PORT.into(), p.to_string());
         }
+        if !self.deployment.is_empty() {
+            f.insert(fields::DEPLOYMENT.into(), self.deployment.clone());
+        }
         f
     }
 }
@@ -315,6 +338,7 @@ pub fn plan_instance(
         service: cx.service.id.clone(),
         process: process.name.clone(),
         revision: cx.revision.to_string(),
+        deployment: cx.deployment.map(|d| d.tag(process.name.as_str())).unwrap_or_default(),
         index,
     };
     let dir = cx.instances_dir.join(key.stem());

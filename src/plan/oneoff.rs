@@ -191,6 +191,7 @@ pub fn plan_oneoff_config(cx: &PlanContext<'_>, req: &OneOff<'_>) -> Result<Spec
         service: cx.service.id.clone(),
         process: process.name.clone(),
         revision: cx.revision.to_string(),
+        deployment: String::new(),
         index: 0,
     };
     let mut spec = bundle::plan_config(cx, process, &key, &req.dir, None)?;

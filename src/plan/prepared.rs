@@ -9,7 +9,7 @@ use anyhow::{anyhow, Result};
 use crate::config::ServiceDef;
 use crate::error::BadInput;
 use crate::image::ResolvedImage;
-use crate::plan::{self, InstancePlan, PlanContext, ResolvedUser};
+use crate::plan::{self, Deployment, InstancePlan, PlanContext, ResolvedUser};
 
 /// Everything a plan of one service at one revision needs, gathered before anything changes.
 pub struct Prepared {
@@ -33,6 +33,10 @@ pub struct Prepared {
     pub seccomp: Option<String>,
     /// The host kernel's (major, minor).
     pub kernel: (u32, u32),
+    /// The deployment this is the plan of: gathered fresh by an upgrade (then recorded before
+    /// anything starts), or read back from the record by every later start. `service`,
+    /// `revision`, `user`, `seccomp` and the image's config above are its values.
+    pub deployment: Deployment,
 }
 
 impl Prepared {
@@ -54,6 +58,7 @@ impl Prepared {
             podman: &self.podman,
             seccomp: self.seccomp.as_deref(),
             kernel: self.kernel,
+            deployment: Some(&self.deployment),
         }
     }
 
@@ -83,8 +88,14 @@ impl Prepared {
 
     /// Every (process, index) the definition asks for.
     pub fn all_instances(&self) -> Vec<(String, u32)> {
-        plan::instance_keys(&self.service, &self.revision)
+        plan::instance_keys(&self.deployment)
             .map(|(k, _)| (k.process.to_string(), k.index))
             .collect()
+    }
+
+    /// Whether `u` is an instance of this deployment (its revision and its process's tag).
+    pub fn owns(&self, u: &crate::host::systemd::UnitInfo) -> bool {
+        self.deployment
+            .owns(u.revision(), u.process().unwrap_or(""), u.deployment())
     }
 }

@@ -48,6 +48,7 @@ fn with_cx<T>(f: impl FnOnce(&PlanContext<'_>) -> T) -> T {
         revision: "279d9035886d4c0427549863c4c2101e4a63e041",
         image: &img,
         rootfs: Path::new("/var/lib/shim/images/rootfs/abc123"),
+        deployment: None,
         secrets: &secrets,
         user: ResolvedUser {
             uid: 1000,
@@ -259,6 +260,7 @@ fn env_precedence_and_shim_vars() {
             service: cx.service.id.clone(),
             process: p.name.clone(),
             revision: "r1".into(),
+            deployment: String::new(),
             index: 3,
         };
         let env = merge_env(cx, p, &key, Some(20005));
@@ -349,6 +351,7 @@ fn unit_names_are_short_and_readable() {
         service: crate::config::Ident::parse("billing_app").unwrap(),
         process: crate::config::Ident::parse("web").unwrap(),
         revision: "279d9035886d4c0427549863c4c2101e4a63e041".into(),
+        deployment: String::new(),
         index: 4,
     };
     assert_eq!(

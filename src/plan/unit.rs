@@ -160,6 +160,9 @@ pub fn log_fields(key: &InstanceKey, port: Option<u16>) -> Vec<String> {
     if let Some(p) = port {
         f.push(format!("{}={p}", fields::PORT));
     }
+    if !key.deployment.is_empty() {
+        f.push(format!("{}={}", fields::DEPLOYMENT, key.deployment));
+    }
     f
 }
 

@@ -19,10 +19,16 @@ pub fn render_upstream(
     service: &str,
     process: &str,
     revision: &str,
+    deployment: &str,
     ports: &[u16],
 ) -> String {
+    let dep = if deployment.is_empty() {
+        String::new()
+    } else {
+        format!(", deployment {deployment}")
+    };
     let mut out = format!(
-        "# Written by shim for service {service}, process {process}, revision {revision}.\n\
+        "# Written by shim for service {service}, process {process}, revision {revision}{dep}.\n\
          # Do not edit: the next `shim upgrade` replaces it.\n\
          upstream {upstream} {{\n"
     );
@@ -44,12 +50,22 @@ pub fn render_closed_upstream(upstream: &str, service: &str, process: &str) -> S
     )
 }
 
+/// The deployment tag an upstream file written by shim points at (from its header's
+/// `deployment <tag>`), if it names one.
+pub fn file_deployment(text: &str) -> Option<&str> {
+    let first = text.lines().next()?;
+    first.strip_prefix(HEADER)?;
+    let (_, rest) = first.split_once(", deployment ")?;
+    Some(rest.split([',', '.']).next().unwrap_or(rest))
+}
+
 /// The revision an upstream file written by shim points at (from its header), if any.
 pub fn file_revision(text: &str) -> Option<&str> {
     let first = text.lines().next()?;
     let rest = first.strip_prefix(HEADER)?;
-    rest.rsplit_once(", revision ")
-        .map(|(_, r)| r.trim_end_matches('.'))
+    let (_, r) = rest.rsplit_once(", revision ")?;
+    let r = r.split_once(", deployment ").map(|(r, _)| r).unwrap_or(r);
+    Some(r.trim_end_matches('.'))
 }
 
 #[cfg(test)]
@@ -80,14 +96,19 @@ mod tests {
             "billing_app",
             "web",
             "279d9035886d",
+            "5e6f7a8b",
             &[20001, 20002]
         ));
     }
 
     #[test]
     fn file_revision_reads_the_header() {
-        let t = render_upstream("u", "svc", "web", "279d9035886d", &[1]);
+        let t = render_upstream("u", "svc", "web", "279d9035886d", "", &[1]);
         assert_eq!(file_revision(&t), Some("279d9035886d"));
+        assert_eq!(file_deployment(&t), None);
+        let t = render_upstream("u", "svc", "web", "rel-1.2", "5e6f7a8b", &[1]);
+        assert_eq!(file_revision(&t), Some("rel-1.2"));
+        assert_eq!(file_deployment(&t), Some("5e6f7a8b"));
         assert_eq!(file_revision("upstream u { server 127.0.0.1:1; }"), None);
     }
 }

@@ -80,6 +80,12 @@ impl UnitInfo {
             .unwrap_or_default()
     }
 
+    /// Its deployment tag (`SHIM_DEPLOYMENT`), "" if it carries none.
+    pub fn deployment(&self) -> &str {
+        self.field(crate::plan::fields::DEPLOYMENT)
+            .unwrap_or_default()
+    }
+
     /// The process it is an instance of (`SHIM_PROCESS`).
     pub fn process(&self) -> Option<&str> {
         self.field(crate::plan::fields::PROCESS)

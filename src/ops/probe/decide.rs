@@ -24,10 +24,11 @@ use crate::plan::instance_keys;
 
 /// Everything a decision depends on.
 pub struct Inputs<'a> {
+    /// The deployment supervised (the one that serves).
+    pub deployment: &'a crate::plan::Deployment,
+    /// Its definition.
     pub service: &'a ServiceDef,
     pub state: &'a ServiceState,
-    /// The recorded current revision: the one the probe keeps running.
-    pub revision: &'a str,
     /// The service's units, all revisions.
     pub units: &'a [UnitInfo],
     pub memory: &'a Memory,
@@ -86,7 +87,10 @@ fn supervised<'a>(
 ) -> impl Iterator<Item = (&'a UnitInfo, &'a ProcessDef)> + 'a {
     inp.units
         .iter()
-        .filter(|u| u.field(crate::plan::fields::REVISION) == Some(inp.revision))
+        .filter(|u| {
+            inp.deployment
+                .owns(u.revision(), u.process().unwrap_or(""), u.deployment())
+        })
         .filter_map(|u| Some((u, process_def(inp.service, u)?)))
         .filter(|(_, d)| !inp.state.is_paused(d.name.as_str()))
 }
@@ -164,7 +168,7 @@ pub fn decide_counts(inp: &Inputs<'_>) -> (Vec<Action>, Memory) {
         }
     }
     let mut wanted = Vec::new();
-    for (key, d) in instance_keys(inp.service, inp.revision) {
+    for (key, d) in instance_keys(inp.deployment) {
         if inp.state.is_paused(d.name.as_str()) {
             continue;
         }
@@ -193,6 +197,58 @@ pub fn decide_counts(inp: &Inputs<'_>) -> (Vec<Action>, Memory) {
         !m.is_empty() && (wanted.contains(name) || inp.units.iter().any(|u| &u.name == name))
     });
     (actions, mem)
+}
+
+/// The upstream file of each proxied process as the probe wants it: its healthy instances
+/// (running, not `killed` in this run, and with a passed check in this run or no health
+/// check), or all running ones if none is healthy (fail open), or a closed upstream if none
+/// runs. Paused processes are left as they are.
+pub fn plan_upstreams(
+    inp: &Inputs<'_>,
+    checks: &BTreeMap<String, Check>,
+    killed: &[&str],
+) -> Vec<crate::ops::upgrade::switch::UpstreamFile> {
+    let mut out = Vec::new();
+    for d in inp.service.processes.values() {
+        let Some(px) = &d.proxy else { continue };
+        if inp.state.is_paused(d.name.as_str()) {
+            continue;
+        }
+        let running: Vec<(&UnitInfo, u16)> = supervised(inp)
+            .filter(|(u, p)| p.name == d.name && is_running(u) && !killed.contains(&u.name.as_str()))
+            .filter_map(|(u, _)| Some((u, u.port()?)))
+            .collect();
+        let healthy: Vec<(&UnitInfo, u16)> = running
+            .iter()
+            .filter(|(u, _)| d.health.is_none() || checks.get(&u.name).is_some_and(Check::healthy))
+            .copied()
+            .collect();
+        let listed = if healthy.is_empty() { running } else { healthy };
+        let ports = crate::plan::upstream::upstream_ports(
+            listed.iter().map(|(u, p)| (index_of(u), *p)),
+            d.count,
+        );
+        let (id, process) = (inp.service.id.as_str(), d.name.as_str());
+        let text = if ports.is_empty() {
+            crate::plan::upstream::render_closed_upstream(&px.upstream, id, process)
+        } else {
+            crate::plan::upstream::render_upstream(
+                &px.upstream,
+                id,
+                process,
+                &inp.deployment.revision,
+                &inp.deployment.tag(process),
+                &ports,
+            )
+        };
+        out.push(crate::ops::upgrade::switch::UpstreamFile {
+            file: px.file.clone(),
+            upstream: px.upstream.clone(),
+            text,
+            ports,
+        });
+    }
+    out
 }
 
 /// Counts consecutive failed checks per process and kills after `unhealthy_after`.
@@ -305,10 +361,11 @@ command = ["/w"]
         memory: &'a Memory,
         now: u64,
     ) -> Inputs<'a> {
+        let dep = Box::leak(Box::new(crate::ops::testkit::deployment(d, "app", "r1")));
         Inputs {
-            service: d.service("app").unwrap(),
+            service: &dep.definition,
+            deployment: dep,
             state: st,
-            revision: "r1",
             units,
             memory,
             now_usec: now,

@@ -221,7 +221,7 @@ pub fn plan_record(
     {
         return None;
     }
-    let expected: Vec<(String, &ProcessDef)> = instance_keys(inp.service, inp.revision)
+    let expected: Vec<(String, &ProcessDef)> = instance_keys(inp.deployment)
         .map(|(k, d)| (k.unit_name(), d))
         .collect();
     if inp.units.len() != expected.len() {
@@ -568,6 +568,7 @@ mod tests {
                 upgrading: Some(Attempt {
                     revision: "r2".into(),
                     phase: Phase::Starting,
+                    deployment: None,
                 }),
                 ..Default::default()
             },

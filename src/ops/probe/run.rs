@@ -30,7 +30,7 @@ use anyhow::Result;
 use super::decide::{decide_counts, decide_health, plan_checks, reuse_checks, Action, Inputs};
 use super::fast;
 use super::{load_memory, save_memory, Memory};
-use crate::config::{Definitions, ServiceDef};
+use crate::config::Definitions;
 use crate::host::http_check::{self as http, Check};
 use crate::host::journal::{NOTICE, WARNING};
 use crate::host::lock::ServiceLock;
@@ -128,9 +128,9 @@ struct Run<'a> {
     inputs: Option<&'a str>,
 }
 
-/// What a run acts on: the service at its recorded current revision.
-struct Target<'a> {
-    svc: &'a ServiceDef,
+/// What a run acts on: the service's deployment that serves.
+struct Target {
+    deployment: crate::plan::Deployment,
     st: ServiceState,
     revision: String,
 }
@@ -142,6 +142,7 @@ struct Acting<'a> {
     defs: &'a Definitions,
     id: &'a str,
     revision: &'a str,
+    deployment: &'a crate::plan::Deployment,
 }
 
 impl Run<'_> {
@@ -160,9 +161,9 @@ impl Run<'_> {
         let units = instances::service_units(sd, id)?;
         let memory = mem.clone();
         let inp = Inputs {
-            service: t.svc,
+            deployment: &t.deployment,
+            service: &t.deployment.definition,
             state: &t.st,
-            revision: &t.revision,
             units: &units,
             memory: &memory,
             now_usec: host.clock.wall_usec(),
@@ -174,14 +175,16 @@ impl Run<'_> {
             defs: self.defs,
             id,
             revision: &t.revision,
+            deployment: &t.deployment,
         };
         let (count_actions, after_counts, checks) = check_and_start(&cx, &inp, self.pre);
         // Units may have changed while acting (a retried one restarted): judge checks against
         // the pids they were made on, which `units` still holds.
         let (kills, mut after) = decide_health(&inp, &checks, after_counts);
         act_kills(&cx, &kills);
+        let resynced = sync_upstreams(&cx, &inp, &checks, &kills, mem);
         if let Some(inputs) = self.inputs {
-            let acted = !count_actions.is_empty() || !kills.is_empty();
+            let acted = !count_actions.is_empty() || !kills.is_empty() || resynced;
             *record = record_clean(host, &inp, &checks, acted, &after, inputs);
         }
         after.noted = mem.noted.clone();
@@ -192,12 +195,7 @@ impl Run<'_> {
 
 /// The service to probe at its current revision, or `None` when there is nothing to do: not
 /// defined (noted once), never started, stopped, or paused.
-fn target<'d>(
-    host: &Host,
-    defs: &'d Definitions,
-    id: &str,
-    mem: &mut Memory,
-) -> Result<Option<Target<'d>>> {
+fn target(host: &Host, defs: &Definitions, id: &str, mem: &mut Memory) -> Result<Option<Target>> {
     let Ok(svc) = defs.service(id) else {
         note_once(
             host,
@@ -221,14 +219,29 @@ fn target<'d>(
     if st.paused {
         return Ok(None);
     }
-    Ok(Some(Target { svc, st, revision }))
+    let Some(deployment) = st.serving_deployment(&upstreams).cloned() else {
+        note_once(
+            host,
+            mem,
+            "unrecorded",
+            id,
+            &format!("service {id} was deployed by a shim that recorded no deployment: the probe waits for `shim reconcile` or `shim upgrade --id {id}` to record one"),
+        );
+        return Ok(None);
+    };
+    mem.noted.remove("unrecorded");
+    Ok(Some(Target {
+        deployment,
+        st,
+        revision,
+    }))
 }
 
 /// Notes (once) an interrupted upgrade. The probe goes on supervising the revision that
 /// serves ([`ServiceState::serving_revision`]): a hung or crashed serving instance must not
 /// stay in rotation until someone runs `shim reconcile`. The attempt's other instances are
 /// left for reconcile or the next upgrade to repair.
-fn note_interrupted(host: &Host, t: &Target<'_>, id: &str, mem: &mut Memory) {
+fn note_interrupted(host: &Host, t: &Target, id: &str, mem: &mut Memory) {
     let Some(a) = &t.st.upgrading else {
         mem.noted.remove("interrupted");
         return;
@@ -332,8 +345,11 @@ fn act_starts(cx: &Acting<'_>, actions: &[Action], mem: &mut Memory) {
         .iter()
         .map(|(p, i, _)| (p.to_string(), *i))
         .collect();
-    let r = instances::prepare(cx.host, cx.defs, cx.id, cx.revision, true)
+    let r = instances::prepare_deployed(cx.host, cx.defs, cx.deployment, true)
         .and_then(|p| instances::start_instances(cx.host, &p, &wanted));
+    if let Ok(started) = &r {
+        record_new_ports(cx, started);
+    }
     for (process, index, unit) in missing {
         let mut f = fields(cx, process, index, unit);
         f.push((crate::plan::fields::ACTION, "start".into()));
@@ -360,6 +376,105 @@ fn act_starts(cx: &Acting<'_>, actions: &[Action], mem: &mut Memory) {
             }
         }
     }
+}
+
+/// A replacement could not have its recorded port (another program took it): the
+/// deployment records the new one, under the service lock the probe holds. The upstream
+/// follows once the instance is healthy ([`sync_upstreams`]).
+fn record_new_ports(cx: &Acting<'_>, started: &instances::StartReport) {
+    let store = cx.host.state();
+    let Ok(mut st) = store.load(cx.id) else { return };
+    let Some(d) = st.deployment.as_mut().filter(|d| d.id() == cx.deployment.id()) else {
+        return;
+    };
+    let old = d.ports.clone();
+    if !started.record_ports(d) {
+        return;
+    }
+    if let Err(e) = store.save(cx.id, &st) {
+        tracing::warn!("recording the new ports of {}: {e:#}", cx.id);
+        return;
+    }
+    for ((p, i), port) in &started.ports {
+        let was = old.get(&crate::plan::deployment::port_key(p, *i));
+        if was.is_some_and(|w| w != port) {
+            let message = format!(
+                "instance {p} #{i} of {} got port {port}: its port {} was taken",
+                cx.id,
+                was.copied().unwrap_or(0)
+            );
+            cx.host.journal.send(
+                WARNING,
+                &message,
+                &[(crate::plan::fields::SERVICE, cx.id.to_string())],
+            );
+        }
+    }
+}
+
+/// Points each proxied process's upstream at its healthy instances (those running whose
+/// last check passed, or that have no health check), under the service lock the probe holds:
+/// an instance that failed a check, was killed or is down leaves the upstream until it
+/// passes again; a replacement joins once healthy. If none is healthy, the running ones are
+/// listed (fail open, as load balancers do); if none runs, the upstream is closed (502)
+/// rather than pointing at ports another service may be given. Returns whether a file was
+/// rewritten.
+fn sync_upstreams(
+    cx: &Acting<'_>,
+    inp: &Inputs<'_>,
+    checks: &BTreeMap<String, Check>,
+    kills: &[Action],
+    mem: &mut Memory,
+) -> bool {
+    let killed: Vec<&str> = kills
+        .iter()
+        .filter_map(|a| match a {
+            Action::Kill { unit, .. } => Some(unit.as_str()),
+            _ => None,
+        })
+        .collect();
+    let files = super::decide::plan_upstreams(inp, checks, &killed);
+    let mut backups = Vec::new();
+    for f in &files {
+        match crate::host::nginx::write_upstream(&f.file, &f.text) {
+            Ok(Some(b)) => backups.push((b, f)),
+            Ok(None) => {}
+            Err(e) => {
+                note_once(
+                    cx.host,
+                    mem,
+                    &format!("upstream:{}", f.file.display()),
+                    cx.id,
+                    &format!("cannot rewrite {}: {e:#}", f.file.display()),
+                );
+            }
+        }
+    }
+    if backups.is_empty() {
+        return false;
+    }
+    let only: Vec<_> = backups.iter().map(|(b, _)| b.clone()).collect();
+    let unit = &cx.defs.settings.nginx_unit;
+    let (priority, message) = match crate::host::nginx::apply(cx.host, unit, &only) {
+        Ok(()) => (
+            NOTICE,
+            backups
+                .iter()
+                .map(|(_, f)| format!("upstream {} now lists {:?}", f.upstream, f.ports))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        Err(e) => (WARNING, format!("rewriting the upstreams failed: {e:#}")),
+    };
+    cx.host.journal.send(
+        priority,
+        &message,
+        &[
+            (crate::plan::fields::SERVICE, cx.id.to_string()),
+            (crate::plan::fields::ACTION, "upstream".into()),
+        ],
+    );
+    true
 }
 
 /// Resets and starts the failed units of `actions` whose backoff has passed.
@@ -501,7 +616,17 @@ mod tests {
             p
         }
 
-        fn set_state(&self, st: ServiceState) {
+        /// Saves app's state, with the (untagged) deployment records the fake preparer
+        /// would have made for its revisions.
+        fn set_state(&self, mut st: ServiceState) {
+            let defs = crate::ops::testkit::defs(&def());
+            let dep = |r: &str| crate::ops::testkit::deployment(&defs, "app", r);
+            if st.deployment.is_none() {
+                st.deployment = st.current.as_deref().map(dep);
+            }
+            if let Some(a) = st.upgrading.as_mut() {
+                a.deployment = a.deployment.take().or_else(|| Some(dep(&a.revision)));
+            }
             self.fh.host.state().save("app", &st).unwrap();
         }
 
@@ -786,6 +911,7 @@ mod tests {
             upgrading: Some(Attempt {
                 revision: "r2".into(),
                 phase: Phase::Starting,
+                deployment: None,
             }),
             ..Default::default()
         });
@@ -826,6 +952,7 @@ mod tests {
             upgrading: Some(Attempt {
                 revision: "r2".into(),
                 phase: Phase::Switched,
+                deployment: None,
             }),
             ..Default::default()
         });

@@ -53,8 +53,11 @@ pub enum Kind {
     Upgrade,
     /// `shim start`: refuse instead of replacing a running revision.
     Start,
-    /// `shim rollback`: the previous revision, through the same flow.
+    /// `shim rollback`: the previous deployment, through the same flow.
     Rollback,
+    /// `shim restart`: the current deployment's instances (of some processes) replaced by new
+    /// ones, through the same flow.
+    Restart,
     /// `shim reconcile` of the current revision: instances that do not become healthy are
     /// kept (there is nothing else to serve; systemd and the probe keep retrying them)
     /// instead of being stopped, and the command fails at the end.
@@ -68,6 +71,7 @@ impl Kind {
             Kind::Upgrade => "upgrade",
             Kind::Start => "start",
             Kind::Rollback => "rollback",
+            Kind::Restart => "restart",
             Kind::Reconcile => "reconcile",
         }
     }
@@ -89,6 +93,9 @@ pub struct Options {
     pub json: bool,
     /// The definitions the command read; the probe timer runs `shim --config` with it.
     pub config: std::path::PathBuf,
+    /// Start from this recorded deployment (reconcile, rollback, restart, `shim start`
+    /// without a revision) instead of the definitions and the image tag as they are now.
+    pub deployed: Option<crate::plan::Deployment>,
 }
 
 /// How an upgrade ended (when it did not fail).
@@ -96,7 +103,11 @@ pub struct Options {
 pub struct Outcome {
     pub service: String,
     pub revision: String,
+    /// The deployment's id.
+    pub deployment: String,
     pub dry_run: bool,
+    /// False when the deployment was already running in full: nothing was touched.
+    pub changed: bool,
     pub ms: u128,
     /// The steps taken, `init` first.
     pub steps: Vec<Step>,
@@ -115,7 +126,12 @@ impl Outcome {
         if json {
             format!(
                 "{}\n",
-                serde_json::json!({"result": "ok", "service": self.service, "revision": self.revision, "ms": self.ms})
+                serde_json::json!({"result": "ok", "service": self.service, "revision": self.revision, "deployment": self.deployment, "changed": self.changed, "ms": self.ms})
+            )
+        } else if !self.changed {
+            format!(
+                "nothing to do: deployment {} of {} runs in full ({} ms)\n",
+                self.deployment, self.revision, self.ms
             )
         } else {
             format!("done in {} ms\n", self.ms)
@@ -189,6 +205,8 @@ struct Run<'a> {
     healthy_units: Vec<UnitInfo>,
     /// Reconcile: the health failure kept for the end.
     unhealthy: Option<anyhow::Error>,
+    /// The deployment runs in full already: nothing to do.
+    unchanged: bool,
 }
 
 /// Brings service `id` to `revision`; see the module docs for the steps.
@@ -233,6 +251,7 @@ pub fn converge_locked(
         started: StartReport::default(),
         healthy_units: Vec::new(),
         unhealthy: None,
+        unchanged: false,
     };
     let mut m = Machine::default();
     let mut next = first;
@@ -258,6 +277,12 @@ pub fn converge_locked(
     let out = Outcome {
         service: id.to_string(),
         revision: revision.to_string(),
+        deployment: run
+            .prepared
+            .as_ref()
+            .map(|p| p.deployment.id())
+            .unwrap_or_default(),
+        changed: !run.unchanged,
         dry_run: opts.dry_run,
         ms: t0.elapsed().as_millis(),
         steps: m.history().to_vec(),
@@ -298,14 +323,67 @@ impl Run<'_> {
         );
         // What the state says is read under the lock only.
         self.st = self.store.load(id)?;
+        self.adopt_recorded()?;
         Ok(Step::Recover)
+    }
+
+    /// Under the lock, with the state read: a fresh deployment with the same content as the
+    /// current one is the current one (its ports and restart generations); a recorded one
+    /// asked for must still be what the state records.
+    fn adopt_recorded(&mut self) -> Result<()> {
+        let Some(p) = self.prepared.as_mut() else {
+            return Ok(());
+        };
+        let recorded = [
+            self.st.deployment.as_ref(),
+            self.st.previous_deployment.as_ref(),
+        ];
+        if self.opts.deployed.is_none() {
+            if let Some(cur) = recorded.into_iter().flatten().find(|d| d.id() == p.deployment.id()) {
+                // Generations go with tags; a previous deployment's ports may be taken now.
+                let mut d = cur.clone();
+                if self.st.deployment.as_ref().map(|c| c.id()) != Some(d.id()) {
+                    d.ports.clear();
+                }
+                p.deployment = d;
+            }
+            return Ok(());
+        }
+        // A recorded deployment asked for must still be the one the state records: an
+        // upgrade that ran while this command waited for the lock wins.
+        let attempt = self.st.upgrading.as_ref().and_then(|a| a.deployment.as_ref());
+        let expected = match self.opts.kind {
+            Kind::Rollback => vec![self.st.previous_deployment.as_ref()],
+            // What serves may be an interrupted attempt's, which recovery promotes.
+            Kind::Reconcile => vec![self.st.deployment.as_ref(), attempt],
+            _ => vec![self.st.deployment.as_ref()],
+        };
+        if !expected.into_iter().flatten().any(|d| d.id() == p.deployment.id()) {
+            bail!(
+                "the deployment of {} changed while this {} waited for its lock (now {}): run it again",
+                self.id,
+                self.opts.kind.verb(),
+                self.st.current.as_deref().unwrap_or("none")
+            );
+        }
+        Ok(())
     }
 
     fn tick_fetch(&mut self) -> Result<Step> {
         let (host, defs, id, rev) = (self.host, self.defs, self.id, self.revision);
         let unpack = !self.opts.dry_run;
+        let deployed = self.opts.deployed.as_ref();
         let p = self.rep.step("fetch", |d| {
-            let p = instances::prepare(host, defs, id, rev, unpack)?;
+            let p = match deployed {
+                Some(dep) => {
+                    if dep.revision != rev {
+                        bail!("internal error: deployment of {} asked for at {rev}", dep.revision);
+                    }
+                    d.push(format!("deployment {} (recorded)", dep.id()));
+                    instances::prepare_deployed(host, defs, dep, unpack)?
+                }
+                None => instances::prepare(host, defs, id, rev, unpack)?,
+            };
             // Upstream files shim would not replace are refused here too, before the lock
             // file is made.
             for px in p
@@ -325,11 +403,13 @@ impl Run<'_> {
         self.prepared = Some(p);
         if self.opts.dry_run {
             self.st = self.store.load(id)?;
+            self.adopt_recorded()?;
             return Ok(Step::Plan);
         }
         if self.lock.is_some() {
             // Reconcile holds the lock already.
             self.st = self.store.load(id)?;
+            self.adopt_recorded()?;
             return Ok(Step::Recover);
         }
         Ok(Step::Lock)
@@ -349,7 +429,36 @@ impl Run<'_> {
         let p = need(&self.prepared)?;
         let (host, opts, rev) = (self.host, self.opts, self.revision);
         let nginx_unit = &self.defs.settings.nginx_unit;
+        let current = self.st.deployment.as_ref().filter(|_| !self.st.stopped);
+        let unchanged = matches!(opts.kind, Kind::Upgrade | Kind::Start)
+            && self.st.upgrading.is_none()
+            && current.is_some_and(|c| c.id() == p.deployment.id() && c.tags() == p.deployment.tags())
+            && planned.old.is_empty()
+            && planned.extra.is_empty()
+            && planned.same.len() == planned.wanted.len();
+        if unchanged {
+            self.rep.step("plan", |d| {
+                d.push(format!(
+                    "nothing to do: deployment {} of {rev} runs in full; the definitions, env_files and image are what it was deployed with",
+                    p.deployment.id()
+                ));
+                Ok(())
+            })?;
+            self.unchanged = true;
+            return Ok(Step::Done);
+        }
         self.rep.step("plan", |d| {
+            if let Some(c) = current {
+                let what = crate::plan::deployment::differences(c, &p.deployment);
+                if !what.is_empty() {
+                    d.push(format!(
+                        "deployment {} replaces {}: {} changed",
+                        p.deployment.id(),
+                        c.id(),
+                        what.join(", ")
+                    ));
+                }
+            }
             describe_plan(p, &planned, rev, d)?;
             // Files shim would not replace, and an nginx that cannot be reloaded, fail here,
             // before anything changes.
@@ -382,9 +491,8 @@ impl Run<'_> {
     fn observe_plan(&self) -> Result<Planned> {
         let p = need(&self.prepared)?;
         let units = instances::service_units(self.host.systemd()?, self.id)?;
-        let (same, old): (Vec<UnitInfo>, Vec<UnitInfo>) = units
-            .into_iter()
-            .partition(|u| u.revision() == self.revision);
+        let (same, old): (Vec<UnitInfo>, Vec<UnitInfo>) =
+            units.into_iter().partition(|u| p.owns(u));
         if self.opts.kind.refuses_other_revision() && !old.is_empty() {
             let revs: BTreeSet<&str> = old.iter().map(|u| u.revision()).collect();
             let id = self.id;
@@ -434,11 +542,15 @@ impl Run<'_> {
         self.persist_starting()
     }
 
-    /// The first persisted transition: from here on, new instances may exist.
+    /// The first persisted transition: from here on, new instances may exist. The deployment
+    /// (with its secrets snapshot) is recorded before any of them starts.
     fn persist_starting(&mut self) -> Result<Step> {
+        let p = need(&self.prepared)?;
+        crate::host::secrets::save(&self.host.dirs, self.id, &p.secrets)?;
         self.st.upgrading = Some(Attempt {
             revision: self.revision.to_string(),
             phase: Phase::Starting,
+            deployment: Some(p.deployment.clone()),
         });
         self.store.save(self.id, &self.st)?;
         let p = need(&self.prepared)?;
@@ -472,6 +584,16 @@ impl Run<'_> {
         });
         match r {
             Ok(r) => {
+                // The ports the new instances were given, recorded before nginx is pointed
+                // at them.
+                if let Some(p) = self.prepared.as_mut() {
+                    if r.record_ports(&mut p.deployment) {
+                        if let Some(a) = self.st.upgrading.as_mut() {
+                            a.deployment = Some(p.deployment.clone());
+                        }
+                        self.store.save(self.id, &self.st)?;
+                    }
+                }
                 self.started = r;
                 Ok(Step::Health)
             }
@@ -501,7 +623,7 @@ impl Run<'_> {
                 self.unhealthy = Some(e);
                 self.healthy_units = instances::service_units(host.systemd()?, self.id)?
                     .into_iter()
-                    .filter(|u| u.revision() == revision)
+                    .filter(|u| p.owns(u))
                     .collect();
             }
             Err(e) => {
@@ -537,6 +659,7 @@ impl Run<'_> {
         self.st.upgrading = Some(Attempt {
             revision: self.revision.to_string(),
             phase: Phase::Switched,
+            deployment: Some(p.deployment.clone()),
         });
         self.store.save(self.id, &self.st)?;
         let p = need(&self.prepared)?;
@@ -571,13 +694,13 @@ impl Run<'_> {
             .into_iter()
             .chain(self.planned.extra.iter().cloned())
             .collect();
-        let (sd, revision) = (self.host.systemd()?, self.revision);
+        let sd = self.host.systemd()?;
         self.rep.step("stop-old", |d| {
             for n in instances::stop_units(sd, &to_stop, Duration::from_secs(300))? {
                 let scaled = to_stop
                     .iter()
                     .find(|u| u.name == n)
-                    .is_some_and(|u| u.revision() == revision);
+                    .is_some_and(|u| p.owns(u));
                 d.push(format!(
                     "stopped {n}{}",
                     if scaled { " (scaled down)" } else { "" }
@@ -592,21 +715,22 @@ impl Run<'_> {
         let p = need(&self.prepared)?;
         let (sd, id, revision) = (self.host.systemd()?, self.id, self.revision);
         let (st, store) = (&mut self.st, &self.store);
+        let dirs = &self.host.dirs;
         self.rep.step("record", |d| {
-            if st.current.as_deref() != Some(revision) {
-                st.previous = st.current.take();
-                st.current = Some(revision.to_string());
-            }
+            st.promote(Some(p.deployment.clone()), revision);
             st.upgrading = None;
             st.stopped = false;
             store.save(id, st)?;
+            crate::host::secrets::prune(dirs, id, &st.secrets_in_use());
             let live: BTreeSet<String> = instances::service_units(sd, id)?
                 .into_iter()
                 .map(|u| u.name)
                 .collect();
             instances::remove_stale_dirs(&p.instances_dir, &live)?;
             d.push(format!(
-                "current {revision}{}",
+                "current {revision} (deployment {}, {}){}",
+                p.deployment.id(),
+                p.deployment.manifest_digest,
                 st.previous
                     .as_ref()
                     .map(|p| format!(" (previous {p})"))

@@ -11,7 +11,6 @@
 //!   cannot point at them), and so are target instances left by an attempt that never
 //!   switched (they are started afresh, so that this run health-checks every new instance).
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -21,7 +20,7 @@ use crate::host::state::{Phase, ServiceState, StateStore};
 use crate::host::systemd::UnitInfo;
 use crate::host::Host;
 use crate::ops::instances;
-use crate::plan::Prepared;
+use crate::plan::{Deployment, Prepared};
 
 /// What recovery does, decided from what it saw.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -42,12 +41,12 @@ pub struct Recovery {
 /// already points at the attempt's revision.
 pub fn decide(
     st: &ServiceState,
-    target: &str,
+    target: &Deployment,
     units: &[UnitInfo],
     files_name_attempt: bool,
 ) -> Recovery {
     let mut r = Recovery::default();
-    let mut current = st.current.clone();
+    let (mut current, mut current_rev) = (st.deployment.as_ref(), st.current.as_deref());
     if let Some(a) = &st.upgrading {
         r.clear_attempt = true;
         let switched = a.phase == Phase::Switched || files_name_attempt;
@@ -57,10 +56,9 @@ pub fn decide(
                 "an upgrade to {} was interrupted after nginx switched: it is the current revision",
                 a.revision
             ));
-            if current.as_deref() != Some(a.revision.as_str()) {
-                r.promote = Some(a.revision.clone());
-                current = Some(a.revision.clone());
-            }
+            r.promote = Some(a.revision.clone());
+            current_rev = Some(a.revision.as_str());
+            current = a.deployment.as_ref();
         } else {
             r.notes.push(format!(
                 "an upgrade to {} was interrupted before nginx switched: its instances are removed",
@@ -68,11 +66,16 @@ pub fn decide(
             ));
         }
     }
-    let keep: BTreeSet<&str> = current.iter().map(|s| s.as_str()).chain([target]).collect();
-    let stale_target = current.is_some() && current.as_deref() != Some(target);
+    // Kept: the instances of what serves (if nothing does yet, of the target). The target's
+    // instances left by an attempt that never switched are started afresh, so that this run
+    // health-checks every new instance.
+    let keep = |u: &UnitInfo| match current_rev {
+        Some(rev) => owned_by(current, rev, u),
+        None => target.owns(u.revision(), u.process().unwrap_or(""), u.deployment()),
+    };
     r.leftovers = units
         .iter()
-        .filter(|u| !keep.contains(u.revision()) || (stale_target && u.revision() == target))
+        .filter(|u| !keep(u))
         .map(|u| u.name.clone())
         .collect();
     if r.leftovers.is_empty() {
@@ -81,15 +84,24 @@ pub fn decide(
     r
 }
 
+/// Whether `u` is an instance of deployment `d` at `revision`, or, with no deployment
+/// recorded (a service deployed by an older shim), an untagged instance of `revision`.
+pub fn owned_by(d: Option<&Deployment>, revision: &str, u: &UnitInfo) -> bool {
+    match d {
+        Some(d) => d.owns(u.revision(), u.process().unwrap_or(""), u.deployment()),
+        None => u.revision() == revision && u.deployment().is_empty(),
+    }
+}
+
 /// The state after `r`: the attempt gone, a switched attempt promoted.
 pub fn recovered_state(st: &ServiceState, r: &Recovery) -> ServiceState {
     let mut st = st.clone();
+    let attempt = st.upgrading.clone();
     if r.clear_attempt {
         st.upgrading = None;
     }
     if let Some(rev) = &r.promote {
-        st.previous = st.current.take();
-        st.current = Some(rev.clone());
+        st.promote(attempt.and_then(|a| a.deployment), rev);
     }
     st
 }
@@ -108,7 +120,7 @@ pub fn run(
     let units = instances::service_units(sd, id)?;
     let r = decide(
         st,
-        &p.revision,
+        &p.deployment,
         &units,
         st.upstreams_name_attempt(&crate::host::nginx::read_upstream_files(&p.service)),
     );
@@ -149,25 +161,48 @@ mod tests {
     use super::*;
     use crate::host::state::Attempt;
 
-    fn unit(rev: &str, i: u32) -> UnitInfo {
+    /// A deployment of `rev`; `gen` restarts of web.
+    fn dep(rev: &str, gen: u32) -> Deployment {
+        let mut d = crate::plan::deployment::tests::sample();
+        d.revision = rev.into();
+        if gen > 0 {
+            d.generations.insert("web".into(), gen);
+        }
+        d
+    }
+
+    fn tagged(rev: &str, gen: u32, i: u32) -> UnitInfo {
+        let tag = dep(rev, gen).tag("web");
         UnitInfo {
-            name: format!("shim-app-web-{rev}-{i}.service"),
+            name: format!("shim-app-web-{rev}-{tag}-{i}.service"),
             fields: [
                 (crate::plan::fields::SERVICE.to_string(), "app".to_string()),
+                (crate::plan::fields::PROCESS.to_string(), "web".to_string()),
                 (crate::plan::fields::REVISION.to_string(), rev.to_string()),
+                (crate::plan::fields::DEPLOYMENT.to_string(), tag),
             ]
             .into(),
             ..Default::default()
         }
     }
 
+    fn unit(rev: &str, i: u32) -> UnitInfo {
+        tagged(rev, 0, i)
+    }
+
+    fn name(rev: &str, i: u32) -> String {
+        unit(rev, i).name
+    }
+
     fn st(current: Option<&str>, attempt: Option<(&str, Phase)>) -> ServiceState {
         ServiceState {
             current: current.map(String::from),
+            deployment: current.map(|r| dep(r, 0)),
             previous: None,
             upgrading: attempt.map(|(r, phase)| Attempt {
                 revision: r.into(),
                 phase,
+                deployment: Some(dep(r, 0)),
             }),
             ..Default::default()
         }
@@ -175,7 +210,7 @@ mod tests {
 
     #[test]
     fn nothing_interrupted_nothing_left_means_nothing_to_do() {
-        let r = decide(&st(Some("r1"), None), "r2", &[unit("r1", 1)], false);
+        let r = decide(&st(Some("r1"), None), &dep("r2", 0), &[unit("r1", 1)], false);
         assert_eq!(r, Recovery::default());
     }
 
@@ -185,11 +220,11 @@ mod tests {
         // The next run targets r3: r2's instance is a leftover, r1 keeps serving.
         let r = decide(
             &st(Some("r1"), Some(("r2", Phase::Starting))),
-            "r3",
+            &dep("r3", 0),
             &units,
             false,
         );
-        assert_eq!(r.leftovers, vec!["shim-app-web-r2-1.service"]);
+        assert_eq!(r.leftovers, vec![name("r2", 1)]);
         assert!(r.clear_attempt && r.promote.is_none() && !r.drain_first);
         assert!(
             r.notes[0].contains("before nginx switched"),
@@ -199,11 +234,11 @@ mod tests {
         // Retrying r2 itself: its old instance is started afresh (health-checked again).
         let r = decide(
             &st(Some("r1"), Some(("r2", Phase::Starting))),
-            "r2",
+            &dep("r2", 0),
             &units,
             false,
         );
-        assert_eq!(r.leftovers, vec!["shim-app-web-r2-1.service"]);
+        assert_eq!(r.leftovers, vec![name("r2", 1)]);
     }
 
     #[test]
@@ -211,17 +246,62 @@ mod tests {
         let units = [unit("r1", 1), unit("r2", 1)];
         let r = decide(
             &st(Some("r1"), Some(("r2", Phase::Switched))),
-            "r3",
+            &dep("r3", 0),
             &units,
             false,
         );
         assert_eq!(r.promote.as_deref(), Some("r2"));
         assert!(r.drain_first);
-        assert_eq!(r.leftovers, vec!["shim-app-web-r1-1.service"]);
+        assert_eq!(r.leftovers, vec![name("r1", 1)]);
         let after = recovered_state(&st(Some("r1"), Some(("r2", Phase::Switched))), &r);
         assert_eq!(after.current.as_deref(), Some("r2"));
         assert_eq!(after.previous.as_deref(), Some("r1"));
+        assert_eq!(after.deployment, Some(dep("r2", 0)));
+        assert_eq!(after.previous_deployment, Some(dep("r1", 0)));
         assert!(after.upgrading.is_none());
+    }
+
+    #[test]
+    fn an_interrupted_rolling_restart_is_undone_by_tag_not_revision() {
+        // Restarting web of r1 (generation 1) was killed before the switch: the new
+        // generation's instance goes, the running one stays, though both are r1.
+        let mut s = st(Some("r1"), None);
+        s.upgrading = Some(Attempt {
+            revision: "r1".into(),
+            phase: Phase::Starting,
+            deployment: Some(dep("r1", 1)),
+        });
+        let units = [tagged("r1", 0, 1), tagged("r1", 1, 1)];
+        let r = decide(&s, &dep("r1", 0), &units, false);
+        assert_eq!(r.leftovers, vec![units[1].name.clone()]);
+        // After the switch, the old generation goes and the new one is current.
+        s.upgrading.as_mut().unwrap().phase = Phase::Switched;
+        let r = decide(&s, &dep("r1", 1), &units, false);
+        assert_eq!(r.leftovers, vec![units[0].name.clone()]);
+        let after = recovered_state(&s, &r);
+        assert_eq!(after.deployment, Some(dep("r1", 1)));
+        assert_eq!(after.previous.as_deref(), None, "the same revision: no previous");
+    }
+
+    #[test]
+    fn a_service_deployed_by_an_older_shim_keeps_its_untagged_instances() {
+        let legacy = UnitInfo {
+            name: "shim-app-web-r1-1.service".into(),
+            fields: [
+                (crate::plan::fields::SERVICE.to_string(), "app".to_string()),
+                (crate::plan::fields::PROCESS.to_string(), "web".to_string()),
+                (crate::plan::fields::REVISION.to_string(), "r1".to_string()),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let s = ServiceState {
+            current: Some("r1".into()),
+            ..Default::default()
+        };
+        // Redeploying r1 with a record: the untagged instance serves until the switch.
+        let r = decide(&s, &dep("r1", 0), &[legacy.clone(), unit("r2", 1)], false);
+        assert_eq!(r.leftovers, vec![name("r2", 1)]);
     }
 
     #[test]
@@ -229,12 +309,12 @@ mod tests {
         let units = [unit("r1", 1), unit("r2", 1)];
         let r = decide(
             &st(Some("r1"), Some(("r2", Phase::Starting))),
-            "r2",
+            &dep("r2", 0),
             &units,
             true,
         );
         assert_eq!(r.promote.as_deref(), Some("r2"));
-        assert_eq!(r.leftovers, vec!["shim-app-web-r1-1.service"]);
+        assert_eq!(r.leftovers, vec![name("r1", 1)]);
         assert!(r.notes[0].contains("after nginx switched"));
     }
 
@@ -242,7 +322,7 @@ mod tests {
     fn a_first_deploy_killed_after_the_switch_has_nothing_to_drain() {
         let r = decide(
             &st(None, Some(("r1", Phase::Switched))),
-            "r1",
+            &dep("r1", 0),
             &[unit("r1", 1)],
             false,
         );

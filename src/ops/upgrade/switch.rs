@@ -46,6 +46,7 @@ pub fn plan_files(p: &Prepared, units: &[UnitInfo]) -> Result<Vec<UpstreamFile>>
             p.service.id.as_str(),
             def.name.as_str(),
             &p.revision,
+            &p.deployment.tag(def.name.as_str()),
             &ports,
         );
         out.push(UpstreamFile {

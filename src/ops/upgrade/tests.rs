@@ -95,6 +95,7 @@ fn setup() -> T {
 
 fn opts(kind: Kind) -> Options {
     Options {
+        deployed: None,
         kind,
         dry_run: false,
         timeout: None,
@@ -383,11 +384,12 @@ fn killed_after_starting_the_next_upgrade_removes_the_attempts_instances() {
     st.upgrading = Some(Attempt {
         revision: "r2".into(),
         phase: Phase::Starting,
+        deployment: None,
     });
     t.fh.host.state().save("app", &st).unwrap();
     std::fs::write(
         &t.file,
-        crate::plan::upstream::render_upstream("app_web", "app", "web", "r1", &[30000, 30001]),
+        crate::plan::upstream::render_upstream("app_web", "app", "web", "r1", "", &[30000, 30001]),
     )
     .unwrap();
     lock(&t.http.answers).clear();
@@ -415,6 +417,7 @@ fn killed_after_the_switch_the_next_run_treats_the_attempt_as_current() {
     st.upgrading = Some(Attempt {
         revision: "r2".into(),
         phase: Phase::Switched,
+        deployment: None,
     });
     t.fh.host.state().save("app", &st).unwrap();
     t.fh.systemd.insert(crate::host::systemd::UnitInfo {
@@ -454,6 +457,7 @@ fn killed_during_the_switch_counts_as_switched_when_the_file_names_the_attempt()
     st.upgrading = Some(Attempt {
         revision: "r2".into(),
         phase: Phase::Starting,
+        deployment: None,
     });
     t.fh.host.state().save("app", &st).unwrap();
     // The file already says r2 (written before the kill): the retry must not remove r2.
@@ -567,6 +571,8 @@ fn a_second_upgrade_waits_for_the_lock_and_names_the_holder() {
 fn json_outcome_is_one_object() {
     let o = Outcome {
         service: "app".into(),
+        deployment: "0123456789ab".into(),
+        changed: true,
         revision: "r1".into(),
         dry_run: false,
         ms: 12,
