@@ -91,7 +91,7 @@ fn sync(host: &crate::host::Host, config: &Path, a: SyncArgs) -> Result<()> {
     }
     let revision = crate::ops::run::revision_to_run(&dirs, &a.id, a.revision.as_deref())?;
     let _lock = ServiceLock::acquire(&dirs.run, &a.id, std::time::Duration::from_secs(600))?;
-    let prepared = crate::ops::instances::prepare(host, &defs, &a.id, &revision, true)?;
+    let prepared = crate::ops::instances::prepare_for_run(host, &defs, &a.id, Some(&revision))?;
     let jobs = crate::ops::cron::generate(host, &prepared)?;
     for line in crate::ops::cron::install(host, &prepared, config, Some(&jobs))? {
         println!("{line}");

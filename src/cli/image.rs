@@ -275,6 +275,29 @@ fn rm(config: &Path, dirs: &Dirs, a: RmArgs) -> Result<()> {
     Ok(())
 }
 
+/// The manifest digests the recorded deployments of every service on this host pin
+/// (current, previous, being rolled out), defined or not.
+fn deployed_manifests(dirs: &Dirs) -> BTreeSet<String> {
+    let states = StateStore::new(&dirs.state);
+    let Ok(entries) = std::fs::read_dir(dirs.state.join("state")) else {
+        return BTreeSet::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().to_string();
+            n.strip_suffix(".json").map(str::to_string)
+        })
+        .filter_map(|id| states.load(&id).ok())
+        .flat_map(|st| {
+            let a = st.upgrading.and_then(|a| a.deployment);
+            [st.deployment, st.previous_deployment, a]
+        })
+        .flatten()
+        .map(|d| d.manifest_digest)
+        .collect()
+}
+
 /// The images the current and previous revision of every defined service use.
 fn deployed_images(defs: &Definitions, dirs: &Dirs) -> Result<(Vec<ImageRef>, Vec<String>)> {
     let states = StateStore::new(&dirs.state);
@@ -308,7 +331,7 @@ fn prune(config: &Path, dirs: &Dirs, a: PruneArgs) -> Result<()> {
         eprintln!("shim: warning: {n}; its image cannot be identified and is not kept");
     }
     let in_use = InUse::current(&store)?;
-    let rep = store.prune(&keep, &in_use, grace, a.dry_run)?;
+    let rep = store.prune(&keep, &deployed_manifests(dirs), &in_use, grace, a.dry_run)?;
     let verb = if a.dry_run { "would remove" } else { "removed" };
     for r in &rep.records_removed {
         println!("{verb} image {r}");

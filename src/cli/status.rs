@@ -59,11 +59,23 @@ fn service_header(svc: &str, s: Option<&Supervision>) -> String {
             ));
         }
     }
-    if notes.is_empty() {
+    let mut out = if notes.is_empty() {
         format!("{svc}\n")
     } else {
         format!("{svc} ({})\n", notes.join("; "))
+    };
+    if let Some((id, revision, image, digest)) = s.and_then(|s| s.current.as_ref()) {
+        out.push_str(&format!(
+            "  deployment {id} of revision {revision}: image {image} at {digest}\n"
+        ));
     }
+    if let Some(s) = s.filter(|s| !s.changed.is_empty()) {
+        out.push_str(&format!(
+            "  {} changed since deploy: run `shim upgrade --id {svc}` to roll it out\n",
+            s.changed.join(" and ")
+        ));
+    }
+    out
 }
 
 /// A service's cron jobs, one line each: schedule as written, next run (local time), command.

@@ -230,20 +230,29 @@ impl ImageStore {
     }
 
     /// Removes every record, blob and rootfs not needed by `keep` (the current and previous
-    /// revisions of the services), by a running instance (`in_use`), or by anything younger
-    /// than `grace`. With `dry_run`, only reports.
+    /// revisions of the services), by `keep_manifests` (the manifest digests their recorded
+    /// deployments pin, whatever their tags point at now), by a running instance (`in_use`),
+    /// or by anything younger than `grace`. With `dry_run`, only reports.
     pub fn prune(
         &self,
         keep: &[ImageRef],
+        keep_manifests: &BTreeSet<String>,
         in_use: &InUse,
         grace: Duration,
         dry_run: bool,
     ) -> Result<PruneReport, ImageError> {
-        let keep_names: BTreeSet<String> = keep.iter().map(|r| r.to_string()).collect();
+        let mut keep_names: BTreeSet<String> = keep.iter().map(|r| r.to_string()).collect();
         self.refs().update(|records| {
             let mut report = PruneReport::default();
+            keep_names.extend(
+                records
+                    .iter()
+                    .filter(|r| keep_manifests.contains(&r.manifest))
+                    .map(|r| r.reference.clone()),
+            );
             let plan = plan_prune(records, &keep_names, now_secs(), grace);
             let mut keep_rootfs = plan.keep_rootfs.clone();
+            keep_rootfs.extend(keep_manifests.iter().cloned());
             // Kept references never resolved on this host (or whose record was lost):
             // layouts can be resolved locally to find their rootfs; others cannot.
             for r in keep {

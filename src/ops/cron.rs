@@ -451,7 +451,7 @@ pub fn repair(
     id: &str,
     revision: &str,
 ) -> Result<Vec<String>> {
-    let prepared = crate::ops::instances::prepare(host, defs, id, revision, true)?;
+    let prepared = crate::ops::instances::prepare_for_run(host, defs, id, Some(revision))?;
     let jobs = jobs_for(host, &prepared)?;
     install(host, &prepared, config, jobs.as_deref())
 }
@@ -471,7 +471,7 @@ pub fn exec_job(host: &Host, defs: &crate::config::Definitions, id: &str, key: &
         );
         return Ok(());
     };
-    let prepared = crate::ops::instances::prepare(host, defs, id, &st.revision, true)?;
+    let prepared = crate::ops::instances::prepare_for_run(host, defs, id, Some(&st.revision))?;
     crate::ops::instances::check_device_filter(&prepared)?;
     let shell = job
         .env

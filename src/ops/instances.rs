@@ -87,6 +87,36 @@ pub fn definition_change_note(
     })
 }
 
+/// Gathers the host facts to run something of `id` at `revision` (default: the current one)
+/// outside its instances (`shim run`, cron): from the recorded deployment of that revision
+/// (the current or the previous one: the same image digest, definition and secrets as its
+/// instances), else afresh (a revision never deployed here, or one deployed by a shim that
+/// recorded none). Returns the revision too.
+pub fn prepare_for_run(
+    host: &Host,
+    defs: &Definitions,
+    id: &str,
+    revision: Option<&str>,
+) -> Result<Prepared> {
+    let st = host.state().load(id)?;
+    let revision = match revision {
+        Some(r) => r.to_string(),
+        None => st.current.clone().ok_or_else(|| {
+            anyhow!(BadInput(format!(
+                "service {id:?} has no current revision on this host (never started); pass --revision"
+            )))
+        })?,
+    };
+    let recorded = [&st.deployment, &st.previous_deployment]
+        .into_iter()
+        .flatten()
+        .find(|d| d.revision == revision);
+    match recorded {
+        Some(d) => prepare_deployed(host, defs, d, true),
+        None => prepare(host, defs, id, &revision, true),
+    }
+}
+
 /// The ports recorded by the deployments of every service (current and being rolled out):
 /// an instance that is down keeps its port, which no other instance is given.
 pub fn recorded_ports(host: &Host) -> BTreeSet<u16> {

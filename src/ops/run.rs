@@ -158,7 +158,6 @@ pub struct Finished {
 
 /// Runs a request; returns the command's exit code (or, detached, 0 once started).
 pub fn run(host: &Host, defs: &Definitions, req: &RunRequest) -> Result<i32> {
-    let dirs = &host.dirs;
     if req.argv.is_empty() {
         bail!(BadInput(
             "no command given: shim run --id ID [--revision REV] -- CMD [ARGS...]".into()
@@ -184,8 +183,7 @@ pub fn run(host: &Host, defs: &Definitions, req: &RunRequest) -> Result<i32> {
             .context("blocking signals to forward them")?;
         Some(Forwarder::start(set))
     };
-    let revision = revision_to_run(dirs, &req.id, req.revision.as_deref())?;
-    let prepared = instances::prepare(host, defs, &req.id, &revision, true)?;
+    let prepared = instances::prepare_for_run(host, defs, &req.id, req.revision.as_deref())?;
     let attach = if req.detach {
         Attach::Detached
     } else if req.tty {

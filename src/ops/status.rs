@@ -135,6 +135,13 @@ pub struct InstanceRow {
     /// How the last process ended, for an instance waiting to be restarted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<String>,
+    /// The id of the recorded deployment it is an instance of (None: not one the state
+    /// records, e.g. started by an older shim).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
+    /// The image manifest digest it runs (from its deployment's record).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
 }
 
 /// What supervision knows about one service.
@@ -146,6 +153,22 @@ pub struct Supervision {
     pub memory: Memory,
     /// The probe timer's state ("active"), None without one.
     pub probe: Option<String>,
+    /// The current deployment's id, revision, image and digest.
+    pub current: Option<(String, String, String, String)>,
+    /// The recorded deployments: current, being rolled out, previous.
+    pub deployments: Vec<crate::plan::Deployment>,
+    /// What of the current deployment the definitions and env_files on disk would change
+    /// ("definition", "secrets"); empty when they match or cannot be read.
+    pub changed: Vec<&'static str>,
+}
+
+impl Supervision {
+    /// The recorded deployment `u` is an instance of.
+    pub fn deployment_of(&self, u: &UnitInfo) -> Option<&crate::plan::Deployment> {
+        self.deployments
+            .iter()
+            .find(|d| d.owns(u.revision(), u.process().unwrap_or(""), u.deployment()))
+    }
 }
 
 pub fn rows(
@@ -195,6 +218,8 @@ pub fn rows(
             last_exit: (u.active_state == "failed" || u.sub_state == "auto-restart")
                 .then(|| u.last_exit())
                 .flatten(),
+            deployment: s.deployment_of(u).map(|d| d.id()),
+            image_digest: s.deployment_of(u).map(|d| d.manifest_digest.clone()),
         })
         .collect();
     rows.sort_by(|a, b| {
@@ -303,7 +328,7 @@ pub fn gather(host: &Host, defs: Option<&Definitions>, q: &Query<'_>) -> Result<
         .filter_map(|u| u.field(crate::plan::fields::SERVICE))
         .filter(|s| q.id.is_none() || q.id == Some(*s))
         .collect();
-    let supervision = supervision(host, &units, &services);
+    let supervision = supervision(host, defs, &units, &services);
     let max_delay = defs
         .map(|d| d.settings.restart_max_delay)
         .unwrap_or_else(|| crate::config::HostSettings::default().restart_max_delay);
@@ -357,6 +382,7 @@ fn read_instances(host: &Host, sd: &dyn Systemd, listed: Vec<ListedUnit>) -> Res
 /// Supervision facts of every service shown; best effort (an unreadable state is the default).
 fn supervision(
     host: &Host,
+    defs: Option<&Definitions>,
     units: &[UnitInfo],
     services: &BTreeSet<&str>,
 ) -> BTreeMap<String, Supervision> {
@@ -369,11 +395,25 @@ fn supervision(
                 .iter()
                 .find(|u| service_of_probe_timer(&u.name) == Some(id))
                 .map(|u| u.active_state.clone());
+            let changed = match (defs.and_then(|d| d.service(id).ok()), &st.deployment) {
+                (Some(svc), Some(d)) => crate::host::images::changes_on_disk(svc, d),
+                _ => Vec::new(),
+            };
+            let attempt = st.upgrading.and_then(|a| a.deployment);
+            let current = st.deployment.as_ref().map(|d| {
+                (d.id(), d.revision.clone(), d.image.clone(), d.manifest_digest.clone())
+            });
             let s = Supervision {
+                current,
                 paused: st.paused,
                 paused_processes: st.paused_processes,
                 memory: crate::ops::probe::load_memory(&host.dirs, id),
                 probe,
+                deployments: [st.deployment, attempt, st.previous_deployment]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+                changed,
             };
             (id.to_string(), s)
         })
