@@ -17,14 +17,19 @@ pub struct ShowArgs {
     /// Service id.
     #[arg(long)]
     pub id: String,
-    /// Revision to plan for.
+    /// Revision to plan for (default: the current one: what `shim upgrade --id` would start).
     #[arg(long)]
-    pub revision: String,
+    pub revision: Option<String>,
 }
 
 pub fn run(host: &crate::host::Host, config: &Path, args: ShowArgs) -> Result<()> {
     let defs = crate::config::load(config)?;
-    let shown = crate::ops::show::plan(host, &defs, &args.id, &args.revision)?;
+    defs.service(&args.id)?;
+    let revision = match args.revision {
+        Some(r) => r,
+        None => crate::cli::upgrade::current_revision(host, &args.id)?,
+    };
+    let shown = crate::ops::show::plan(host, &defs, &args.id, &revision)?;
     print!("{}", plan::render_show(&shown.plans, &shown.notes));
     Ok(())
 }

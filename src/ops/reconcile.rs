@@ -59,6 +59,9 @@ pub fn drift(
             a.revision, a.phase
         ));
     }
+    if dep.is_none() && st.current.is_some() {
+        why.push("no deployment recorded (deployed by an older shim): record one".into());
+    }
     let owned = |u: &UnitInfo| upgrade::recover::owned_by(dep, revision, u);
     let others: BTreeSet<String> = units
         .iter()
@@ -605,9 +608,15 @@ command = ["/w"]
             unit("web", "r1", 2, Some(20001)),
             unit("worker", "r1", 1, None),
         ];
+        let dep = crate::ops::testkit::deployment(&d, "app", "r1");
+        assert_eq!(
+            drift(svc, &st, (Some(&dep), "r1"), &ok, &upstream(&[20000, 20001])),
+            Vec::<String>::new()
+        );
+        // A service deployed by a shim that recorded no deployment gets one.
         assert_eq!(
             drift(svc, &st, (None, "r1"), &ok, &upstream(&[20000, 20001])),
-            Vec::<String>::new()
+            vec!["no deployment recorded (deployed by an older shim): record one"]
         );
 
         // A missing worker, an extra web, a leftover of r0, a stale upstream file.
@@ -617,7 +626,7 @@ command = ["/w"]
             unit("web", "r1", 3, Some(20002)),
             unit("web", "r0", 1, Some(20005)),
         ];
-        let why = drift(svc, &st, (None, "r1"), &units, &upstream(&[20005]));
+        let why = drift(svc, &st, (Some(&dep), "r1"), &units, &upstream(&[20005]));
         assert_eq!(
             why,
             vec![
@@ -638,7 +647,7 @@ command = ["/w"]
             }),
             ..Default::default()
         };
-        let why = drift(svc, &st, (None, "r1"), &ok, &upstream(&[20000, 20001]));
+        let why = drift(svc, &st, (Some(&dep), "r1"), &ok, &upstream(&[20000, 20001]));
         assert_eq!(why.len(), 1);
         assert!(why[0].contains("interrupted"), "{why:?}");
     }
@@ -660,9 +669,12 @@ command = ["/w"]
         }
     }
 
+    /// Records `id` as deployed at `rev` (the fake preparer's untagged deployment of WORKER).
     fn deploy(h: &Host, id: &str, rev: &str) {
+        let d = crate::ops::testkit::defs(WORKER);
         let st = ServiceState {
             current: Some(rev.into()),
+            deployment: Some(crate::ops::testkit::deployment(&d, id, rev)),
             ..Default::default()
         };
         h.state().save(id, &st).unwrap();
