@@ -133,16 +133,30 @@ pub fn run_restart(host: &Host, config: &Path, args: RestartArgs) -> Result<()> 
         return Err(BadInput(format!(
             "service {} has no running deployment to restart{}",
             args.id,
-            if st.stopped { " (it is stopped: `shim start`)" } else { " (deploy it with `shim upgrade`)" }
+            if st.stopped {
+                " (it is stopped: `shim start`)"
+            } else {
+                " (deploy it with `shim upgrade`)"
+            }
         ))
         .into());
     };
     for p in &args.process {
-        if !d.definition.processes.values().any(|x| x.name.as_str() == p) {
+        if !d
+            .definition
+            .processes
+            .values()
+            .any(|x| x.name.as_str() == p)
+        {
             return Err(BadInput(format!(
                 "--process {p}: service {} has no such process in its deployment (it has {})",
                 args.id,
-                d.definition.processes.keys().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                d.definition
+                    .processes
+                    .keys()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
             .into());
         }
@@ -167,8 +181,6 @@ pub fn run_rollback(host: &Host, config: &Path, args: RollbackArgs) -> Result<()
     let mut opts = args.common.options(Kind::Rollback, config);
     // The previous deployment exactly as it ran (a record from a shim that kept none: its
     // revision, read afresh).
-    opts.deployed = st
-        .previous_deployment
-        .filter(|d| d.revision == previous);
+    opts.deployed = st.previous_deployment.filter(|d| d.revision == previous);
     converge(host, &defs, &args.id, &previous, &opts).map(|_| ())
 }

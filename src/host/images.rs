@@ -124,16 +124,19 @@ fn resolve_image_user(
 pub fn changes_on_disk(svc: &ServiceDef, d: &plan::Deployment) -> Vec<&'static str> {
     let mut out = Vec::new();
     let seccomp = read_seccomp(svc);
-    let same_def = seccomp
-        .as_ref()
-        .is_ok_and(|s| plan::deployment::definition_digest(svc, s.as_deref()) == d.definition_digest());
+    let same_def = seccomp.as_ref().is_ok_and(|s| {
+        plan::deployment::definition_digest(svc, s.as_deref()) == d.definition_digest()
+    });
     if !same_def {
         out.push("definition");
     }
-    let same_secrets = read_secrets(svc)
-        .is_ok_and(|s| plan::deployment::secrets_digest(&s) == d.secrets_digest);
+    let same_secrets =
+        read_secrets(svc).is_ok_and(|s| plan::deployment::secrets_digest(&s) == d.secrets_digest);
     if !same_secrets {
         out.push("secrets");
+    }
+    if plan::deployment::counts(svc) != plan::deployment::counts(&d.definition) {
+        out.push("count");
     }
     out
 }
@@ -312,8 +315,12 @@ fn pinned_image(
     d: &plan::Deployment,
     unpack: bool,
 ) -> Result<(crate::image::ResolvedImage, PathBuf)> {
-    let digest = crate::image::Digest::parse(&d.manifest_digest)
-        .ok_or_else(|| anyhow::anyhow!("the deployment's manifest digest {:?} is not a digest", d.manifest_digest))?;
+    let digest = crate::image::Digest::parse(&d.manifest_digest).ok_or_else(|| {
+        anyhow::anyhow!(
+            "the deployment's manifest digest {:?} is not a digest",
+            d.manifest_digest
+        )
+    })?;
     let mut r = ImageRef::parse(&d.image).map_err(|e| anyhow::anyhow!("{}: {e}", d.image))?;
     let rootfs = store.rootfs_path(&digest);
     let recorded = crate::image::ResolvedImage {
@@ -328,9 +335,12 @@ fn pinned_image(
     if let ImageRef::Registry(rr) = &mut r {
         rr.digest = Some(digest.clone());
     }
-    let img = store
-        .resolve(&r)
-        .with_context(|| format!("fetching the deployed image {} ({})", d.image, d.manifest_digest))?;
+    let img = store.resolve(&r).with_context(|| {
+        format!(
+            "fetching the deployed image {} ({})",
+            d.image, d.manifest_digest
+        )
+    })?;
     if img.manifest_digest != d.manifest_digest {
         anyhow::bail!(
             "the deployed image {} ({}) is no longer in the image store, and {} now has manifest {}: run `shim upgrade --id {}` to deploy what it is now",
@@ -344,13 +354,23 @@ fn pinned_image(
     let rootfs = store
         .ensure_rootfs(&img)
         .with_context(|| format!("unpacking image {}", d.image))?;
-    Ok((crate::image::ResolvedImage { config: d.image_config.clone(), ..img }, rootfs))
+    Ok((
+        crate::image::ResolvedImage {
+            config: d.image_config.clone(),
+            ..img
+        },
+        rootfs,
+    ))
 }
 
 /// [`prepare`] from a recorded deployment: its definition, image digest, user, seccomp
 /// profile and secrets snapshot; only the host's own facts (runtime, binary, ports range)
 /// are read now.
-fn prepare_deployed(dirs: &Dirs, req: &PrepareRequest<'_>, d: &plan::Deployment) -> Result<Prepared> {
+fn prepare_deployed(
+    dirs: &Dirs,
+    req: &PrepareRequest<'_>,
+    d: &plan::Deployment,
+) -> Result<Prepared> {
     let svc = d.definition.clone();
     if svc.id.as_str() != req.id {
         anyhow::bail!(

@@ -101,7 +101,9 @@ mod tests {
         let e = load(&dirs, "app", &da).unwrap_err().to_string();
         assert!(e.contains("does not match its digest"), "{e}");
         // No secrets need no file.
-        assert!(load(&dirs, "other", &secrets_digest(&[])).unwrap().is_empty());
+        assert!(load(&dirs, "other", &secrets_digest(&[]))
+            .unwrap()
+            .is_empty());
         prune(&dirs, "app", &[db.clone()].into());
         assert!(!path(&dirs, "app", &da).exists());
         assert_eq!(load(&dirs, "app", &db).unwrap(), b);

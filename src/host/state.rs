@@ -81,8 +81,9 @@ impl ServiceState {
             upstreams.values().flatten().any(|t| {
                 let named = crate::plan::upstream::file_revision(t);
                 match &a.deployment {
-                    Some(_) => crate::plan::upstream::file_deployment(t)
-                        .is_some_and(|d| new.contains(d)),
+                    Some(_) => {
+                        crate::plan::upstream::file_deployment(t).is_some_and(|d| new.contains(d))
+                    }
                     None => named == Some(a.revision.as_str()),
                 }
             })

@@ -944,13 +944,25 @@ fn rm_and_prune_keep_what_is_shared_deployed_or_mounted() {
     };
     let dry = env
         .store
-        .prune(std::slice::from_ref(&r2), &Default::default(), &in_use, Duration::ZERO, true)
+        .prune(
+            std::slice::from_ref(&r2),
+            &Default::default(),
+            &in_use,
+            Duration::ZERO,
+            true,
+        )
         .unwrap();
     assert_eq!(dry.records_removed, vec![r3.to_string()]);
     assert!(stored(&m3), "dry run removed something");
     let rep = env
         .store
-        .prune(std::slice::from_ref(&r2), &Default::default(), &in_use, Duration::ZERO, false)
+        .prune(
+            std::slice::from_ref(&r2),
+            &Default::default(),
+            &in_use,
+            Duration::ZERO,
+            false,
+        )
         .unwrap();
     assert_eq!(rep.records_removed, vec![r3.to_string()]);
     assert_eq!(rep.rootfs_in_use, vec![m3.to_string()]);
@@ -968,7 +980,13 @@ fn rm_and_prune_keep_what_is_shared_deployed_or_mounted() {
     // Nothing deployed, nothing mounted, a grace period covering everything: all stays.
     let rep = env
         .store
-        .prune(&[], &Default::default(), &InUse::default(), Duration::from_secs(3600), false)
+        .prune(
+            &[],
+            &Default::default(),
+            &InUse::default(),
+            Duration::from_secs(3600),
+            false,
+        )
         .unwrap();
     assert!(
         rep.records_removed.is_empty() && rep.blobs_removed == 0 && rep.rootfs_removed.is_empty(),
@@ -998,7 +1016,13 @@ fn rm_and_prune_keep_what_is_shared_deployed_or_mounted() {
     // Without grace, everything goes.
     let rep = env
         .store
-        .prune(&[], &Default::default(), &InUse::default(), Duration::ZERO, false)
+        .prune(
+            &[],
+            &Default::default(),
+            &InUse::default(),
+            Duration::ZERO,
+            false,
+        )
         .unwrap();
     assert_eq!(rep.records_removed, vec![r2.to_string()]);
     assert!(env.blob_files().is_empty(), "{:?}", env.blob_files());

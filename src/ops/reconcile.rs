@@ -89,7 +89,13 @@ pub fn drift(
     }
     for d in svc.processes.values() {
         let tag = dep.map(|x| x.tag(d.name.as_str())).unwrap_or_default();
-        why.extend(process_drift(svc.id.as_str(), d, (revision, &tag), &current, files));
+        why.extend(process_drift(
+            svc.id.as_str(),
+            d,
+            (revision, &tag),
+            &current,
+            files,
+        ));
     }
     why
 }
@@ -610,7 +616,13 @@ command = ["/w"]
         ];
         let dep = crate::ops::testkit::deployment(&d, "app", "r1");
         assert_eq!(
-            drift(svc, &st, (Some(&dep), "r1"), &ok, &upstream(&[20000, 20001])),
+            drift(
+                svc,
+                &st,
+                (Some(&dep), "r1"),
+                &ok,
+                &upstream(&[20000, 20001])
+            ),
             Vec::<String>::new()
         );
         // A service deployed by a shim that recorded no deployment gets one.
@@ -647,7 +659,13 @@ command = ["/w"]
             }),
             ..Default::default()
         };
-        let why = drift(svc, &st, (Some(&dep), "r1"), &ok, &upstream(&[20000, 20001]));
+        let why = drift(
+            svc,
+            &st,
+            (Some(&dep), "r1"),
+            &ok,
+            &upstream(&[20000, 20001]),
+        );
         assert_eq!(why.len(), 1);
         assert!(why[0].contains("interrupted"), "{why:?}");
     }

@@ -401,7 +401,12 @@ fn supervision(
             };
             let attempt = st.upgrading.and_then(|a| a.deployment);
             let current = st.deployment.as_ref().map(|d| {
-                (d.id(), d.revision.clone(), d.image.clone(), d.manifest_digest.clone())
+                (
+                    d.id(),
+                    d.revision.clone(),
+                    d.image.clone(),
+                    d.manifest_digest.clone(),
+                )
             });
             let s = Supervision {
                 current,

@@ -73,12 +73,16 @@ fn sha256_hex(parts: &[&[u8]]) -> String {
 }
 
 /// The digest of a definition as it reaches the instances: everything but where it was read
-/// from (file and lines), and the seccomp profile's text.
+/// from (file and lines) and how many instances each process has (a deployment scales in
+/// place: `shim upgrade` starts or stops the difference), and the seccomp profile's text.
 pub fn definition_digest(svc: &ServiceDef, seccomp: Option<&str>) -> String {
     let mut d = svc.clone();
     d.source = Default::default();
     d.line = None;
     d.image_line = None;
+    for p in d.processes.values_mut() {
+        p.count = 0;
+    }
     // Serializing plain data (strings, numbers, maps with string keys) cannot fail.
     let json = serde_json::to_vec(&d).unwrap_or_default();
     format!(
@@ -111,7 +115,18 @@ pub fn differences(old: &Deployment, new: &Deployment) -> Vec<&'static str> {
     if old.secrets_digest != new.secrets_digest {
         out.push("secrets");
     }
+    if counts(&old.definition) != counts(&new.definition) {
+        out.push("count");
+    }
     out
+}
+
+/// Each process's `count`.
+pub fn counts(svc: &ServiceDef) -> BTreeMap<String, u32> {
+    svc.processes
+        .values()
+        .map(|p| (p.name.to_string(), p.count))
+        .collect()
 }
 
 impl Deployment {
@@ -158,7 +173,11 @@ impl Deployment {
     /// Whether an instance of `process` at `revision` with `tag` is one of this deployment's.
     pub fn owns(&self, revision: &str, process: &str, tag: &str) -> bool {
         revision == self.revision
-            && self.definition.processes.values().any(|d| d.name.as_str() == process)
+            && self
+                .definition
+                .processes
+                .values()
+                .any(|d| d.name.as_str() == process)
             && tag == self.tag(process)
     }
 
@@ -224,11 +243,25 @@ pub mod tests {
         b.deployed_usec = 2;
         b.definition.source = "/etc/shim/services.d/other.toml".into();
         b.definition.line = Some(7);
-        assert_eq!(a.id(), b.id(), "ports, time and where it was read do not count");
+        assert_eq!(
+            a.id(),
+            b.id(),
+            "ports, time and where it was read do not count"
+        );
         assert!(differences(&a, &b).is_empty());
+        // A count changes what runs, not the deployment: it scales in place.
+        b.definition
+            .processes
+            .values_mut()
+            .for_each(|p| p.count += 1);
+        assert_eq!(a.id(), b.id());
+        assert_eq!(a.tag("web"), b.tag("web"));
+        assert_eq!(differences(&a, &b), vec!["count"]);
         let changes: [(&str, fn(&mut Deployment)); 5] = [
             ("revision", |d| d.revision = "r2".into()),
-            ("image", |d| d.manifest_digest = format!("sha256:{}", "b".repeat(64))),
+            ("image", |d| {
+                d.manifest_digest = format!("sha256:{}", "b".repeat(64))
+            }),
             ("definition", |d| {
                 d.definition.env.insert("B".into(), "2".into());
             }),

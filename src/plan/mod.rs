@@ -16,8 +16,8 @@ mod unit;
 pub mod upstream;
 
 pub use crate::config::{parse_user_spec, resolve_user, ResolvedUser};
-pub use deployment::Deployment;
 pub use bundle::render_config;
+pub use deployment::Deployment;
 pub use podman::PodmanStorage;
 pub use prepared::Prepared;
 pub use unit::{Prop, RestartPolicy, UnitSpec, RESTART_SEC, START_LIMIT_INTERVAL};
@@ -77,7 +77,10 @@ impl InstanceKey {
             let head: String = self.revision.chars().take(REV_IN_NAME).collect();
             format!("{head}-{}", self.deployment)
         };
-        format!("shim-{}-{}-{rev}-{}", self.service, self.process, self.index)
+        format!(
+            "shim-{}-{}-{rev}-{}",
+            self.service, self.process, self.index
+        )
     }
 
     /// `<stem>.service`.
@@ -338,7 +341,10 @@ pub fn plan_instance(
         service: cx.service.id.clone(),
         process: process.name.clone(),
         revision: cx.revision.to_string(),
-        deployment: cx.deployment.map(|d| d.tag(process.name.as_str())).unwrap_or_default(),
+        deployment: cx
+            .deployment
+            .map(|d| d.tag(process.name.as_str()))
+            .unwrap_or_default(),
         index,
     };
     let dir = cx.instances_dir.join(key.stem());

@@ -131,6 +131,29 @@ pub fn status(config: &Path, id: &str) -> Vec<serde_json::Value> {
 }
 
 /// HTTP GET on the sandbox's loopback; returns (status, body) or None if not answering.
+/// The unit name of instance `index` of `process` of service `id`, as `shim status` shows it
+/// (names carry the deployment's tag, which tests do not compute).
+pub fn instance_unit(config: &Path, id: &str, process: &str, index: u64) -> String {
+    wait_for(
+        Duration::from_secs(10),
+        "the instance in shim status",
+        || {
+            status(config, id)
+                .into_iter()
+                .find(|r| r["process"] == process && r["instance"] == index)
+                .and_then(|r| r["unit"].as_str().map(str::to_string))
+        },
+    )
+}
+
+/// Whether `shim show` output plans instance `index` of `process` of `id` at `revision`.
+pub fn shows_instance(out: &str, id: &str, process: &str, revision: &str, index: u32) -> bool {
+    out.lines().any(|l| {
+        l.strip_prefix(&format!("# shim-{id}-{process}-{revision}-"))
+            .is_some_and(|rest| rest.ends_with(&format!("-{index}.service")))
+    })
+}
+
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(

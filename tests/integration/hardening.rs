@@ -113,7 +113,7 @@ fn definitions_only_in_services_d_are_read() {
         &dir.path().join("services.toml"),
         &["show", "--id", "hard", "--revision", "rev1"],
     );
-    assert!(out.contains("shim-hard-web-rev1-1.service"), "{out}");
+    assert!(shows_instance(&out, "hard", "web", "rev1", 1), "{out}");
 }
 
 /// One service's state file corrupt: reconcile (as at boot) brings the others back, reports
@@ -189,7 +189,7 @@ fn containers_run_under_the_default_seccomp_profile() {
         );
         let cfg = TestConfig::new(&text);
         shim_ok(cfg.path(), &["start", "--id", id, "--revision", "rev1"]);
-        let unit = format!("shim-{id}-web-rev1-1.service");
+        let unit = instance_unit(cfg.path(), id, "web", 1);
         assert_eq!(seccomp_of_main_pid(&unit), want, "{id}");
         shim_ok(cfg.path(), &["stop", "--id", id]);
     }
@@ -366,10 +366,7 @@ fn bad_input_corpus_exits_2_names_the_problem_and_changes_nothing() {
             vec!["start", "--id", "corp", "--revision", ""],
             "--revision",
         ),
-        (
-            vec!["start", "--id", "corp", "--revision", "-x"],
-            "--revision",
-        ),
+        (vec!["start", "--id", "corp", "--revision", "-x"], "'-x'"),
         (
             vec!["start", "--id", "corp", "--revision", "a b"],
             "--revision",

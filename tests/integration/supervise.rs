@@ -270,10 +270,8 @@ fn probe_fast_path_falls_back_on_any_change() {
         record.exists().then_some(())
     });
     let text = std::fs::read_to_string(&record).unwrap();
-    assert!(
-        text.contains(&format!("shim-{id}-web-rev1-2.service")),
-        "{text}"
-    );
+    let second = instance_unit(cfg.path(), id, "web", 2);
+    assert!(text.contains(&second), "{text}");
     // Fast runs leave it alone (the full run that wrote it said when).
     let before = std::fs::metadata(&record).unwrap().modified().unwrap();
     wait_probe_runs(id, 2);
@@ -286,21 +284,42 @@ fn probe_fast_path_falls_back_on_any_change() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).is_empty(), "{}", stderr(&o));
 
-    // Scaled up in the definitions only: the digest differs, a full run starts #3.
+    // Scaled up in the definitions only: the digest differs, so a full run looks again, but
+    // the probe supervises what was deployed (2 instances); `shim status` says the
+    // definitions changed, and `shim upgrade --id` scales in place (#1 and #2 keep running).
     let cursor = journal_cursor();
+    let pids: Vec<u32> = (1..=2)
+        .map(|i| main_pid(&instance_unit(cfg.path(), id, "web", i)))
+        .collect();
     let scaled = web_toml(id, 3, 3).replace("{layout}", &image_layout().display().to_string());
     std::fs::write(cfg.path().join("services.toml"), scaled).unwrap();
-    let third = format!("shim-{id}-web-rev1-3.service");
     wait_for(
         Duration::from_secs(10),
-        "instance 3 started by the probe",
-        || (unit_prop(&third, "ActiveState") == "active").then_some(()),
+        "a full run recording again",
+        || {
+            std::fs::metadata(&record)
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .filter(|m| *m > before)
+                .map(|_| ())
+        },
     );
-    let e = journal_since(
+    assert_eq!(status(cfg.path(), id).len(), 2, "the probe started nothing");
+    assert!(journal_since(
         &cursor,
-        &[&format!("SHIM_SERVICE={id}"), "SHIM_ACTION=start"],
-    );
-    assert_eq!(e.len(), 1, "{e:?}");
+        &[&format!("SHIM_SERVICE={id}"), "SHIM_ACTION=start"]
+    )
+    .is_empty());
+    let table = shim_ok(cfg.path(), &["status", "--id", id]);
+    assert!(table.contains("count changed since deploy"), "{table}");
+    let out = shim_ok(cfg.path(), &["upgrade", "--id", id]);
+    assert!(out.contains("start 1 new instance(s)"), "{out}");
+    let third = instance_unit(cfg.path(), id, "web", 3);
+    assert_eq!(unit_prop(&third, "ActiveState"), "active");
+    let after: Vec<u32> = (1..=2)
+        .map(|i| main_pid(&instance_unit(cfg.path(), id, "web", i)))
+        .collect();
+    assert_eq!(pids, after, "scaling up replaced nothing");
     // Then a record with all three.
     wait_for(Duration::from_secs(10), "a record of 3 instances", || {
         std::fs::read_to_string(&record)
@@ -311,7 +330,7 @@ fn probe_fast_path_falls_back_on_any_change() {
 
     // An instance stopped behind the probe's back: its main process is gone, a full run
     // starts it again.
-    let first = format!("shim-{id}-web-rev1-1.service");
+    let first = instance_unit(cfg.path(), id, "web", 1);
     let o = run(Command::new("systemctl").args(["stop", &first]));
     assert!(o.status.success(), "{}", stderr(&o));
     wait_for(Duration::from_secs(10), "instance 1 back", || {
@@ -396,7 +415,7 @@ stop_timeout = "1s"
     let cfg = TestConfig::new(&toml);
     dep.set(true);
     shim_ok(cfg.path(), &["start", "--id", id, "--revision", "rev1"]);
-    let worker = format!("shim-{id}-worker-rev1-1.service");
+    let worker = instance_unit(cfg.path(), id, "worker", 1);
     wait_for(Duration::from_secs(10), "the worker up", || {
         (unit_prop(&worker, "ActiveState") == "active").then_some(())
     });
@@ -560,7 +579,7 @@ fn pause_stops_the_probe_and_resume_converges() {
         cfg.path(),
         &["supervise", "pause", "--id", id, "--process", "worker"],
     );
-    let worker = format!("shim-{id}-worker-rev1-1.service");
+    let worker = instance_unit(cfg.path(), id, "worker", 1);
     assert!(
         run(Command::new("systemctl").args(["stop", &worker, &web2]))
             .status
@@ -613,9 +632,10 @@ fn main_pids(cfg: &std::path::Path, id: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// Reconcile: `--dry-run` changes nothing; a run scales to the edited `count`, repairs an
-/// upgrade killed midway, points nginx at the instances, removes services no longer
-/// defined; a second run does nothing.
+/// Reconcile: `--dry-run` changes nothing; a run repairs an upgrade killed midway to what
+/// was deployed (an edited `count` is only reported: `shim upgrade` rolls it out, in place),
+/// points nginx at the instances, removes services no longer defined; a second run does
+/// nothing.
 #[test]
 fn reconcile_scales_repairs_and_is_idempotent() {
     require_sandbox!();
@@ -683,12 +703,26 @@ stop_timeout = "3s"
     let plan = shim_ok(cfg.path(), &["reconcile", "--dry-run"]);
     assert!(plan.contains("dry run: nothing changed"), "{plan}");
     assert!(plan.contains("interrupted"), "{plan}");
-    assert!(plan.contains("1 of 3 instance(s) missing"), "{plan}");
+    assert!(
+        plan.contains("count changed since deploy: run `shim upgrade --id rec_a`"),
+        "{plan}"
+    );
     assert!(plan.contains(b) && plan.contains("not defined"), "{plan}");
     assert_eq!(main_pids(cfg.path(), a), before, "dry run changed units");
     assert!(!units_matching(&format!("shim-{b}-*")).is_empty());
 
     let out = shim_ok(cfg.path(), &["reconcile"]);
+    let rows = status(cfg.path(), a);
+    assert_eq!(rows.len(), 2, "what was deployed: {rows:?}\n{out}");
+    assert_eq!(
+        main_pids(cfg.path(), a),
+        before,
+        "the serving instances were kept"
+    );
+    // The edited count, rolled out in place: one more instance, the two others kept.
+    shim_ok(cfg.path(), &["supervise", "resume", "--id", a]);
+    let out = shim_ok(cfg.path(), &["upgrade", "--id", a]);
+    assert!(out.contains("start 1 new instance(s)"), "{out}");
     let rows = status(cfg.path(), a);
     assert_eq!(rows.len(), 3, "{rows:?}\n{out}");
     assert!(rows.iter().all(|r| r["revision"] == "rev1"), "{rows:?}");
@@ -725,7 +759,7 @@ stop_timeout = "3s"
 
     // Scale down 3 → 1: nginx no longer lists the stopped instances.
     write(def(1, false));
-    shim_ok(cfg.path(), &["reconcile"]);
+    shim_ok(cfg.path(), &["upgrade", "--id", a]);
     assert_eq!(status(cfg.path(), a).len(), 1);
     assert_eq!(upstream_servers(a), 1, "{}", upstream_file(a));
     let again = shim_ok(cfg.path(), &["reconcile"]);

@@ -497,7 +497,7 @@ fn reconcile_after_a_kill_at_each_step_keeps_what_nginx_served() {
         let serving = if switched { next } else { rev };
         let file = std::fs::read_to_string(format!("/etc/nginx/shim/{id}.conf")).unwrap();
         assert!(
-            file.contains(&format!("revision {serving}.")),
+            file.contains(&format!("revision {serving}, deployment ")),
             "{step}: {file}"
         );
         let out = shim_ok(cfg.path(), &["reconcile"]);

@@ -215,7 +215,9 @@ pub fn plan_upstreams(
             continue;
         }
         let running: Vec<(&UnitInfo, u16)> = supervised(inp)
-            .filter(|(u, p)| p.name == d.name && is_running(u) && !killed.contains(&u.name.as_str()))
+            .filter(|(u, p)| {
+                p.name == d.name && is_running(u) && !killed.contains(&u.name.as_str())
+            })
             .filter_map(|(u, _)| Some((u, u.port()?)))
             .collect();
         let healthy: Vec<(&UnitInfo, u16)> = running

@@ -383,8 +383,14 @@ fn act_starts(cx: &Acting<'_>, actions: &[Action], mem: &mut Memory) {
 /// follows once the instance is healthy ([`sync_upstreams`]).
 fn record_new_ports(cx: &Acting<'_>, started: &instances::StartReport) {
     let store = cx.host.state();
-    let Ok(mut st) = store.load(cx.id) else { return };
-    let Some(d) = st.deployment.as_mut().filter(|d| d.id() == cx.deployment.id()) else {
+    let Ok(mut st) = store.load(cx.id) else {
+        return;
+    };
+    let Some(d) = st
+        .deployment
+        .as_mut()
+        .filter(|d| d.id() == cx.deployment.id())
+    else {
         return;
     };
     let old = d.ports.clone();

@@ -339,26 +339,40 @@ impl Run<'_> {
             self.st.previous_deployment.as_ref(),
         ];
         if self.opts.deployed.is_none() {
-            if let Some(cur) = recorded.into_iter().flatten().find(|d| d.id() == p.deployment.id()) {
-                // Generations go with tags; a previous deployment's ports may be taken now.
-                let mut d = cur.clone();
-                if self.st.deployment.as_ref().map(|c| c.id()) != Some(d.id()) {
-                    d.ports.clear();
+            if let Some(cur) = recorded
+                .into_iter()
+                .flatten()
+                .find(|d| d.id() == p.deployment.id())
+            {
+                // The same deployment (its counts may differ: it scales in place): its
+                // restart generations, so its instances keep their tags, and, for the
+                // current one, its ports (a previous one's may be taken by now).
+                p.deployment.generations = cur.generations.clone();
+                if self.st.deployment.as_ref().map(|c| c.id()) == Some(cur.id()) {
+                    p.deployment.ports = cur.ports.clone();
                 }
-                p.deployment = d;
+                p.deployment.deployed_usec = cur.deployed_usec;
             }
             return Ok(());
         }
         // A recorded deployment asked for must still be the one the state records: an
         // upgrade that ran while this command waited for the lock wins.
-        let attempt = self.st.upgrading.as_ref().and_then(|a| a.deployment.as_ref());
+        let attempt = self
+            .st
+            .upgrading
+            .as_ref()
+            .and_then(|a| a.deployment.as_ref());
         let expected = match self.opts.kind {
             Kind::Rollback => vec![self.st.previous_deployment.as_ref()],
             // What serves may be an interrupted attempt's, which recovery promotes.
             Kind::Reconcile => vec![self.st.deployment.as_ref(), attempt],
             _ => vec![self.st.deployment.as_ref()],
         };
-        if !expected.into_iter().flatten().any(|d| d.id() == p.deployment.id()) {
+        if !expected
+            .into_iter()
+            .flatten()
+            .any(|d| d.id() == p.deployment.id())
+        {
             bail!(
                 "the deployment of {} changed while this {} waited for its lock (now {}): run it again",
                 self.id,
@@ -377,7 +391,10 @@ impl Run<'_> {
             let p = match deployed {
                 Some(dep) => {
                     if dep.revision != rev {
-                        bail!("internal error: deployment of {} asked for at {rev}", dep.revision);
+                        bail!(
+                            "internal error: deployment of {} asked for at {rev}",
+                            dep.revision
+                        );
                     }
                     d.push(format!("deployment {} (recorded)", dep.id()));
                     instances::prepare_deployed(host, defs, dep, unpack)?
@@ -432,7 +449,8 @@ impl Run<'_> {
         let current = self.st.deployment.as_ref().filter(|_| !self.st.stopped);
         let unchanged = matches!(opts.kind, Kind::Upgrade | Kind::Start)
             && self.st.upgrading.is_none()
-            && current.is_some_and(|c| c.id() == p.deployment.id() && c.tags() == p.deployment.tags())
+            && current
+                .is_some_and(|c| c.id() == p.deployment.id() && c.tags() == p.deployment.tags())
             && planned.old.is_empty()
             && planned.extra.is_empty()
             && planned.same.len() == planned.wanted.len();

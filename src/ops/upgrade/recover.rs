@@ -210,7 +210,12 @@ mod tests {
 
     #[test]
     fn nothing_interrupted_nothing_left_means_nothing_to_do() {
-        let r = decide(&st(Some("r1"), None), &dep("r2", 0), &[unit("r1", 1)], false);
+        let r = decide(
+            &st(Some("r1"), None),
+            &dep("r2", 0),
+            &[unit("r1", 1)],
+            false,
+        );
         assert_eq!(r, Recovery::default());
     }
 
@@ -280,7 +285,11 @@ mod tests {
         assert_eq!(r.leftovers, vec![units[0].name.clone()]);
         let after = recovered_state(&s, &r);
         assert_eq!(after.deployment, Some(dep("r1", 1)));
-        assert_eq!(after.previous.as_deref(), None, "the same revision: no previous");
+        assert_eq!(
+            after.previous.as_deref(),
+            None,
+            "the same revision: no previous"
+        );
     }
 
     #[test]
