@@ -60,6 +60,7 @@ impl CommonArgs {
             json: self.json,
             config: config.to_path_buf(),
             deployed: None,
+            restart: Vec::new(),
         }
     }
 }
@@ -163,6 +164,7 @@ pub fn run_restart(host: &Host, config: &Path, args: RestartArgs) -> Result<()> 
     }
     let mut opts = args.common.options(Kind::Restart, config);
     opts.deployed = Some(d.restarted(&args.process));
+    opts.restart = args.process.clone();
     converge(host, &defs, &args.id, &d.revision, &opts).map(|_| ())
 }
 

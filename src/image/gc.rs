@@ -233,6 +233,38 @@ impl ImageStore {
     /// revisions of the services), by `keep_manifests` (the manifest digests their recorded
     /// deployments pin, whatever their tags point at now), by a running instance (`in_use`),
     /// or by anything younger than `grace`. With `dry_run`, only reports.
+    /// Kept references never resolved on this host (or whose record was lost): layouts can
+    /// be resolved locally to find their rootfs (added to `keep_rootfs`); the others cannot,
+    /// and are returned.
+    fn keep_unrecorded(
+        &self,
+        keep: &[ImageRef],
+        records: &[RefRecord],
+        keep_rootfs: &mut BTreeSet<String>,
+    ) -> Vec<String> {
+        let mut unrecorded = Vec::new();
+        for r in keep {
+            let name = r.to_string();
+            if records.iter().any(|x| x.reference == name) {
+                continue;
+            }
+            let local = match r {
+                ImageRef::OciLayout { .. } => self
+                    .source(r)
+                    .and_then(|s| resolve::resolve_chain(s.as_ref(), r, &Platform::host()))
+                    .ok(),
+                _ => None,
+            };
+            match local {
+                Some((img, _)) => {
+                    keep_rootfs.insert(img.manifest_digest);
+                }
+                None => unrecorded.push(name),
+            }
+        }
+        unrecorded
+    }
+
     pub fn prune(
         &self,
         keep: &[ImageRef],
@@ -253,27 +285,7 @@ impl ImageStore {
             let plan = plan_prune(records, &keep_names, now_secs(), grace);
             let mut keep_rootfs = plan.keep_rootfs.clone();
             keep_rootfs.extend(keep_manifests.iter().cloned());
-            // Kept references never resolved on this host (or whose record was lost):
-            // layouts can be resolved locally to find their rootfs; others cannot.
-            for r in keep {
-                let name = r.to_string();
-                if records.iter().any(|x| x.reference == name) {
-                    continue;
-                }
-                let local = match r {
-                    ImageRef::OciLayout { .. } => self
-                        .source(r)
-                        .and_then(|s| resolve::resolve_chain(s.as_ref(), r, &Platform::host()))
-                        .ok(),
-                    _ => None,
-                };
-                match local {
-                    Some((img, _)) => {
-                        keep_rootfs.insert(img.manifest_digest);
-                    }
-                    None => report.unrecorded.push(name),
-                }
-            }
+            report.unrecorded = self.keep_unrecorded(keep, records, &mut keep_rootfs);
             report.records_kept = plan.keep_records.iter().cloned().collect();
             report.records_removed = plan.drop_records.iter().cloned().collect();
 

@@ -542,4 +542,45 @@ mod tests {
         assert!(fh.systemd.calls().is_empty(), "{:?}", fh.systemd.calls());
         assert!(!d.instances("app").exists());
     }
+
+    #[test]
+    fn a_replacement_gets_its_recorded_port_unless_another_program_took_it() {
+        let procfs = std::sync::Arc::new(crate::host::procfs::FakeProcfs::default());
+        let p2 = procfs.clone();
+        let fh = crate::host::FakeHost::with(move |h| {
+            h.images = Box::new(testkit::FakePreparer::default());
+            h.procfs = Box::new(p2);
+        });
+        let d = fh.host.dirs.clone();
+        let mut p = testkit::prepared(&testkit::defs(DEF), "app", "r1", &d);
+        p.deployment
+            .ports
+            .insert(plan::deployment::port_key("web", 1), 30007);
+        p.deployment
+            .ports
+            .insert(plan::deployment::port_key("web", 2), 30003);
+        // Another service's deployment records 30000 (its instance is down): never handed out.
+        let other = crate::host::state::ServiceState {
+            current: Some("r9".into()),
+            deployment: Some({
+                let mut o = testkit::deployment(&testkit::defs(DEF), "app", "r9");
+                o.ports.insert(plan::deployment::port_key("web", 1), 30000);
+                o
+            }),
+            ..Default::default()
+        };
+        fh.host.state().save("other", &other).unwrap();
+        lock(&procfs.busy).insert(30003);
+        let r = start_instances(&fh.host, &p, &p.all_instances()).unwrap();
+        assert_eq!(r.ports.get(&("web".to_string(), 1)), Some(&30007), "kept");
+        let moved = r.ports.get(&("web".to_string(), 2)).copied().unwrap();
+        assert!(
+            ![30000, 30003, 30007].contains(&moved),
+            "busy, recorded elsewhere or this deployment's: {moved}"
+        );
+        let mut dep = p.deployment.clone();
+        assert!(r.record_ports(&mut dep), "a port changed");
+        assert_eq!(dep.port("web", 2), Some(moved));
+        assert!(!r.record_ports(&mut dep), "recording again changes nothing");
+    }
 }

@@ -500,6 +500,7 @@ fn act(
                 json: false,
                 config: cx.opts.config.clone(),
                 deployed: deployed.as_deref().cloned(),
+                restart: Vec::new(),
             };
             if let Err(e) = upgrade::converge_locked(host, cx.defs, id, revision, &uopts, lock) {
                 rep.fail(id, format!("{e:#}"));

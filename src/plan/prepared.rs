@@ -92,10 +92,4 @@ impl Prepared {
             .map(|(k, _)| (k.process.to_string(), k.index))
             .collect()
     }
-
-    /// Whether `u` is an instance of this deployment (its revision and its process's tag).
-    pub fn owns(&self, u: &crate::host::systemd::UnitInfo) -> bool {
-        self.deployment
-            .owns(u.revision(), u.process().unwrap_or(""), u.deployment())
-    }
 }

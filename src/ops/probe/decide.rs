@@ -573,4 +573,61 @@ command = ["/w"]
         let (a, _) = decide_counts(&inputs(&d, &st, &units, &mem, 108 * S));
         assert_eq!(a.len(), 1);
     }
+
+    #[test]
+    fn upstreams_list_the_healthy_instances_fail_open_and_close_when_none_runs() {
+        let text = DEF.replace(
+            "start_period = \"10s\" }",
+            "start_period = \"10s\" }\nproxy = { upstream = \"app_web\", file = \"/etc/nginx/shim/app.conf\" }",
+        );
+        let d = parse_sources(&[(PathBuf::from("/etc/shim/services.toml"), text)]).unwrap();
+        let st = ServiceState::default();
+        let mem = Memory::default();
+        let ports = |units: &[UnitInfo], checks: &BTreeMap<String, Check>, killed: &[&str]| {
+            let inp = inputs(&d, &st, units, &mem, 200 * S);
+            let files = plan_upstreams(&inp, checks, killed);
+            assert_eq!(files.len(), 1);
+            (files[0].ports.clone(), files[0].text.clone())
+        };
+        let units = [
+            running("web", 1, 11),
+            running("web", 2, 12),
+            running("worker", 1, 13),
+        ];
+        let ok = |u: &UnitInfo| (u.name.clone(), Check::Healthy(200));
+        let bad = |u: &UnitInfo| (u.name.clone(), Check::Status(500));
+        // Both healthy: both listed, in instance order.
+        let all: BTreeMap<_, _> = [ok(&units[0]), ok(&units[1])].into();
+        assert_eq!(ports(&units, &all, &[]).0, vec![20001, 20002]);
+        // One failed its check: it leaves the upstream.
+        let one: BTreeMap<_, _> = [bad(&units[0]), ok(&units[1])].into();
+        assert_eq!(ports(&units, &one, &[]).0, vec![20002]);
+        // Killed in this run: out too, though its check passed.
+        assert_eq!(
+            ports(&units, &all, &[units[1].name.as_str()]).0,
+            vec![20001]
+        );
+        // Not checked yet (start_period): not healthy, so not listed while another is.
+        let first: BTreeMap<_, _> = [ok(&units[0])].into();
+        assert_eq!(ports(&units, &first, &[]).0, vec![20001]);
+        // None healthy: every running one (fail open).
+        let none: BTreeMap<_, _> = [bad(&units[0]), bad(&units[1])].into();
+        assert_eq!(ports(&units, &none, &[]).0, vec![20001, 20002]);
+        // Down behind shim's back: not running, not listed.
+        let down = [
+            unit("web", 1, "inactive", "dead", 0, 0),
+            running("web", 2, 12),
+        ];
+        assert_eq!(ports(&down, &BTreeMap::new(), &[]).0, vec![20002]);
+        // Another deployment's instance is not ours to list.
+        let mut other = running("web", 1, 11);
+        other
+            .fields
+            .insert(crate::plan::fields::REVISION.into(), "r0".into());
+        assert_eq!(ports(&[other], &BTreeMap::new(), &[]).0, Vec::<u16>::new());
+        // None running: closed (502), naming no port another service could be given.
+        let (p, text) = ports(&[], &BTreeMap::new(), &[]);
+        assert!(p.is_empty());
+        assert!(text.contains("server 127.0.0.1:1 down;"), "{text}");
+    }
 }

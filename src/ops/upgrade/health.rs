@@ -50,11 +50,7 @@ impl Wait<'_> {
     fn observe(&self) -> Result<Vec<UnitInfo>, Vec<Unhealthy>> {
         let sd = self.host.systemd().map_err(|e| self.whole(e.to_string()))?;
         instances::service_units(sd, self.p.service.id.as_str())
-            .map(|us| {
-                us.into_iter()
-                    .filter(|u| u.revision() == self.p.revision)
-                    .collect()
-            })
+            .map(|us| us.into_iter().filter(|u| super::owned(self.p, u)).collect())
             .map_err(|e| self.whole(e.to_string()))
     }
 

@@ -96,6 +96,8 @@ pub struct Options {
     /// Start from this recorded deployment (reconcile, rollback, restart, `shim start`
     /// without a revision) instead of the definitions and the image tag as they are now.
     pub deployed: Option<crate::plan::Deployment>,
+    /// `shim restart`: the processes whose instances are replaced (all if empty).
+    pub restart: Vec<String>,
 }
 
 /// How an upgrade ended (when it did not fail).
@@ -380,6 +382,11 @@ impl Run<'_> {
                 self.st.current.as_deref().unwrap_or("none")
             );
         }
+        // A restart replaces the instances that run now: its new generations are counted
+        // from the state read under the lock (another restart may have run meanwhile).
+        if let (Kind::Restart, Some(cur)) = (self.opts.kind, &self.st.deployment) {
+            p.deployment = cur.restarted(&self.opts.restart);
+        }
         Ok(())
     }
 
@@ -510,7 +517,7 @@ impl Run<'_> {
         let p = need(&self.prepared)?;
         let units = instances::service_units(self.host.systemd()?, self.id)?;
         let (same, old): (Vec<UnitInfo>, Vec<UnitInfo>) =
-            units.into_iter().partition(|u| p.owns(u));
+            units.into_iter().partition(|u| owned(p, u));
         if self.opts.kind.refuses_other_revision() && !old.is_empty() {
             let revs: BTreeSet<&str> = old.iter().map(|u| u.revision()).collect();
             let id = self.id;
@@ -641,7 +648,7 @@ impl Run<'_> {
                 self.unhealthy = Some(e);
                 self.healthy_units = instances::service_units(host.systemd()?, self.id)?
                     .into_iter()
-                    .filter(|u| p.owns(u))
+                    .filter(|u| owned(p, u))
                     .collect();
             }
             Err(e) => {
@@ -718,7 +725,7 @@ impl Run<'_> {
                 let scaled = to_stop
                     .iter()
                     .find(|u| u.name == n)
-                    .is_some_and(|u| p.owns(u));
+                    .is_some_and(|u| owned(p, u));
                 d.push(format!(
                     "stopped {n}{}",
                     if scaled { " (scaled down)" } else { "" }
@@ -826,6 +833,12 @@ impl Run<'_> {
             let _ = instances::remove_stale_dirs(&p.instances_dir, &live);
         }
     }
+}
+
+/// Whether `u` is an instance of the deployment `p` plans (its revision and its process's
+/// tag).
+fn owned(p: &Prepared, u: &UnitInfo) -> bool {
+    recover::owned_by(Some(&p.deployment), &p.revision, u)
 }
 
 /// The prepared image and definition; fetch runs before every step that asks.

@@ -48,12 +48,20 @@ command = ["/w"]
 "#;
 
 fn setup_with(def: &str) -> T {
+    setup_as(def, false)
+}
+
+/// With `tagged`, the fake preparer gathers tagged deployments, as the real one does.
+fn setup_as(def: &str, tagged: bool) -> T {
     let http = Arc::new(FakeHttpCheck::default());
     *lock(&http.default) = Some(Check::Healthy(200));
     let nginx = Arc::new(FakeNginx::default());
     let procfs = Arc::new(FakeProcfs::default());
     let clock = Arc::new(FakeClock::default());
-    let images = Arc::new(FakePreparer::default());
+    let images = Arc::new(FakePreparer {
+        tagged,
+        ..Default::default()
+    });
     let (h2, n2, p2, c2, i2) = (
         http.clone(),
         nginx.clone(),
@@ -96,6 +104,7 @@ fn setup() -> T {
 fn opts(kind: Kind) -> Options {
     Options {
         deployed: None,
+        restart: Vec::new(),
         kind,
         dry_run: false,
         timeout: None,
@@ -654,4 +663,222 @@ fn a_proxy_file_shim_did_not_write_is_refused_before_anything_changes() {
     );
     assert!(t.instances().is_empty());
     assert!(t.state().upgrading.is_none());
+}
+
+/// The definitions of a tagged test host, edited by `f` (as an operator edits the file).
+fn edit_defs(t: &mut T, f: impl Fn(&str) -> String) {
+    let text = f(&DEF.replace("@FILE@", &t.file.display().to_string()));
+    t.defs = testkit::defs(&text);
+}
+
+/// (unit name, main pid) of every instance.
+fn pids(t: &T) -> Vec<(String, u32)> {
+    lock(&t.fh.systemd.units)
+        .values()
+        .filter(|u| u.name.starts_with("shim-app-"))
+        .map(|u| (u.name.clone(), u.main_pid))
+        .collect()
+}
+
+#[test]
+fn a_definition_change_of_the_same_revision_rolls_out_then_there_is_nothing_to_do() {
+    let mut t = setup_as(DEF, true);
+    t.up("r1").unwrap();
+    let first = t.state().deployment.unwrap();
+    let old = t.instances();
+    assert_eq!(old.len(), 3);
+    assert!(
+        old.iter()
+            .all(|n| n.contains(&format!("-r1-{}-", first.tag("web")))
+                || n.contains(&format!("-r1-{}-", first.tag("worker")))),
+        "{old:?}"
+    );
+    assert!(
+        t.upstream()
+            .contains(&format!("deployment {}.", first.tag("web"))),
+        "{}",
+        t.upstream()
+    );
+
+    // The same definitions again: nothing is started, stopped or reloaded.
+    let before = pids(&t);
+    let calls = t.fh.systemd.calls().len();
+    let out = t.up("r1").unwrap();
+    assert!(!out.changed);
+    assert_eq!(pids(&t), before);
+    let changes: Vec<String> = t.fh.systemd.calls()[calls..]
+        .iter()
+        .filter(|c| !c.starts_with("list ") && !c.starts_with("version"))
+        .cloned()
+        .collect();
+    assert!(changes.is_empty(), "{changes:?}");
+    assert!(
+        out.render(true).contains("\"changed\":false"),
+        "{}",
+        out.render(true)
+    );
+
+    // An env key added: new instances beside the old ones, switch, the old ones stop.
+    edit_defs(&mut t, |d| {
+        d.replace(
+            "command = [\"/app\"]",
+            "command = [\"/app\"]\nenv = { NEW = \"1\" }",
+        )
+    });
+    let out = t.up("r1").unwrap();
+    assert!(out.changed);
+    let st = t.state();
+    let second = st.deployment.clone().unwrap();
+    assert_ne!(first.id(), second.id());
+    assert_eq!(second.revision, "r1");
+    assert_eq!(
+        st.previous_deployment.as_ref().map(|d| d.id()),
+        Some(first.id())
+    );
+    assert_eq!(st.previous.as_deref(), Some("r1"));
+    let now = t.instances();
+    assert_eq!(now.len(), 3);
+    assert!(
+        now.iter().all(|n| !old.contains(n)),
+        "every instance replaced: {now:?}"
+    );
+    assert!(t
+        .upstream()
+        .contains(&format!("deployment {}.", second.tag("web"))));
+    let web = second
+        .definition
+        .processes
+        .values()
+        .find(|p| p.name.as_str() == "web")
+        .unwrap();
+    assert_eq!(web.env.get("NEW").map(String::as_str), Some("1"));
+    // Its ports are recorded, and differ from the old instances' (both ran at once).
+    let old_ports: BTreeSet<u16> = first.ports.values().copied().collect();
+    let new_ports: BTreeSet<u16> = second.ports.values().copied().collect();
+    assert_eq!(new_ports.len(), 2);
+    assert!(
+        old_ports.is_disjoint(&new_ports),
+        "{old_ports:?} {new_ports:?}"
+    );
+}
+
+#[test]
+fn a_count_change_scales_in_place() {
+    let mut t = setup_as(DEF, true);
+    t.up("r1").unwrap();
+    let before = pids(&t);
+    let id = t.state().deployment.unwrap().id();
+    edit_defs(&mut t, |d| d.replace("count = 2", "count = 3"));
+    t.up("r1").unwrap();
+    let after = pids(&t);
+    assert_eq!(after.len(), 4);
+    assert!(before.iter().all(|b| after.contains(b)), "nothing replaced");
+    let st = t.state();
+    assert_eq!(
+        st.deployment.as_ref().unwrap().id(),
+        id,
+        "the same deployment"
+    );
+    assert_eq!(st.deployment.unwrap().ports.len(), 3);
+    assert!(st.previous_deployment.is_none());
+}
+
+#[test]
+fn a_restart_replaces_the_named_process_only_and_keeps_the_deployment() {
+    let t = setup_as(DEF, true);
+    t.up("r1").unwrap();
+    let d = t.state().deployment.unwrap();
+    let worker_before: Vec<String> = t
+        .instances()
+        .into_iter()
+        .filter(|n| n.contains("-worker-"))
+        .collect();
+    let web_before: Vec<String> = t
+        .instances()
+        .into_iter()
+        .filter(|n| n.contains("-web-"))
+        .collect();
+    let mut o = opts(Kind::Restart);
+    o.deployed = Some(d.restarted(&["web".to_string()]));
+    o.restart = vec!["web".to_string()];
+    let out = converge(&t.fh.host, &t.defs, "app", "r1", &o).unwrap();
+    assert!(out.changed);
+    let web_after: Vec<String> = t
+        .instances()
+        .into_iter()
+        .filter(|n| n.contains("-web-"))
+        .collect();
+    let worker_after: Vec<String> = t
+        .instances()
+        .into_iter()
+        .filter(|n| n.contains("-worker-"))
+        .collect();
+    assert_eq!(worker_after, worker_before);
+    assert_eq!(web_after.len(), 2);
+    assert!(
+        web_after.iter().all(|n| !web_before.contains(n)),
+        "{web_after:?}"
+    );
+    let st = t.state();
+    let now = st.deployment.unwrap();
+    assert_eq!(now.id(), d.id());
+    assert_eq!(now.generations.get("web"), Some(&1));
+    assert!(
+        st.previous_deployment.is_none(),
+        "a restart is not a new deployment"
+    );
+    assert!(t
+        .upstream()
+        .contains(&format!("deployment {}.", now.tag("web"))));
+    // A second restart read the state before the first one ran: it counts from what runs
+    // now, so every web instance is replaced again (none is taken for its own).
+    let mut o = opts(Kind::Restart);
+    o.deployed = Some(d.restarted(&[]));
+    converge(&t.fh.host, &t.defs, "app", "r1", &o).unwrap();
+    let again = t.state().deployment.unwrap();
+    assert_eq!(again.generations.get("web"), Some(&2));
+    assert!(t
+        .instances()
+        .iter()
+        .all(|n| !web_after.contains(n) && !worker_after.contains(n)));
+    // A restart that lost the race with an upgrade refuses, changing nothing.
+    t.up("r2").unwrap();
+    let before = pids(&t);
+    let e = converge(&t.fh.host, &t.defs, "app", "r1", &o)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("changed while this restart waited"), "{e}");
+    assert_eq!(pids(&t), before);
+}
+
+#[test]
+fn reconcile_restarts_what_was_deployed_not_the_edited_definitions() {
+    let mut t = setup_as(DEF, true);
+    t.up("r1").unwrap();
+    let st = t.state();
+    let d = st.deployment.clone().unwrap();
+    // The definitions change on disk; every instance is gone (a reboot).
+    edit_defs(&mut t, |x| {
+        x.replace("command = [\"/app\"]", "command = [\"/other\"]")
+    });
+    lock(&t.fh.systemd.units).retain(|n, _| !n.starts_with("shim-app-"));
+    let mut o = opts(Kind::Reconcile);
+    o.deployed = Some(d.clone());
+    converge(&t.fh.host, &t.defs, "app", "r1", &o).unwrap();
+    let st = t.state();
+    assert_eq!(st.deployment.as_ref().map(|x| x.id()), Some(d.id()));
+    // The same names and ports as before: instances keep their ports.
+    let ports: BTreeSet<u16> = lock(&t.fh.systemd.units)
+        .values()
+        .filter_map(|u| u.port())
+        .collect();
+    assert_eq!(ports, d.ports.values().copied().collect());
+    let web = st.deployment.unwrap().definition;
+    let cmd = &web
+        .processes
+        .values()
+        .find(|p| p.name.as_str() == "web")
+        .unwrap()
+        .command;
+    assert_eq!(cmd.as_deref(), Some(&["/app".to_string()][..]));
 }
