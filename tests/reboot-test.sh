@@ -83,6 +83,13 @@ nginx -t 2>/dev/null && systemctl reload nginx
 rc=0; SHIM_TEST_KILL_AFTER=drain shim upgrade --id reb --revision rev2 >/dev/null || rc=$?
 [[ $rc == 137 ]] || { echo "the rev2 upgrade was not killed after the switch (exit $rc)"; exit 1; }
 grep -q "revision rev2" /etc/nginx/shim/reb.conf || { echo "nginx was not switched to rev2"; exit 1; }
+# The tag rev2 is moved to other content (and its old blobs dropped from the layout): the
+# deployment pinned the manifest, so what comes back after the reboot is still the old one,
+# on the same ports.
+bash tests/sandbox/build-test-image.sh $L moved moved "$APP" >/dev/null
+umoci tag --image $L:moved rev2 && umoci gc --layout $L
+shim status --id reb --json | jq -c "[.[] | select(.revision == \"rev2\") | {unit, port, image_digest}] | sort_by(.unit)" >/var/lib/reb-before.json
+[[ "$(jq length /var/lib/reb-before.json)" == 3 ]] || { echo "rev2 instances before the reboot: $(cat /var/lib/reb-before.json)"; exit 1; }
 shim start --id brk --revision rev1 >/dev/null
 shim stop --id brk >/dev/null
 echo "{\"current\": 7" > /var/lib/shim/state/brk.json
@@ -129,7 +136,10 @@ for i in $(seq 100); do
   body=$(curl -sf "http://127.0.0.1:$PORT/") && [[ "$body" == revision=rev2* ]] && { ok=1; break; }
   sleep 0.1
 done
-[[ -n "$ok" ]] || fail "nginx does not serve rev2: ${body:-no answer}"
+[[ -n "$ok" ]] || fail "nginx does not serve rev2 (its pinned image; the tag now says moved): ${body:-no answer}"
+after=$(jq -c "[.[] | {unit, port, image_digest}] | sort_by(.unit)" <<<"$rows")
+[[ "$after" == "$(cat /var/lib/reb-before.json)" ]] ||
+  fail "instances, ports or image digests changed across the reboot: before $(cat /var/lib/reb-before.json), after $after"
 echo "  after reboot: nginx answers $body"
 [[ "$(systemctl is-active shim-probe-reb.timer)" == active ]] || fail "probe timer of reb is not active"
 for i in $(seq 100); do
