@@ -372,6 +372,13 @@ fn prepare_deployed(
     d: &plan::Deployment,
 ) -> Result<Prepared> {
     let svc = d.definition.clone();
+    // The record goes into unit names and paths: a damaged one must not.
+    plan::validate_revision(&d.revision).map_err(|m| {
+        anyhow::anyhow!(
+            "the deployment record of {}: revision {m}: the state file was edited or damaged",
+            req.id
+        )
+    })?;
     if svc.id.as_str() != req.id {
         anyhow::bail!(
             "the deployment record of {} is for service {}: the state file was edited or damaged",
