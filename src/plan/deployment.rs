@@ -257,7 +257,8 @@ pub mod tests {
         assert_eq!(a.id(), b.id());
         assert_eq!(a.tag("web"), b.tag("web"));
         assert_eq!(differences(&a, &b), vec!["count"]);
-        let changes: [(&str, fn(&mut Deployment)); 5] = [
+        type Change = (&'static str, fn(&mut Deployment));
+        let changes: [Change; 5] = [
             ("revision", |d| d.revision = "r2".into()),
             ("image", |d| {
                 d.manifest_digest = format!("sha256:{}", "b".repeat(64))
