@@ -4,6 +4,7 @@
 
 mod common;
 mod cron;
+mod deploy;
 mod hardening;
 mod logs;
 mod registry;

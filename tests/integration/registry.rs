@@ -32,7 +32,7 @@ const PLAIN: &str = "127.0.0.1:5000";
 const BASIC: &str = "127.0.0.1:5001";
 const USER: &str = "shim-ci";
 const PASSWORD: &str = "s3cret-pass";
-const WORK: &str = "/var/lib/shim-test/registry";
+pub(crate) const WORK: &str = "/var/lib/shim-test/registry";
 
 /// Built and pushed once per test binary run.
 struct Fixture {
@@ -41,7 +41,7 @@ struct Fixture {
     layout: PathBuf,
 }
 
-fn sh_ok(script: &str) -> String {
+pub(crate) fn sh_ok(script: &str) -> String {
     let o = sh(script);
     assert!(
         o.status.success(),
@@ -71,7 +71,7 @@ fn registry_config(name: &str, addr: &str, auth: bool) -> String {
 }
 
 /// Starts (or restarts, empty) a registry as a transient unit and waits until it answers.
-fn start_registry(name: &str, addr: &str, auth: bool) {
+pub(crate) fn start_registry(name: &str, addr: &str, auth: bool) {
     let unit = format!("shim-test-registry-{name}");
     let _ = sh(&format!(
         "systemctl stop {unit} 2>/dev/null; systemctl reset-failed {unit} 2>/dev/null"
@@ -92,7 +92,7 @@ fn start_registry(name: &str, addr: &str, auth: bool) {
     });
 }
 
-fn push(layout: &Path, tag: &str, dest: &str, creds: bool) {
+pub(crate) fn push(layout: &Path, tag: &str, dest: &str, creds: bool) {
     let creds = if creds {
         format!("--dest-creds {USER}:{PASSWORD}")
     } else {

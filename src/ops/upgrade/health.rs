@@ -50,7 +50,12 @@ impl Wait<'_> {
     fn observe(&self) -> Result<Vec<UnitInfo>, Vec<Unhealthy>> {
         let sd = self.host.systemd().map_err(|e| self.whole(e.to_string()))?;
         instances::service_units(sd, self.p.service.id.as_str())
-            .map(|us| us.into_iter().filter(|u| super::owned(self.p, u)).collect())
+            .map(|us| {
+                // The deployment's own instances only: a new deployment of the same revision
+                // (a definition or secret change, `shim restart`) runs beside the old one's
+                // instances, which are neither waited for nor handed to the switch.
+                us.into_iter().filter(|u| super::owned(self.p, u)).collect()
+            })
             .map_err(|e| self.whole(e.to_string()))
     }
 
@@ -121,9 +126,9 @@ impl Wait<'_> {
     }
 }
 
-/// Waits until every instance of `p.revision` with a health check answers 2xx. `started`:
+/// Waits until every instance of the deployment `p` with a health check answers 2xx. `started`:
 /// the units this run started (restarts of the others before now do not count). Returns the
-/// last observation of the revision's units, for the switch.
+/// last observation of the deployment's units, for the switch.
 pub fn wait_healthy(
     host: &Host,
     p: &Prepared,

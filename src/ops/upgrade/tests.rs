@@ -243,6 +243,49 @@ fn the_same_revision_again_starts_nothing_and_does_not_reload() {
     assert!(!out.steps.contains(&machine::Step::StopOld));
 }
 
+/// A new deployment of the same revision (here: an env key added) waits for and points nginx
+/// at its own instances only: not at the old deployment's, which run beside them until they
+/// are stopped, and whose restarts before the upgrade must not fail it.
+#[test]
+fn a_new_deployment_of_the_same_revision_switches_to_its_own_instances_only() {
+    let t = setup_as(DEF, true);
+    t.up("r1").unwrap();
+    let old = t.ports_of("r1");
+    let old_units = t.of("r1");
+    // An old instance restarted by systemd before the upgrade (a crash, a rotated secret's
+    // `systemctl kill`).
+    {
+        let mut units = lock(&t.fh.systemd.units);
+        let web = units
+            .values_mut()
+            .find(|u| u.name.contains("-web-"))
+            .unwrap();
+        web.n_restarts = 1;
+    }
+    let file = t.file.display().to_string();
+    let changed = testkit::defs(&DEF.replace("@FILE@", &file).replace(
+        "command = [\"/app\"]",
+        "command = [\"/app\"]\nenv = { NEW = \"1\" }",
+    ));
+    let out = converge(&t.fh.host, &changed, "app", "r1", &opts(Kind::Upgrade)).unwrap();
+    assert!(out.changed);
+    let now = t.of("r1");
+    assert_eq!(now.len(), 3, "{now:?}");
+    assert!(
+        now.iter().all(|u| !old_units.contains(u)),
+        "{now:?} vs {old_units:?}"
+    );
+    let upstream = t.upstream();
+    assert_eq!(
+        upstream.matches("server 127.0.0.1:").count(),
+        2,
+        "{upstream}"
+    );
+    for p in &old {
+        assert!(!upstream.contains(&format!(":{p} ")), "{upstream}");
+    }
+}
+
 #[test]
 fn an_unhealthy_revision_bails_out_and_the_old_one_keeps_serving() {
     let t = setup();
