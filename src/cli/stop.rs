@@ -55,6 +55,9 @@ pub fn run(host: &Host, config: &Path, args: StopArgs) -> Result<()> {
     for l in &done.closed {
         println!("{l}");
     }
+    if let Some(d) = &done.drained {
+        println!("drained  {d}");
+    }
     if let Some(t) = &done.probe_timer {
         println!("removed  {t}");
     }

@@ -12,6 +12,27 @@ pub trait Procfs: Send + Sync {
     /// Whether this process's capability bounding set has CAP_SYS_RESOURCE (see
     /// `PlanContext::restrict_devices`); a host without it cannot give it to systemd or crun.
     fn has_cap_sys_resource(&self) -> bool;
+    /// How many TCP connections to `ports` are open (server side, established or being
+    /// accepted), from the kernel's socket tables: what an instance still serves.
+    fn connections(&self, ports: &BTreeSet<u16>) -> usize;
+}
+
+/// The connections in a `/proc/net/tcp` or `tcp6` table whose local port is in `ports` and
+/// whose state is established (01) or a handshake being completed (03). Pure.
+pub fn count_connections(table: &str, ports: &BTreeSet<u16>) -> usize {
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let mut f = l.split_whitespace();
+            let local = f.nth(1).unwrap_or("");
+            let state = f.nth(1).unwrap_or("");
+            let port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            matches!(state, "01" | "03") && port.is_some_and(|p| ports.contains(&p))
+        })
+        .count()
 }
 
 /// The real kernel.
@@ -40,6 +61,13 @@ impl Procfs for RealProcfs {
             .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
             .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
     }
+
+    fn connections(&self, ports: &BTreeSet<u16>) -> usize {
+        ["/proc/net/tcp", "/proc/net/tcp6"]
+            .iter()
+            .map(|p| count_connections(&std::fs::read_to_string(p).unwrap_or_default(), ports))
+            .sum()
+    }
 }
 
 /// A scripted kernel for unit tests: ports in `busy` are taken; every `children` call
@@ -50,6 +78,9 @@ pub struct FakeProcfs {
     pub busy: std::sync::Mutex<BTreeSet<u16>>,
     pub stuck: std::sync::atomic::AtomicBool,
     next: std::sync::atomic::AtomicU32,
+    /// What successive `connections` calls answer (then 0), and the ports each asked about.
+    pub open: std::sync::Mutex<std::collections::VecDeque<usize>>,
+    pub asked: std::sync::Mutex<Vec<BTreeSet<u16>>>,
 }
 
 #[cfg(test)]
@@ -68,5 +99,47 @@ impl Procfs for FakeProcfs {
 
     fn has_cap_sys_resource(&self) -> bool {
         true
+    }
+
+    fn connections(&self, ports: &BTreeSet<u16>) -> usize {
+        crate::host::systemd::fake::lock(&self.asked).push(ports.clone());
+        crate::host::systemd::fake::lock(&self.open)
+            .pop_front()
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_counted_by_local_port_and_state() {
+        // Two established to 0x4E21 (20001), one listening on it, one established to another
+        // port, one established *from* 20001 (its peer's port is the local one elsewhere).
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:4E21 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+   1: 0100007F:4E21 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1
+   2: 0100007F:4E21 0100007F:D2F2 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0 20 4 30 10 -1
+   3: 0100007F:4E22 0100007F:D2F4 01 00000000:00000000 00:00000000 00000000     0        0 4 1 0 20 4 30 10 -1
+   4: 0100007F:D2F6 0100007F:4E21 01 00000000:00000000 00:00000000 00000000     0        0 5 1 0 20 4 30 10 -1
+   5: 0100007F:4E21 0100007F:D2F8 06 00000000:00000000 00:00000000 00000000     0        0 0 3 0 0 0 0 0 0
+";
+        assert_eq!(count_connections(table, &[20001].into()), 2);
+        assert_eq!(count_connections(table, &[20001, 20002].into()), 3);
+        assert_eq!(count_connections(table, &[9].into()), 0);
+        assert_eq!(count_connections("", &[20001].into()), 0);
+    }
+
+    #[test]
+    fn the_kernel_tables_show_an_accepted_connection_until_it_closes() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert_eq!(RealProcfs.connections(&[port].into()), 0, "listening only");
+        let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (s, _) = l.accept().unwrap();
+        assert_eq!(RealProcfs.connections(&[port].into()), 1);
+        drop((c, s));
+        assert_eq!(RealProcfs.connections(&[port].into()), 0);
     }
 }

@@ -409,6 +409,41 @@ fn roll_back(
     anyhow!(msg)
 }
 
+/// How long a drain waits at least (unless `drain` is shorter): nginx's old workers may have
+/// read a request on a kept-alive client connection and not yet connected to the instance.
+pub const DRAIN_GRACE: Duration = Duration::from_millis(250);
+
+/// Waits until no connection to `ports` (the old instances', after nginx stopped sending them
+/// requests) is open any more, polling the kernel's socket tables every 50 ms, for `drain` at
+/// most; returns what happened, for the step's details.
+pub fn drain(host: &Host, ports: &BTreeSet<u16>, drain: Duration) -> String {
+    let clock = &host.clock;
+    let start = clock.now();
+    clock.sleep(drain.min(DRAIN_GRACE));
+    loop {
+        let waited = clock.now().duration_since(start);
+        let open = if ports.is_empty() {
+            0
+        } else {
+            host.procfs.connections(ports)
+        };
+        if open == 0 {
+            return format!(
+                "no connection to the old instances left after {} ms (drain {})",
+                waited.as_millis(),
+                crate::config::format_duration(drain)
+            );
+        }
+        if waited >= drain {
+            return format!(
+                "{open} connection(s) to the old instances still open after drain {}: stopping them anyway",
+                crate::config::format_duration(drain)
+            );
+        }
+        clock.sleep(Duration::from_millis(50).min(drain - waited));
+    }
+}
+
 /// Stops units and removes their instance directories. Idempotent.
 pub fn stop_units(sd: &dyn Systemd, units: &[UnitInfo], timeout: Duration) -> Result<Vec<String>> {
     let names: Vec<String> = units.iter().map(|u| u.name.clone()).collect();
@@ -582,5 +617,28 @@ mod tests {
         assert!(r.record_ports(&mut dep), "a port changed");
         assert_eq!(dep.port("web", 2), Some(moved));
         assert!(!r.record_ports(&mut dep), "recording again changes nothing");
+    }
+
+    #[test]
+    fn a_drain_ends_when_the_connections_are_gone_or_at_drain() {
+        let procfs = std::sync::Arc::new(crate::host::procfs::FakeProcfs::default());
+        let p2 = procfs.clone();
+        let fh = crate::host::FakeHost::with(move |h| h.procfs = Box::new(p2));
+        let ports: BTreeSet<u16> = [20001, 20002].into();
+        *lock(&procfs.open) = [3, 1].into();
+        let said = drain(&fh.host, &ports, Duration::from_secs(5));
+        assert_eq!(
+            said,
+            "no connection to the old instances left after 350 ms (drain 5s)"
+        );
+        *lock(&procfs.open) = std::iter::repeat(2).take(500).collect();
+        let said = drain(&fh.host, &ports, Duration::from_secs(1));
+        assert_eq!(
+            said,
+            "2 connection(s) to the old instances still open after drain 1s: stopping them anyway"
+        );
+        // drain = "0s": nothing is waited for.
+        let said = drain(&fh.host, &ports, Duration::ZERO);
+        assert!(said.contains("still open after drain 0:"), "{said}");
     }
 }

@@ -29,6 +29,8 @@ pub struct Teardown {
     pub stopped: Vec<String>,
     /// One line per upstream file closed.
     pub closed: Vec<String>,
+    /// How the drain after closing them ended (None: nothing was closed, or nothing ran).
+    pub drained: Option<String>,
     /// What went wrong without stopping the stop (an upstream that could not be closed).
     pub warnings: Vec<String>,
 }
@@ -91,6 +93,7 @@ pub fn teardown(host: &Host, id: &str, timeout: Duration, _lock: &ServiceLock) -
         cron,
         stopped,
         closed: Vec::new(),
+        drained: None,
         warnings: Vec::new(),
     })
 }
@@ -124,12 +127,12 @@ pub fn stop(
     lock_timeout: Duration,
 ) -> Result<Teardown> {
     let lock = ServiceLock::acquire(&host.dirs.run, id, lock_timeout)?;
-    let (mut closed, mut warnings) = (Vec::new(), Vec::new());
+    let (mut closed, mut warnings, mut drained) = (Vec::new(), Vec::new(), None);
     if let Some((d, svc)) = defs.and_then(|d| Some((d, d.service(id).ok()?))) {
         match close_upstreams(host, svc, &d.settings.nginx_unit) {
             Ok(lines) if !lines.is_empty() => {
                 closed = lines;
-                let running = !instances::service_units(host.systemd()?, id)?.is_empty();
+                let units = instances::service_units(host.systemd()?, id)?;
                 let drain = svc
                     .processes
                     .values()
@@ -137,8 +140,9 @@ pub fn stop(
                     .map(|p| p.drain)
                     .max()
                     .unwrap_or_default();
-                if running {
-                    host.clock.sleep(drain);
+                if !units.is_empty() {
+                    let ports = units.iter().filter_map(|u| u.port()).collect();
+                    drained = Some(instances::drain(host, &ports, drain));
                 }
             }
             Ok(_) => {}
@@ -148,6 +152,7 @@ pub fn stop(
     let mut done = teardown(host, id, timeout, &lock)?;
     done.closed = closed;
     done.warnings = warnings;
+    done.drained = drained;
     let store = host.state();
     let mut st = store.load(id)?;
     if st.current.is_some() || !done.stopped.is_empty() {
@@ -276,6 +281,13 @@ mod tests {
         .unwrap();
         assert_eq!(t.stopped, vec!["shim-app-web-r1-1.service".to_string()]);
         assert_eq!(t.closed.len(), 1, "{:?}", t.closed);
+        assert!(
+            t.drained
+                .as_deref()
+                .is_some_and(|d| d.contains("no connection")),
+            "{:?}",
+            t.drained
+        );
         let text = std::fs::read_to_string(&file).unwrap();
         assert!(!text.contains("20000") && text.contains("down;"), "{text}");
         let calls = fh.systemd.calls();

@@ -150,6 +150,9 @@ impl<T: crate::host::procfs::Procfs> crate::host::procfs::Procfs for std::sync::
     fn has_cap_sys_resource(&self) -> bool {
         (**self).has_cap_sys_resource()
     }
+    fn connections(&self, ports: &std::collections::BTreeSet<u16>) -> usize {
+        (**self).connections(ports)
+    }
 }
 
 impl<T: crate::host::clock::Clock> crate::host::clock::Clock for std::sync::Arc<T> {

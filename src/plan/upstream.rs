@@ -33,7 +33,12 @@ pub fn render_upstream(
          upstream {upstream} {{\n"
     );
     for p in ports {
-        out.push_str(&format!("    server 127.0.0.1:{p} max_fails=0;\n"));
+        // Passive failure detection: an instance that fails a request (refused, reset, timed
+        // out: the site's proxy_next_upstream) is skipped for 2 s, the request retried on
+        // another; the probe takes it out of the file once its check fails.
+        out.push_str(&format!(
+            "    server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;\n"
+        ));
     }
     out.push_str("}\n");
     out

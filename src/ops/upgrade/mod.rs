@@ -699,13 +699,12 @@ impl Run<'_> {
 
     fn tick_drain(&mut self) -> Result<Step> {
         let p = need(&self.prepared)?;
-        let drain = drain_of(p, &self.planned.old_rest(p));
-        let clock = &self.host.clock;
+        let old = self.planned.old_rest(p);
+        let drain = drain_of(p, &old);
+        let ports: BTreeSet<u16> = old.iter().filter_map(|u| u.port()).collect();
+        let host = self.host;
         self.rep.step("drain", |d| {
-            d.push(format!(
-                "waiting {drain:?} for requests in flight to the old instances"
-            ));
-            clock.sleep(drain);
+            d.push(instances::drain(host, &ports, drain));
             Ok(())
         })?;
         Ok(Step::StopOld)

@@ -147,8 +147,8 @@ pub fn run(
             ));
         }
         let drain = super::drain_of(p, &leftovers);
-        details.push(format!("draining the old instances for {drain:?} first"));
-        host.clock.sleep(drain);
+        let ports = leftovers.iter().filter_map(|u| u.port()).collect();
+        details.push(instances::drain(host, &ports, drain));
     }
     for n in instances::stop_units(sd, &leftovers, Duration::from_secs(300))? {
         details.push(format!("stopped leftover {n}"));

@@ -198,6 +198,8 @@ fn an_upgrade_drains_then_stops_the_old_revision() {
     let t = setup();
     t.up("r1").unwrap();
     let old_ports = t.ports_of("r1");
+    // The old instances still have connections at the first two looks, none at the third.
+    *lock(&t.procfs.open) = [2, 1].into();
     let out = t.up("r2").unwrap();
     assert!(t.of("r1").is_empty(), "{:?}", t.instances());
     assert_eq!(t.of("r2").len(), 3);
@@ -213,9 +215,15 @@ fn an_upgrade_drains_then_stops_the_old_revision() {
         (Some("r2"), Some("r1"))
     );
     assert!(out.steps.contains(&machine::Step::Drain));
-    // The longest drain of the old instances' processes: the worker's default 5 s, not web's 3 s.
-    assert!(
-        lock(&t.clock.slept).contains(&Duration::from_secs(5)),
+    // The drain watched the old instances' ports and ended once their connections were
+    // gone: the grace, then two polls, well before the longest drain (the worker's 5 s).
+    let asked = lock(&t.procfs.asked).clone();
+    let old: BTreeSet<u16> = old_ports.iter().copied().collect();
+    assert_eq!(asked, vec![old.clone(), old.clone(), old], "{asked:?}");
+    let slept: Duration = lock(&t.clock.slept).iter().sum();
+    assert_eq!(
+        slept,
+        Duration::from_millis(350),
         "{:?}",
         lock(&t.clock.slept)
     );
@@ -924,4 +932,18 @@ fn reconcile_restarts_what_was_deployed_not_the_edited_definitions() {
         .unwrap()
         .command;
     assert_eq!(cmd.as_deref(), Some(&["/app".to_string()][..]));
+}
+
+#[test]
+fn a_drain_whose_connections_never_go_ends_at_drain_and_says_so() {
+    let t = setup();
+    t.up("r1").unwrap();
+    *lock(&t.procfs.open) = std::iter::repeat(4).take(1000).collect();
+    let mut o = opts(Kind::Upgrade);
+    o.json = true;
+    converge(&t.fh.host, &t.defs, "app", "r2", &o).unwrap();
+    // The longest drain of the old instances' processes: the worker's default 5 s.
+    let slept: Duration = lock(&t.clock.slept).iter().sum();
+    assert_eq!(slept, Duration::from_secs(5), "{:?}", lock(&t.clock.slept));
+    assert!(t.of("r1").is_empty(), "stopped anyway");
 }
