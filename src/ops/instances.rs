@@ -631,7 +631,7 @@ mod tests {
             said,
             "no connection to the old instances left after 350 ms (drain 5s)"
         );
-        *lock(&procfs.open) = std::iter::repeat(2).take(500).collect();
+        *lock(&procfs.open) = std::iter::repeat_n(2, 500).collect();
         let said = drain(&fh.host, &ports, Duration::from_secs(1));
         assert_eq!(
             said,

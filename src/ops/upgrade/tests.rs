@@ -938,7 +938,7 @@ fn reconcile_restarts_what_was_deployed_not_the_edited_definitions() {
 fn a_drain_whose_connections_never_go_ends_at_drain_and_says_so() {
     let t = setup();
     t.up("r1").unwrap();
-    *lock(&t.procfs.open) = std::iter::repeat(4).take(1000).collect();
+    *lock(&t.procfs.open) = std::iter::repeat_n(4, 1000).collect();
     let mut o = opts(Kind::Upgrade);
     o.json = true;
     converge(&t.fh.host, &t.defs, "app", "r2", &o).unwrap();
