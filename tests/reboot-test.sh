@@ -83,11 +83,11 @@ nginx -t 2>/dev/null && systemctl reload nginx
 rc=0; SHIM_TEST_KILL_AFTER=drain shim upgrade --id reb --revision rev2 >/dev/null || rc=$?
 [[ $rc == 137 ]] || { echo "the rev2 upgrade was not killed after the switch (exit $rc)"; exit 1; }
 grep -q "revision rev2" /etc/nginx/shim/reb.conf || { echo "nginx was not switched to rev2"; exit 1; }
-# The tag rev2 is moved to other content (and its old blobs dropped from the layout): the
-# deployment pinned the manifest, so what comes back after the reboot is still the old one,
-# on the same ports.
+# The tag rev2 is moved to other content: the deployment pinned the manifest, so what comes
+# back after the reboot is still the old one, on the same ports. (The old manifest stays in
+# the layout as orig2, to put rev2 back for the chaos loop below.)
 bash tests/sandbox/build-test-image.sh $L moved moved "$APP" >/dev/null
-umoci tag --image $L:moved rev2 && umoci gc --layout $L
+umoci tag --image $L:rev2 orig2 && umoci tag --image $L:moved rev2
 shim status --id reb --json | jq -c "[.[] | select(.revision == \"rev2\") | {unit, port, image_digest}] | sort_by(.unit)" >/var/lib/reb-before.json
 [[ "$(jq length /var/lib/reb-before.json)" == 3 ]] || { echo "rev2 instances before the reboot: $(cat /var/lib/reb-before.json)"; exit 1; }
 shim start --id brk --revision rev1 >/dev/null
@@ -159,6 +159,8 @@ echo "  cron: $(jq -r ".[0] | \"\(.schedule) \(.command) at \(.revision), timer 
 out=$(shim reconcile 2>/dev/null) && fail "shim reconcile did not report brk: $out"
 grep -q "nothing to do" <<<"$out" || fail "reconcile after boot was not a no-op: $out"
 shim status | sed "s/^/  /"
+# rev2 back to what it was, for the loop below (whose upgrades resolve the tag afresh).
+umoci tag --image /var/lib/shim-reboot/images/testapp:orig2 rev2
 ' || fail "after the reboot: see above"
 
 # The chaos test, recovery by reboot: an upgrade SIGKILLed right after each step, then a
