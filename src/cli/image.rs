@@ -278,18 +278,10 @@ fn rm(config: &Path, dirs: &Dirs, a: RmArgs) -> Result<()> {
 /// The manifest digests the recorded deployments of every service on this host pin
 /// (current, previous, being rolled out), defined or not.
 fn deployed_manifests(dirs: &Dirs) -> BTreeSet<String> {
-    let states = StateStore::new(&dirs.state);
-    let Ok(entries) = std::fs::read_dir(dirs.state.join("state")) else {
-        return BTreeSet::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let n = e.file_name().to_string_lossy().to_string();
-            n.strip_suffix(".json").map(str::to_string)
-        })
-        .filter_map(|id| states.load(&id).ok())
-        .flat_map(|st| {
+    StateStore::new(&dirs.state)
+        .load_all()
+        .into_iter()
+        .flat_map(|(_, st)| {
             let a = st.upgrading.and_then(|a| a.deployment);
             [st.deployment, st.previous_deployment, a]
         })

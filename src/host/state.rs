@@ -189,6 +189,22 @@ impl StateStore {
         }
     }
 
+    /// Every service's state that can be read (a damaged file is skipped: its service is
+    /// reported where it is looked at by name).
+    pub fn load_all(&self) -> Vec<(String, ServiceState)> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                name.strip_suffix(".json").map(str::to_string)
+            })
+            .filter_map(|id| Some((id.clone(), self.load(&id).ok()?)))
+            .collect()
+    }
+
     pub fn save(&self, id: &str, st: &ServiceState) -> Result<()> {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating {}", self.dir.display()))?;

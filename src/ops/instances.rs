@@ -120,18 +120,10 @@ pub fn prepare_for_run(
 /// The ports recorded by the deployments of every service (current and being rolled out):
 /// an instance that is down keeps its port, which no other instance is given.
 pub fn recorded_ports(host: &Host) -> BTreeSet<u16> {
-    let dir = host.dirs.state.join("state");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return BTreeSet::new();
-    };
-    let store = host.state();
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            name.strip_suffix(".json").map(str::to_string)
-        })
-        .filter_map(|id| store.load(&id).ok())
+    host.state()
+        .load_all()
+        .into_iter()
+        .map(|(_, st)| st)
         .filter(|st| !st.stopped)
         .flat_map(|st| {
             let a = st.upgrading.and_then(|a| a.deployment);
