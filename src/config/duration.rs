@@ -127,3 +127,45 @@ mod tests {
         }
     }
 }
+
+/// Parses a size: `"512M"`, `"2G"`, `"64K"`, `"1T"` (powers of 1024, as systemd's
+/// `MemoryMax=`), or a plain number of bytes. None if it is not one, or overflows.
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mul) = match s.char_indices().last()? {
+        (i, 'K' | 'k') => (&s[..i], 1u64 << 10),
+        (i, 'M' | 'm') => (&s[..i], 1 << 20),
+        (i, 'G' | 'g') => (&s[..i], 1 << 30),
+        (i, 'T' | 't') => (&s[..i], 1 << 40),
+        _ => (s, 1),
+    };
+    if num.is_empty() || !num.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    num.parse::<u64>().ok()?.checked_mul(mul)
+}
+
+#[cfg(test)]
+mod bytes_tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_parse_in_powers_of_1024_and_nonsense_does_not() {
+        assert_eq!(parse_bytes("512M"), Some(512 << 20));
+        assert_eq!(parse_bytes("2G"), Some(2 << 30));
+        assert_eq!(parse_bytes("64k"), Some(64 << 10));
+        assert_eq!(parse_bytes("1048576"), Some(1 << 20));
+        for bad in [
+            "",
+            "M",
+            "1.5G",
+            "-1M",
+            "12 M",
+            "10X",
+            "99999999999999999999T",
+            "1e9",
+        ] {
+            assert_eq!(parse_bytes(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -11,7 +11,7 @@ mod env_file;
 mod raw;
 mod user;
 
-pub use duration::{format_duration, parse_duration};
+pub use duration::{format_duration, parse_bytes, parse_duration};
 pub use env_file::parse_env_file;
 pub use user::{parse_user_spec, resolve_user, ResolvedUser};
 
@@ -178,6 +178,32 @@ pub struct Health {
     pub start_period: Duration,
 }
 
+/// Resource limits of an instance (`memory`, `cpus`, `pids`, `nofile`), set on its unit so
+/// that systemd enforces them on everything in it; None: no limit of shim's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+pub struct Limits {
+    /// Bytes: the unit's `MemoryMax=`.
+    pub memory: Option<u64>,
+    /// Thousandths of a CPU: the unit's `CPUQuota=` (`cpus = 1.5` is 1500, 150%).
+    pub cpus_milli: Option<u32>,
+    /// The unit's `TasksMax=`.
+    pub pids: Option<u64>,
+    /// `RLIMIT_NOFILE`, soft and hard (the unit's `LimitNOFILE=` and the container's).
+    pub nofile: Option<u64>,
+}
+
+impl Limits {
+    /// These limits, each one missing taken from `dflt` (the service's).
+    pub fn or(self, dflt: Limits) -> Limits {
+        Limits {
+            memory: self.memory.or(dflt.memory),
+            cpus_milli: self.cpus_milli.or(dflt.cpus_milli),
+            pids: self.pids.or(dflt.pids),
+            nofile: self.nofile.or(dflt.nofile),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ProcessDef {
     pub name: Ident,
@@ -198,6 +224,9 @@ pub struct ProcessDef {
     pub drain: Duration,
     /// Never run two instances at once, even during an upgrade: old stopped before new start.
     pub singleton: bool,
+    /// Resource limits (the process's keys, else the service's).
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// `seccomp = …`: which system-call filter a service's containers run under.

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    line_of, parse_duration, ConfigError, Health, HostSettings, Ident, ProcessDef, Proxy, Runtime,
-    ServiceDef,
+    line_of, parse_duration, ConfigError, Health, HostSettings, Ident, Limits, ProcessDef, Proxy,
+    Runtime, ServiceDef,
 };
 
 #[derive(Deserialize)]
@@ -48,6 +48,13 @@ struct RawService {
     seccomp: Option<Spanned<String>>,
     /// The app's crontab generator: a program inside the image that prints a crontab.
     cron: Option<Spanned<String>>,
+    /// Resource limits (also per process, where they win): `memory = "512M"`, `cpus = 1.5`,
+    /// `pids = 256`, `nofile = 65536`.
+    memory: Option<Spanned<String>>,
+    cpus: Option<Spanned<toml::Value>>,
+    pids: Option<Spanned<i64>>,
+    nofile: Option<Spanned<i64>>,
+
     #[serde(default)]
     processes: BTreeMap<Spanned<String>, Spanned<RawProcess>>,
 }
@@ -73,6 +80,12 @@ struct RawProcess {
     read_only: bool,
     #[serde(default)]
     env: BTreeMap<Spanned<String>, String>,
+    /// Resource limits (the service's are the default): `memory = "512M"`, `cpus = 1.5`,
+    /// `pids = 256`, `nofile = 65536`.
+    memory: Option<Spanned<String>>,
+    cpus: Option<Spanned<toml::Value>>,
+    pids: Option<Spanned<i64>>,
+    nofile: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -303,7 +316,8 @@ fn validate_service(
             }
         },
     };
-    let processes = validate_processes(cx, &prefix, id, &r.processes)?;
+    let limits = validate_limits(cx, &prefix, (&r.memory, &r.cpus, &r.pids, &r.nofile))?;
+    let processes = validate_processes(cx, &prefix, id, &r.processes, limits)?;
 
     Ok(ServiceDef {
         id: ident,
@@ -392,6 +406,7 @@ fn validate_processes(
     prefix: &str,
     id: &Spanned<String>,
     raw: &BTreeMap<Spanned<String>, Spanned<RawProcess>>,
+    service_limits: Limits,
 ) -> Result<BTreeMap<Ident, ProcessDef>, ConfigError> {
     if raw.is_empty() {
         return cx.err(
@@ -405,7 +420,8 @@ fn validate_processes(
         let pprefix = format!("{prefix}.processes.{}", pname.get_ref());
         let pident = Ident::parse(pname.get_ref())
             .or_else(|m| cx.err(&pname.span(), pprefix.clone(), format!("process name {m}")))?;
-        let def = validate_process(cx, &pprefix, pident.clone(), p)?;
+        let mut def = validate_process(cx, &pprefix, pident.clone(), p)?;
+        def.limits = def.limits.or(service_limits);
         processes.insert(pident, def);
     }
     Ok(processes)
@@ -464,7 +480,9 @@ fn validate_process(
         None => Duration::from_secs(5),
         Some(d) => cx.duration(d, format!("{prefix}.drain"))?,
     };
+    let limits = validate_limits(cx, prefix, (&r.memory, &r.cpus, &r.pids, &r.nofile))?;
     Ok(ProcessDef {
+        limits,
         name,
         command,
         count,
@@ -477,6 +495,81 @@ fn validate_process(
         proxy,
         drain,
         singleton: r.singleton,
+    })
+}
+
+/// The raw limit keys of a service or process.
+type RawLimits<'a> = (
+    &'a Option<Spanned<String>>,
+    &'a Option<Spanned<toml::Value>>,
+    &'a Option<Spanned<i64>>,
+    &'a Option<Spanned<i64>>,
+);
+
+/// Largest `nofile`: the kernel's default `fs.nr_open`.
+const MAX_NOFILE: i64 = 1 << 20;
+
+/// `memory`, `cpus`, `pids`, `nofile`.
+fn validate_limits(
+    cx: &Ctx<'_>,
+    prefix: &str,
+    (memory, cpus, pids, nofile): RawLimits<'_>,
+) -> Result<Limits, ConfigError> {
+    let memory = match memory {
+        None => None,
+        Some(m) => Some(
+            super::parse_bytes(m.get_ref())
+                .filter(|b| *b >= 1 << 20)
+                .ok_or(())
+                .or_else(|_| {
+                    cx.err(
+                        &m.span(),
+                        format!("{prefix}.memory"),
+                        format!("{:?}: give bytes with K, M, G or T (powers of 1024), at least 1M, e.g. \"512M\"", m.get_ref()),
+                    )
+                })?,
+        ),
+    };
+    let cpus_milli = match cpus {
+        None => None,
+        Some(c) => {
+            let v = match c.get_ref() {
+                toml::Value::Integer(i) => Some(*i as f64),
+                toml::Value::Float(f) => Some(*f),
+                _ => None,
+            };
+            match v {
+                Some(v) if v >= 0.01 && v <= 1024.0 => Some((v * 1000.0).round() as u32),
+                _ => {
+                    return cx.err(
+                        &c.span(),
+                        format!("{prefix}.cpus"),
+                        format!(
+                            "{}: a number of CPUs from 0.01 to 1024, e.g. 1.5",
+                            c.get_ref()
+                        ),
+                    )
+                }
+            }
+        }
+    };
+    let count =
+        |v: &Option<Spanned<i64>>, key: &str, max: i64| -> Result<Option<u64>, ConfigError> {
+            match v {
+                None => Ok(None),
+                Some(n) if (1..=max).contains(n.get_ref()) => Ok(Some(*n.get_ref() as u64)),
+                Some(n) => cx.err(
+                    &n.span(),
+                    format!("{prefix}.{key}"),
+                    format!("{}: from 1 to {max}", n.get_ref()),
+                ),
+            }
+        };
+    Ok(Limits {
+        memory,
+        cpus_milli,
+        pids: count(pids, "pids", 4_194_304)?,
+        nofile: count(nofile, "nofile", MAX_NOFILE)?,
     })
 }
 

@@ -100,6 +100,14 @@ fn bad_cases() -> Vec<(&'static str, String, usize, Vec<&'static str>)> {
         ("port range reversed", format!("[shim]\nport_range = [30000, 20000]\n{BASE}"), 2, vec!["shim.port_range"]),
         ("port range privileged", format!("[shim]\nport_range = [80, 90]\n{BASE}"), 2, vec!["shim.port_range"]),
         ("port=false with health", with("port = false\nhealth = { path = \"/h\" }"), 3, vec!["port"]),
+        ("memory without unit sense", with("memory = \"lots\""), 4, vec!["services.a.processes.web.memory", "512M"]),
+        ("memory too small", with("memory = \"512K\""), 4, vec!["memory", "at least 1M"]),
+        ("memory as a number", with("memory = 512"), 4, vec!["memory"]),
+        ("cpus zero", with("cpus = 0"), 4, vec!["processes.web.cpus", "0.01 to 1024"]),
+        ("cpus as text", with("cpus = \"2\""), 4, vec!["cpus"]),
+        ("pids zero", with("pids = 0"), 4, vec!["processes.web.pids", "from 1"]),
+        ("nofile above nr_open", with("nofile = 2000000"), 4, vec!["processes.web.nofile", "1048576"]),
+        ("service memory bad", "[services.a]\nimage = \"oci:/i:{revision}\"\nmemory = \"1.5G\"\n[services.a.processes.w]\n".into(), 3, vec!["services.a.memory"]),
     ]
 }
 
@@ -319,4 +327,38 @@ fn look_alike_service_and_process_names_are_refused() {
          [services.a-b]\nimage = \"oci:/i:{revision}\"\n[services.a-b.processes.web]\n",
     )
     .unwrap();
+}
+
+#[test]
+fn limits_default_to_the_services_and_a_process_overrides_each() {
+    let d = parse(
+        "[services.a]\nimage = \"oci:/i:{revision}\"\nmemory = \"1G\"\ncpus = 2\nnofile = 4096\n\
+         [services.a.processes.web]\nmemory = \"512M\"\ncpus = 1.5\npids = 256\n\
+         [services.a.processes.worker]\n",
+    )
+    .unwrap();
+    let s = d.service("a").unwrap();
+    let web = &s.processes[&Ident::parse("web").unwrap()].limits;
+    let worker = &s.processes[&Ident::parse("worker").unwrap()].limits;
+    assert_eq!(
+        *web,
+        Limits {
+            memory: Some(512 << 20),
+            cpus_milli: Some(1500),
+            pids: Some(256),
+            nofile: Some(4096)
+        }
+    );
+    assert_eq!(
+        *worker,
+        Limits {
+            memory: Some(1 << 30),
+            cpus_milli: Some(2000),
+            pids: None,
+            nofile: Some(4096)
+        }
+    );
+    let none = parse(BASE).unwrap();
+    let p = &none.service("a").unwrap().processes[&Ident::parse("web").unwrap()];
+    assert_eq!(p.limits, Limits::default());
 }

@@ -12,6 +12,9 @@ pub trait Procfs: Send + Sync {
     /// Whether this process's capability bounding set has CAP_SYS_RESOURCE (see
     /// `PlanContext::restrict_devices`); a host without it cannot give it to systemd or crun.
     fn has_cap_sys_resource(&self) -> bool;
+    /// This process's hard RLIMIT_NOFILE: what systemd can give a unit without
+    /// CAP_SYS_RESOURCE.
+    fn nofile_hard(&self) -> u64;
     /// How many TCP connections to `ports` are open (server side, established or being
     /// accepted), from the kernel's socket tables: what an instance still serves.
     fn connections(&self, ports: &BTreeSet<u16>) -> usize;
@@ -62,6 +65,15 @@ impl Procfs for RealProcfs {
             .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
     }
 
+    fn nofile_hard(&self) -> u64 {
+        let text = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+        text.lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(4))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX)
+    }
+
     fn connections(&self, ports: &BTreeSet<u16>) -> usize {
         ["/proc/net/tcp", "/proc/net/tcp6"]
             .iter()
@@ -99,6 +111,10 @@ impl Procfs for FakeProcfs {
 
     fn has_cap_sys_resource(&self) -> bool {
         true
+    }
+
+    fn nofile_hard(&self) -> u64 {
+        1 << 20
     }
 
     fn connections(&self, ports: &BTreeSet<u16>) -> usize {

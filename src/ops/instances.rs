@@ -226,6 +226,27 @@ pub fn check_device_filter(prepared: &Prepared) -> Result<()> {
     ))
 }
 
+/// A `nofile` above shim's own hard limit needs CAP_SYS_RESOURCE (systemd raises the unit's
+/// limit, the runtime the container's): without it the start would fail in the runtime with
+/// EPERM, so it is refused first, naming the key and the limit.
+pub fn check_nofile(host: &Host, prepared: &Prepared) -> Result<()> {
+    let hard = host.procfs.nofile_hard();
+    if host.procfs.has_cap_sys_resource() {
+        return Ok(());
+    }
+    for p in prepared.service.processes.values() {
+        if let Some(n) = p.limits.nofile.filter(|n| *n > hard) {
+            return Err(anyhow!(BadInput(format!(
+                "{}: services.{}.processes.{}.nofile = {n} is above this host's hard limit of {hard} open files, which shim cannot raise here (no CAP_SYS_RESOURCE): lower it to {hard} at most",
+                prepared.service.source.display(),
+                prepared.service.id,
+                p.name
+            ))));
+        }
+    }
+    Ok(())
+}
+
 /// Starts the instances of `wanted` that are not already running. All or nothing: if one fails
 /// to start, the ones this call started are stopped again.
 pub fn start_instances(
@@ -234,6 +255,7 @@ pub fn start_instances(
     wanted: &[(String, u32)],
 ) -> Result<StartReport> {
     check_device_filter(prepared)?;
+    check_nofile(host, prepared)?;
     let sd = host.systemd()?;
     let _lock = crate::host::lock::lock_host(&host.dirs)?;
     let all = sd.list_units(&["shim-*".to_string()])?;

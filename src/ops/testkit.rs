@@ -153,6 +153,9 @@ impl<T: crate::host::procfs::Procfs> crate::host::procfs::Procfs for std::sync::
     fn connections(&self, ports: &std::collections::BTreeSet<u16>) -> usize {
         (**self).connections(ports)
     }
+    fn nofile_hard(&self) -> u64 {
+        (**self).nofile_hard()
+    }
 }
 
 impl<T: crate::host::clock::Clock> crate::host::clock::Clock for std::sync::Arc<T> {

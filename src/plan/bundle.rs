@@ -6,7 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxDeviceCgroupBuilder, LinuxNamespaceType, Mount, MountBuilder, Spec};
+use oci_spec::runtime::{
+    LinuxDeviceCgroupBuilder, LinuxNamespaceType, Mount, MountBuilder, PosixRlimit,
+    PosixRlimitBuilder, PosixRlimitType, Spec,
+};
 
 use super::{merge_env, plan_args, unit::SLICE, InstanceDir, InstanceKey, PlanContext};
 use crate::config::ProcessDef;
@@ -77,10 +80,29 @@ fn set_process(
             p.set_capabilities(caps);
         }
         p.set_terminal(Some(false));
-        // rlimits stay as `runc spec` writes them (RLIMIT_NOFILE 1024): lowering needs no
-        // privilege, while raising above the unit's hard limit needs CAP_SYS_RESOURCE, which
-        // some hosts (this project's CI machines) do not have. Without any rlimits crun sets
-        // RLIMIT_MEMLOCK itself and fails the same way.
+        // rlimits stay as `runc spec` writes them (RLIMIT_NOFILE 1024) unless `nofile` is
+        // set: raising above the unit's hard limit needs CAP_SYS_RESOURCE, which some hosts
+        // (this project's CI machines) do not have, so `nofile` also sets the unit's
+        // LimitNOFILE= (`unit::limit_props`) and the container's equal limit is no raise.
+        // Without any rlimits crun sets RLIMIT_MEMLOCK itself and fails the same way.
+        if let Some(n) = process.limits.nofile {
+            let mut limits: Vec<PosixRlimit> = p
+                .rlimits()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| r.typ() != PosixRlimitType::RlimitNofile)
+                .collect();
+            limits.push(
+                PosixRlimitBuilder::default()
+                    .typ(PosixRlimitType::RlimitNofile)
+                    .soft(n)
+                    .hard(n)
+                    .build()
+                    .map_err(|e| format!("building the nofile limit: {e}"))?,
+            );
+            p.set_rlimits(Some(limits));
+        }
     }
     Ok(())
 }

@@ -143,6 +143,7 @@ pub fn default_process() -> Result<ProcessDef, String> {
         proxy: None,
         drain: Duration::ZERO,
         singleton: false,
+        limits: Default::default(),
     })
 }
 

@@ -563,3 +563,45 @@ fn config_carries_the_seccomp_filter_and_non_root_has_no_ambient_caps() {
         );
     });
 }
+
+#[test]
+fn limits_reach_the_unit_and_the_containers_rlimit() {
+    with_cx(|cx| {
+        let mut p = process(cx, "web").clone();
+        p.limits = crate::config::Limits {
+            memory: Some(512 << 20),
+            cpus_milli: Some(1500),
+            pids: Some(256),
+            nofile: Some(65536),
+        };
+        let plan = plan_instance(cx, &p, 1, Some(20001)).unwrap();
+        let prop = |k: &str| {
+            plan.unit
+                .properties
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(prop("MemoryMax"), Some(Prop::U64(512 << 20)));
+        assert_eq!(prop("CPUQuotaPerSecUSec"), Some(Prop::USec(1_500_000)));
+        assert_eq!(prop("TasksMax"), Some(Prop::U64(256)));
+        assert_eq!(prop("LimitNOFILE"), Some(Prop::U64(65536)));
+        assert_eq!(prop("LimitNOFILESoft"), Some(Prop::U64(65536)));
+        let InstanceFiles::Oci(spec) = &plan.files else {
+            panic!("runc plans a bundle")
+        };
+        let rl = spec.process().as_ref().unwrap().rlimits().clone().unwrap();
+        let nofile: Vec<_> = rl
+            .iter()
+            .filter(|r| r.typ() == oci_spec::runtime::PosixRlimitType::RlimitNofile)
+            .collect();
+        assert_eq!(nofile.len(), 1, "{rl:?}");
+        assert_eq!((nofile[0].soft(), nofile[0].hard()), (65536, 65536));
+        assert!(plan.unit.render().contains("MemoryMax=536870912\n"));
+        // Without limits: none of these properties, runc's default rlimit.
+        let plain = plan_instance(cx, process(cx, "web"), 1, Some(20001)).unwrap();
+        for k in ["MemoryMax", "CPUQuotaPerSecUSec", "TasksMax", "LimitNOFILE"] {
+            assert!(!plain.unit.properties.iter().any(|(n, _)| n == k), "{k}");
+        }
+    });
+}

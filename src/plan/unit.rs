@@ -40,6 +40,8 @@ pub enum Prop {
     USec(u64),
     I32(i32),
     U32(u32),
+    /// `t` (MemoryMax, TasksMax, LimitNOFILE).
+    U64(u64),
     /// `aay`: each string sent as bytes (LogExtraFields).
     Bytes(Vec<String>),
     Exec(Vec<Exec>),
@@ -111,6 +113,29 @@ pub fn restart_props(policy: RestartPolicy) -> Vec<(&'static str, Prop)> {
             // Never stop retrying for good: a dependency outage must not leave a service dead.
             p.push(("StartLimitIntervalUSec", Prop::USec(0)));
         }
+    }
+    p
+}
+
+/// The unit properties of resource limits: systemd enforces them on the unit's cgroup, which
+/// holds the container's.
+pub fn limit_props(l: &crate::config::Limits) -> Vec<(&'static str, Prop)> {
+    let mut p = Vec::new();
+    if let Some(m) = l.memory {
+        p.push(("MemoryMax", Prop::U64(m)));
+    }
+    if let Some(c) = l.cpus_milli {
+        // CPUQuota= is CPU time per second of wall time: 1.5 CPUs = 1.5 s each second.
+        p.push(("CPUQuotaPerSecUSec", Prop::USec(u64::from(c) * 1000)));
+    }
+    if let Some(n) = l.pids {
+        p.push(("TasksMax", Prop::U64(n)));
+    }
+    if let Some(n) = l.nofile {
+        // The runtime inherits the unit's limit, so the container's equal one needs no
+        // privilege to set.
+        p.push(("LimitNOFILE", Prop::U64(n)));
+        p.push(("LimitNOFILESoft", Prop::U64(n)));
     }
     p
 }
@@ -201,6 +226,7 @@ pub(super) fn plan_unit(
         ("KillSignal", Prop::I32(signal_number(&signal))),
         ("TimeoutStopUSec", usec(process.stop_timeout)),
     ]);
+    props.extend(limit_props(&process.limits));
     props.extend(restart_props(cx.restart));
     props.extend([
         // Unload the unit once stopped, so the same name can be started again; a failed one
@@ -287,6 +313,7 @@ impl UnitSpec {
                 Prop::USec(u) => crate::config::format_duration(Duration::from_micros(*u)),
                 Prop::I32(n) => n.to_string(),
                 Prop::U32(n) => n.to_string(),
+                Prop::U64(n) => n.to_string(),
                 Prop::Strs(v) => v.join(" "),
                 Prop::U32s(v) => v
                     .iter()

@@ -10,6 +10,7 @@ mod logs;
 mod registry;
 mod run;
 mod supervise;
+mod surface;
 mod upgrade;
 
 use std::process::Command;

@@ -170,6 +170,7 @@ fn to_variant(p: &Prop) -> Variant<'static> {
         Prop::USec(u) => Variant::from(*u),
         Prop::I32(n) => Variant::from(*n),
         Prop::U32(n) => Variant::from(*n),
+        Prop::U64(n) => Variant::from(*n),
         Prop::Bytes(v) => Variant::from(
             v.iter()
                 .map(|s| s.as_bytes().to_vec())
