@@ -539,7 +539,7 @@ fn validate_limits(
                 _ => None,
             };
             match v {
-                Some(v) if v >= 0.01 && v <= 1024.0 => Some((v * 1000.0).round() as u32),
+                Some(v) if (0.01..=1024.0).contains(&v) => Some((v * 1000.0).round() as u32),
                 _ => {
                     return cx.err(
                         &c.span(),
