@@ -204,6 +204,46 @@ impl Limits {
     }
 }
 
+/// A capability by name: `NET_RAW`, `CAP_NET_RAW`, any case.
+pub fn parse_capability(name: &str) -> Option<oci_spec::runtime::Capability> {
+    serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
+}
+
+/// One of a process's `mounts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MountDef {
+    /// A host directory or file, bound recursively (`rbind`) at `target`.
+    Bind {
+        source: PathBuf,
+        target: String,
+        read_only: bool,
+    },
+    /// A directory shim keeps per service under `/var/lib/shim/volumes/<service>/<source>`,
+    /// created on first use (owned by the container's user) and never deleted implicitly.
+    Volume {
+        source: String,
+        target: String,
+        read_only: bool,
+    },
+    /// A memory-backed directory, emptied at every start.
+    Tmpfs {
+        target: String,
+        size: Option<u64>,
+        mode: u32,
+    },
+}
+
+impl MountDef {
+    pub fn target(&self) -> &str {
+        match self {
+            MountDef::Bind { target, .. }
+            | MountDef::Volume { target, .. }
+            | MountDef::Tmpfs { target, .. } => target,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ProcessDef {
     pub name: Ident,
@@ -227,6 +267,14 @@ pub struct ProcessDef {
     /// Resource limits (the process's keys, else the service's).
     #[serde(default)]
     pub limits: Limits,
+    /// Bind mounts, volumes and tmpfs (the process's list, else the service's).
+    #[serde(default)]
+    pub mounts: Vec<MountDef>,
+    /// Capabilities added to and dropped from the runtime's default set, as `CAP_NAME`.
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
 }
 
 /// `seccomp = …`: which system-call filter a service's containers run under.

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    line_of, parse_duration, ConfigError, Health, HostSettings, Ident, Limits, ProcessDef, Proxy,
-    Runtime, ServiceDef,
+    line_of, parse_duration, ConfigError, Health, HostSettings, Ident, Limits, MountDef,
+    ProcessDef, Proxy, Runtime, ServiceDef,
 };
 
 #[derive(Deserialize)]
@@ -54,6 +54,9 @@ struct RawService {
     cpus: Option<Spanned<toml::Value>>,
     pids: Option<Spanned<i64>>,
     nofile: Option<Spanned<i64>>,
+    mounts: Option<Spanned<Vec<Spanned<RawMount>>>>,
+    cap_add: Option<Spanned<Vec<Spanned<String>>>>,
+    cap_drop: Option<Spanned<Vec<Spanned<String>>>>,
 
     #[serde(default)]
     processes: BTreeMap<Spanned<String>, Spanned<RawProcess>>,
@@ -86,6 +89,21 @@ struct RawProcess {
     cpus: Option<Spanned<toml::Value>>,
     pids: Option<Spanned<i64>>,
     nofile: Option<Spanned<i64>>,
+    mounts: Option<Spanned<Vec<Spanned<RawMount>>>>,
+    cap_add: Option<Spanned<Vec<Spanned<String>>>>,
+    cap_drop: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMount {
+    #[serde(rename = "type")]
+    typ: Spanned<String>,
+    source: Option<Spanned<String>>,
+    target: Spanned<String>,
+    read_only: Option<bool>,
+    size: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -317,7 +335,24 @@ fn validate_service(
         },
     };
     let limits = validate_limits(cx, &prefix, (&r.memory, &r.cpus, &r.pids, &r.nofile))?;
-    let processes = validate_processes(cx, &prefix, id, &r.processes, limits)?;
+    let surface = Surface {
+        limits,
+        mounts: validate_mounts(cx, &prefix, &r.mounts)?,
+        cap_add: validate_caps(cx, &format!("{prefix}.cap_add"), &r.cap_add)?,
+        cap_drop: validate_caps(cx, &format!("{prefix}.cap_drop"), &r.cap_drop)?,
+    };
+    let processes = validate_processes(cx, &prefix, id, &r.processes, &surface)?;
+    if *r.runtime.get_ref() == Runtime::Podman {
+        for (name, p) in &processes {
+            if !p.mounts.is_empty() || !p.cap_add.is_empty() || !p.cap_drop.is_empty() {
+                return cx.err(
+                    &r.runtime.span(),
+                    format!("{prefix}.processes.{name}"),
+                    "mounts, cap_add and cap_drop are not supported with runtime = \"podman\" yet: use runc or crun".into(),
+                );
+            }
+        }
+    }
 
     Ok(ServiceDef {
         id: ident,
@@ -406,7 +441,7 @@ fn validate_processes(
     prefix: &str,
     id: &Spanned<String>,
     raw: &BTreeMap<Spanned<String>, Spanned<RawProcess>>,
-    service_limits: Limits,
+    service: &Surface,
 ) -> Result<BTreeMap<Ident, ProcessDef>, ConfigError> {
     if raw.is_empty() {
         return cx.err(
@@ -421,7 +456,17 @@ fn validate_processes(
         let pident = Ident::parse(pname.get_ref())
             .or_else(|m| cx.err(&pname.span(), pprefix.clone(), format!("process name {m}")))?;
         let mut def = validate_process(cx, &pprefix, pident.clone(), p)?;
-        def.limits = def.limits.or(service_limits);
+        let r = p.get_ref();
+        def.limits = def.limits.or(service.limits);
+        if r.mounts.is_none() {
+            def.mounts = service.mounts.clone();
+        }
+        if r.cap_add.is_none() {
+            def.cap_add = service.cap_add.clone();
+        }
+        if r.cap_drop.is_none() {
+            def.cap_drop = service.cap_drop.clone();
+        }
         processes.insert(pident, def);
     }
     Ok(processes)
@@ -483,6 +528,9 @@ fn validate_process(
     let limits = validate_limits(cx, prefix, (&r.memory, &r.cpus, &r.pids, &r.nofile))?;
     Ok(ProcessDef {
         limits,
+        mounts: validate_mounts(cx, prefix, &r.mounts)?,
+        cap_add: validate_caps(cx, &format!("{prefix}.cap_add"), &r.cap_add)?,
+        cap_drop: validate_caps(cx, &format!("{prefix}.cap_drop"), &r.cap_drop)?,
         name,
         command,
         count,
@@ -496,6 +544,213 @@ fn validate_process(
         drain,
         singleton: r.singleton,
     })
+}
+
+/// What a service gives its processes by default: limits, mounts, capabilities.
+struct Surface {
+    limits: Limits,
+    mounts: Vec<MountDef>,
+    cap_add: Vec<String>,
+    cap_drop: Vec<String>,
+}
+
+/// Directories a mount must not expose: the host's root and shim's own state.
+const FORBIDDEN_SOURCES: [&str; 3] = ["/", "/var/lib/shim", "/run/shim"];
+
+/// `mounts`: each a bind (an absolute `source` that is not `/` nor shim's state), a volume
+/// (a name) or a tmpfs (`size`, `mode`), at an absolute `target` no other mount has.
+fn validate_mounts(
+    cx: &Ctx<'_>,
+    prefix: &str,
+    raw: &Option<Spanned<Vec<Spanned<RawMount>>>>,
+) -> Result<Vec<MountDef>, ConfigError> {
+    let Some(list) = raw else {
+        return Ok(Vec::new());
+    };
+    let mut out: Vec<MountDef> = Vec::new();
+    for (i, m) in list.get_ref().iter().enumerate() {
+        let key = format!("{prefix}.mounts[{i}]");
+        let def = validate_mount(cx, &key, m)?;
+        if out.iter().any(|o| o.target() == def.target()) {
+            return cx.err(
+                &m.span(),
+                key,
+                format!("target {:?} is mounted twice", def.target()),
+            );
+        }
+        out.push(def);
+    }
+    Ok(out)
+}
+
+fn validate_mount(cx: &Ctx<'_>, key: &str, m: &Spanned<RawMount>) -> Result<MountDef, ConfigError> {
+    let r = m.get_ref();
+    fn bad<T>(
+        cx: &Ctx<'_>,
+        key: &str,
+        span: &std::ops::Range<usize>,
+        what: &str,
+        msg: String,
+    ) -> Result<T, ConfigError> {
+        cx.err(span, format!("{key}.{what}"), msg)
+    }
+    let target = r.target.get_ref();
+    if !target.starts_with('/') || target == "/" || target.split('/').any(|c| c == ".." || c == ".")
+    {
+        return bad(
+            cx,
+            key,
+            &r.target.span(),
+            "target",
+            format!("{target:?}: an absolute path in the container, not / and without . or .."),
+        );
+    }
+    let typ = r.typ.get_ref().as_str();
+    let need_source = |want: &str| match &r.source {
+        Some(s) => Ok(s),
+        None => cx.err(
+            &m.span(),
+            format!("{key}.source"),
+            format!("missing: a {typ} mount needs a source ({want})"),
+        ),
+    };
+    if typ != "tmpfs" {
+        for (k, v) in [("size", &r.size), ("mode", &r.mode)] {
+            if let Some(v) = v {
+                return bad(
+                    cx,
+                    key,
+                    &v.span(),
+                    k,
+                    format!("only for a tmpfs mount, not a {typ} one"),
+                );
+            }
+        }
+    }
+    match typ {
+        "bind" => {
+            let s = need_source("an absolute host path")?;
+            let src = s.get_ref();
+            let norm = src.trim_end_matches('/');
+            let forbidden = FORBIDDEN_SOURCES.iter().any(|f| {
+                let f = f.trim_end_matches('/');
+                norm.is_empty()
+                    || norm == f
+                    || (!f.is_empty() && norm.starts_with(&format!("{f}/")))
+            });
+            if !src.starts_with('/') || src.split('/').any(|c| c == "..") || forbidden {
+                return bad(cx, key, &s.span(), "source", format!("{src:?}: an absolute host path, not / and not under /var/lib/shim or /run/shim"));
+            }
+            Ok(MountDef::Bind {
+                source: PathBuf::from(src),
+                target: target.clone(),
+                read_only: r.read_only.unwrap_or(false),
+            })
+        }
+        "volume" => {
+            let s = need_source("a name")?;
+            Ident::parse(s.get_ref())
+                .or_else(|m| bad(cx, key, &s.span(), "source", format!("volume name {m}")))?;
+            Ok(MountDef::Volume {
+                source: s.get_ref().clone(),
+                target: target.clone(),
+                read_only: r.read_only.unwrap_or(false),
+            })
+        }
+        "tmpfs" => {
+            if let Some(s) = &r.source {
+                return bad(
+                    cx,
+                    key,
+                    &s.span(),
+                    "source",
+                    "a tmpfs mount has no source".into(),
+                );
+            }
+            let size = match &r.size {
+                None => None,
+                Some(v) => Some(
+                    super::parse_bytes(v.get_ref())
+                        .filter(|b| *b >= 4096)
+                        .ok_or(())
+                        .or_else(|_| {
+                            bad(
+                                cx,
+                                key,
+                                &v.span(),
+                                "size",
+                                format!(
+                                    "{:?}: bytes with K, M, G (powers of 1024), at least 4K",
+                                    v.get_ref()
+                                ),
+                            )
+                        })?,
+                ),
+            };
+            let mode = match &r.mode {
+                None => 0o1777,
+                Some(v) => u32::from_str_radix(v.get_ref(), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or(())
+                    .or_else(|_| {
+                        bad(
+                            cx,
+                            key,
+                            &v.span(),
+                            "mode",
+                            format!(
+                                "{:?}: an octal mode such as \"1777\" or \"0700\"",
+                                v.get_ref()
+                            ),
+                        )
+                    })?,
+            };
+            Ok(MountDef::Tmpfs {
+                target: target.clone(),
+                size,
+                mode,
+            })
+        }
+        other => bad(
+            cx,
+            key,
+            &r.typ.span(),
+            "type",
+            format!("{other:?}: use \"bind\", \"volume\" or \"tmpfs\""),
+        ),
+    }
+}
+
+/// `cap_add`/`cap_drop`: capability names (`NET_RAW`, `CAP_NET_RAW`, any case), as `CAP_NAME`.
+fn validate_caps(
+    cx: &Ctx<'_>,
+    key: &str,
+    raw: &Option<Spanned<Vec<Spanned<String>>>>,
+) -> Result<Vec<String>, ConfigError> {
+    let Some(list) = raw else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for c in list.get_ref() {
+        let cap = super::parse_capability(c.get_ref())
+            .ok_or(())
+            .or_else(|_| {
+                cx.err(
+                    &c.span(),
+                    key.to_string(),
+                    format!(
+                        "{:?} is not a capability Linux knows (e.g. \"NET_RAW\", \"SYS_PTRACE\")",
+                        c.get_ref()
+                    ),
+                )
+            })?;
+        let name = format!("CAP_{cap}");
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    Ok(out)
 }
 
 /// The raw limit keys of a service or process.

@@ -107,6 +107,23 @@ fn bad_cases() -> Vec<(&'static str, String, usize, Vec<&'static str>)> {
         ("cpus as text", with("cpus = \"2\""), 4, vec!["cpus"]),
         ("pids zero", with("pids = 0"), 4, vec!["processes.web.pids", "from 1"]),
         ("nofile above nr_open", with("nofile = 2000000"), 4, vec!["processes.web.nofile", "1048576"]),
+        ("mount type unknown", with("mounts = [{ type = \"nfs\", target = \"/x\" }]"), 4, vec!["processes.web.mounts[0].type", "nfs"]),
+        ("mount target relative", with("mounts = [{ type = \"tmpfs\", target = \"tmp\" }]"), 4, vec!["mounts[0].target"]),
+        ("mount target root", with("mounts = [{ type = \"tmpfs\", target = \"/\" }]"), 4, vec!["mounts[0].target"]),
+        ("mount target dotdot", with("mounts = [{ type = \"tmpfs\", target = \"/a/../etc\" }]"), 4, vec!["mounts[0].target"]),
+        ("bind without source", with("mounts = [{ type = \"bind\", target = \"/x\" }]"), 4, vec!["mounts[0].source", "missing"]),
+        ("bind of /", with("mounts = [{ type = \"bind\", source = \"/\", target = \"/host\" }]"), 4, vec!["mounts[0].source"]),
+        ("bind of shim state", with("mounts = [{ type = \"bind\", source = \"/var/lib/shim/state\", target = \"/s\" }]"), 4, vec!["mounts[0].source", "/var/lib/shim"]),
+        ("bind relative", with("mounts = [{ type = \"bind\", source = \"srv\", target = \"/s\" }]"), 4, vec!["mounts[0].source"]),
+        ("volume bad name", with("mounts = [{ type = \"volume\", source = \"../x\", target = \"/c\" }]"), 4, vec!["mounts[0].source", "volume name"]),
+        ("tmpfs with source", with("mounts = [{ type = \"tmpfs\", source = \"x\", target = \"/t\" }]"), 4, vec!["mounts[0].source"]),
+        ("tmpfs bad size", with("mounts = [{ type = \"tmpfs\", target = \"/t\", size = \"1\" }]"), 4, vec!["mounts[0].size"]),
+        ("tmpfs bad mode", with("mounts = [{ type = \"tmpfs\", target = \"/t\", mode = \"999\" }]"), 4, vec!["mounts[0].mode"]),
+        ("size on a bind", with("mounts = [{ type = \"bind\", source = \"/srv\", target = \"/t\", size = \"1M\" }]"), 4, vec!["mounts[0].size", "only for a tmpfs"]),
+        ("same target twice", with("mounts = [{ type = \"tmpfs\", target = \"/t\" }, { type = \"volume\", source = \"v\", target = \"/t\" }]"), 4, vec!["mounts[1]", "twice"]),
+        ("unknown mount key", with("mounts = [{ type = \"tmpfs\", target = \"/t\", options = \"x\" }]"), 4, vec!["options"]),
+        ("unknown capability", with("cap_add = [\"NET_RAWR\"]"), 4, vec!["processes.web.cap_add", "NET_RAWR"]),
+        ("podman with mounts", "[services.a]\nimage = \"oci:/i:{revision}\"\nruntime = \"podman\"\n[services.a.processes.w]\nmounts = [{ type = \"tmpfs\", target = \"/t\" }]\n".into(), 3, vec!["podman"]),
         ("service memory bad", "[services.a]\nimage = \"oci:/i:{revision}\"\nmemory = \"1.5G\"\n[services.a.processes.w]\n".into(), 3, vec!["services.a.memory"]),
     ]
 }
@@ -361,4 +378,60 @@ fn limits_default_to_the_services_and_a_process_overrides_each() {
     let none = parse(BASE).unwrap();
     let p = &none.service("a").unwrap().processes[&Ident::parse("web").unwrap()];
     assert_eq!(p.limits, Limits::default());
+}
+
+#[test]
+fn mounts_and_capabilities_parse_and_default_to_the_services() {
+    let d = parse(
+        "[services.a]\nimage = \"oci:/i:{revision}\"\ncap_drop = [\"net_bind_service\"]\n\
+         mounts = [{ type = \"volume\", source = \"cache\", target = \"/app/cache\" }]\n\
+         [services.a.processes.web]\ncap_add = [\"CAP_NET_RAW\", \"net_raw\"]\n\
+         mounts = [\n  { type = \"bind\", source = \"/srv/up\", target = \"/app/up\" },\n\
+           { type = \"bind\", source = \"/etc/ssl/certs\", target = \"/etc/ssl/certs\", read_only = true },\n\
+           { type = \"tmpfs\", target = \"/app/tmp\", size = \"64M\" },\n]\n\
+         [services.a.processes.worker]\n",
+    )
+    .unwrap();
+    let s = d.service("a").unwrap();
+    let web = &s.processes[&Ident::parse("web").unwrap()];
+    let worker = &s.processes[&Ident::parse("worker").unwrap()];
+    assert_eq!(
+        web.cap_add,
+        vec!["CAP_NET_RAW".to_string()],
+        "normalised, once"
+    );
+    assert_eq!(
+        web.cap_drop,
+        vec!["CAP_NET_BIND_SERVICE".to_string()],
+        "the service's"
+    );
+    assert_eq!(
+        web.mounts,
+        vec![
+            MountDef::Bind {
+                source: "/srv/up".into(),
+                target: "/app/up".into(),
+                read_only: false
+            },
+            MountDef::Bind {
+                source: "/etc/ssl/certs".into(),
+                target: "/etc/ssl/certs".into(),
+                read_only: true
+            },
+            MountDef::Tmpfs {
+                target: "/app/tmp".into(),
+                size: Some(64 << 20),
+                mode: 0o1777
+            },
+        ]
+    );
+    assert_eq!(
+        worker.mounts,
+        vec![MountDef::Volume {
+            source: "cache".into(),
+            target: "/app/cache".into(),
+            read_only: false
+        }]
+    );
+    assert!(worker.cap_add.is_empty());
 }

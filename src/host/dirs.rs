@@ -29,6 +29,10 @@ impl Dirs {
     pub fn images(&self) -> PathBuf {
         self.state.join("images")
     }
+    /// A service's volumes (`mounts` of type volume): kept across upgrades and reboots.
+    pub fn volumes(&self, service: &str) -> PathBuf {
+        self.state.join("volumes").join(service)
+    }
     pub fn instances(&self, service: &str) -> PathBuf {
         self.run.join("instances").join(service)
     }

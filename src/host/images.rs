@@ -117,6 +117,28 @@ fn resolve_image_user(
     Ok((u, None))
 }
 
+/// Each bind mount's source must exist on this host (checked at every prepare: a start from a
+/// record too, as the host may have changed).
+fn check_mount_sources(svc: &ServiceDef) -> Result<()> {
+    for p in svc.processes.values() {
+        for m in &p.mounts {
+            if let crate::config::MountDef::Bind { source, .. } = m {
+                if !source.exists() {
+                    return Err(BadInput(format!(
+                        "{}: services.{}.processes.{}.mounts: bind source {} does not exist on this host",
+                        svc.source.display(),
+                        svc.id,
+                        p.name,
+                        source.display()
+                    ))
+                    .into());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What of a deployment the definitions and files on disk would change now: "definition"
 /// (the service's definition or its seccomp profile's text) and "secrets" (the env_files'
 /// contents). The image tag is not looked up (that needs the registry); a file that cannot be
@@ -240,6 +262,7 @@ fn prepare(dirs: &Dirs, req: &PrepareRequest<'_>) -> Result<Prepared> {
     let (defs, id, revision, unpack) = (req.defs, req.id, req.revision, req.unpack);
     let (svc, reference, image_ref) = check_request(defs, id, revision)?;
     let svc = svc.clone();
+    check_mount_sources(&svc)?;
     let secrets = read_secrets(&svc)?;
     let runtime_bin = crate::host::runtime::runtime_binary(svc.runtime)?;
     let store = ImageStore::with_settings(dirs.images(), defs.settings.registry())
@@ -280,6 +303,7 @@ fn prepare(dirs: &Dirs, req: &PrepareRequest<'_>) -> Result<Prepared> {
     };
     Ok(Prepared {
         deployment,
+        volumes_dir: dirs.volumes(svc.id.as_str()),
         seccomp,
         kernel: kernel_version(),
         instances_dir: dirs.instances(svc.id.as_str()),
@@ -386,6 +410,7 @@ fn prepare_deployed(
             svc.id
         );
     }
+    check_mount_sources(&svc)?;
     let secrets = crate::host::secrets::load(dirs, req.id, &d.secrets_digest)?;
     let runtime_bin = crate::host::runtime::runtime_binary(svc.runtime)?;
     let store = ImageStore::with_settings(dirs.images(), req.defs.settings.registry())
@@ -398,6 +423,7 @@ fn prepare_deployed(
         .collect();
     Ok(Prepared {
         deployment: d.clone(),
+        volumes_dir: dirs.volumes(svc.id.as_str()),
         seccomp: d.seccomp.clone(),
         kernel: kernel_version(),
         instances_dir: dirs.instances(svc.id.as_str()),

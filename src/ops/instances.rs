@@ -171,6 +171,41 @@ fn write_bundle(p: &InstancePlan) -> Result<()> {
     }
 }
 
+/// Creates the service's volumes that do not exist yet, owned by the container's user; an
+/// existing one is left as it is (its content and owner are the app's).
+fn ensure_volumes(prepared: &Prepared) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let names: BTreeSet<&str> = prepared
+        .service
+        .processes
+        .values()
+        .flat_map(|p| &p.mounts)
+        .filter_map(|m| match m {
+            crate::config::MountDef::Volume { source, .. } => Some(source.as_str()),
+            _ => None,
+        })
+        .collect();
+    for name in names {
+        let dir = prepared.volumes_dir.join(name);
+        if dir.is_dir() {
+            continue;
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir)
+            .with_context(|| format!("creating volume {}", dir.display()))?;
+        let (uid, gid) = (prepared.user.uid, prepared.user.gid);
+        nix::unistd::chown(
+            &dir,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .with_context(|| format!("giving volume {} to {uid}:{gid}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// Removes instance directories of `prepared`'s service that no unit uses any more.
 pub fn remove_stale_dirs(instances_dir: &Path, live_units: &BTreeSet<String>) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(instances_dir) else {
@@ -275,6 +310,7 @@ pub fn start_instances(
     let port_map = allocate(host, prepared, &missing, &taken)?;
     report.ports = port_map.clone();
     let plans = prepared.plan(&prepared.secrets, &missing, &port_map)?;
+    ensure_volumes(prepared)?;
     for p in &plans {
         write_bundle(p)?;
     }

@@ -58,6 +58,7 @@ pub fn prepared(defs: &Definitions, id: &str, revision: &str, dirs: &Dirs) -> Pr
     let service = defs.service(id).unwrap_or_else(|e| panic!("{e:#}")).clone();
     Prepared {
         deployment: deployment(defs, id, revision),
+        volumes_dir: dirs.volumes(id),
         instances_dir: dirs.instances(service.id.as_str()),
         revision: revision.into(),
         image: ResolvedImage {

@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    LinuxDeviceCgroupBuilder, LinuxNamespaceType, Mount, MountBuilder, PosixRlimit,
-    PosixRlimitBuilder, PosixRlimitType, Spec,
+    Capabilities, Capability, LinuxDeviceCgroupBuilder, LinuxNamespaceType, Mount, MountBuilder,
+    PosixRlimit, PosixRlimitBuilder, PosixRlimitType, Spec,
 };
 
 use super::{merge_env, plan_args, unit::SLICE, InstanceDir, InstanceKey, PlanContext};
@@ -43,6 +43,7 @@ pub(super) fn plan_config(
     spec.set_hostname(None);
 
     set_process(&mut spec, cx, process, key, port)?;
+    set_caps(&mut spec, process)?;
     set_linux(&mut spec, cx, key)?;
     set_seccomp(&mut spec, cx)?;
     let mounts = plan_mounts(&spec, cx, process)?;
@@ -201,7 +202,7 @@ fn plan_mounts(
             &["bind", "ro", "nosuid", "nodev", "noexec"],
         )?);
     }
-    if process.read_only {
+    if process.read_only && !process.mounts.iter().any(|m| m.target() == "/tmp") {
         mounts.push(mount(
             "/tmp",
             "tmpfs",
@@ -209,7 +210,81 @@ fn plan_mounts(
             &["nosuid", "nodev", "mode=1777", "size=65536k"],
         )?);
     }
+    for m in &process.mounts {
+        mounts.push(user_mount(cx, m)?);
+    }
     Ok(mounts)
+}
+
+/// One of the process's `mounts` (volumes live under the service's volumes directory).
+fn user_mount(cx: &PlanContext<'_>, m: &crate::config::MountDef) -> Result<Mount, String> {
+    use crate::config::MountDef;
+    let rw = |ro: bool| if ro { "ro" } else { "rw" };
+    match m {
+        MountDef::Bind {
+            source,
+            target,
+            read_only,
+        } => mount(
+            target,
+            "bind",
+            &source.display().to_string(),
+            &["rbind", rw(*read_only), "nosuid", "nodev"],
+        ),
+        MountDef::Volume {
+            source,
+            target,
+            read_only,
+        } => mount(
+            target,
+            "bind",
+            &cx.volumes_dir.join(source).display().to_string(),
+            &["rbind", rw(*read_only), "nosuid", "nodev"],
+        ),
+        MountDef::Tmpfs { target, size, mode } => {
+            let mode = format!("mode={mode:o}");
+            let size = size.map(|s| format!("size={}k", s.div_ceil(1024)));
+            let mut opts = vec!["nosuid", "nodev", mode.as_str()];
+            if let Some(s) = &size {
+                opts.push(s);
+            }
+            mount(target, "tmpfs", "tmpfs", &opts)
+        }
+    }
+}
+
+/// `cap_add`/`cap_drop` on every capability set the runtime's default has (ambient only
+/// for root, see `set_process`).
+fn set_caps(spec: &mut Spec, process: &ProcessDef) -> Result<(), String> {
+    if process.cap_add.is_empty() && process.cap_drop.is_empty() {
+        return Ok(());
+    }
+    let parse = |names: &[String]| -> Result<Vec<Capability>, String> {
+        names
+            .iter()
+            .map(|n| {
+                crate::config::parse_capability(n).ok_or_else(|| format!("unknown capability {n}"))
+            })
+            .collect()
+    };
+    let (add, drop) = (parse(&process.cap_add)?, parse(&process.cap_drop)?);
+    let Some(p) = spec.process_mut() else {
+        return Ok(());
+    };
+    let mut caps = p.capabilities().clone().unwrap_or_default();
+    let edit = |set: &Option<Capabilities>| -> Option<Capabilities> {
+        let mut s = set.clone()?;
+        s.extend(add.iter().copied());
+        s.retain(|c| !drop.contains(c));
+        Some(s)
+    };
+    caps.set_bounding(edit(caps.bounding()));
+    caps.set_effective(edit(caps.effective()));
+    caps.set_permitted(edit(caps.permitted()));
+    caps.set_inheritable(edit(caps.inheritable()));
+    caps.set_ambient(edit(caps.ambient()));
+    p.set_capabilities(Some(caps));
+    Ok(())
 }
 
 /// `config.json` text, pretty and stable: oci-spec keeps capabilities in hash sets, so

@@ -200,6 +200,8 @@ pub struct PlanContext<'a> {
     pub kernel: (u32, u32),
     /// The deployment planned from: its tags name the instances (None: untagged names).
     pub deployment: Option<&'a Deployment>,
+    /// Where the service's volumes are (`/var/lib/shim/volumes/<service>`).
+    pub volumes_dir: &'a Path,
 }
 
 /// Everything needed to start one instance.

@@ -144,6 +144,9 @@ pub fn default_process() -> Result<ProcessDef, String> {
         drain: Duration::ZERO,
         singleton: false,
         limits: Default::default(),
+        mounts: Vec::new(),
+        cap_add: Vec::new(),
+        cap_drop: Vec::new(),
     })
 }
 

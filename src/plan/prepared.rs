@@ -37,6 +37,8 @@ pub struct Prepared {
     /// anything starts), or read back from the record by every later start. `service`,
     /// `revision`, `user`, `seccomp` and the image's config above are its values.
     pub deployment: Deployment,
+    /// Where the service's volumes are (`/var/lib/shim/volumes/<service>`).
+    pub volumes_dir: PathBuf,
 }
 
 impl Prepared {
@@ -59,6 +61,7 @@ impl Prepared {
             seccomp: self.seccomp.as_deref(),
             kernel: self.kernel,
             deployment: Some(&self.deployment),
+            volumes_dir: &self.volumes_dir,
         }
     }
 

@@ -49,6 +49,7 @@ fn with_cx<T>(f: impl FnOnce(&PlanContext<'_>) -> T) -> T {
         image: &img,
         rootfs: Path::new("/var/lib/shim/images/rootfs/abc123"),
         deployment: None,
+        volumes_dir: Path::new("/var/lib/shim/volumes/billing_app"),
         secrets: &secrets,
         user: ResolvedUser {
             uid: 1000,
@@ -602,6 +603,85 @@ fn limits_reach_the_unit_and_the_containers_rlimit() {
         let plain = plan_instance(cx, process(cx, "web"), 1, Some(20001)).unwrap();
         for k in ["MemoryMax", "CPUQuotaPerSecUSec", "TasksMax", "LimitNOFILE"] {
             assert!(!plain.unit.properties.iter().any(|(n, _)| n == k), "{k}");
+        }
+    });
+}
+
+#[test]
+fn mounts_and_capabilities_reach_config_json() {
+    use crate::config::MountDef;
+    with_cx(|cx| {
+        let mut p = process(cx, "web").clone();
+        p.mounts = vec![
+            MountDef::Bind {
+                source: "/srv/up".into(),
+                target: "/app/up".into(),
+                read_only: false,
+            },
+            MountDef::Bind {
+                source: "/etc/ssl/certs".into(),
+                target: "/etc/ssl/certs".into(),
+                read_only: true,
+            },
+            MountDef::Volume {
+                source: "cache".into(),
+                target: "/app/cache".into(),
+                read_only: false,
+            },
+            MountDef::Tmpfs {
+                target: "/app/tmp".into(),
+                size: Some(64 << 20),
+                mode: 0o700,
+            },
+        ];
+        p.cap_add = vec!["CAP_NET_RAW".into()];
+        p.cap_drop = vec!["CAP_NET_BIND_SERVICE".into(), "CAP_KILL".into()];
+        let plan = plan_instance(cx, &p, 1, Some(20001)).unwrap();
+        let InstanceFiles::Oci(spec) = &plan.files else {
+            panic!("runc plans a bundle")
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&crate::plan::render_config(spec)).unwrap();
+        let mount = |dest: &str| {
+            json["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["destination"] == dest)
+                .cloned()
+                .unwrap_or_else(|| panic!("no mount at {dest}"))
+        };
+        let up = mount("/app/up");
+        assert_eq!(
+            (up["type"].as_str(), up["source"].as_str()),
+            (Some("bind"), Some("/srv/up"))
+        );
+        assert!(up["options"].as_array().unwrap().contains(&"rw".into()));
+        let certs = mount("/etc/ssl/certs");
+        assert!(certs["options"].as_array().unwrap().contains(&"ro".into()));
+        assert_eq!(
+            mount("/app/cache")["source"],
+            "/var/lib/shim/volumes/billing_app/cache"
+        );
+        let tmp = mount("/app/tmp");
+        assert_eq!(tmp["type"], "tmpfs");
+        let opts = tmp["options"].as_array().unwrap();
+        assert!(
+            opts.contains(&"mode=700".into()) && opts.contains(&"size=65536k".into()),
+            "{opts:?}"
+        );
+        for set in ["bounding", "effective", "permitted"] {
+            let caps = json["process"]["capabilities"][set].as_array().unwrap();
+            assert!(caps.contains(&"CAP_NET_RAW".into()), "{set}: {caps:?}");
+            assert!(
+                !caps.contains(&"CAP_NET_BIND_SERVICE".into()),
+                "{set}: {caps:?}"
+            );
+            assert!(!caps.contains(&"CAP_KILL".into()), "{set}: {caps:?}");
+            assert!(
+                caps.contains(&"CAP_AUDIT_WRITE".into()),
+                "the rest stays: {set}"
+            );
         }
     });
 }

@@ -149,3 +149,106 @@ fn limits_crun() {
     require_sandbox!();
     limits_for("crun");
 }
+
+fn mounts_toml(id: &str) -> String {
+    format!(
+        r#"
+[shim]
+port_range = [29100, 29199]
+
+[services.{id}]
+image = "oci:{{layout}}:{{revision}}"
+
+[services.{id}.processes.web]
+health = {{ path = "/health" }}
+stop_timeout = "5s"
+drain = "0s"
+cap_add = ["NET_RAW"]
+cap_drop = ["net_bind_service"]
+mounts = [
+  {{ type = "bind", source = "/srv/shim-it/up", target = "/data/up" }},
+  {{ type = "bind", source = "/srv/shim-it/ro", target = "/data/ro", read_only = true }},
+  {{ type = "volume", source = "cache", target = "/data/cache" }},
+  {{ type = "tmpfs", target = "/data/tmp", size = "8M", mode = "0700" }},
+]
+"#
+    )
+}
+
+/// The capability bits of a process (`CapEff` in /proc/PID/status).
+fn cap_eff(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap()
+}
+
+/// Bind mounts (read-write and read-only), a volume that outlives an upgrade, a sized tmpfs,
+/// capabilities added and dropped: as the container sees them (through /proc/PID/root).
+#[test]
+fn mounts_and_capabilities_runc() {
+    require_sandbox!();
+    let id = "mnt";
+    std::fs::create_dir_all("/srv/shim-it/up").unwrap();
+    std::fs::create_dir_all("/srv/shim-it/ro").unwrap();
+    std::fs::write("/srv/shim-it/ro/cert.pem", "CERT").unwrap();
+    let _ = std::fs::remove_dir_all(format!("/var/lib/shim/volumes/{id}"));
+    // A bind source that does not exist: refused before anything starts, naming it.
+    let bad = TestConfig::new(&mounts_toml(id).replace("/srv/shim-it/up", "/srv/shim-it/nope"));
+    let o = shim(bad.path(), &["start", "--id", id, "--revision", "rev1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("bind source /srv/shim-it/nope does not exist"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(units_matching(&format!("shim-{id}-*")).is_empty());
+
+    let cfg = TestConfig::new(&mounts_toml(id));
+    shim_ok(cfg.path(), &["start", "--id", id, "--revision", "rev1"]);
+    let unit = instance_unit(cfg.path(), id, "web", 1);
+    let pid = unit_prop(&unit, "MainPID");
+    let root = format!("/proc/{pid}/root");
+    // Read-write bind: what the container writes is on the host.
+    std::fs::write(format!("{root}/data/up/from-container"), "x").unwrap();
+    assert!(std::path::Path::new("/srv/shim-it/up/from-container").exists());
+    // Read-only bind: readable, not writable.
+    assert_eq!(
+        std::fs::read_to_string(format!("{root}/data/ro/cert.pem")).unwrap(),
+        "CERT"
+    );
+    let e = std::fs::write(format!("{root}/data/ro/x"), "x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    // The tmpfs: its size and mode.
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let tmp = mountinfo
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/data/tmp"))
+        .unwrap_or_else(|| panic!("no /data/tmp in {mountinfo}"));
+    assert!(
+        tmp.contains("tmpfs") && tmp.contains("size=8192k") && tmp.contains("mode=700"),
+        "{tmp}"
+    );
+    // Capabilities: NET_RAW (13) added, NET_BIND_SERVICE (10) dropped.
+    let caps = cap_eff(&pid);
+    assert!(caps & (1 << 13) != 0, "CapEff {caps:x}");
+    assert!(caps & (1 << 10) == 0, "CapEff {caps:x}");
+    // The volume: kept by shim under /var/lib/shim/volumes, across an upgrade.
+    std::fs::write(format!("{root}/data/cache/kept"), "v1").unwrap();
+    assert!(std::path::Path::new(&format!("/var/lib/shim/volumes/{id}/cache/kept")).exists());
+    shim_ok(cfg.path(), &["upgrade", "--id", id, "--revision", "rev2"]);
+    let unit2 = instance_unit(cfg.path(), id, "web", 1);
+    assert_ne!(unit2, unit);
+    let pid2 = unit_prop(&unit2, "MainPID");
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid2}/root/data/cache/kept")).unwrap(),
+        "v1"
+    );
+    shim_ok(cfg.path(), &["stop", "--id", id]);
+    assert!(
+        std::path::Path::new(&format!("/var/lib/shim/volumes/{id}/cache/kept")).exists(),
+        "stop keeps the volume"
+    );
+}
