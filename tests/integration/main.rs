@@ -10,6 +10,7 @@ mod logs;
 mod registry;
 mod run;
 mod supervise;
+mod traffic;
 mod upgrade;
 
 use std::process::Command;
