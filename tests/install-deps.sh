@@ -4,7 +4,7 @@
 # conmon), umoci/skopeo to build test images, nginx, and small tools the tests use.
 # Idempotent; quick when all is present.
 set -euo pipefail
-PKGS=(systemd dbus runc crun umoci skopeo nginx-light busybox-static iproute2 curl jq procps util-linux
+PKGS=(systemd dbus runc crun umoci skopeo nginx-light nftables busybox-static iproute2 curl jq procps util-linux
   docker-registry apache2-utils podman conmon tmux golang-github-containers-common)
 # wrk: keep-alive HTTP load (the demo, bench/keepalive.sh).
 PKGS+=(wrk)

@@ -122,6 +122,37 @@ impl Runtime {
     }
 }
 
+/// How an upgrade points nginx at the new instances (`[shim] switch`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SwitchMode {
+    /// Rewrite the upstream file and reload nginx (old workers close idle keep-alive
+    /// connections: clients sending on them see errors, issue 14).
+    #[default]
+    Reload,
+    /// nginx's upstream is a stable per-process loopback address; the switch replaces an
+    /// nftables DNAT rule in one `nft -f` transaction. nginx is never reloaded for a switch.
+    Nftables,
+}
+
+/// The stable address of a proxied process under `switch = "nftables"`: `127.X.Y.Z` from a
+/// SHA-256 of `service/process`, X in 1..=254 (never 127.0.0.0/16, never 127.255.255.255),
+/// Z in 1..=254. Port [`STABLE_PORT`]. Two defined processes with the same address are
+/// refused when the definitions are read (`check_proxies`).
+pub fn stable_address(service: &str, process: &str) -> std::net::Ipv4Addr {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(format!("{service}/{process}").as_bytes());
+    let x = 1 + h[0] % 254;
+    let z = 1 + h[2] % 254;
+    std::net::Ipv4Addr::new(127, x, h[1], z)
+}
+
+/// The port of every stable address: 1 (tcpmux), which nothing on a Linux host listens on,
+/// so that an address with no rule (a stopped service, or after a reboot before `shim
+/// reconcile`) is refused (nginx: 502) instead of reaching a listener on `*:PORT`, such as
+/// nginx itself on port 80.
+pub const STABLE_PORT: u16 = 1;
+
 /// Host-wide settings from the `[shim]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HostSettings {
@@ -129,6 +160,8 @@ pub struct HostSettings {
     pub port_range: (u16, u16),
     /// The unit reloaded after an upstream file changes.
     pub nginx_unit: String,
+    /// How the upgrade's switch points nginx at new instances.
+    pub switch: SwitchMode,
     /// The longest delay between restarts of a crash-looping instance (the backoff doubles
     /// from `RestartSec` up to this).
     pub restart_max_delay: Duration,
@@ -153,6 +186,7 @@ impl Default for HostSettings {
         HostSettings {
             port_range: (20000, 29999),
             nginx_unit: "nginx.service".into(),
+            switch: SwitchMode::Reload,
             restart_max_delay: Duration::from_secs(300),
             insecure_registries: Vec::new(),
             auth_file: PathBuf::from(crate::image::DEFAULT_AUTH_FILE),
@@ -500,9 +534,22 @@ fn check_proxies(defs: &Definitions) -> Result<(), ConfigError> {
     check_unit_names(defs)?;
     let mut files: BTreeMap<&Path, (&ServiceDef, &ProcessDef)> = BTreeMap::new();
     let mut names: BTreeMap<&str, (&ServiceDef, &ProcessDef)> = BTreeMap::new();
+    let mut addrs: BTreeMap<std::net::Ipv4Addr, (&ServiceDef, &ProcessDef)> = BTreeMap::new();
     for svc in defs.services.values() {
         for p in svc.processes.values() {
             let Some(px) = &p.proxy else { continue };
+            let addr = stable_address(svc.id.as_str(), p.name.as_str());
+            if let Some(other) = addrs.insert(addr, (svc, p)) {
+                return Err(ConfigError {
+                    file: svc.source.clone(),
+                    line: svc.line,
+                    key: format!("services.{}.processes.{}", svc.id, p.name),
+                    message: format!(
+                        "its stable address {addr} (switch = \"nftables\") is also that of services.{}.processes.{}: rename one",
+                        other.0.id, other.1.name
+                    ),
+                });
+            }
             let err = |what: &str, key: &str, other: (&ServiceDef, &ProcessDef)| {
                 ConfigError {
                 file: svc.source.clone(),

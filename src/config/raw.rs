@@ -28,6 +28,7 @@ struct RawFile {
 struct RawShim {
     port_range: Option<Spanned<[i64; 2]>>,
     nginx_unit: Option<Spanned<String>>,
+    switch: Option<Spanned<String>>,
     restart_max_delay: Option<Spanned<String>>,
     insecure_registries: Option<Vec<Spanned<String>>>,
     auth_file: Option<Spanned<String>>,
@@ -205,6 +206,19 @@ fn validate_shim(cx: &Ctx<'_>, shim: &RawShim) -> Result<HostSettings, ConfigErr
             );
         }
         s.nginx_unit = u.clone();
+    }
+    if let Some(sw) = &shim.switch {
+        s.switch = match sw.get_ref().as_str() {
+            "reload" => super::SwitchMode::Reload,
+            "nftables" => super::SwitchMode::Nftables,
+            other => {
+                return cx.err(
+                    &sw.span(),
+                    "shim.switch".into(),
+                    format!("{other:?} is not a switch: use \"reload\" (rewrite the upstream file, reload nginx) or \"nftables\" (a stable address per process, the switch in the kernel)"),
+                )
+            }
+        };
     }
     if let Some(d) = &shim.restart_max_delay {
         let key = "shim.restart_max_delay".to_string();

@@ -99,6 +99,7 @@ fn bad_cases() -> Vec<(&'static str, String, usize, Vec<&'static str>)> {
         ("empty command", with("command = []"), 4, vec!["command"]),
         ("port range reversed", format!("[shim]\nport_range = [30000, 20000]\n{BASE}"), 2, vec!["shim.port_range"]),
         ("port range privileged", format!("[shim]\nport_range = [80, 90]\n{BASE}"), 2, vec!["shim.port_range"]),
+        ("bad switch", format!("[shim]\nswitch = \"iptables\"\n{BASE}"), 2, vec!["shim.switch", "iptables", "nftables"]),
         ("port=false with health", with("port = false\nhealth = { path = \"/h\" }"), 3, vec!["port"]),
         ("memory without unit sense", with("memory = \"lots\""), 4, vec!["services.a.processes.web.memory", "512M"]),
         ("memory too small", with("memory = \"512K\""), 4, vec!["memory", "at least 1M"]),
@@ -434,4 +435,32 @@ fn mounts_and_capabilities_parse_and_default_to_the_services() {
         }]
     );
     assert!(worker.cap_add.is_empty());
+}
+
+#[test]
+fn switch_defaults_to_reload_and_takes_nftables() {
+    let d = parse(BASE).unwrap();
+    assert_eq!(d.settings.switch, crate::config::SwitchMode::Reload);
+    let d = parse(&format!("[shim]\nswitch = \"nftables\"\n{BASE}")).unwrap();
+    assert_eq!(d.settings.switch, crate::config::SwitchMode::Nftables);
+}
+
+#[test]
+fn stable_addresses_are_loopback_and_stay_out_of_127_0() {
+    for (s, p) in [
+        ("app", "web"),
+        ("billing", "api"),
+        ("a", "b"),
+        ("x-y", "z_1"),
+    ] {
+        let a = crate::config::stable_address(s, p);
+        let o = a.octets();
+        assert_eq!(o[0], 127, "{a}");
+        assert!(o[1] != 0 && o[1] != 255 && o[3] != 0 && o[3] != 255, "{a}");
+        assert_eq!(a, crate::config::stable_address(s, p), "deterministic");
+    }
+    assert_ne!(
+        crate::config::stable_address("app", "web"),
+        crate::config::stable_address("app", "api")
+    );
 }

@@ -17,6 +17,7 @@ pub mod http_check;
 pub mod images;
 pub mod journal;
 pub mod lock;
+pub mod nft;
 pub mod nginx;
 pub mod procfs;
 pub mod runtime;
@@ -36,6 +37,7 @@ pub struct Host {
     connect: Connector,
     systemd: OnceLock<SharedSystemd>,
     pub nginx: Box<dyn nginx::Nginx>,
+    pub nft: Box<dyn nft::Nft>,
     pub http: Box<dyn http_check::HttpCheck>,
     pub journal: Box<dyn journal::Journal>,
     pub procfs: Box<dyn procfs::Procfs>,
@@ -51,6 +53,7 @@ impl Host {
             connect,
             systemd: OnceLock::new(),
             nginx: Box::new(nginx::NginxBinary),
+            nft: Box::new(nft::NftBinary),
             http: Box::new(http_check::TcpHttpCheck),
             journal: Box::new(journal::Journald),
             procfs: Box::new(procfs::RealProcfs),
@@ -86,6 +89,8 @@ impl Host {
 pub struct FakeHost {
     pub host: Host,
     pub systemd: std::sync::Arc<systemd::FakeSystemd>,
+    /// The nftables the host's `nft` field applies scripts to.
+    pub nft: std::sync::Arc<nft::FakeNft>,
     pub tmp: tempfile::TempDir,
 }
 
@@ -100,10 +105,12 @@ impl FakeHost {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let sd = std::sync::Arc::new(systemd::FakeSystemd::default());
         let shared: SharedSystemd = sd.clone();
+        let fake_nft = std::sync::Arc::new(nft::FakeNft::default());
         let mut host = Host {
             connect: Box::new(move || Ok(shared.clone())),
             systemd: OnceLock::new(),
             nginx: Box::new(nginx::FakeNginx::default()),
+            nft: Box::new(fake_nft.clone()),
             http: Box::new(http_check::FakeHttpCheck::default()),
             journal: Box::new(journal::FakeJournal),
             procfs: Box::new(procfs::FakeProcfs::default()),
@@ -118,6 +125,7 @@ impl FakeHost {
         FakeHost {
             host,
             systemd: sd,
+            nft: fake_nft,
             tmp,
         }
     }

@@ -14,6 +14,7 @@ pub mod status;
 pub mod stop;
 pub mod supervise;
 pub mod upgrade;
+pub mod upstreams;
 
 #[cfg(test)]
 pub mod testkit;

@@ -429,7 +429,7 @@ fn reconcile_service(cx: &Cx<'_>, svc: &ServiceDef, rep: &mut Report) -> Result<
     let (sd, dirs, store) = (cx.host.systemd()?, &cx.host.dirs, cx.host.state());
     let id = svc.id.as_str();
     let st = store.load(id)?;
-    let files = crate::host::nginx::read_upstream_files(svc);
+    let files = crate::ops::upstreams::pointed(cx.host, cx.defs.settings.switch, svc);
     let Some(revision) = st.serving_revision(&files) else {
         let probe = sd.list_units(&[crate::plan::probe_timer::probe_timer_name(id)])?;
         let cron = sd.list_units(&[format!("{}{id}-*.timer", crate::plan::oneoff::CRON_PREFIX)])?;
@@ -446,7 +446,7 @@ fn reconcile_service(cx: &Cx<'_>, svc: &ServiceDef, rep: &mut Report) -> Result<
         Some(ServiceLock::acquire(&dirs.run, id, cx.opts.lock_timeout)?)
     };
     let st = store.load(id)?;
-    let files = crate::host::nginx::read_upstream_files(svc);
+    let files = crate::ops::upstreams::pointed(cx.host, cx.defs.settings.switch, svc);
     let revision = st.serving_revision(&files).unwrap_or(revision);
     let deployed = st.serving_deployment(&files);
     if let Some(note) = crate::ops::instances::definition_change_note(svc, deployed) {
@@ -508,8 +508,7 @@ fn act(
                 // not go on listing ports that other services may be given now.
                 if instances::service_units(sd, id)?.is_empty() {
                     let svc = cx.defs.service(id)?;
-                    match crate::ops::stop::close_upstreams(host, svc, &cx.defs.settings.nginx_unit)
-                    {
+                    match crate::ops::stop::close_upstreams(host, svc, &cx.defs.settings) {
                         Ok(lines) => lines.iter().for_each(|l| rep.say(id, l)),
                         Err(e) => rep.fail(id, format!("{e:#}")),
                     }

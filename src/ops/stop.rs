@@ -38,7 +38,16 @@ pub struct Teardown {
 /// Points each proxied process's upstream at no instance (see the module docs) and reloads
 /// nginx if it runs. Files already closed, absent or not shim's are left alone (the last is
 /// an error, with the lines so far). Returns one line per file closed.
-pub fn close_upstreams(host: &Host, svc: &ServiceDef, nginx_unit: &str) -> Result<Vec<String>> {
+pub fn close_upstreams(
+    host: &Host,
+    svc: &ServiceDef,
+    settings: &crate::config::HostSettings,
+) -> Result<Vec<String>> {
+    if settings.switch == crate::config::SwitchMode::Nftables {
+        // The files stay on the stable addresses; the kernel's rules are flushed (no reload).
+        return crate::ops::upstreams::close_nftables(host, svc);
+    }
+    let nginx_unit = settings.nginx_unit.as_str();
     let mut lines = Vec::new();
     let mut backups = Vec::new();
     for d in svc.processes.values() {
@@ -129,7 +138,7 @@ pub fn stop(
     let lock = ServiceLock::acquire(&host.dirs.run, id, lock_timeout)?;
     let (mut closed, mut warnings, mut drained) = (Vec::new(), Vec::new(), None);
     if let Some((d, svc)) = defs.and_then(|d| Some((d, d.service(id).ok()?))) {
-        match close_upstreams(host, svc, &d.settings.nginx_unit) {
+        match close_upstreams(host, svc, &d.settings) {
             Ok(lines) if !lines.is_empty() => {
                 closed = lines;
                 let units = instances::service_units(host.systemd()?, id)?;

@@ -141,6 +141,15 @@ impl<T: crate::host::nginx::Nginx> crate::host::nginx::Nginx for std::sync::Arc<
     }
 }
 
+impl<T: crate::host::nft::Nft> crate::host::nft::Nft for std::sync::Arc<T> {
+    fn apply(&self, script: &str) -> Result<()> {
+        (**self).apply(script)
+    }
+    fn list_chain(&self, table: &str, chain: &str) -> Result<Option<String>> {
+        (**self).list_chain(table, chain)
+    }
+}
+
 impl<T: crate::host::procfs::Procfs> crate::host::procfs::Procfs for std::sync::Arc<T> {
     fn children(&self, pid: u32) -> std::collections::BTreeSet<u32> {
         (**self).children(pid)

@@ -7,6 +7,7 @@
 mod bundle;
 pub mod deployment;
 pub mod fields;
+pub mod nft;
 pub mod oneoff;
 pub mod podman;
 mod prepared;

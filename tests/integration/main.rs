@@ -11,6 +11,7 @@ mod registry;
 mod run;
 mod supervise;
 mod surface;
+mod traffic;
 mod upgrade;
 
 use std::process::Command;

@@ -248,6 +248,9 @@ pub fn plan_upstreams(
             upstream: px.upstream.clone(),
             text,
             ports,
+            process: process.to_string(),
+            revision: inp.deployment.revision.clone(),
+            deployment: inp.deployment.tag(process),
         });
     }
     out

@@ -210,7 +210,7 @@ fn target(host: &Host, defs: &Definitions, id: &str, mem: &mut Memory) -> Result
     let st = host.state().load(id)?;
     // After an interrupted upgrade, the revision nginx serves (which may be the attempt's).
     let upstreams = match st.upgrading {
-        Some(_) => crate::host::nginx::read_upstream_files(svc),
+        Some(_) => crate::ops::upstreams::pointed(host, defs.settings.switch, svc),
         None => Default::default(),
     };
     let Some(revision) = st.serving_revision(&upstreams) else {
@@ -440,6 +440,9 @@ fn sync_upstreams(
         })
         .collect();
     let files = super::decide::plan_upstreams(inp, checks, &killed);
+    if cx.defs.settings.switch == crate::config::SwitchMode::Nftables {
+        return sync_nftables(cx, inp, &files);
+    }
     let mut backups = Vec::new();
     for f in &files {
         match crate::host::nginx::write_upstream(&f.file, &f.text) {
@@ -471,6 +474,48 @@ fn sync_upstreams(
                 .join("; "),
         ),
         Err(e) => (WARNING, format!("rewriting the upstreams failed: {e:#}")),
+    };
+    cx.host.journal.send(
+        priority,
+        &message,
+        &[
+            (crate::plan::fields::SERVICE, cx.id.to_string()),
+            (crate::plan::fields::ACTION, "upstream".into()),
+        ],
+    );
+    true
+}
+
+/// [`sync_upstreams`] under `switch = "nftables"`: the kernel's rules of the processes whose
+/// rule differs from the plan replaced in one transaction (no nginx reload).
+fn sync_nftables(
+    cx: &Acting<'_>,
+    inp: &Inputs<'_>,
+    files: &[crate::ops::upgrade::switch::UpstreamFile],
+) -> bool {
+    let now = crate::ops::upstreams::pointed(cx.host, cx.defs.settings.switch, inp.service);
+    let changed: Vec<_> = files
+        .iter()
+        .filter(|f| now.get(&f.file).cloned().flatten().as_deref() != Some(f.text.as_str()))
+        .cloned()
+        .collect();
+    if changed.is_empty() {
+        return false;
+    }
+    let mut details = Vec::new();
+    let unit = &cx.defs.settings.nginx_unit;
+    let (priority, message) = match crate::ops::upstreams::switch_nftables(
+        cx.host,
+        unit,
+        cx.id,
+        &changed,
+        &mut details,
+    ) {
+        Ok(()) => (NOTICE, details.join("; ")),
+        Err(e) => (
+            WARNING,
+            format!("replacing the nftables rules failed: {e:#}"),
+        ),
     };
     cx.host.journal.send(
         priority,

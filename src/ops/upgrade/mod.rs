@@ -441,10 +441,10 @@ impl Run<'_> {
 
     fn tick_recover(&mut self) -> Result<Step> {
         let p = need(&self.prepared)?;
-        let (host, unit) = (self.host, &self.defs.settings.nginx_unit);
+        let (host, settings) = (self.host, &self.defs.settings);
         let (st, store) = (&mut self.st, &self.store);
         self.rep
-            .step("recover", |d| recover::run(host, p, unit, st, store, d))?;
+            .step("recover", |d| recover::run(host, p, settings, st, store, d))?;
         Ok(Step::Plan)
     }
 
@@ -667,10 +667,10 @@ impl Run<'_> {
     fn tick_switch(&mut self) -> Result<Step> {
         let p = need(&self.prepared)?;
         let (host, units) = (self.host, &self.healthy_units);
-        let nginx_unit = &self.defs.settings.nginx_unit;
+        let settings = &self.defs.settings;
         if let Err(e) = self
             .rep
-            .step("switch", |d| switch::switch(host, p, units, nginx_unit, d))
+            .step("switch", |d| switch::switch(host, p, units, settings, d))
         {
             self.bail_out();
             return Err(e.context(format!(

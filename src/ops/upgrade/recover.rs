@@ -110,19 +110,21 @@ pub fn recovered_state(st: &ServiceState, r: &Recovery) -> ServiceState {
 pub fn run(
     host: &Host,
     p: &Prepared,
-    nginx_unit: &str,
+    settings: &crate::config::HostSettings,
     st: &mut ServiceState,
     store: &StateStore,
     details: &mut Vec<String>,
 ) -> Result<()> {
     let sd = host.systemd()?;
     let id = p.service.id.as_str();
+    let nginx_unit = settings.nginx_unit.as_str();
     let units = instances::service_units(sd, id)?;
+    let pointed = crate::ops::upstreams::pointed(host, settings.switch, &p.service);
     let r = decide(
         st,
         &p.deployment,
         &units,
-        st.upstreams_name_attempt(&crate::host::nginx::read_upstream_files(&p.service)),
+        st.upstreams_name_attempt(&pointed),
     );
     details.extend(r.notes.iter().cloned());
     if r.clear_attempt {
@@ -138,8 +140,10 @@ pub fn run(
         .collect();
     if r.drain_first {
         // Killed between writing the file and the reload, nginx may still serve the old
-        // instances: make it load what the files say before they go.
-        if p.service.processes.values().any(|d| d.proxy.is_some()) {
+        // instances: make it load what the files say before they go. (Under nftables the
+        // kernel's rule, replaced atomically, already says what serves: no reload.)
+        let proxied = p.service.processes.values().any(|d| d.proxy.is_some());
+        if proxied && settings.switch == crate::config::SwitchMode::Reload {
             host.nginx.test_config()?;
             nginx::reload(host, nginx_unit, Duration::from_secs(30))?;
             details.push(format!(

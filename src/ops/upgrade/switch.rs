@@ -2,7 +2,8 @@
 //! are rendered purely (`plan::upstream`), written atomically, checked with `nginx -t`, and
 //! applied by a reload confirmed by new workers. All or nothing: any failure restores every
 //! file this switch wrote (and reloads nginx on them again if the reload itself failed), so
-//! nginx keeps serving the old revision.
+//! nginx keeps serving the old revision. Under `[shim] switch = "nftables"` the kernel's rule
+//! is replaced instead, with no reload (`ops::upstreams::switch_nftables`).
 
 use anyhow::{bail, Result};
 
@@ -18,6 +19,10 @@ pub struct UpstreamFile {
     pub upstream: String,
     pub text: String,
     pub ports: Vec<u16>,
+    /// The process, and what its instances are (the nftables rule's comment names them).
+    pub process: String,
+    pub revision: String,
+    pub deployment: String,
 }
 
 /// The upstream file of each proxied process, rendered from `units` (the new revision's
@@ -41,12 +46,13 @@ pub fn plan_files(p: &Prepared, units: &[UnitInfo]) -> Result<Vec<UpstreamFile>>
         if ports.is_empty() && def.count > 0 {
             bail!("no running instance of {} to point nginx at", def.name);
         }
+        let tag = p.deployment.tag(def.name.as_str());
         let text = crate::plan::upstream::render_upstream(
             &proxy.upstream,
             p.service.id.as_str(),
             def.name.as_str(),
             &p.revision,
-            &p.deployment.tag(def.name.as_str()),
+            &tag,
             &ports,
         );
         out.push(UpstreamFile {
@@ -54,20 +60,33 @@ pub fn plan_files(p: &Prepared, units: &[UnitInfo]) -> Result<Vec<UpstreamFile>>
             upstream: proxy.upstream.clone(),
             text,
             ports,
+            process: def.name.to_string(),
+            revision: p.revision.clone(),
+            deployment: tag,
         });
     }
     Ok(out)
 }
 
-/// Writes the files, checks and reloads nginx; restores everything on failure.
+/// Points nginx at `units` in the host's switch mode; restores everything on failure.
 pub fn switch(
     host: &Host,
     p: &Prepared,
     units: &[UnitInfo],
-    nginx_unit: &str,
+    settings: &crate::config::HostSettings,
     details: &mut Vec<String>,
 ) -> Result<()> {
     let files = plan_files(p, units)?;
+    let nginx_unit = settings.nginx_unit.as_str();
+    if settings.switch == crate::config::SwitchMode::Nftables {
+        return crate::ops::upstreams::switch_nftables(
+            host,
+            nginx_unit,
+            p.service.id.as_str(),
+            &files,
+            details,
+        );
+    }
     let mut backups = Vec::new();
     for f in &files {
         match nginx::write_upstream(&f.file, &f.text) {

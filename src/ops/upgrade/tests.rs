@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::*;
 use crate::host::clock::FakeClock;
 use crate::host::http_check::{Check, FakeHttpCheck};
+use crate::host::nft::Nft;
 use crate::host::nginx::FakeNginx;
 use crate::host::procfs::FakeProcfs;
 use crate::host::systemd::fake::lock;
@@ -946,4 +947,140 @@ fn a_drain_whose_connections_never_go_ends_at_drain_and_says_so() {
     let slept: Duration = lock(&t.clock.slept).iter().sum();
     assert_eq!(slept, Duration::from_secs(5), "{:?}", lock(&t.clock.slept));
     assert!(t.of("r1").is_empty(), "stopped anyway");
+}
+
+// ---- switch = "nftables": the kernel's rule is replaced, nginx is not reloaded.
+
+fn setup_nft() -> T {
+    setup_with(&DEF.replace("[shim]\n", "[shim]\nswitch = \"nftables\"\n"))
+}
+
+impl T {
+    /// The rules of web's chain in the fake nftables.
+    fn rule(&self) -> Vec<String> {
+        self.fh.nft.rules("svc_app/web").unwrap_or_default()
+    }
+    /// The ports web's rule leads to.
+    fn rule_ports(&self) -> Vec<u16> {
+        let listing = self
+            .fh
+            .nft
+            .list_chain("shim", "svc_app/web")
+            .unwrap()
+            .unwrap_or_default();
+        crate::plan::nft::parse_chain(&listing)
+            .map(|p| p.ports)
+            .unwrap_or_default()
+    }
+}
+
+#[test]
+fn nftables_switches_in_the_kernel_and_reloads_nginx_only_for_the_first_file() {
+    let t = setup_nft();
+    t.up("r1").unwrap();
+    let endpoint = crate::plan::nft::stable_endpoint("app", "web");
+    assert!(
+        t.upstream().contains(&format!("server {endpoint};")),
+        "{}",
+        t.upstream()
+    );
+    assert_eq!(t.reloads(), 1, "the stable file is new: one reload");
+    assert_eq!(t.rule_ports(), t.ports_of("r1")[..2].to_vec());
+    assert!(t.rule()[0].contains("revision r1"), "{:?}", t.rule());
+    let file = t.upstream();
+    t.up("r2").unwrap();
+    let web_r2: Vec<u16> = t.ports_of("r2");
+    assert_eq!(t.rule_ports().len(), 2);
+    assert!(t.rule_ports().iter().all(|p| web_r2.contains(p)));
+    assert!(t.rule()[0].contains("revision r2"), "{:?}", t.rule());
+    assert_eq!(t.upstream(), file, "the upstream file is not touched");
+    assert_eq!(t.reloads(), 1, "no reload for the switch");
+    assert!(t.of("r1").is_empty());
+}
+
+#[test]
+fn nftables_refusing_the_rule_bails_out_and_keeps_the_old_rule() {
+    let t = setup_nft();
+    t.up("r1").unwrap();
+    let before = t.rule();
+    t.fh.nft.refuse.store(true, Ordering::SeqCst);
+    let e = format!("{:#}", t.up("r2").unwrap_err());
+    assert!(e.contains("bailed out") && e.contains("refused"), "{e}");
+    assert_eq!(t.rule(), before);
+    assert!(t.of("r2").is_empty(), "{:?}", t.instances());
+    assert_eq!(t.state().current.as_deref(), Some("r1"));
+    assert_eq!(t.of("r1").len(), 3);
+}
+
+#[test]
+fn nftables_nginx_refusing_the_first_file_puts_the_rule_back() {
+    let t = setup_nft();
+    t.nginx.refuse.store(true, Ordering::SeqCst);
+    assert!(t.up("r1").is_err());
+    assert!(t.rule().is_empty(), "closed again: {:?}", t.rule());
+    assert!(t.upstream().is_empty(), "the file is removed again");
+}
+
+#[test]
+fn nftables_killed_during_the_switch_is_read_back_from_the_kernel() {
+    let t = setup_nft();
+    t.up("r1").unwrap();
+    t.up("r2").unwrap();
+    let mut st = t.state();
+    st.current = Some("r1".into());
+    st.upgrading = Some(Attempt {
+        revision: "r2".into(),
+        phase: Phase::Starting,
+        deployment: None,
+    });
+    t.fh.host.state().save("app", &st).unwrap();
+    t.up("r2").unwrap();
+    assert_eq!(t.of("r2").len(), 3);
+    assert_eq!(t.state().current.as_deref(), Some("r2"));
+    assert_eq!(t.reloads(), 1, "recovery reloads nothing under nftables");
+}
+
+#[test]
+fn nftables_stop_flushes_the_chain_and_leaves_the_file() {
+    let t = setup_nft();
+    t.up("r1").unwrap();
+    let file = t.upstream();
+    let d = crate::ops::stop::stop(
+        &t.fh.host,
+        Some(&t.defs),
+        "app",
+        Duration::from_secs(5),
+        Duration::ZERO,
+    )
+    .unwrap();
+    assert!(t.rule().is_empty(), "{:?}", t.rule());
+    assert!(!d.closed.is_empty(), "{:?}", d.closed);
+    assert_eq!(t.upstream(), file);
+    assert_eq!(t.reloads(), 1);
+    // Twice is fine.
+    crate::ops::stop::stop(
+        &t.fh.host,
+        Some(&t.defs),
+        "app",
+        Duration::from_secs(5),
+        Duration::ZERO,
+    )
+    .unwrap();
+}
+
+#[test]
+fn nftables_reconcile_recreates_the_rule_after_it_vanished() {
+    let t = setup_nft();
+    t.up("r1").unwrap();
+    let ports = t.rule_ports();
+    t.fh.nft.wipe();
+    let opts = crate::ops::reconcile::Options {
+        dry_run: false,
+        lock_timeout: Duration::ZERO,
+        config: PathBuf::from("/etc/shim/services.toml"),
+    };
+    crate::ops::reconcile::reconcile(&t.fh.host, &t.defs, &opts, true).unwrap();
+    assert_eq!(t.rule_ports().len(), 2, "{:?}", t.rule());
+    assert!(t.rule()[0].contains("revision r1"));
+    let _ = ports;
 }
