@@ -597,30 +597,28 @@ fn validate_mounts(
     Ok(out)
 }
 
+/// An error about `key.what` of a mount.
+fn mount_err<T>(
+    cx: &Ctx<'_>,
+    key: &str,
+    span: &std::ops::Range<usize>,
+    what: &str,
+    msg: String,
+) -> Result<T, ConfigError> {
+    cx.err(span, format!("{key}.{what}"), msg)
+}
+
 fn validate_mount(cx: &Ctx<'_>, key: &str, m: &Spanned<RawMount>) -> Result<MountDef, ConfigError> {
     let r = m.get_ref();
-    fn bad<T>(
-        cx: &Ctx<'_>,
-        key: &str,
-        span: &std::ops::Range<usize>,
-        what: &str,
-        msg: String,
-    ) -> Result<T, ConfigError> {
-        cx.err(span, format!("{key}.{what}"), msg)
-    }
-    let target = r.target.get_ref();
+    let target = r.target.get_ref().clone();
     if !target.starts_with('/') || target == "/" || target.split('/').any(|c| c == ".." || c == ".")
     {
-        return bad(
-            cx,
-            key,
-            &r.target.span(),
-            "target",
-            format!("{target:?}: an absolute path in the container, not / and without . or .."),
-        );
+        let msg =
+            format!("{target:?}: an absolute path in the container, not / and without . or ..");
+        return mount_err(cx, key, &r.target.span(), "target", msg);
     }
     let typ = r.typ.get_ref().as_str();
-    let need_source = |want: &str| match &r.source {
+    let source = |want: &str| match &r.source {
         Some(s) => Ok(s),
         None => cx.err(
             &m.span(),
@@ -631,109 +629,108 @@ fn validate_mount(cx: &Ctx<'_>, key: &str, m: &Spanned<RawMount>) -> Result<Moun
     if typ != "tmpfs" {
         for (k, v) in [("size", &r.size), ("mode", &r.mode)] {
             if let Some(v) = v {
-                return bad(
-                    cx,
-                    key,
-                    &v.span(),
-                    k,
-                    format!("only for a tmpfs mount, not a {typ} one"),
-                );
+                let msg = format!("only for a tmpfs mount, not a {typ} one");
+                return mount_err(cx, key, &v.span(), k, msg);
             }
         }
     }
+    let read_only = r.read_only.unwrap_or(false);
     match typ {
         "bind" => {
-            let s = need_source("an absolute host path")?;
-            let src = s.get_ref();
-            let norm = src.trim_end_matches('/');
-            let forbidden = FORBIDDEN_SOURCES.iter().any(|f| {
-                let f = f.trim_end_matches('/');
-                norm.is_empty()
-                    || norm == f
-                    || (!f.is_empty() && norm.starts_with(&format!("{f}/")))
-            });
-            if !src.starts_with('/') || src.split('/').any(|c| c == "..") || forbidden {
-                return bad(cx, key, &s.span(), "source", format!("{src:?}: an absolute host path, not / and not under /var/lib/shim or /run/shim"));
-            }
+            let s = source("an absolute host path")?;
+            let source = validate_bind_source(cx, key, s)?;
             Ok(MountDef::Bind {
-                source: PathBuf::from(src),
-                target: target.clone(),
-                read_only: r.read_only.unwrap_or(false),
+                source,
+                target,
+                read_only,
             })
         }
         "volume" => {
-            let s = need_source("a name")?;
+            let s = source("a name")?;
             Ident::parse(s.get_ref())
-                .or_else(|m| bad(cx, key, &s.span(), "source", format!("volume name {m}")))?;
+                .or_else(|e| mount_err(cx, key, &s.span(), "source", format!("volume name {e}")))?;
+            let source = s.get_ref().clone();
             Ok(MountDef::Volume {
-                source: s.get_ref().clone(),
-                target: target.clone(),
-                read_only: r.read_only.unwrap_or(false),
+                source,
+                target,
+                read_only,
             })
         }
-        "tmpfs" => {
-            if let Some(s) = &r.source {
-                return bad(
-                    cx,
-                    key,
-                    &s.span(),
-                    "source",
-                    "a tmpfs mount has no source".into(),
-                );
-            }
-            let size = match &r.size {
-                None => None,
-                Some(v) => Some(
-                    super::parse_bytes(v.get_ref())
-                        .filter(|b| *b >= 4096)
-                        .ok_or(())
-                        .or_else(|_| {
-                            bad(
-                                cx,
-                                key,
-                                &v.span(),
-                                "size",
-                                format!(
-                                    "{:?}: bytes with K, M, G (powers of 1024), at least 4K",
-                                    v.get_ref()
-                                ),
-                            )
-                        })?,
-                ),
-            };
-            let mode = match &r.mode {
-                None => 0o1777,
-                Some(v) => u32::from_str_radix(v.get_ref(), 8)
-                    .ok()
-                    .filter(|m| *m <= 0o7777)
-                    .ok_or(())
-                    .or_else(|_| {
-                        bad(
-                            cx,
-                            key,
-                            &v.span(),
-                            "mode",
-                            format!(
-                                "{:?}: an octal mode such as \"1777\" or \"0700\"",
-                                v.get_ref()
-                            ),
-                        )
-                    })?,
-            };
-            Ok(MountDef::Tmpfs {
-                target: target.clone(),
-                size,
-                mode,
-            })
+        "tmpfs" => validate_tmpfs(cx, key, r, target),
+        other => {
+            let msg = format!("{other:?}: use \"bind\", \"volume\" or \"tmpfs\"");
+            mount_err(cx, key, &r.typ.span(), "type", msg)
         }
-        other => bad(
+    }
+}
+
+/// A bind mount's source: an absolute host path, not `/` nor shim's own state.
+fn validate_bind_source(
+    cx: &Ctx<'_>,
+    key: &str,
+    s: &Spanned<String>,
+) -> Result<PathBuf, ConfigError> {
+    let src = s.get_ref();
+    let norm = src.trim_end_matches('/');
+    let forbidden = FORBIDDEN_SOURCES.iter().any(|f| {
+        let f = f.trim_end_matches('/');
+        norm.is_empty() || norm == f || (!f.is_empty() && norm.starts_with(&format!("{f}/")))
+    });
+    if !src.starts_with('/') || src.split('/').any(|c| c == "..") || forbidden {
+        let msg = format!(
+            "{src:?}: an absolute host path, not / and not under /var/lib/shim or /run/shim"
+        );
+        return mount_err(cx, key, &s.span(), "source", msg);
+    }
+    Ok(PathBuf::from(src))
+}
+
+/// A tmpfs mount: no source, a `size` of at least 4K, an octal `mode` (1777 by default).
+fn validate_tmpfs(
+    cx: &Ctx<'_>,
+    key: &str,
+    r: &RawMount,
+    target: String,
+) -> Result<MountDef, ConfigError> {
+    if let Some(s) = &r.source {
+        return mount_err(
             cx,
             key,
-            &r.typ.span(),
-            "type",
-            format!("{other:?}: use \"bind\", \"volume\" or \"tmpfs\""),
-        ),
+            &s.span(),
+            "source",
+            "a tmpfs mount has no source".into(),
+        );
     }
+    let size = match &r.size {
+        None => None,
+        Some(v) => match super::parse_bytes(v.get_ref()).filter(|b| *b >= 4096) {
+            Some(b) => Some(b),
+            None => {
+                let msg = format!(
+                    "{:?}: bytes with K, M, G (powers of 1024), at least 4K",
+                    v.get_ref()
+                );
+                return mount_err(cx, key, &v.span(), "size", msg);
+            }
+        },
+    };
+    let mode = match &r.mode {
+        None => 0o1777,
+        Some(v) => match u32::from_str_radix(v.get_ref(), 8)
+            .ok()
+            .filter(|m| *m <= 0o7777)
+        {
+            Some(m) => m,
+            None => {
+                let msg = format!(
+                    "{:?}: an octal mode such as \"1777\" or \"0700\"",
+                    v.get_ref()
+                );
+                return mount_err(cx, key, &v.span(), "mode", msg);
+            }
+        },
+    };
+    Ok(MountDef::Tmpfs { target, size, mode })
 }
 
 /// `cap_add`/`cap_drop`: capability names (`NET_RAW`, `CAP_NET_RAW`, any case), as `CAP_NAME`.
