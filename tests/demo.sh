@@ -22,6 +22,9 @@ mkdir -p /etc/shim
 cat > /etc/shim/services.toml <<TOML
 [shim]
 port_range = [20000, 29999]
+# The switch of traffic: one nftables transaction, no nginx reload (keep-alive clients lose
+# nothing); "reload" rewrites the upstream and reloads nginx.
+switch = "nftables"
 
 [services.hello]
 image = "oci:/var/lib/images/hello:{revision}"
