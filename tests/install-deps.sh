@@ -7,7 +7,7 @@ set -euo pipefail
 PKGS=(systemd dbus runc crun umoci skopeo nginx-light nftables busybox-static iproute2 curl jq procps util-linux
   docker-registry apache2-utils podman conmon tmux golang-github-containers-common)
 # wrk: keep-alive HTTP load (the demo, bench/keepalive.sh).
-PKGS+=(wrk)
+PKGS+=(wrk tini)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -309,6 +309,10 @@ pub struct ProcessDef {
     pub cap_add: Vec<String>,
     #[serde(default)]
     pub cap_drop: Vec<String>,
+    /// Run a minimal init (tini) as the container's PID 1, in front of the command: it
+    /// forwards signals and reaps zombies (`docker run --init`).
+    #[serde(default)]
+    pub init: bool,
 }
 
 /// `seccomp = …`: which system-call filter a service's containers run under.

@@ -58,6 +58,8 @@ struct RawService {
     mounts: Option<Spanned<Vec<Spanned<RawMount>>>>,
     cap_add: Option<Spanned<Vec<Spanned<String>>>>,
     cap_drop: Option<Spanned<Vec<Spanned<String>>>>,
+    /// A minimal init as PID 1 (tini).
+    init: Option<bool>,
 
     #[serde(default)]
     processes: BTreeMap<Spanned<String>, Spanned<RawProcess>>,
@@ -93,6 +95,8 @@ struct RawProcess {
     mounts: Option<Spanned<Vec<Spanned<RawMount>>>>,
     cap_add: Option<Spanned<Vec<Spanned<String>>>>,
     cap_drop: Option<Spanned<Vec<Spanned<String>>>>,
+    /// A minimal init as PID 1 (tini).
+    init: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -354,15 +358,16 @@ fn validate_service(
         mounts: validate_mounts(cx, &prefix, &r.mounts)?,
         cap_add: validate_caps(cx, &format!("{prefix}.cap_add"), &r.cap_add)?,
         cap_drop: validate_caps(cx, &format!("{prefix}.cap_drop"), &r.cap_drop)?,
+        init: r.init.unwrap_or(false),
     };
     let processes = validate_processes(cx, &prefix, id, &r.processes, &surface)?;
     if *r.runtime.get_ref() == Runtime::Podman {
         for (name, p) in &processes {
-            if !p.mounts.is_empty() || !p.cap_add.is_empty() || !p.cap_drop.is_empty() {
+            if !p.mounts.is_empty() || !p.cap_add.is_empty() || !p.cap_drop.is_empty() || p.init {
                 return cx.err(
                     &r.runtime.span(),
                     format!("{prefix}.processes.{name}"),
-                    "mounts, cap_add and cap_drop are not supported with runtime = \"podman\" yet: use runc or crun".into(),
+                    "mounts, cap_add, cap_drop and init are not supported with runtime = \"podman\" yet: use runc or crun".into(),
                 );
             }
         }
@@ -481,6 +486,9 @@ fn validate_processes(
         if r.cap_drop.is_none() {
             def.cap_drop = service.cap_drop.clone();
         }
+        if r.init.is_none() {
+            def.init = service.init;
+        }
         processes.insert(pident, def);
     }
     Ok(processes)
@@ -545,6 +553,7 @@ fn validate_process(
         mounts: validate_mounts(cx, prefix, &r.mounts)?,
         cap_add: validate_caps(cx, &format!("{prefix}.cap_add"), &r.cap_add)?,
         cap_drop: validate_caps(cx, &format!("{prefix}.cap_drop"), &r.cap_drop)?,
+        init: r.init.unwrap_or(false),
         name,
         command,
         count,
@@ -566,6 +575,7 @@ struct Surface {
     mounts: Vec<MountDef>,
     cap_add: Vec<String>,
     cap_drop: Vec<String>,
+    init: bool,
 }
 
 /// Directories a mount must not expose: the host's root and shim's own state.

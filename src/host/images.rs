@@ -117,6 +117,23 @@ fn resolve_image_user(
     Ok((u, None))
 }
 
+/// The static init bound into containers with `init = true`: Debian's tini package.
+pub const INIT_BIN: &str = "/usr/bin/tini-static";
+
+/// `init = true` needs the init on this host.
+fn check_init(svc: &ServiceDef) -> Result<()> {
+    match svc.processes.values().find(|p| p.init) {
+        Some(p) if !Path::new(INIT_BIN).is_file() => Err(BadInput(format!(
+            "{}: services.{}.processes.{}.init: {INIT_BIN} is not installed (Debian: apt install tini)",
+            svc.source.display(),
+            svc.id,
+            p.name
+        ))
+        .into()),
+        _ => Ok(()),
+    }
+}
+
 /// Each bind mount's source must exist on this host (checked at every prepare: a start from a
 /// record too, as the host may have changed).
 fn check_mount_sources(svc: &ServiceDef) -> Result<()> {
@@ -263,6 +280,7 @@ fn prepare(dirs: &Dirs, req: &PrepareRequest<'_>) -> Result<Prepared> {
     let (svc, reference, image_ref) = check_request(defs, id, revision)?;
     let svc = svc.clone();
     check_mount_sources(&svc)?;
+    check_init(&svc)?;
     let secrets = read_secrets(&svc)?;
     let runtime_bin = crate::host::runtime::runtime_binary(svc.runtime)?;
     let store = ImageStore::with_settings(dirs.images(), defs.settings.registry())
@@ -304,6 +322,7 @@ fn prepare(dirs: &Dirs, req: &PrepareRequest<'_>) -> Result<Prepared> {
     Ok(Prepared {
         deployment,
         volumes_dir: dirs.volumes(svc.id.as_str()),
+        init_bin: PathBuf::from(INIT_BIN),
         seccomp,
         kernel: kernel_version(),
         instances_dir: dirs.instances(svc.id.as_str()),
@@ -411,6 +430,7 @@ fn prepare_deployed(
         );
     }
     check_mount_sources(&svc)?;
+    check_init(&svc)?;
     let secrets = crate::host::secrets::load(dirs, req.id, &d.secrets_digest)?;
     let runtime_bin = crate::host::runtime::runtime_binary(svc.runtime)?;
     let store = ImageStore::with_settings(dirs.images(), req.defs.settings.registry())
@@ -424,6 +444,7 @@ fn prepare_deployed(
     Ok(Prepared {
         deployment: d.clone(),
         volumes_dir: dirs.volumes(svc.id.as_str()),
+        init_bin: PathBuf::from(INIT_BIN),
         seccomp: d.seccomp.clone(),
         kernel: kernel_version(),
         instances_dir: dirs.instances(svc.id.as_str()),

@@ -59,6 +59,7 @@ pub fn prepared(defs: &Definitions, id: &str, revision: &str, dirs: &Dirs) -> Pr
     Prepared {
         deployment: deployment(defs, id, revision),
         volumes_dir: dirs.volumes(id),
+        init_bin: "/usr/bin/tini-static".into(),
         instances_dir: dirs.instances(service.id.as_str()),
         revision: revision.into(),
         image: ResolvedImage {

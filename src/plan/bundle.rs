@@ -14,6 +14,9 @@ use oci_spec::runtime::{
 use super::{merge_env, plan_args, unit::SLICE, InstanceDir, InstanceKey, PlanContext};
 use crate::config::ProcessDef;
 
+/// Where the init of `init = true` is bound in the container.
+pub const INIT_PATH: &str = "/.shim-init";
+
 fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, String> {
     MountBuilder::default()
         .destination(PathBuf::from(dest))
@@ -60,7 +63,12 @@ fn set_process(
     port: Option<u16>,
 ) -> Result<(), String> {
     if let Some(p) = spec.process_mut() {
-        p.set_args(Some(plan_args(cx, process)?));
+        let mut args = plan_args(cx, process)?;
+        if process.init {
+            // tini as PID 1: it forwards the stop signal to the command and reaps zombies.
+            args.splice(0..0, [INIT_PATH.to_string(), "--".to_string()]);
+        }
+        p.set_args(Some(args));
         p.set_env(Some(merge_env(cx, process, key, port)));
         p.set_cwd(PathBuf::from(
             cx.image
@@ -212,6 +220,14 @@ fn plan_mounts(
     }
     for m in &process.mounts {
         mounts.push(user_mount(cx, m)?);
+    }
+    if process.init {
+        mounts.push(mount(
+            INIT_PATH,
+            "bind",
+            &cx.init_bin.display().to_string(),
+            &["bind", "ro", "nosuid", "nodev"],
+        )?);
     }
     Ok(mounts)
 }

@@ -203,6 +203,8 @@ pub struct PlanContext<'a> {
     pub deployment: Option<&'a Deployment>,
     /// Where the service's volumes are (`/var/lib/shim/volumes/<service>`).
     pub volumes_dir: &'a Path,
+    /// The static init bound into containers of processes with `init = true` (tini).
+    pub init_bin: &'a Path,
 }
 
 /// Everything needed to start one instance.

@@ -147,6 +147,7 @@ pub fn default_process() -> Result<ProcessDef, String> {
         mounts: Vec::new(),
         cap_add: Vec::new(),
         cap_drop: Vec::new(),
+        init: false,
     })
 }
 

@@ -39,6 +39,8 @@ pub struct Prepared {
     pub deployment: Deployment,
     /// Where the service's volumes are (`/var/lib/shim/volumes/<service>`).
     pub volumes_dir: PathBuf,
+    /// The static init for `init = true` (checked to exist when a process asks for it).
+    pub init_bin: PathBuf,
 }
 
 impl Prepared {
@@ -62,6 +64,7 @@ impl Prepared {
             kernel: self.kernel,
             deployment: Some(&self.deployment),
             volumes_dir: &self.volumes_dir,
+            init_bin: &self.init_bin,
         }
     }
 

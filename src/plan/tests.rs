@@ -50,6 +50,7 @@ fn with_cx<T>(f: impl FnOnce(&PlanContext<'_>) -> T) -> T {
         rootfs: Path::new("/var/lib/shim/images/rootfs/abc123"),
         deployment: None,
         volumes_dir: Path::new("/var/lib/shim/volumes/billing_app"),
+        init_bin: Path::new("/usr/bin/tini-static"),
         secrets: &secrets,
         user: ResolvedUser {
             uid: 1000,
@@ -683,5 +684,32 @@ fn mounts_and_capabilities_reach_config_json() {
                 "the rest stays: {set}"
             );
         }
+    });
+}
+
+#[test]
+fn init_runs_tini_in_front_of_the_command() {
+    with_cx(|cx| {
+        let mut p = process(cx, "web").clone();
+        p.init = true;
+        let plan = plan_instance(cx, &p, 1, Some(20001)).unwrap();
+        let InstanceFiles::Oci(spec) = &plan.files else {
+            panic!("runc plans a bundle")
+        };
+        let args = spec.process().as_ref().unwrap().args().clone().unwrap();
+        assert_eq!(&args[..2], ["/.shim-init", "--"]);
+        assert_eq!(&args[2..], plan_args(cx, process(cx, "web")).unwrap());
+        let m = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == std::path::Path::new("/.shim-init"))
+            .expect("the init is bound");
+        assert_eq!(
+            m.source().as_deref(),
+            Some(std::path::Path::new("/usr/bin/tini-static"))
+        );
+        assert!(m.options().as_ref().unwrap().contains(&"ro".to_string()));
     });
 }

@@ -252,3 +252,36 @@ fn mounts_and_capabilities_runc() {
         "stop keeps the volume"
     );
 }
+
+/// `init = true`: a shell as the command ignores SIGTERM as PID 1, so without an init a stop
+/// waits the whole stop_timeout for SIGKILL; with tini in front it stops at once.
+#[test]
+fn init_makes_a_shell_stop_on_sigterm() {
+    require_sandbox!();
+    let id = "initd";
+    let cmd = r#"command = ["/bin/sh", "-c", "while true; do sleep 1; done"]
+stop_timeout = "8s""#;
+    let cfg = TestConfig::new(&format!(
+        "[shim]\nport_range = [29100, 29199]\n[services.{id}]\nimage = \"oci:{{layout}}:{{revision}}\"\n\
+         [services.{id}.processes.plain]\n{cmd}\n[services.{id}.processes.inited]\ninit = true\n{cmd}\n"
+    ));
+    shim_ok(cfg.path(), &["start", "--id", id, "--revision", "rev1"]);
+    let stop_secs = |process: &str| {
+        let unit = instance_unit(cfg.path(), id, process, 1);
+        let t = std::time::Instant::now();
+        let o = run(std::process::Command::new("systemctl").args(["stop", &unit]));
+        assert!(o.status.success(), "{}", stderr(&o));
+        t.elapsed().as_secs_f64()
+    };
+    // Paused, so that the probe does not start them again while this measures.
+    shim_ok(cfg.path(), &["supervise", "pause", "--id", id]);
+    let with_init = stop_secs("inited");
+    let without = stop_secs("plain");
+    eprintln!("stop with init {with_init:.2} s, without {without:.2} s");
+    assert!(with_init < 3.0, "with init: {with_init:.2} s");
+    assert!(
+        without >= 7.0,
+        "without init the shell waited for SIGKILL: {without:.2} s"
+    );
+    shim_ok(cfg.path(), &["stop", "--id", id]);
+}
