@@ -205,11 +205,23 @@ pub struct Proxy {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Health {
+    /// The HTTP check's URL path; "" for a TCP check (`tcp = true`: a connect to `$PORT`).
     pub path: String,
     pub interval: Duration,
     pub timeout: Duration,
     pub unhealthy_after: u32,
     pub start_period: Duration,
+}
+
+impl Health {
+    /// What is checked, in words: `GET /health` or `TCP connect`.
+    pub fn what(&self) -> String {
+        if self.path.is_empty() {
+            "TCP connect".into()
+        } else {
+            format!("GET {}", self.path)
+        }
+    }
 }
 
 /// Resource limits of an instance (`memory`, `cpus`, `pids`, `nofile`), set on its unit so

@@ -121,7 +121,9 @@ struct RawProxy {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHealth {
-    path: Spanned<String>,
+    path: Option<Spanned<String>>,
+    /// A TCP check: a connect to `$PORT` (instead of an HTTP `path`).
+    tcp: Option<bool>,
     interval: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     unhealthy_after: Option<Spanned<i64>>,
@@ -941,14 +943,35 @@ fn validate_health(
     h: &Spanned<RawHealth>,
 ) -> Result<Health, ConfigError> {
     let r = h.get_ref();
-    let path = r.path.get_ref();
-    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return cx.err(
-            &r.path.span(),
-            format!("{prefix}.path"),
-            format!("{path:?} must be an absolute URL path like \"/health\""),
-        );
-    }
+    let path = match (&r.path, r.tcp.unwrap_or(false)) {
+        (Some(p), false) => {
+            let path = p.get_ref();
+            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return cx.err(
+                    &p.span(),
+                    format!("{prefix}.path"),
+                    format!("{path:?} must be an absolute URL path like \"/health\""),
+                );
+            }
+            path.clone()
+        }
+        (None, true) => String::new(),
+        (Some(p), true) => {
+            return cx.err(
+                &p.span(),
+                format!("{prefix}.path"),
+                "give either path (an HTTP check) or tcp = true, not both".into(),
+            )
+        }
+        (None, false) => {
+            return cx.err(
+                &h.span(),
+                format!("{prefix}.path"),
+                "missing: path = \"/health\" (an HTTP check) or tcp = true (a connect to $PORT)"
+                    .into(),
+            )
+        }
+    };
     let get = |v: &Option<Spanned<String>>, key: &str, default: Duration| match v {
         None => Ok(default),
         Some(s) => cx.duration(s, format!("{prefix}.{key}")),
@@ -985,7 +1008,7 @@ fn validate_health(
         }
     };
     Ok(Health {
-        path: path.clone(),
+        path,
         interval,
         timeout,
         unhealthy_after,

@@ -125,6 +125,8 @@ fn bad_cases() -> Vec<(&'static str, String, usize, Vec<&'static str>)> {
         ("unknown mount key", with("mounts = [{ type = \"tmpfs\", target = \"/t\", options = \"x\" }]"), 4, vec!["options"]),
         ("unknown capability", with("cap_add = [\"NET_RAWR\"]"), 4, vec!["processes.web.cap_add", "NET_RAWR"]),
         ("podman with mounts", "[services.a]\nimage = \"oci:/i:{revision}\"\nruntime = \"podman\"\n[services.a.processes.w]\nmounts = [{ type = \"tmpfs\", target = \"/t\" }]\n".into(), 3, vec!["podman"]),
+        ("health path and tcp", with("health = { path = \"/h\", tcp = true }"), 4, vec!["health.path", "not both"]),
+        ("health neither", with("health = { interval = \"5s\" }"), 4, vec!["health.path", "tcp = true"]),
         ("service memory bad", "[services.a]\nimage = \"oci:/i:{revision}\"\nmemory = \"1.5G\"\n[services.a.processes.w]\n".into(), 3, vec!["services.a.memory"]),
     ]
 }
@@ -463,4 +465,28 @@ fn stable_addresses_are_loopback_and_stay_out_of_127_0() {
         crate::config::stable_address("app", "web"),
         crate::config::stable_address("app", "api")
     );
+}
+
+#[test]
+fn a_tcp_health_check_has_no_path() {
+    let d = parse(&format!(
+        "{BASE}health = {{ tcp = true, interval = \"2s\", timeout = \"1s\" }}\n"
+    ))
+    .unwrap();
+    let h = d.service("a").unwrap().processes[&Ident::parse("web").unwrap()]
+        .health
+        .clone()
+        .unwrap();
+    assert_eq!(h.path, "");
+    assert_eq!(h.what(), "TCP connect");
+    assert_eq!(h.interval, Duration::from_secs(2));
+    let d = parse(&format!(
+        "{BASE}health = {{ path = \"/up\", tcp = false }}\n"
+    ))
+    .unwrap();
+    let h = d.service("a").unwrap().processes[&Ident::parse("web").unwrap()]
+        .health
+        .clone()
+        .unwrap();
+    assert_eq!(h.what(), "GET /up");
 }

@@ -40,6 +40,7 @@ impl Check {
 impl std::fmt::Display for Check {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Check::Healthy(0) => write!(f, "TCP connected"),
             Check::Healthy(s) => write!(f, "HTTP {s}"),
             Check::Status(s) => write!(f, "HTTP {s}"),
             Check::NoAnswer(e) => write!(f, "no answer ({e})"),
@@ -56,7 +57,8 @@ pub fn verdict(status: u16) -> Check {
     }
 }
 
-/// One health request: `GET http://127.0.0.1:{port}{path}` within `timeout`.
+/// One health request: `GET http://127.0.0.1:{port}{path}` within `timeout`; with an empty
+/// `path`, a TCP check: the connect alone (healthy as `Check::Healthy(0)`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request<'a> {
     pub port: u16,
@@ -153,7 +155,12 @@ impl Conn {
     fn open(r: &Request<'_>, start: Instant) -> Conn {
         let mut c = Conn {
             sock: None,
-            request: render_request(r.port, r.path),
+            // No request for a TCP check: connected is healthy.
+            request: if r.path.is_empty() {
+                Vec::new()
+            } else {
+                render_request(r.port, r.path)
+            },
             buf: [0; 256],
             step: Step::Connecting,
             deadline: start + r.timeout,
@@ -173,6 +180,10 @@ impl Conn {
         };
         let addr = SockaddrIn::new(127, 0, 0, 1, r.port);
         match socket::connect(fd.as_raw_fd(), &addr) {
+            Ok(()) if c.request.is_empty() => {
+                c.step = Step::Done(Check::Healthy(0));
+                return c;
+            }
             Ok(()) => c.step = Step::Sending(0),
             Err(Errno::EINPROGRESS) => {}
             Err(e) => {
@@ -208,6 +219,7 @@ impl Conn {
         let would_block = |e: &std::io::Error| e.kind() == std::io::ErrorKind::WouldBlock;
         match self.step {
             Step::Connecting => match socket::getsockopt(&*sock, sockopt::SocketError) {
+                Ok(0) if self.request.is_empty() => self.finish(Check::Healthy(0)),
                 Ok(0) => {
                     self.step = Step::Sending(0);
                     self.advance();
@@ -356,6 +368,30 @@ mod tests {
             }
         });
         port
+    }
+
+    #[test]
+    fn a_tcp_check_is_a_connect_alone() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let req = |port| Request {
+            port,
+            path: "",
+            timeout: Duration::from_millis(500),
+        };
+        assert_eq!(check_all(&[req(port)]), vec![Check::Healthy(0)]);
+        assert_eq!(Check::Healthy(0).to_string(), "TCP connected");
+        // Nothing was sent on the connection.
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        assert!(matches!(
+            std::io::Read::read(&mut s, &mut buf),
+            Ok(0) | Err(_)
+        ));
+        drop(l);
+        assert!(!check_all(&[req(port)])[0].healthy(), "refused once closed");
     }
 
     #[test]

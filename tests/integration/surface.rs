@@ -285,3 +285,36 @@ stop_timeout = "8s""#;
     );
     shim_ok(cfg.path(), &["stop", "--id", id]);
 }
+
+/// `health = { tcp = true }`: the upgrade waits for a connect to `$PORT`; a process that
+/// never listens fails the start, which leaves nothing running.
+#[test]
+fn tcp_health_checks_gate_the_start() {
+    require_sandbox!();
+    let id = "tcph";
+    let def = |extra: &str| {
+        format!(
+            "[shim]\nport_range = [29100, 29199]\n[services.{id}]\nimage = \"oci:{{layout}}:{{revision}}\"\n\
+             [services.{id}.processes.web]\nhealth = {{ tcp = true, interval = \"1s\", timeout = \"1s\", start_period = \"3s\" }}\n{extra}"
+        )
+    };
+    let cfg = TestConfig::new(&def(""));
+    let out = shim_ok(cfg.path(), &["start", "--id", id, "--revision", "rev1"]);
+    assert!(out.contains("TCP connected"), "{out}");
+    shim_ok(cfg.path(), &["stop", "--id", id]);
+    // A process with a port that it never listens on.
+    let deaf = TestConfig::new(&def(
+        "command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1 & wait; done\"]\n",
+    ));
+    let o = shim(deaf.path(), &["start", "--id", id, "--revision", "rev1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("did not become healthy"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        units_matching(&format!("shim-{id}-*")).is_empty(),
+        "bailed out: nothing left"
+    );
+}

@@ -287,8 +287,9 @@ pub fn decide_health(
                 unit: u.name.clone(),
                 pid: u.main_pid,
                 reason: format!(
-                    "{} consecutive failed health checks of {} (last: {c})",
-                    m.failures, h.path
+                    "{} consecutive failed health checks ({}) (last: {c})",
+                    m.failures,
+                    h.what()
                 ),
             });
             m.failures = 0;
