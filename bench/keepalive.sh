@@ -19,32 +19,41 @@ $SB down --name benchka >/dev/null 2>&1 || true
 $SB up --name benchka >/dev/null
 $SB exec --name benchka -- env N="$N" T="$T" bash -euo pipefail -c '
 SHIM=$T/shim
+# nginx opens a connection per proxied request: without reuse of TIME_WAIT ports the later
+# measurements of a run starve for ephemeral ports (seen: a second phase served a tenth of
+# the first). The sandbox has its own network namespace.
+sysctl -qw net.ipv4.tcp_tw_reuse=1
 for t in rev1 rev2; do bash tests/sandbox/build-test-image.sh /var/lib/bench/img $t $t $T/shim-testapp >/dev/null; done
 systemctl start nginx
 mkdir -p /tmp/kcfg
+# One service per switch ($1), each with its own upstream: ka_reload, ka_nftables.
 config() { # $1 switch
   cat > /tmp/kcfg/services.toml <<TOML
 [shim]
 switch = "$1"
-[services.ka]
+[services.ka_$1]
 image = "oci:/var/lib/bench/img:{revision}"
-[services.ka.processes.web]
+[services.ka_$1.processes.web]
 count = 4
 health = { path = "/health", interval = "1s", timeout = "1s", start_period = "10s" }
-proxy = { upstream = "ka_web", file = "/etc/nginx/shim/ka.conf" }
+proxy = { upstream = "ka_$1", file = "/etc/nginx/shim/ka_$1.conf" }
 drain = "1s"
 TOML
 }
-site() {
+site() { # $1 switch
+  rm -f /etc/nginx/sites-enabled/ka
   cat > /etc/nginx/sites-enabled/ka <<SITE
-include /etc/nginx/shim/ka.conf;
+include /etc/nginx/shim/ka_$1.conf;
 server {
   listen 127.0.0.1:9400;
   access_log off;
-  location / { proxy_pass http://ka_web; proxy_next_upstream error timeout http_502 http_503; }
+  location / { proxy_pass http://ka_$1; proxy_next_upstream error timeout http_502 http_503; }
 }
 SITE
   nginx -t 2>/dev/null && systemctl reload nginx
+  # Until the site answers (the reload is asynchronous).
+  for i in $(seq 100); do curl -fs -o /dev/null http://127.0.0.1:9400/ && break; sleep 0.1; done
+  sleep 1
 }
 # The sum of the numbers in what matches $1 in wrk'"'"'s output.
 sum() { local s=0 n; for n in $(grep -o "$1" /tmp/wrk.out | grep -o "[0-9][0-9]*" || true); do s=$((s + n)); done; echo $s; }
@@ -57,24 +66,25 @@ measure() { # $1 connections, $2 keepalive|close, $3... the command
   sleep 1
   "$@"
   sleep 1
-  kill -INT $w; wait $w || true
+  kill -INT $w 2>/dev/null || { echo "wrk ended early:" >&2; cat /tmp/wrk.out >&2; }
+  wait $w || true
   echo "$(sum "[0-9]* requests in") $(( $(sum "Socket errors: .*") + $(sum "Non-2xx or 3xx responses: [0-9]*") ))"
 }
 upgrades() {
   local rev=rev1
   for i in $(seq $N); do
     [ $rev = rev1 ] && rev=rev2 || rev=rev1
-    $SHIM --config /tmp/kcfg upgrade --id ka --revision $rev >/dev/null
+    $SHIM --config /tmp/kcfg upgrade --id ka_$sw --revision $rev >/dev/null
   done
 }
 reloads() { for i in $(seq $N); do systemctl reload nginx; sleep 1.5; done; }
 printf "%-34s %6s %10s %8s\n" "what (N=$N)" conns requests failed
-for sw in reload nftables; do
+for sw in nftables reload; do
   config $sw
-  if ! $SHIM --config /tmp/kcfg upgrade --id ka --revision rev1 > /tmp/first.out 2>&1; then
+  if ! $SHIM --config /tmp/kcfg upgrade --id ka_$sw --revision rev1 > /tmp/first.out 2>&1; then
     echo "switch = \"$sw\": first deploy failed: $(tail -2 /tmp/first.out)"; continue
   fi
-  site
+  site $sw
   for c in 4 16; do
     for mode in keepalive close; do
       read -r req fail < <(measure $c $mode upgrades)
@@ -87,6 +97,7 @@ for sw in reload nftables; do
       printf "%-34s %6s %10s %8s\n" "plain nginx reloads, keepalive" "$c" "$req" "$fail"
     done
   fi
-  $SHIM --config /tmp/kcfg stop --id ka >/dev/null
+  $SHIM --config /tmp/kcfg stop --id ka_$sw >/dev/null
+  sleep 60 # the TIME_WAIT sockets of this phase
 done
 '
