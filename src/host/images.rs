@@ -298,12 +298,6 @@ fn prepare(dirs: &Dirs, req: &PrepareRequest<'_>) -> Result<Prepared> {
             .unwrap_or_default()
     };
     let (user, user_note) = resolve_image_user(&svc, &image.config, &rootfs, unpack)?;
-    let shim_exe = shim_binary()?;
-    let host_files = ["/etc/resolv.conf", "/etc/hosts"]
-        .iter()
-        .map(PathBuf::from)
-        .filter(|p| p.is_file())
-        .collect();
     let seccomp = read_seccomp(&svc)?;
     let deployment = plan::Deployment {
         revision: revision.to_string(),
@@ -311,35 +305,68 @@ fn prepare(dirs: &Dirs, req: &PrepareRequest<'_>) -> Result<Prepared> {
         manifest_digest: image.manifest_digest.clone(),
         image_config: image.config.clone(),
         user,
-        definition: svc.clone(),
-        seccomp: seccomp.clone(),
+        definition: svc,
+        seccomp,
         secrets_digest: plan::deployment::secrets_digest(&secrets),
         generations: Default::default(),
         ports: Default::default(),
         deployed_usec: wall_usec(),
         untagged: false,
     };
-    Ok(Prepared {
-        deployment,
-        volumes_dir: dirs.volumes(svc.id.as_str()),
-        init_bin: PathBuf::from(INIT_BIN),
-        seccomp,
-        kernel: kernel_version(),
-        instances_dir: dirs.instances(svc.id.as_str()),
-        revision: revision.to_string(),
+    let gathered = Gathered {
         image,
         rootfs,
         secrets,
-        user,
         user_note,
         runtime_bin,
-        shim_exe,
+    };
+    assemble(dirs, req, deployment, gathered)
+}
+
+/// What [`prepare`] and [`prepare_deployed`] gather besides the deployment itself.
+struct Gathered {
+    image: crate::image::ResolvedImage,
+    rootfs: PathBuf,
+    secrets: Vec<(String, String)>,
+    user_note: Option<String>,
+    runtime_bin: PathBuf,
+}
+
+/// The [`Prepared`] of deployment `d`: its definition, revision, user and seccomp profile,
+/// what was gathered for it, and the host's own facts.
+fn assemble(
+    dirs: &Dirs,
+    req: &PrepareRequest<'_>,
+    d: plan::Deployment,
+    g: Gathered,
+) -> Result<Prepared> {
+    let svc = d.definition.clone();
+    let host_files = ["/etc/resolv.conf", "/etc/hosts"]
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .collect();
+    Ok(Prepared {
+        volumes_dir: dirs.volumes(svc.id.as_str()),
+        init_bin: PathBuf::from(INIT_BIN),
+        seccomp: d.seccomp.clone(),
+        kernel: kernel_version(),
+        instances_dir: dirs.instances(svc.id.as_str()),
+        revision: d.revision.clone(),
+        image: g.image,
+        rootfs: g.rootfs,
+        secrets: g.secrets,
+        user: d.user,
+        user_note: g.user_note,
+        runtime_bin: g.runtime_bin,
+        shim_exe: shim_binary()?,
         host_files,
-        port_range: defs.settings.port_range,
+        port_range: req.defs.settings.port_range,
         restrict_devices: svc.runtime != crate::config::Runtime::Crun || req.cap_sys_resource,
         restart: req.restart,
         podman: dirs.podman(),
         service: svc,
+        deployment: d,
     })
 }
 
@@ -414,7 +441,7 @@ fn prepare_deployed(
     req: &PrepareRequest<'_>,
     d: &plan::Deployment,
 ) -> Result<Prepared> {
-    let svc = d.definition.clone();
+    let svc = &d.definition;
     // The record goes into unit names and paths: a damaged one must not.
     plan::validate_revision(&d.revision).map_err(|m| {
         anyhow::anyhow!(
@@ -429,38 +456,19 @@ fn prepare_deployed(
             svc.id
         );
     }
-    check_mount_sources(&svc)?;
-    check_init(&svc)?;
+    check_mount_sources(svc)?;
+    check_init(svc)?;
     let secrets = crate::host::secrets::load(dirs, req.id, &d.secrets_digest)?;
     let runtime_bin = crate::host::runtime::runtime_binary(svc.runtime)?;
     let store = ImageStore::with_settings(dirs.images(), req.defs.settings.registry())
         .with_progress(crate::image::progress::auto());
     let (image, rootfs) = pinned_image(&store, d, req.unpack)?;
-    let host_files = ["/etc/resolv.conf", "/etc/hosts"]
-        .iter()
-        .map(PathBuf::from)
-        .filter(|p| p.is_file())
-        .collect();
-    Ok(Prepared {
-        deployment: d.clone(),
-        volumes_dir: dirs.volumes(svc.id.as_str()),
-        init_bin: PathBuf::from(INIT_BIN),
-        seccomp: d.seccomp.clone(),
-        kernel: kernel_version(),
-        instances_dir: dirs.instances(svc.id.as_str()),
-        revision: d.revision.clone(),
+    let gathered = Gathered {
         image,
         rootfs,
         secrets,
-        user: d.user,
         user_note: None,
         runtime_bin,
-        shim_exe: shim_binary()?,
-        host_files,
-        port_range: req.defs.settings.port_range,
-        restrict_devices: svc.runtime != crate::config::Runtime::Crun || req.cap_sys_resource,
-        restart: req.restart,
-        podman: dirs.podman(),
-        service: svc,
-    })
+    };
+    assemble(dirs, req, d.clone(), gathered)
 }
