@@ -205,8 +205,14 @@ pub struct Proxy {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Health {
-    /// The HTTP check's URL path; "" for a TCP check (`tcp = true`: a connect to `$PORT`).
+    /// The HTTP check's URL path; "" for a TCP check (`tcp = true`: a connect to `$PORT`) or a
+    /// command check.
     pub path: String,
+    /// A command check's argv (`command = [...]`), run in the instance's container: healthy
+    /// when it exits 0. Empty for HTTP and TCP checks (and then not serialized, so that
+    /// deployment records written before command checks keep their ids).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
     pub interval: Duration,
     pub timeout: Duration,
     pub unhealthy_after: u32,
@@ -216,11 +222,18 @@ pub struct Health {
 impl Health {
     /// What is checked, in words: `GET /health` or `TCP connect`.
     pub fn what(&self) -> String {
-        if self.path.is_empty() {
+        if !self.command.is_empty() {
+            format!("command {}", self.command.join(" "))
+        } else if self.path.is_empty() {
             "TCP connect".into()
         } else {
             format!("GET {}", self.path)
         }
+    }
+
+    /// Whether the check reaches the instance over its port (HTTP and TCP checks do).
+    pub fn needs_port(&self) -> bool {
+        self.command.is_empty()
     }
 }
 

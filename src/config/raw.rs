@@ -124,6 +124,8 @@ struct RawHealth {
     path: Option<Spanned<String>>,
     /// A TCP check: a connect to `$PORT` (instead of an HTTP `path`).
     tcp: Option<bool>,
+    /// A command check, run in the instance's container.
+    command: Option<Spanned<Vec<String>>>,
     interval: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     unhealthy_after: Option<Spanned<i64>>,
@@ -365,11 +367,17 @@ fn validate_service(
     let processes = validate_processes(cx, &prefix, id, &r.processes, &surface)?;
     if *r.runtime.get_ref() == Runtime::Podman {
         for (name, p) in &processes {
-            if !p.mounts.is_empty() || !p.cap_add.is_empty() || !p.cap_drop.is_empty() || p.init {
+            let command_check = p.health.as_ref().is_some_and(|h| !h.command.is_empty());
+            if !p.mounts.is_empty()
+                || !p.cap_add.is_empty()
+                || !p.cap_drop.is_empty()
+                || p.init
+                || command_check
+            {
                 return cx.err(
                     &r.runtime.span(),
                     format!("{prefix}.processes.{name}"),
-                    "mounts, cap_add, cap_drop and init are not supported with runtime = \"podman\" yet: use runc or crun".into(),
+                    "mounts, cap_add, cap_drop, init and command health checks are not supported with runtime = \"podman\" yet: use runc or crun".into(),
                 );
             }
         }
@@ -515,11 +523,12 @@ fn validate_process(
         None => None,
         Some(h) => Some(validate_health(cx, &format!("{prefix}.health"), h)?),
     };
-    if r.port == Some(false) && health.is_some() {
+    let checks_port = health.as_ref().is_some_and(Health::needs_port);
+    if r.port == Some(false) && checks_port {
         return cx.err(
             &p.span(),
             format!("{prefix}.port"),
-            "port = false but health checks need a port to reach the instance".into(),
+            "port = false but HTTP and TCP health checks need a port to reach the instance (a command check does not)".into(),
         );
     }
     let stop_timeout = match &r.stop_timeout {
@@ -559,7 +568,7 @@ fn validate_process(
         name,
         command,
         count,
-        port: r.port.unwrap_or(health.is_some()),
+        port: r.port.unwrap_or(checks_port || r.proxy.is_some()),
         health,
         stop_timeout,
         stop_signal,
@@ -937,41 +946,58 @@ fn validate_proxy(
     })
 }
 
+/// Which check `h` is: exactly one of `path` (HTTP), `tcp = true` or `command`. Returns the
+/// path ("" unless HTTP) and the command (empty unless a command check).
+fn health_kind(
+    cx: &Ctx<'_>,
+    prefix: &str,
+    h: &Spanned<RawHealth>,
+) -> Result<(String, Vec<String>), ConfigError> {
+    let r = h.get_ref();
+    let given = [
+        r.path.is_some(),
+        r.tcp.unwrap_or(false),
+        r.command.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return cx.err(
+            &h.span(),
+            format!("{prefix}.path"),
+            "give exactly one of path = \"/health\" (an HTTP check), tcp = true (a connect to $PORT) or command = [\"bin/check\"] (run in the container, healthy on exit 0)".into(),
+        );
+    }
+    if let Some(c) = &r.command {
+        let argv = c.get_ref();
+        if argv.is_empty() || argv.iter().any(|a| a.is_empty() || a.contains('\0')) {
+            return cx.err(
+                &c.span(),
+                format!("{prefix}.command"),
+                "must be a non-empty list of non-empty arguments, e.g. [\"bin/healthcheck\", \"--quick\"]".into(),
+            );
+        }
+        return Ok((String::new(), argv.clone()));
+    }
+    let Some(p) = &r.path else {
+        return Ok((String::new(), Vec::new()));
+    };
+    let path = p.get_ref();
+    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return cx.err(
+            &p.span(),
+            format!("{prefix}.path"),
+            format!("{path:?} must be an absolute URL path like \"/health\""),
+        );
+    }
+    Ok((path.clone(), Vec::new()))
+}
+
 fn validate_health(
     cx: &Ctx<'_>,
     prefix: &str,
     h: &Spanned<RawHealth>,
 ) -> Result<Health, ConfigError> {
     let r = h.get_ref();
-    let path = match (&r.path, r.tcp.unwrap_or(false)) {
-        (Some(p), false) => {
-            let path = p.get_ref();
-            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return cx.err(
-                    &p.span(),
-                    format!("{prefix}.path"),
-                    format!("{path:?} must be an absolute URL path like \"/health\""),
-                );
-            }
-            path.clone()
-        }
-        (None, true) => String::new(),
-        (Some(p), true) => {
-            return cx.err(
-                &p.span(),
-                format!("{prefix}.path"),
-                "give either path (an HTTP check) or tcp = true, not both".into(),
-            )
-        }
-        (None, false) => {
-            return cx.err(
-                &h.span(),
-                format!("{prefix}.path"),
-                "missing: path = \"/health\" (an HTTP check) or tcp = true (a connect to $PORT)"
-                    .into(),
-            )
-        }
-    };
+    let (path, command) = health_kind(cx, prefix, h)?;
     let get = |v: &Option<Spanned<String>>, key: &str, default: Duration| match v {
         None => Ok(default),
         Some(s) => cx.duration(s, format!("{prefix}.{key}")),
@@ -1009,6 +1035,7 @@ fn validate_health(
     };
     Ok(Health {
         path,
+        command,
         interval,
         timeout,
         unhealthy_after,

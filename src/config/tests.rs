@@ -100,7 +100,7 @@ fn bad_cases() -> Vec<(&'static str, String, usize, Vec<&'static str>)> {
         ("port range reversed", format!("[shim]\nport_range = [30000, 20000]\n{BASE}"), 2, vec!["shim.port_range"]),
         ("port range privileged", format!("[shim]\nport_range = [80, 90]\n{BASE}"), 2, vec!["shim.port_range"]),
         ("bad switch", format!("[shim]\nswitch = \"iptables\"\n{BASE}"), 2, vec!["shim.switch", "iptables", "nftables"]),
-        ("port=false with health", with("port = false\nhealth = { path = \"/h\" }"), 3, vec!["port"]),
+        ("port=false with health", with("port = false\nhealth = { path = \"/h\" }"), 3, vec!["port", "a command check does not"]),
         ("memory without unit sense", with("memory = \"lots\""), 4, vec!["services.a.processes.web.memory", "512M"]),
         ("memory too small", with("memory = \"512K\""), 4, vec!["memory", "at least 1M"]),
         ("memory as a number", with("memory = 512"), 4, vec!["memory"]),
@@ -125,7 +125,11 @@ fn bad_cases() -> Vec<(&'static str, String, usize, Vec<&'static str>)> {
         ("unknown mount key", with("mounts = [{ type = \"tmpfs\", target = \"/t\", options = \"x\" }]"), 4, vec!["options"]),
         ("unknown capability", with("cap_add = [\"NET_RAWR\"]"), 4, vec!["processes.web.cap_add", "NET_RAWR"]),
         ("podman with mounts", "[services.a]\nimage = \"oci:/i:{revision}\"\nruntime = \"podman\"\n[services.a.processes.w]\nmounts = [{ type = \"tmpfs\", target = \"/t\" }]\n".into(), 3, vec!["podman"]),
-        ("health path and tcp", with("health = { path = \"/h\", tcp = true }"), 4, vec!["health.path", "not both"]),
+        ("health path and tcp", with("health = { path = \"/h\", tcp = true }"), 4, vec!["health.path", "exactly one"]),
+        ("health tcp and command", with("health = { tcp = true, command = [\"x\"] }"), 4, vec!["health.path", "exactly one"]),
+        ("health empty command", with("health = { command = [] }"), 4, vec!["health.command", "non-empty"]),
+        ("health command empty arg", with("health = { command = [\"bin/x\", \"\"] }"), 4, vec!["health.command", "non-empty arguments"]),
+        ("podman with a command check", "[services.a]\nimage = \"oci:/i:{revision}\"\nruntime = \"podman\"\n[services.a.processes.w]\nhealth = { command = [\"x\"] }\n".into(), 3, vec!["podman", "command health checks"]),
         ("health neither", with("health = { interval = \"5s\" }"), 4, vec!["health.path", "tcp = true"]),
         ("service memory bad", "[services.a]\nimage = \"oci:/i:{revision}\"\nmemory = \"1.5G\"\n[services.a.processes.w]\n".into(), 3, vec!["services.a.memory"]),
     ]
@@ -489,4 +493,30 @@ fn a_tcp_health_check_has_no_path() {
         .clone()
         .unwrap();
     assert_eq!(h.what(), "GET /up");
+}
+
+#[test]
+fn a_command_health_check_needs_no_port() {
+    let d = parse(&format!(
+        "{BASE}health = {{ command = [\"bin/check\", \"--quick\"], timeout = \"3s\" }}\n"
+    ))
+    .unwrap();
+    let p = &d.service("a").unwrap().processes[&Ident::parse("web").unwrap()];
+    let h = p.health.clone().unwrap();
+    assert_eq!(h.command, ["bin/check", "--quick"]);
+    assert_eq!((h.path.as_str(), h.needs_port()), ("", false));
+    assert_eq!(h.what(), "command bin/check --quick");
+    assert!(!p.port, "a worker with a command check gets no port");
+    let d = parse(&format!(
+        "{BASE}port = false\nhealth = {{ command = [\"true\"] }}\n"
+    ))
+    .unwrap();
+    assert!(!d.service("a").unwrap().processes[&Ident::parse("web").unwrap()].port);
+    // An HTTP check serialises as before command checks existed (deployment ids unchanged).
+    let http = parse(&format!("{BASE}health = {{ path = \"/h\" }}\n")).unwrap();
+    let h = http.service("a").unwrap().processes[&Ident::parse("web").unwrap()]
+        .health
+        .clone()
+        .unwrap();
+    assert!(!serde_json::to_string(&h).unwrap().contains("command"));
 }

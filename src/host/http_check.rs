@@ -23,17 +23,22 @@ use serde::Serialize;
 /// The outcome of one health request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Check {
-    /// A 2xx answer.
+    /// A 2xx answer (0: a TCP check connected).
     Healthy(u16),
     /// Any other HTTP status.
     Status(u16),
-    /// No HTTP answer: refused, reset, timed out.
+    /// No HTTP answer: refused, reset, timed out; or a command check that could not run or
+    /// did not finish in time.
     NoAnswer(String),
+    /// A command check exited 0.
+    Passed,
+    /// A command check exited with this status (or was killed by this signal, negated).
+    Exited(i32),
 }
 
 impl Check {
     pub fn healthy(&self) -> bool {
-        matches!(self, Check::Healthy(_))
+        matches!(self, Check::Healthy(_) | Check::Passed)
     }
 }
 
@@ -44,6 +49,9 @@ impl std::fmt::Display for Check {
             Check::Healthy(s) => write!(f, "HTTP {s}"),
             Check::Status(s) => write!(f, "HTTP {s}"),
             Check::NoAnswer(e) => write!(f, "no answer ({e})"),
+            Check::Passed => write!(f, "command exited 0"),
+            Check::Exited(n) if *n < 0 => write!(f, "command killed by signal {}", -n),
+            Check::Exited(n) => write!(f, "command exited {n}"),
         }
     }
 }
@@ -58,12 +66,25 @@ pub fn verdict(status: u16) -> Check {
 }
 
 /// One health request: `GET http://127.0.0.1:{port}{path}` within `timeout`; with an empty
-/// `path`, a TCP check: the connect alone (healthy as `Check::Healthy(0)`).
+/// `path`, a TCP check: the connect alone (healthy as `Check::Healthy(0)`); with `exec`, a
+/// command check run in the instance's container (`port` and `path` unused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request<'a> {
     pub port: u16,
     pub path: &'a str,
     pub timeout: Duration,
+    pub exec: Option<&'a ExecCheck>,
+}
+
+/// A command check: `RUNTIME exec CONTAINER ARGV…` (the process runs in the container, with
+/// its user, environment and working directory, as `runc exec` and `crun exec` take them from
+/// the bundle); healthy when it exits 0 within the request's timeout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ExecCheck {
+    pub runtime: crate::config::Runtime,
+    /// The container id: the instance's unit name without `.service`.
+    pub container: String,
+    pub argv: Vec<String>,
 }
 
 /// The bytes of a request (pure): written with one `send`.
@@ -78,13 +99,15 @@ pub fn render_request(port: u16, path: &str) -> Vec<u8> {
 pub trait HttpCheck: Send + Sync {
     /// Several checks at once; one result per request, in order.
     fn check_all(&self, reqs: &[Request<'_>]) -> Vec<Check>;
-    /// GET `http://127.0.0.1:{port}{path}` within `timeout`. Only ever the instance's own
+    /// GET `http://127.0.0.1:{port}{path}` within `timeout` (tests). Only ever the instance's own
     /// loopback port: instances share the host's network, and probes must not go anywhere else.
+    #[cfg(test)]
     fn check(&self, port: u16, path: &str, timeout: Duration) -> Check {
         self.check_all(&[Request {
             port,
             path,
             timeout,
+            exec: None,
         }])
         .into_iter()
         .next()
@@ -152,6 +175,17 @@ fn os_error(e: Errno) -> Check {
 }
 
 impl Conn {
+    fn done_with(c: Check, r: &Request<'_>, start: Instant) -> Conn {
+        Conn {
+            sock: None,
+            request: Vec::new(),
+            buf: [0; 256],
+            step: Step::Done(c),
+            deadline: start + r.timeout,
+            timeout: r.timeout,
+        }
+    }
+
     fn open(r: &Request<'_>, start: Instant) -> Conn {
         let mut c = Conn {
             sock: None,
@@ -261,10 +295,27 @@ impl Conn {
 }
 
 /// Makes the checks concurrently from this thread; each has its own deadline, counted from
-/// now. Results are in the order of `reqs`.
+/// now. Results are in the order of `reqs`. Command checks are started first, run while the
+/// sockets are polled, and waited for last.
 pub fn check_all(reqs: &[Request<'_>]) -> Vec<Check> {
     let start = Instant::now();
-    let mut conns: Vec<Conn> = reqs.iter().map(|r| Conn::open(r, start)).collect();
+    let mut commands = crate::host::exec_check::Running::start(reqs, start);
+    let mut out = check_sockets(reqs, start);
+    for (i, c) in commands.wait() {
+        out[i] = c;
+    }
+    out
+}
+
+/// The HTTP and TCP checks of `reqs` (a command check's slot is left as "no result").
+fn check_sockets(reqs: &[Request<'_>], start: Instant) -> Vec<Check> {
+    let mut conns: Vec<Conn> = reqs
+        .iter()
+        .map(|r| match r.exec {
+            None => Conn::open(r, start),
+            Some(_) => Conn::done_with(Check::NoAnswer("no result".into()), r, start),
+        })
+        .collect();
     loop {
         let now = Instant::now();
         for c in conns.iter_mut().filter(|c| !c.done()) {
@@ -378,6 +429,7 @@ mod tests {
             port,
             path: "",
             timeout: Duration::from_millis(500),
+            exec: None,
         };
         assert_eq!(check_all(&[req(port)]), vec![Check::Healthy(0)]);
         assert_eq!(Check::Healthy(0).to_string(), "TCP connected");
@@ -440,6 +492,7 @@ mod tests {
             port,
             path: "/health",
             timeout: Duration::from_millis(ms),
+            exec: None,
         };
         let t0 = Instant::now();
         let out = check_all(&[

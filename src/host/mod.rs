@@ -12,6 +12,7 @@
 
 pub mod clock;
 pub mod dirs;
+pub mod exec_check;
 pub mod fsutil;
 pub mod http_check;
 pub mod images;

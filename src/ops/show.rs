@@ -22,6 +22,7 @@ pub struct Shown {
 pub fn plan(host: &Host, defs: &Definitions, id: &str, revision: &str) -> Result<Shown> {
     let prepared = crate::ops::instances::prepare(host, defs, id, revision, false)?;
     let mut notes: Vec<String> = prepared.user_note.iter().cloned().collect();
+    notes.extend(health_lines(&prepared.service));
     if let Err(e) = crate::ops::instances::check_device_filter(&prepared) {
         notes.push(format!("a start would be refused: {e}"));
     }
@@ -49,6 +50,26 @@ pub fn plan(host: &Host, defs: &Definitions, id: &str, revision: &str) -> Result
         &ports,
     )?;
     Ok(Shown { plans, notes })
+}
+
+/// One line per health-checked process: what is checked and how often (what the probe and
+/// the upgrade's gate will do).
+pub fn health_lines(svc: &crate::config::ServiceDef) -> Vec<String> {
+    svc.processes
+        .values()
+        .filter_map(|d| Some((d, d.health.as_ref()?)))
+        .map(|(d, h)| {
+            format!(
+                "health of {}: {} every {}, timeout {}, unhealthy after {} failures, start period {}",
+                d.name,
+                h.what(),
+                crate::config::format_duration(h.interval),
+                crate::config::format_duration(h.timeout),
+                h.unhealthy_after,
+                crate::config::format_duration(h.start_period),
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -49,6 +49,7 @@ fn target(service: &str, f: &UpstreamFile) -> Target {
         revision: f.revision.clone(),
         deployment: f.deployment.clone(),
         ports: f.ports.clone(),
+        slots: f.slots,
     }
 }
 
@@ -70,6 +71,7 @@ fn current_targets(host: &Host, service: &str, files: &[UpstreamFile]) -> Vec<Ta
                 revision: p.revision,
                 deployment: p.deployment,
                 ports: p.ports,
+                slots: p.slots,
             }
         })
         .collect()
@@ -123,7 +125,7 @@ fn ensure_stable_files(
 ) -> Result<()> {
     let mut backups = Vec::new();
     for f in files {
-        let text = nft::render_stable_upstream(&f.upstream, service, &f.process);
+        let text = nft::render_stable_upstream(&f.upstream, service, &f.process, f.slots);
         match nginx::write_upstream(&f.file, &text) {
             Ok(Some(b)) => {
                 details.push(format!(
@@ -171,6 +173,7 @@ pub fn close_nftables(host: &Host, svc: &ServiceDef) -> Result<Vec<String>> {
             revision: String::new(),
             deployment: String::new(),
             ports: Vec::new(),
+            slots: d.count as usize,
         });
     }
     if !targets.is_empty() {

@@ -318,3 +318,88 @@ fn tcp_health_checks_gate_the_start() {
         "bailed out: nothing left"
     );
 }
+
+/// Command health checks (`health = { command = [...] }`) with runc: the command runs inside
+/// the instance's container, with its environment (a check that needs the service's env
+/// passes only there), on a worker that has no port; it gates the start, an upgrade to a
+/// definition whose check fails bails out leaving the old instances serving, and the probe
+/// replaces an instance whose check starts failing.
+#[test]
+fn command_health_checks_run_in_the_container() {
+    require_sandbox!();
+    let id = "cmdh";
+    let def = |check: &str| {
+        format!(
+            "[shim]\nport_range = [29100, 29199]\n[services.{id}]\nimage = \"oci:{{layout}}:{{revision}}\"\n\
+             env = {{ CHECK_ME = \"in-the-container\" }}\n\
+             [services.{id}.processes.worker]\n\
+             command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1 & wait; done\"]\n\
+             health = {{ command = {check}, interval = \"1s\", timeout = \"1s\", start_period = \"4s\", unhealthy_after = 2 }}\n"
+        )
+    };
+    let good =
+        r#"["/bin/sh", "-c", "test \"$CHECK_ME\" = in-the-container && test ! -e /tmp/sick"]"#;
+    let cfg = TestConfig::new(&def(good));
+    let show = shim_ok(cfg.path(), &["show", "--id", id, "--revision", "rev1"]);
+    assert!(show.contains("command /bin/sh -c"), "{show}");
+    let out = shim_ok(cfg.path(), &["upgrade", "--id", id, "--revision", "rev1"]);
+    assert!(out.contains("command exited 0"), "{out}");
+    let unit = instance_unit(cfg.path(), id, "worker", 1);
+    assert_eq!(unit_prop(&unit, "ActiveState"), "active");
+
+    // The same check outside the container (no CHECK_ME there) fails: it did run inside.
+    let outside = sh(&format!(
+        "/bin/sh -c {}",
+        shell_quote("test \"$CHECK_ME\" = in-the-container")
+    ));
+    assert!(!outside.status.success());
+
+    // A definition whose check fails: the upgrade bails out, the old instance stays.
+    let bad = TestConfig::new(&def(r#"["/bin/sh", "-c", "exit 3"]"#));
+    let o = shim(
+        bad.path(),
+        &[
+            "upgrade",
+            "--id",
+            id,
+            "--revision",
+            "rev1",
+            "--timeout",
+            "6s",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(all.contains("command exited 3"), "{all}");
+    assert_eq!(
+        unit_prop(&unit, "ActiveState"),
+        "active",
+        "the old instance keeps running"
+    );
+    assert_eq!(
+        units_matching(&format!("shim-{id}-*")),
+        vec![unit.clone()],
+        "nothing left of the new one"
+    );
+
+    // The instance falls sick: the probe replaces it (a new main process).
+    let pid = unit_prop(&unit, "MainPID");
+    let container = unit.trim_end_matches(".service");
+    let o = sh(&format!("runc exec {container} touch /tmp/sick"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let took = std::time::Instant::now();
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "the probe replaces the sick instance",
+        || {
+            let now = unit_prop(&unit, "MainPID");
+            (now != pid && now != "0").then_some(())
+        },
+    );
+    println!("sick instance replaced after {:?}", took.elapsed());
+    shim_ok(cfg.path(), &["stop", "--id", id]);
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}

@@ -36,8 +36,13 @@ stop_timeout = "5s"
 }
 
 fn site(id: &str, port: u16) {
+    site_with(id, port, "")
+}
+
+/// The test site, with `extra` directives in its `location /`.
+fn site_with(id: &str, port: u16, extra: &str) {
     let site = format!(
-        "include /etc/nginx/shim/{id}.conf;\nserver {{\n  listen 127.0.0.1:{port};\n  location / {{ proxy_pass http://{id}_web; }}\n}}\n"
+        "include /etc/nginx/shim/{id}.conf;\nserver {{\n  listen 127.0.0.1:{port};\n  location / {{ proxy_pass http://{id}_web; {extra} }}\n}}\n"
     );
     std::fs::write(format!("/etc/nginx/sites-enabled/shim-{id}"), site).unwrap();
     let o = sh("systemctl start nginx && nginx -t && systemctl reload nginx");
@@ -121,6 +126,9 @@ struct Stats {
     ok: u64,
     reused: u64,
     failed: Vec<String>,
+    /// The longest a request took, and how many took over 500 ms.
+    slowest: Duration,
+    over_500ms: u64,
 }
 
 /// `threads` clients, each on one kept-alive connection, until stopped.
@@ -151,8 +159,12 @@ impl Load {
                                 }
                             }
                         }
+                        let t0 = Instant::now();
                         let r = conn.as_mut().unwrap().get("/");
+                        let took = t0.elapsed();
                         let mut st = stats.lock().unwrap();
+                        st.slowest = st.slowest.max(took);
+                        st.over_500ms += u64::from(took > Duration::from_millis(500));
                         match r {
                             Ok((200, _, keep)) => {
                                 st.ok += 1;
@@ -242,8 +254,10 @@ fn fifty_upgrades_under_keep_alive_load_with_nftables_fail_nothing_and_never_rel
     site(id, port);
     let file = std::fs::read_to_string(format!("/etc/nginx/shim/{id}.conf")).unwrap();
     assert!(
-        file.contains(":1;") && file.contains("server 127."),
-        "{file}"
+        file.contains(":1 max_fails=1")
+            && file.contains(":2 max_fails=1")
+            && file.contains("server 127."),
+        "one slot per instance: {file}"
     );
     let chain = format!("svc_{id}/web");
     let rule = stdout(&sh(&format!("nft list chain ip shim {chain}")));
@@ -310,4 +324,88 @@ fn fifty_upgrades_under_keep_alive_load_with_reload_for_the_record() {
     );
     shim_ok(cfg.path(), &["stop", "--id", id]);
     unsite(id);
+}
+
+/// A hung instance (SIGSTOPped: the kernel still accepts connections into its listen backlog,
+/// nothing answers) under keep-alive load, with the site's `proxy_read_timeout 1s` and
+/// `proxy_next_upstream error timeout`, and the probe made slow (checks every 5 s, 3 failures
+/// to kill) so that only nginx's passive detection stands between the clients and the hung
+/// instance for the first ~15 s: no request fails, none takes much over a second, and the
+/// probe then replaces the instance.
+fn a_hung_instance_costs_a_second_at_most(switch: &str, id: &str, port: u16) {
+    let cfg = TestConfig::new(
+        &toml(id, switch)
+            .replace(
+                r#"interval = "1s", timeout = "1s""#,
+                r#"interval = "5s", timeout = "1s", unhealthy_after = 3"#,
+            )
+            .replace("count = 2", "count = 3"),
+    );
+    shim_ok(cfg.path(), &["upgrade", "--id", id, "--revision", "rev1"]);
+    site_with(
+        id,
+        port,
+        "proxy_read_timeout 1s; proxy_next_upstream error timeout; proxy_next_upstream_tries 3;",
+    );
+    let units = stdout(&sh(&format!(
+        "systemctl list-units --plain --no-legend 'shim-{id}-web-*' | awk '{{print $1}}' | sort"
+    )));
+    let victim = units.lines().next().expect("an instance unit").to_string();
+    let pid = unit_prop(&victim, "MainPID");
+    let load = Load::start(port, 8);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(sh(&format!("kill -STOP {pid}")).status.success());
+    let stopped = Instant::now();
+    std::thread::sleep(Duration::from_secs(8));
+    let st = load.finish();
+    println!(
+        "{switch}: hung instance {victim} (pid {pid}) for 8 s: {} ok, {} failed, slowest {:?}, {} over 500 ms",
+        st.ok,
+        st.failed.len(),
+        st.slowest,
+        st.over_500ms
+    );
+    let gone = wait_for(
+        Duration::from_secs(40),
+        "the probe replaces the hung instance",
+        || {
+            let now = unit_prop(&victim, "MainPID");
+            (now != pid).then_some(now)
+        },
+    );
+    println!(
+        "{switch}: replaced after {:?} (new pid {gone})",
+        stopped.elapsed()
+    );
+    let _ = sh(&format!("kill -CONT {pid}"));
+    assert!(
+        st.failed.is_empty(),
+        "{} failed: {:?}",
+        st.failed.len(),
+        st.failed
+    );
+    assert!(
+        st.slowest < Duration::from_millis(1800),
+        "a request waited {:?} on the hung instance",
+        st.slowest
+    );
+    assert!(
+        st.over_500ms > 0,
+        "no request met the hung instance: the test proves nothing"
+    );
+    assert!(st.ok > 200, "{st:?}");
+    shim_ok(cfg.path(), &["stop", "--id", id]);
+    unsite(id);
+}
+
+#[test]
+fn a_hung_instance_costs_a_second_at_most_with_nftables() {
+    require_sandbox!();
+    a_hung_instance_costs_a_second_at_most("nftables", "hungnft", 8933);
+}
+
+#[test]
+fn a_hung_instance_costs_a_second_at_most_with_reload() {
+    require_sandbox!();
+    a_hung_instance_costs_a_second_at_most("reload", "hungrl", 8934);
 }

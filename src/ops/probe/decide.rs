@@ -70,6 +70,21 @@ pub struct CheckReq {
     pub port: u16,
     pub path: String,
     pub timeout: Duration,
+    pub exec: Option<crate::host::http_check::ExecCheck>,
+}
+
+/// The command check of instance `unit` (None unless `h` is one): run by the service's
+/// runtime in the container named after the unit.
+pub fn exec_check(
+    svc: &ServiceDef,
+    unit: &str,
+    h: &crate::config::Health,
+) -> Option<crate::host::http_check::ExecCheck> {
+    (!h.command.is_empty()).then(|| crate::host::http_check::ExecCheck {
+        runtime: svc.runtime,
+        container: unit.strip_suffix(".service").unwrap_or(unit).to_string(),
+        argv: h.command.clone(),
+    })
 }
 
 fn process_def<'a>(svc: &'a ServiceDef, u: &UnitInfo) -> Option<&'a ProcessDef> {
@@ -105,11 +120,17 @@ pub fn plan_checks(inp: &Inputs<'_>) -> Vec<CheckReq> {
             if u.main_start_usec == 0 || up < h.start_period.as_micros() as u64 {
                 return None;
             }
+            let exec = exec_check(inp.service, &u.name, h);
             Some(CheckReq {
                 unit: u.name.clone(),
-                port: u.port()?,
+                port: if exec.is_some() {
+                    u.port().unwrap_or(0)
+                } else {
+                    u.port()?
+                },
                 path: h.path.clone(),
                 timeout: h.timeout,
+                exec,
             })
         })
         .collect()
@@ -251,6 +272,7 @@ pub fn plan_upstreams(
             process: process.to_string(),
             revision: inp.deployment.revision.clone(),
             deployment: inp.deployment.tag(process),
+            slots: d.count as usize,
         });
     }
     out

@@ -86,6 +86,9 @@ pub struct Probe {
     pub port: u16,
     pub path: String,
     pub timeout_ms: u64,
+    /// A command check (None: HTTP or TCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<crate::host::http_check::ExecCheck>,
 }
 
 impl Probe {
@@ -94,6 +97,7 @@ impl Probe {
             port: self.port,
             path: &self.path,
             timeout: Duration::from_millis(self.timeout_ms),
+            exec: self.exec.as_ref(),
         }
     }
 }
@@ -243,10 +247,16 @@ pub fn plan_record(
                 if !checks.get(&unit)?.healthy() {
                     return None;
                 }
+                let exec = super::decide::exec_check(inp.service, &u.name, h);
                 Some(Probe {
-                    port: u.port()?,
+                    port: if exec.is_some() {
+                        u.port().unwrap_or(0)
+                    } else {
+                        u.port()?
+                    },
                     path: h.path.clone(),
                     timeout_ms: u64::try_from(h.timeout.as_millis()).unwrap_or(u64::MAX),
+                    exec,
                 })
             }
         };
@@ -497,7 +507,8 @@ mod tests {
             Some(Probe {
                 port: 20002,
                 path: "/health".into(),
-                timeout_ms: 1000
+                timeout_ms: 1000,
+                exec: None,
             })
         );
         // The worker has no health check: only its process is watched.

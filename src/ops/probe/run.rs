@@ -276,6 +276,7 @@ fn check_and_start(
             port: r.port,
             path: &r.path,
             timeout: r.timeout,
+            exec: r.exec.as_ref(),
         })
         .collect();
     let made = if count_actions.is_empty() {
@@ -1083,6 +1084,7 @@ mod tests {
                     port: 20001,
                     path: "/health".into(),
                     timeout_ms: 1000,
+                    exec: None,
                 }),
             }],
         };

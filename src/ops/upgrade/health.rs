@@ -87,32 +87,50 @@ impl Wait<'_> {
                 failed.push(b);
                 continue;
             }
-            let Some(port) = u.port() else {
-                failed.push(Unhealthy {
-                    unit: u.name.clone(),
-                    reason: "no port recorded".into(),
-                });
-                continue;
+            let exec = crate::ops::probe::decide::exec_check(&self.p.service, &u.name, h);
+            let port = match (u.port(), &exec) {
+                (Some(port), _) => port,
+                (None, Some(_)) => 0,
+                (None, None) => {
+                    failed.push(Unhealthy {
+                        unit: u.name.clone(),
+                        reason: "no port recorded".into(),
+                    });
+                    continue;
+                }
             };
             let c = self
                 .host
                 .http
-                .check(port, &h.path, h.timeout.min(Duration::from_secs(1)));
+                .check_all(&[crate::host::http_check::Request {
+                    port,
+                    path: &h.path,
+                    // A socket check is retried each round; a command may need its whole timeout.
+                    timeout: if exec.is_some() {
+                        h.timeout
+                    } else {
+                        h.timeout.min(Duration::from_secs(1))
+                    },
+                    exec: exec.as_ref(),
+                }])
+                .pop()
+                .unwrap_or_else(|| crate::host::http_check::Check::NoAnswer("no result".into()));
+            let on = if exec.is_some() {
+                String::new()
+            } else {
+                format!(" on :{port}{}", h.path)
+            };
             if c.healthy() {
                 self.healthy.insert(u.name.clone());
                 details.push(format!(
-                    "{} healthy after {} ms ({c} on :{port}{})",
+                    "{} healthy after {} ms ({c}{on})",
                     u.name,
                     elapsed.as_millis(),
-                    h.path
                 ));
             } else if elapsed >= deadline {
                 failed.push(Unhealthy {
                     unit: u.name.clone(),
-                    reason: format!(
-                        "not healthy within {deadline:?}: last check {c} on :{port}{}",
-                        h.path
-                    ),
+                    reason: format!("not healthy within {deadline:?}: last check {c}{on}"),
                 });
             } else {
                 pending += 1;

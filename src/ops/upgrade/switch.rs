@@ -23,6 +23,8 @@ pub struct UpstreamFile {
     pub process: String,
     pub revision: String,
     pub deployment: String,
+    /// The process's count: how many slots its upstream lists under `switch = "nftables"`.
+    pub slots: usize,
 }
 
 /// The upstream file of each proxied process, rendered from `units` (the new revision's
@@ -63,6 +65,7 @@ pub fn plan_files(p: &Prepared, units: &[UnitInfo]) -> Result<Vec<UpstreamFile>>
             process: def.name.to_string(),
             revision: p.revision.clone(),
             deployment: tag,
+            slots: def.count as usize,
         });
     }
     Ok(out)

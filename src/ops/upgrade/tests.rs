@@ -980,8 +980,15 @@ fn nftables_switches_in_the_kernel_and_reloads_nginx_only_for_the_first_file() {
     t.up("r1").unwrap();
     let endpoint = crate::plan::nft::stable_endpoint("app", "web");
     assert!(
-        t.upstream().contains(&format!("server {endpoint};")),
+        t.upstream()
+            .contains(&format!("server {endpoint} max_fails=1 fail_timeout=2s;")),
         "{}",
+        t.upstream()
+    );
+    let slot2 = endpoint.replace(":1", ":2");
+    assert!(
+        t.upstream().contains(&slot2),
+        "one slot per instance: {}",
         t.upstream()
     );
     assert_eq!(t.reloads(), 1, "the stable file is new: one reload");
