@@ -9,6 +9,9 @@
 #     b. rusage of the checking command (user+sys of it and its waited-for children);
 #     c. everything the check costs the host: the sandbox's whole cgroup (systemd, journald,
 #        conmon, runc exec, the container side), idle rate subtracted.
+#  1d. a command health check (issue 15): one probe run of a 1-instance service whose check is
+#     the same command podman runs (`/bin/sh -c "wget … /health"`, run in the container by
+#     `runc exec`), against `podman healthcheck run` of that command, rusage and whole host.
 #  2. detection-to-healthy time of a hung instance (interval 1 s, timeout 1 s,
 #     unhealthy_after 3): from /admin/hang until the replaced instance answers /health.
 # Usage: bench/probe.sh [N]   (default 200 checks per measurement)
@@ -35,8 +38,15 @@ image = "oci:/var/lib/bench/img:{revision}"
 [services.pb.processes.web]
 count = 4
 health = { path = "/health", interval = "1s", timeout = "1s", unhealthy_after = 3, start_period = "1s" }
+[services.pc]
+image = "oci:/var/lib/bench/img:{revision}"
+[services.pc.processes.web]
+port = true
+health = { command = ["/bin/sh", "-c", "wget -q -O /dev/null http://127.0.0.1:\$PORT/health"], interval = "1s", timeout = "1s", start_period = "1s" }
 TOML
 $SHIM --config /tmp/pcfg start --id pb --revision rev1 >/dev/null
+$SHIM --config /tmp/pcfg start --id pc --revision rev1 >/dev/null
+systemctl stop shim-probe-pc.timer
 sleep 2
 
 # 1a. systemd accounting of timer-driven runs: CPUUsageNSec of each finished run.
@@ -100,6 +110,11 @@ export SHIM_PROBE_FAST=0
 full_tot=$(total_us $SHIM --config /tmp/pcfg probe --id pb)
 unset SHIM_PROBE_FAST
 pod_tot=$(total_us $P healthcheck run hc)
+$SHIM --config /tmp/pcfg probe --id pc || { echo "shim probe (command check) fails"; exit 1; }
+cmd_ru=$(rusage_us $SHIM --config /tmp/pcfg probe --id pc)
+cmd_tot=$(total_us $SHIM --config /tmp/pcfg probe --id pc)
+pod_ru2=$(rusage_us $P healthcheck run hc)
+pod_tot2=$(total_us $P healthcheck run hc)
 # perf stat (if installed): task-clock of the process from its exec, without the fork and
 # the shell around it that rusage counts.
 perf_ms() {
@@ -123,12 +138,16 @@ printf "  perf stat task-clock:         shim probe %.2f ms (full runs %.2f ms)\n
 printf "  whole host (sandbox cgroup):  shim probe %.2f ms (full runs %.2f ms), podman healthcheck run %.2f ms, ratio podman/shim %.1f\n" \
   $(ms $shim_tot) $(ms $full_tot) $(ms $pod_tot) $(echo "$pod_tot/$shim_tot" | bc -l)
 
+printf "command check (sh -c wget /health in the container), mean of %d runs: rusage shim probe %.2f ms, podman healthcheck run %.2f ms, ratio podman/shim %.1f; whole host shim %.2f ms, podman %.2f ms, ratio %.1f\n" \
+  $N $(ms $cmd_ru) $(ms $pod_ru2) $(echo "$pod_ru2/$cmd_ru" | bc -l) $(ms $cmd_tot) $(ms $pod_tot2) $(echo "$pod_tot2/$cmd_tot" | bc -l)
+$SHIM --config /tmp/pcfg stop --id pc >/dev/null
+
 # 2. Detection-to-healthy of a hung instance, through the probe timer (recreated by reconcile).
 $SHIM --config /tmp/pcfg reconcile >/dev/null
 sleep 2
 : > /tmp/kill.ms; : > /tmp/heal.ms
 for i in 1 2 3 4; do
-  u=shim-pb-web-rev1-$i.service
+  u=$(systemctl list-units --plain --no-legend "shim-pb-web-rev1-*-$i.service" | awk "{print \$1}")
   port=$(systemctl show -p LogExtraFields --value $u | tr " " "\n" | sed -n "s/^SHIM_PORT=//p")
   pid=$(systemctl show -p MainPID --value $u)
   t0=$(date +%s%N)

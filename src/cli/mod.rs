@@ -15,6 +15,7 @@ mod status;
 mod stop;
 mod supervise;
 mod upgrade;
+mod volume;
 
 use std::path::PathBuf;
 
@@ -58,6 +59,7 @@ pub enum Command {
     Cron(cron::CronArgs),
     Logs(logs::LogsArgs),
     Image(image::ImageArgs),
+    Volume(volume::VolumeArgs),
     Supervise(supervise::SuperviseArgs),
     Reconcile(reconcile::ReconcileArgs),
     Probe(probe::ProbeArgs),
@@ -93,6 +95,7 @@ pub fn run(host: &Host, cli: Cli) -> Result<()> {
         Command::Run(a) => run::run(host, &cli.config, a),
         Command::Cron(a) => cron::run(host, &cli.config, a),
         Command::Image(a) => image::run(host, &cli.config, a),
+        Command::Volume(a) => volume::run(host, &cli.config, a),
         Command::Supervise(a) => supervise::run(host, &cli.config, a),
         Command::Reconcile(a) => reconcile::run(host, &cli.config, a),
         Command::Probe(a) => probe::run(host, &cli.config, a),

@@ -338,6 +338,20 @@ pub struct ProcessDef {
     /// forwards signals and reaps zombies (`docker run --init`).
     #[serde(default)]
     pub init: bool,
+    /// Files copied at deploy into the deployment's root-only storage and bind-mounted
+    /// read-only (`secrets = [...]`). Not serialized when empty, so that deployment records
+    /// written before secret files keep their ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretFile>,
+}
+
+/// One of a process's `secrets`: the host file `source`, copied when deployed, seen by the
+/// container read-only at `target`, owned by the container's user with `mode`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct SecretFile {
+    pub source: PathBuf,
+    pub target: String,
+    pub mode: u32,
 }
 
 /// `seccomp = …`: which system-call filter a service's containers run under.

@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use super::{
     line_of, parse_duration, ConfigError, Health, HostSettings, Ident, Limits, MountDef,
-    ProcessDef, Proxy, Runtime, ServiceDef,
+    ProcessDef, Proxy, Runtime, SecretFile, ServiceDef,
 };
 
 #[derive(Deserialize)]
@@ -60,6 +60,8 @@ struct RawService {
     cap_drop: Option<Spanned<Vec<Spanned<String>>>>,
     /// A minimal init as PID 1 (tini).
     init: Option<bool>,
+    /// Files copied at deploy and bind-mounted read-only (`source`, `target`, `mode`).
+    secrets: Option<Spanned<Vec<Spanned<RawSecret>>>>,
 
     #[serde(default)]
     processes: BTreeMap<Spanned<String>, Spanned<RawProcess>>,
@@ -97,6 +99,16 @@ struct RawProcess {
     cap_drop: Option<Spanned<Vec<Spanned<String>>>>,
     /// A minimal init as PID 1 (tini).
     init: Option<bool>,
+    /// Files copied at deploy and bind-mounted read-only (the service's are the default).
+    secrets: Option<Spanned<Vec<Spanned<RawSecret>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecret {
+    source: Spanned<String>,
+    target: Spanned<String>,
+    mode: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -363,6 +375,7 @@ fn validate_service(
         cap_add: validate_caps(cx, &format!("{prefix}.cap_add"), &r.cap_add)?,
         cap_drop: validate_caps(cx, &format!("{prefix}.cap_drop"), &r.cap_drop)?,
         init: r.init.unwrap_or(false),
+        secrets: validate_secrets(cx, &prefix, &r.secrets)?,
     };
     let processes = validate_processes(cx, &prefix, id, &r.processes, &surface)?;
     if *r.runtime.get_ref() == Runtime::Podman {
@@ -499,6 +512,20 @@ fn validate_processes(
         if r.init.is_none() {
             def.init = service.init;
         }
+        if r.secrets.is_none() {
+            def.secrets = service.secrets.clone();
+        }
+        if let Some(s) = def
+            .secrets
+            .iter()
+            .find(|s| def.mounts.iter().any(|m| m.target() == s.target))
+        {
+            return cx.err(
+                &p.span(),
+                format!("{pprefix}.secrets"),
+                format!("target {:?} is both a secret and a mount", s.target),
+            );
+        }
         processes.insert(pident, def);
     }
     Ok(processes)
@@ -565,6 +592,7 @@ fn validate_process(
         cap_add: validate_caps(cx, &format!("{prefix}.cap_add"), &r.cap_add)?,
         cap_drop: validate_caps(cx, &format!("{prefix}.cap_drop"), &r.cap_drop)?,
         init: r.init.unwrap_or(false),
+        secrets: validate_secrets(cx, prefix, &r.secrets)?,
         name,
         command,
         count,
@@ -587,6 +615,63 @@ struct Surface {
     cap_add: Vec<String>,
     cap_drop: Vec<String>,
     init: bool,
+    secrets: Vec<SecretFile>,
+}
+
+/// `secrets`: files on the host (absolute `source`), each bind-mounted read-only at an
+/// absolute `target` no other secret has, with an octal `mode` (default `0400`).
+fn validate_secrets(
+    cx: &Ctx<'_>,
+    prefix: &str,
+    raw: &Option<Spanned<Vec<Spanned<RawSecret>>>>,
+) -> Result<Vec<SecretFile>, ConfigError> {
+    let Some(list) = raw else {
+        return Ok(Vec::new());
+    };
+    let mut out: Vec<SecretFile> = Vec::new();
+    for (i, m) in list.get_ref().iter().enumerate() {
+        let key = format!("{prefix}.secrets[{i}]");
+        let r = m.get_ref();
+        let bad_path = |p: &str| {
+            !p.starts_with('/') || p == "/" || p.split('/').any(|c| c == ".." || c == ".")
+        };
+        let (source, target) = (r.source.get_ref(), r.target.get_ref());
+        if bad_path(source) || source.ends_with('/') {
+            let msg =
+                format!("{source:?}: an absolute path of a file on this host, without . or ..");
+            return mount_err(cx, &key, &r.source.span(), "source", msg);
+        }
+        if bad_path(target) || target.ends_with('/') {
+            let msg =
+                format!("{target:?}: an absolute path of a file in the container, without . or ..");
+            return mount_err(cx, &key, &r.target.span(), "target", msg);
+        }
+        let mode = match &r.mode {
+            None => 0o400,
+            Some(v) => match u32::from_str_radix(v.get_ref(), 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+            {
+                Some(m) => m,
+                None => {
+                    let msg = format!(
+                        "{:?}: an octal file mode such as \"0400\" or \"0440\"",
+                        v.get_ref()
+                    );
+                    return mount_err(cx, &key, &v.span(), "mode", msg);
+                }
+            },
+        };
+        if out.iter().any(|o| o.target == *target) {
+            return cx.err(&m.span(), key, format!("target {target:?} is given twice"));
+        }
+        out.push(SecretFile {
+            source: PathBuf::from(source),
+            target: target.clone(),
+            mode,
+        });
+    }
+    Ok(out)
 }
 
 /// Directories a mount must not expose: the host's root and shim's own state.

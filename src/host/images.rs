@@ -169,8 +169,16 @@ pub fn changes_on_disk(svc: &ServiceDef, d: &plan::Deployment) -> Vec<&'static s
     if !same_def {
         out.push("definition");
     }
-    let same_secrets =
-        read_secrets(svc).is_ok_and(|s| plan::deployment::secrets_digest(&s) == d.secrets_digest);
+    let same_files = crate::host::secrets::read_files(svc).is_ok_and(|f| {
+        let now: std::collections::BTreeMap<String, String> = f
+            .iter()
+            .map(|(k, v)| (k.clone(), plan::deployment::content_digest(v)))
+            .collect();
+        now == d.secret_files
+    });
+    let same_secrets = same_files
+        && read_secrets(svc)
+            .is_ok_and(|s| plan::deployment::secrets_digest(&s) == d.secrets_digest);
     if !same_secrets {
         out.push("secrets");
     }
@@ -282,6 +290,7 @@ fn prepare(dirs: &Dirs, req: &PrepareRequest<'_>) -> Result<Prepared> {
     check_mount_sources(&svc)?;
     check_init(&svc)?;
     let secrets = read_secrets(&svc)?;
+    let secret_files = crate::host::secrets::read_files(&svc)?;
     let runtime_bin = crate::host::runtime::runtime_binary(svc.runtime)?;
     let store = ImageStore::with_settings(dirs.images(), defs.settings.registry())
         .with_progress(crate::image::progress::auto());
@@ -308,6 +317,10 @@ fn prepare(dirs: &Dirs, req: &PrepareRequest<'_>) -> Result<Prepared> {
         definition: svc,
         seccomp,
         secrets_digest: plan::deployment::secrets_digest(&secrets),
+        secret_files: secret_files
+            .iter()
+            .map(|(k, v)| (k.clone(), plan::deployment::content_digest(v)))
+            .collect(),
         generations: Default::default(),
         ports: Default::default(),
         deployed_usec: wall_usec(),
@@ -317,6 +330,7 @@ fn prepare(dirs: &Dirs, req: &PrepareRequest<'_>) -> Result<Prepared> {
         image,
         rootfs,
         secrets,
+        secret_files,
         user_note,
         runtime_bin,
     };
@@ -328,6 +342,9 @@ struct Gathered {
     image: crate::image::ResolvedImage,
     rootfs: PathBuf,
     secrets: Vec<(String, String)>,
+    /// The secret files' contents, read for a new deployment (empty for a recorded one: its
+    /// copies are stored already).
+    secret_files: std::collections::BTreeMap<String, Vec<u8>>,
     user_note: Option<String>,
     runtime_bin: PathBuf,
 }
@@ -356,6 +373,8 @@ fn assemble(
         image: g.image,
         rootfs: g.rootfs,
         secrets: g.secrets,
+        secret_file_contents: g.secret_files,
+        secret_files_dir: crate::host::secrets::files_dir(dirs, svc.id.as_str()),
         user: d.user,
         user_note: g.user_note,
         runtime_bin: g.runtime_bin,
@@ -459,6 +478,9 @@ fn prepare_deployed(
     check_mount_sources(svc)?;
     check_init(svc)?;
     let secrets = crate::host::secrets::load(dirs, req.id, &d.secrets_digest)?;
+    if req.unpack {
+        crate::host::secrets::check_files(dirs, d)?;
+    }
     let runtime_bin = crate::host::runtime::runtime_binary(svc.runtime)?;
     let store = ImageStore::with_settings(dirs.images(), req.defs.settings.registry())
         .with_progress(crate::image::progress::auto());
@@ -467,6 +489,7 @@ fn prepare_deployed(
         image,
         rootfs,
         secrets,
+        secret_files: Default::default(),
         user_note: None,
         runtime_bin,
     };

@@ -3,14 +3,21 @@
 //! 0600 in 0700 directories), named by their digest (`plan::deployment::secrets_digest`).
 //! Every later start reads them from here, not from the files: a secret changes for the
 //! instances only when `shim upgrade` rolls it out.
+//!
+//! Secret files (`secrets = [{ source, target, mode }]`) are copied the same way, into
+//! `/var/lib/shim/secrets/<service>/files/<hex>-<uid>-<gid>-<mode>` (`plan::deployment::
+//! secret_file_name`): owned by the container's user with the mode asked for, below root-only
+//! directories, and bind-mounted read-only at the target, so no one else on the host can read
+//! them and the container sees exactly what was deployed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
+use crate::config::ServiceDef;
 use crate::host::dirs::Dirs;
-use crate::plan::deployment::secrets_digest;
+use crate::plan::deployment::{content_digest, secret_file_name, secrets_digest, Deployment};
 
 fn dir(dirs: &Dirs, id: &str) -> PathBuf {
     dirs.state.join("secrets").join(id)
@@ -62,22 +69,239 @@ pub fn load(dirs: &Dirs, id: &str, digest: &str) -> Result<Vec<(String, String)>
     Ok(secrets)
 }
 
-/// Removes the snapshots of `id` whose digest is not in `keep`.
+/// Removes the snapshots and secret files of `id` whose digest is not in `keep`.
 pub fn prune(dirs: &Dirs, id: &str, keep: &BTreeSet<String>) {
+    let hexes: BTreeSet<&str> = keep
+        .iter()
+        .map(|d| d.strip_prefix("sha256:").unwrap_or(d))
+        .collect();
     let keep: BTreeSet<PathBuf> = keep.iter().map(|d| path(dirs, id, d)).collect();
-    let Ok(entries) = std::fs::read_dir(dir(dirs, id)) else {
-        return;
-    };
-    for e in entries.flatten() {
-        if !keep.contains(&e.path()) {
-            let _ = std::fs::remove_file(e.path());
+    if let Ok(entries) = std::fs::read_dir(dir(dirs, id)) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_file()) && !keep.contains(&e.path()) {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
     }
+    if let Ok(entries) = std::fs::read_dir(files_dir(dirs, id)) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let hex = name.split('-').next().unwrap_or("");
+            if !hexes.contains(hex) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// Where a service's secret files are kept.
+pub fn files_dir(dirs: &Dirs, id: &str) -> PathBuf {
+    dir(dirs, id).join("files")
+}
+
+/// Most bytes a secret file may have: certificates and keys, not data.
+const SECRET_FILE_MAX: u64 = 1 << 20;
+
+/// Reads every secret file of `svc` (each source once), as they are now. A missing or
+/// unreadable source, or one that is not a regular file, is bad input naming the key.
+pub fn read_files(svc: &ServiceDef) -> Result<BTreeMap<String, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    for p in svc.processes.values() {
+        for (i, f) in p.secrets.iter().enumerate() {
+            let key = f.source.display().to_string();
+            if out.contains_key(&key) {
+                continue;
+            }
+            let bad = |why: String| {
+                crate::error::BadInput(format!(
+                    "{}: services.{}.processes.{}.secrets[{i}].source: {key}: {why}",
+                    svc.source.display(),
+                    svc.id,
+                    p.name
+                ))
+            };
+            let meta = std::fs::metadata(&f.source).map_err(|e| bad(e.to_string()))?;
+            if !meta.is_file() {
+                return Err(bad("not a regular file".into()).into());
+            }
+            if meta.len() > SECRET_FILE_MAX {
+                return Err(bad(format!("{} bytes: at most 1 MiB", meta.len())).into());
+            }
+            let bytes = std::fs::read(&f.source).map_err(|e| bad(e.to_string()))?;
+            out.insert(key, bytes);
+        }
+    }
+    Ok(out)
+}
+
+/// The stored copy of each secret file of deployment `d`'s processes, as the bundle mounts
+/// them: (path, content digest, mode).
+fn wanted_files(dirs: &Dirs, d: &Deployment) -> Result<Vec<(PathBuf, String, u32)>> {
+    let id = d.definition.id.as_str();
+    let mut out = Vec::new();
+    for p in d.definition.processes.values() {
+        for f in &p.secrets {
+            let source = f.source.display().to_string();
+            let Some(digest) = d.secret_files.get(&source) else {
+                bail!("the deployment of {id} has no copy of secret file {source}: the state file was edited or damaged; run `shim upgrade --id {id}`");
+            };
+            let name = secret_file_name(digest, d.user.uid, d.user.gid, f.mode);
+            out.push((files_dir(dirs, id).join(name), digest.clone(), f.mode));
+        }
+    }
+    Ok(out)
+}
+
+/// Stores deployment `d`'s secret files from `contents` (as [`read_files`] read them), owned
+/// by the container's user with each one's mode. Idempotent.
+pub fn save_files(dirs: &Dirs, d: &Deployment, contents: &BTreeMap<String, Vec<u8>>) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let wanted = wanted_files(dirs, d)?;
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let id = d.definition.id.as_str();
+    for p in [
+        dirs.state.join("secrets"),
+        dir(dirs, id),
+        files_dir(dirs, id),
+    ] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&p)
+            .with_context(|| format!("creating {}", p.display()))?;
+    }
+    let by_digest: BTreeMap<String, &Vec<u8>> =
+        contents.values().map(|b| (content_digest(b), b)).collect();
+    for (path, digest, mode) in wanted {
+        if path.exists() {
+            continue;
+        }
+        let Some(bytes) = by_digest.get(&digest) else {
+            bail!("secret file content {digest} was not read (internal error)");
+        };
+        crate::host::fsutil::write_atomic(&path, bytes, mode)?;
+        // The mode as given, whatever the umask took from it.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .with_context(|| format!("chmod of {}", path.display()))?;
+        nix::unistd::chown(
+            &path,
+            Some(nix::unistd::Uid::from_raw(d.user.uid)),
+            Some(nix::unistd::Gid::from_raw(d.user.gid)),
+        )
+        .with_context(|| format!("chown of {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Checks that deployment `d`'s secret files are stored as deployed (content digest, owner
+/// and mode), before a start mounts them.
+pub fn check_files(dirs: &Dirs, d: &Deployment) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let id = d.definition.id.as_str();
+    for (path, digest, mode) in wanted_files(dirs, d)? {
+        let again =
+            || format!("run `shim upgrade --id {id}` to deploy the secret files as they are now");
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!(
+                "reading the secret file copy {} ({})",
+                path.display(),
+                again()
+            )
+        })?;
+        let meta = std::fs::metadata(&path)?;
+        if content_digest(&bytes) != digest
+            || meta.mode() & 0o7777 != mode
+            || meta.uid() != d.user.uid
+            || meta.gid() != d.user.gid
+        {
+            bail!(
+                "the secret file copy {} does not match its deployment (damaged or edited): {}",
+                path.display(),
+                again()
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_files_are_stored_with_owner_and_mode_checked_and_pruned() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let t = tempfile::tempdir().unwrap();
+        let dirs = Dirs {
+            state: t.path().join("state"),
+            run: t.path().join("run"),
+        };
+        let src = t.path().join("db.pem");
+        std::fs::write(&src, b"-----BEGIN KEY-----\n").unwrap();
+        let toml = format!(
+            "[services.app]\nimage = \"oci:/i:{{revision}}\"\n[services.app.processes.web]\nsecrets = [{{ source = \"{}\", target = \"/run/secrets/db.pem\", mode = \"0440\" }}]\n",
+            src.display()
+        );
+        let defs =
+            crate::config::parse_sources(&[("/etc/shim/services.toml".into(), toml)]).unwrap();
+        let svc = defs.service("app").unwrap().clone();
+        let contents = read_files(&svc).unwrap();
+        let mut d = crate::ops::testkit::deployment(&defs, "app", "r1");
+        d.secret_files = contents
+            .iter()
+            .map(|(k, v)| (k.clone(), content_digest(v)))
+            .collect();
+        let me = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
+        d.user = crate::config::ResolvedUser {
+            uid: me.0,
+            gid: me.1,
+        };
+        // Not stored yet: a start refuses.
+        assert!(check_files(&dirs, &d).is_err());
+        save_files(&dirs, &d, &contents).unwrap();
+        check_files(&dirs, &d).unwrap();
+        let digest = d.secret_files.values().next().unwrap().clone();
+        let copy = files_dir(&dirs, "app").join(secret_file_name(&digest, me.0, me.1, 0o440));
+        let meta = std::fs::metadata(&copy).unwrap();
+        assert_eq!((meta.mode() & 0o7777, meta.uid()), (0o440, me.0));
+        assert_eq!(
+            std::fs::metadata(files_dir(&dirs, "app"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o700
+        );
+        // Editing the source changes nothing deployed.
+        std::fs::write(&src, b"other").unwrap();
+        check_files(&dirs, &d).unwrap();
+        assert_eq!(std::fs::read(&copy).unwrap(), b"-----BEGIN KEY-----\n");
+        // An edited copy is refused.
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&copy, b"tampered").unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o440)).unwrap();
+        let e = check_files(&dirs, &d).unwrap_err().to_string();
+        assert!(e.contains("does not match"), "{e}");
+        // Pruned once no record uses it; kept while one does.
+        prune(&dirs, "app", &[digest.clone()].into());
+        assert!(copy.exists());
+        prune(&dirs, "app", &BTreeSet::new());
+        assert!(!copy.exists());
+        // A missing source is bad input naming the key.
+        std::fs::remove_file(&src).unwrap();
+        let e = read_files(&svc).unwrap_err();
+        assert!(e.is::<crate::error::BadInput>());
+        assert!(
+            e.to_string()
+                .contains("services.app.processes.web.secrets[0].source"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn snapshots_are_root_only_checked_and_pruned() {

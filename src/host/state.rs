@@ -115,7 +115,9 @@ impl ServiceState {
         ]
         .into_iter()
         .flatten()
-        .map(|d| d.secrets_digest.clone())
+        .flat_map(|d| {
+            std::iter::once(d.secrets_digest.clone()).chain(d.secret_files.values().cloned())
+        })
         .collect()
     }
 

@@ -15,6 +15,7 @@ pub mod stop;
 pub mod supervise;
 pub mod upgrade;
 pub mod upstreams;
+pub mod volumes;
 
 #[cfg(test)]
 pub mod testkit;

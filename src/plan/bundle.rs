@@ -221,6 +221,9 @@ fn plan_mounts(
     for m in &process.mounts {
         mounts.push(user_mount(cx, m)?);
     }
+    for f in &process.secrets {
+        mounts.push(secret_mount(cx, f)?);
+    }
     if process.init {
         mounts.push(mount(
             INIT_PATH,
@@ -230,6 +233,23 @@ fn plan_mounts(
         )?);
     }
     Ok(mounts)
+}
+
+/// One of the process's secret files: its stored copy (owned by the container's user, with
+/// its mode), bound read-only at its target.
+fn secret_mount(cx: &PlanContext<'_>, f: &crate::config::SecretFile) -> Result<Mount, String> {
+    let source = f.source.display().to_string();
+    let digest = cx
+        .deployment
+        .and_then(|d| d.secret_files.get(&source))
+        .ok_or_else(|| format!("no deployed copy of secret file {source}"))?;
+    let name = crate::plan::deployment::secret_file_name(digest, cx.user.uid, cx.user.gid, f.mode);
+    mount(
+        &f.target,
+        "bind",
+        &cx.secret_files_dir.join(name).display().to_string(),
+        &["bind", "ro", "nosuid", "nodev", "noexec"],
+    )
 }
 
 /// One of the process's `mounts` (volumes live under the service's volumes directory).

@@ -43,6 +43,10 @@ pub struct Deployment {
     pub seccomp: Option<String>,
     /// `sha256:<hex>` of the secrets read from `env_files` (see [`secrets_digest`]).
     pub secrets_digest: String,
+    /// The content digest (`sha256:<hex>`) of each secret file (`secrets = [...]`) when it was
+    /// deployed, by source path; its copy is `host::secrets`' (see [`secret_file_name`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_files: BTreeMap<String, String>,
     /// Per process, how many times `shim restart` replaced its instances.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub generations: BTreeMap<String, u32>,
@@ -100,6 +104,18 @@ pub fn secrets_digest(secrets: &[(String, String)]) -> String {
     format!("sha256:{}", sha256_hex(&parts))
 }
 
+/// The name of the stored copy of a secret file: its content digest, and the owner and mode
+/// the container sees it with (`<hex>-<uid>-<gid>-<mode>`).
+pub fn secret_file_name(digest: &str, uid: u32, gid: u32, mode: u32) -> String {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    format!("{hex}-{uid}-{gid}-{mode:04o}")
+}
+
+/// The digest of a secret file's content.
+pub fn content_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
 /// What differs between two deployments' contents, in words (empty: the same).
 pub fn differences(old: &Deployment, new: &Deployment) -> Vec<&'static str> {
     let mut out = Vec::new();
@@ -112,7 +128,7 @@ pub fn differences(old: &Deployment, new: &Deployment) -> Vec<&'static str> {
     if old.definition_digest() != new.definition_digest() {
         out.push("definition");
     }
-    if old.secrets_digest != new.secrets_digest {
+    if old.secrets_digest != new.secrets_digest || old.secret_files != new.secret_files {
         out.push("secrets");
     }
     if counts(&old.definition) != counts(&new.definition) {
@@ -137,13 +153,32 @@ impl Deployment {
 
     /// 12 hex digits identifying what runs: revision, manifest, definition, secrets.
     pub fn id(&self) -> String {
-        let h = sha256_hex(&[
+        let files = self.secret_files_digest();
+        let definition = self.definition_digest();
+        let mut parts: Vec<&[u8]> = vec![
             self.revision.as_bytes(),
             self.manifest_digest.as_bytes(),
-            self.definition_digest().as_bytes(),
+            definition.as_bytes(),
             self.secrets_digest.as_bytes(),
-        ]);
-        h[..12].to_string()
+        ];
+        // Only when there are secret files: records from before them keep their ids.
+        if let Some(f) = &files {
+            parts.push(f.as_bytes());
+        }
+        sha256_hex(&parts)[..12].to_string()
+    }
+
+    /// One digest of all secret files' digests (None without secret files).
+    fn secret_files_digest(&self) -> Option<String> {
+        if self.secret_files.is_empty() {
+            return None;
+        }
+        let parts: Vec<&[u8]> = self
+            .secret_files
+            .iter()
+            .flat_map(|(k, v)| [k.as_bytes(), v.as_bytes()])
+            .collect();
+        Some(sha256_hex(&parts))
     }
 
     /// The tag of `process`'s instances: 8 hex digits of the id and the process's restart
@@ -228,6 +263,7 @@ pub mod tests {
             definition: defs.services.values().next().unwrap().clone(),
             seccomp: Some("{}".into()),
             secrets_digest: secrets_digest(&[("S".into(), "v".into())]),
+            secret_files: Default::default(),
             generations: BTreeMap::new(),
             ports: BTreeMap::new(),
             deployed_usec: 1,

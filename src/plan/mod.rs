@@ -205,6 +205,8 @@ pub struct PlanContext<'a> {
     pub volumes_dir: &'a Path,
     /// The static init bound into containers of processes with `init = true` (tini).
     pub init_bin: &'a Path,
+    /// Where the deployment's secret files are stored (`host::secrets::files_dir`).
+    pub secret_files_dir: &'a Path,
 }
 
 /// Everything needed to start one instance.

@@ -148,6 +148,7 @@ pub fn default_process() -> Result<ProcessDef, String> {
         cap_add: Vec::new(),
         cap_drop: Vec::new(),
         init: false,
+        secrets: Vec::new(),
     })
 }
 

@@ -18,6 +18,11 @@ pub struct Prepared {
     pub image: ResolvedImage,
     pub rootfs: PathBuf,
     pub secrets: Vec<(String, String)>,
+    /// The secret files' contents by source, for a new deployment to store
+    /// (`host::secrets::save_files`) before its first instance starts; empty otherwise.
+    pub secret_file_contents: BTreeMap<String, Vec<u8>>,
+    /// Where the service's secret files are stored (mounted from there read-only).
+    pub secret_files_dir: PathBuf,
     pub user: ResolvedUser,
     /// A note for `shim show` when the user could not be resolved without unpacking.
     pub user_note: Option<String>,
@@ -65,6 +70,7 @@ impl Prepared {
             deployment: Some(&self.deployment),
             volumes_dir: &self.volumes_dir,
             init_bin: &self.init_bin,
+            secret_files_dir: &self.secret_files_dir,
         }
     }
 

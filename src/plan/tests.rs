@@ -51,6 +51,7 @@ fn with_cx<T>(f: impl FnOnce(&PlanContext<'_>) -> T) -> T {
         deployment: None,
         volumes_dir: Path::new("/var/lib/shim/volumes/billing_app"),
         init_bin: Path::new("/usr/bin/tini-static"),
+        secret_files_dir: Path::new("/var/lib/shim/state/secrets/billing_app/files"),
         secrets: &secrets,
         user: ResolvedUser {
             uid: 1000,

@@ -246,11 +246,44 @@ fn mounts_and_capabilities_runc() {
         std::fs::read_to_string(format!("/proc/{pid2}/root/data/cache/kept")).unwrap(),
         "v1"
     );
+    // `shim volume ls` names the instance using it; `rm` refuses while it runs.
+    let ls = shim_ok(cfg.path(), &["volume", "ls", "--id", id, "--json"]);
+    let vols: serde_json::Value = serde_json::from_str(&ls).unwrap();
+    assert_eq!(vols[0]["name"], "cache", "{ls}");
+    assert_eq!(vols[0]["bytes"], 2, "{ls}");
+    assert!(
+        vols[0]["used_by"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u == &unit2),
+        "{ls}"
+    );
+    let o = shim(cfg.path(), &["volume", "rm", "--id", id, "cache"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("in use by") && stderr(&o).contains(&unit2),
+        "{}",
+        stderr(&o)
+    );
+    assert!(std::path::Path::new(&format!("/var/lib/shim/volumes/{id}/cache/kept")).exists());
+    let o = shim(cfg.path(), &["volume", "rm", "--id", id, "nope"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("volumes: cache"), "{}", stderr(&o));
     shim_ok(cfg.path(), &["stop", "--id", id]);
     assert!(
         std::path::Path::new(&format!("/var/lib/shim/volumes/{id}/cache/kept")).exists(),
         "stop keeps the volume"
     );
+    let ls = shim_ok(cfg.path(), &["volume", "ls"]);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with(id) && l.contains("cache") && l.trim_end().ends_with('-')),
+        "{ls}"
+    );
+    let out = shim_ok(cfg.path(), &["volume", "rm", "--id", id, "cache"]);
+    assert!(out.contains("removed volume cache"), "{out}");
+    assert!(!std::path::Path::new(&format!("/var/lib/shim/volumes/{id}/cache")).exists());
 }
 
 /// `init = true`: a shell as the command ignores SIGTERM as PID 1, so without an init a stop
@@ -402,4 +435,85 @@ fn command_health_checks_run_in_the_container() {
 
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Secret files (`secrets = [...]`) with runc: copied when deployed into root-only storage,
+/// bind-mounted read-only at the target, owned by the container's user with the mode asked
+/// for; readable by the app, not writable; nowhere in `systemctl show`, `shim show` or the
+/// journal; editing the source changes nothing until the next upgrade, a restart of the
+/// instance sees the deployed content, an upgrade rolls the new content out.
+#[test]
+fn secret_files_are_deployed_copies_mounted_read_only() {
+    require_sandbox!();
+    let id = "sfile";
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("db.pem");
+    std::fs::write(&src, "s3cr3t-one\n").unwrap();
+    let cfg = TestConfig::new(&format!(
+        "[shim]\nport_range = [29100, 29199]\n[services.{id}]\nimage = \"oci:{{layout}}:{{revision}}\"\nuser = \"1234:1234\"\n\
+         [services.{id}.processes.worker]\n\
+         command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1 & wait; done\"]\n\
+         secrets = [{{ source = \"{}\", target = \"/run/secrets/db.pem\", mode = \"0440\" }}]\n",
+        src.display()
+    ));
+    let show = shim_ok(cfg.path(), &["show", "--id", id, "--revision", "rev1"]);
+    assert!(!show.contains("s3cr3t"), "{show}");
+    shim_ok(cfg.path(), &["upgrade", "--id", id, "--revision", "rev1"]);
+    let unit = instance_unit(cfg.path(), id, "worker", 1);
+    let container = unit.trim_end_matches(".service").to_string();
+    let exec = |cmd: &str| sh(&format!("runc exec {container} /bin/sh -c '{cmd}'"));
+    let o = exec("id -u; cat /run/secrets/db.pem; stat -c \"%u %g %a\" /run/secrets/db.pem");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "1234\ns3cr3t-one\n1234 1234 440\n");
+    let o = exec("echo x >> /run/secrets/db.pem");
+    assert!(
+        !o.status.success(),
+        "the secret is writable in the container"
+    );
+    let o = exec("grep \" /run/secrets/db.pem \" /proc/self/mounts");
+    assert!(stdout(&o).contains(" ro,"), "{}", stdout(&o));
+    let props = stdout(&sh(&format!("systemctl show {unit}")));
+    assert!(
+        !props.contains("s3cr3t"),
+        "the secret is in the unit's properties"
+    );
+    // The copy is below root-only directories.
+    let o = sh("stat -c %a /var/lib/shim/secrets /var/lib/shim/secrets/sfile /var/lib/shim/secrets/sfile/files");
+    assert_eq!(stdout(&o), "700\n700\n700\n", "{}", stderr(&o));
+
+    // Editing the source changes nothing deployed, also across a restart of the instance.
+    std::fs::write(&src, "s3cr3t-two\n").unwrap();
+    let pid = unit_prop(&unit, "MainPID");
+    assert!(sh(&format!("kill -9 {pid}")).status.success());
+    wait_for(
+        std::time::Duration::from_secs(20),
+        "systemd restarts it",
+        || {
+            let now = unit_prop(&unit, "MainPID");
+            (now != pid && now != "0" && unit_prop(&unit, "ActiveState") == "active").then_some(())
+        },
+    );
+    let o = exec("cat /run/secrets/db.pem");
+    assert_eq!(stdout(&o), "s3cr3t-one\n", "{}", stderr(&o));
+    let st = shim_ok(cfg.path(), &["status", "--id", id]);
+    assert!(
+        st.contains("changed since deploy") || st.contains("secrets"),
+        "{st}"
+    );
+
+    // An upgrade rolls the new content out (a new deployment: new instance names).
+    shim_ok(cfg.path(), &["upgrade", "--id", id]);
+    let unit2 = instance_unit(cfg.path(), id, "worker", 1);
+    assert_ne!(unit2, unit);
+    let o = sh(&format!(
+        "runc exec {} cat /run/secrets/db.pem",
+        unit2.trim_end_matches(".service")
+    ));
+    assert_eq!(stdout(&o), "s3cr3t-two\n", "{}", stderr(&o));
+    let journal = stdout(&sh(&format!(
+        "journalctl --no-pager -o cat -t {id}-worker-1; journalctl --no-pager -u '{}' -u '{}'",
+        unit, unit2
+    )));
+    assert!(!journal.contains("s3cr3t"), "a secret reached the journal");
+    shim_ok(cfg.path(), &["stop", "--id", id]);
 }

@@ -1,0 +1,218 @@
+//! `shim volume ls|rm`: the named volumes shim keeps per service under
+//! `/var/lib/shim/volumes/<service>/<name>` (created on first start, never deleted
+//! implicitly). `rm` is the only way one goes, and it refuses while a running instance of the
+//! service may have it mounted: a running unit whose deployment (current, previous, or the
+//! attempt under way) mounts the volume, or whose deployment is not recorded at all.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::config::MountDef;
+use crate::error::BadInput;
+use crate::host::lock::ServiceLock;
+use crate::host::systemd::UnitInfo;
+use crate::host::Host;
+use crate::plan::Deployment;
+
+/// One volume as `shim volume ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Volume {
+    pub service: String,
+    pub name: String,
+    pub path: PathBuf,
+    /// Bytes of the files in it (apparent sizes).
+    pub bytes: u64,
+    /// Running instances that have it mounted (or may: see the module doc).
+    pub used_by: Vec<String>,
+}
+
+/// Whether deployment `d` mounts volume `name`.
+fn mounts(d: &Deployment, name: &str) -> bool {
+    d.definition
+        .processes
+        .values()
+        .flat_map(|p| &p.mounts)
+        .any(|m| matches!(m, MountDef::Volume { source, .. } if source == name))
+}
+
+/// The running units of a service that may have volume `name` mounted (pure): those whose
+/// deployment is one of `records` and mounts it, and those whose deployment is none of them.
+pub fn users_of(name: &str, units: &[UnitInfo], records: &[&Deployment]) -> Vec<String> {
+    units
+        .iter()
+        .filter(|u| u.active_state != "inactive" && u.active_state != "failed")
+        .filter(|u| {
+            let owner = records
+                .iter()
+                .find(|d| d.owns(u.revision(), u.process().unwrap_or(""), u.deployment()));
+            owner.is_none_or(|d| mounts(d, name))
+        })
+        .map(|u| u.name.clone())
+        .collect()
+}
+
+/// Apparent size of the files below `dir` (symlinks not followed).
+fn size_of(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => size_of(&e.path()),
+            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// The recorded deployments of `id` (current, previous, under way).
+fn records(host: &Host, id: &str) -> Result<Vec<Deployment>> {
+    let st = host.state().load(id)?;
+    Ok([
+        st.deployment,
+        st.previous_deployment,
+        st.upgrading.and_then(|a| a.deployment),
+    ]
+    .into_iter()
+    .flatten()
+    .collect())
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|es| {
+            es.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Every volume (of service `only`, if given).
+pub fn list(host: &Host, only: Option<&str>) -> Result<Vec<Volume>> {
+    let root = host.dirs.state.join("volumes");
+    let services: Vec<String> = match only {
+        Some(id) => vec![id.to_string()],
+        None => names_in(&root),
+    };
+    let mut out = Vec::new();
+    for id in services {
+        let names = names_in(&host.dirs.volumes(&id));
+        if names.is_empty() {
+            continue;
+        }
+        let units = crate::ops::instances::service_units(host.systemd()?, &id)?;
+        let recs = records(host, &id)?;
+        let recs: Vec<&Deployment> = recs.iter().collect();
+        for name in names {
+            let path = host.dirs.volumes(&id).join(&name);
+            out.push(Volume {
+                bytes: size_of(&path),
+                used_by: users_of(&name, &units, &recs),
+                service: id.clone(),
+                name,
+                path,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Removes volume `name` of service `id`, with everything in it. Refuses (bad input, nothing
+/// removed) while an instance may use it, and when there is no such volume.
+pub fn remove(host: &Host, id: &str, name: &str, lock_timeout: Duration) -> Result<PathBuf> {
+    crate::config::Ident::parse(name)
+        .map_err(|m| BadInput(format!("volume name {name:?}: {m}")))?;
+    let _lock = ServiceLock::acquire(&host.dirs.run, id, lock_timeout)?;
+    let path = host.dirs.volumes(id).join(name);
+    if !path.is_dir() {
+        let have = names_in(&host.dirs.volumes(id));
+        return Err(BadInput(format!(
+            "service {id} has no volume {name:?} (volumes: {})",
+            if have.is_empty() {
+                "none".into()
+            } else {
+                have.join(", ")
+            }
+        ))
+        .into());
+    }
+    let units = crate::ops::instances::service_units(host.systemd()?, id)?;
+    let recs = records(host, id)?;
+    let users = users_of(name, &units, &recs.iter().collect::<Vec<_>>());
+    if !users.is_empty() {
+        return Err(BadInput(format!(
+            "volume {name:?} of service {id} is in use by {}: stop the service first (`shim stop --id {id}`), or deploy a definition without it",
+            users.join(", ")
+        ))
+        .into());
+    }
+    std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+    let _ = std::fs::remove_dir(host.dirs.volumes(id));
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testkit;
+
+    fn unit(name: &str, revision: &str, tag: &str, state: &str) -> UnitInfo {
+        use crate::plan::fields;
+        UnitInfo {
+            name: name.into(),
+            active_state: state.into(),
+            fields: [
+                (fields::SERVICE, "app"),
+                (fields::PROCESS, "web"),
+                (fields::REVISION, revision),
+                (fields::DEPLOYMENT, tag),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_volume_is_in_use_by_running_instances_of_deployments_that_mount_it() {
+        let toml = "[services.app]\nimage = \"oci:/i:{revision}\"\n[services.app.processes.web]\nmounts = [{ type = \"volume\", source = \"cache\", target = \"/c\" }]\n";
+        let defs = crate::config::parse_sources(&[("/etc/shim/services.toml".into(), toml.into())])
+            .unwrap();
+        let mut with = testkit::deployment(&defs, "app", "r1");
+        with.untagged = false;
+        let plain = "[services.app]\nimage = \"oci:/i:{revision}\"\n[services.app.processes.web]\n";
+        let defs2 =
+            crate::config::parse_sources(&[("/etc/shim/services.toml".into(), plain.into())])
+                .unwrap();
+        let mut without = testkit::deployment(&defs2, "app", "r2");
+        without.untagged = false;
+        let (t1, t2) = (with.tag("web"), without.tag("web"));
+        let units = vec![
+            unit("shim-app-web-r1-a-1.service", "r1", &t1, "active"),
+            unit("shim-app-web-r2-b-1.service", "r2", &t2, "active"),
+            unit("shim-app-web-r1-c-2.service", "r1", &t1, "inactive"),
+            unit(
+                "shim-app-web-r9-d-1.service",
+                "r9",
+                "deadbeef",
+                "activating",
+            ),
+        ];
+        let users = users_of("cache", &units, &[&with, &without]);
+        assert_eq!(
+            users,
+            ["shim-app-web-r1-a-1.service", "shim-app-web-r9-d-1.service"],
+            "the one that mounts it, and the one of an unknown deployment"
+        );
+        assert!(users_of("cache", &units[1..3], &[&with, &without]).is_empty());
+    }
+}
