@@ -95,6 +95,7 @@ pub fn unit_from_local(u: &ListedUnit, l: &Local) -> Option<UnitInfo> {
         exec_main_exit_usec: 0,
         failed_since_usec: 0,
         restart_usec_next: 0,
+        result: String::new(),
         fields: meta.fields(),
     })
 }
@@ -215,7 +216,10 @@ pub fn rows(
                 max_delay,
                 now_usec,
             ),
-            last_exit: (u.active_state == "failed" || u.sub_state == "auto-restart")
+            // Also for a running instance whose last restart was an OOM kill.
+            last_exit: (u.active_state == "failed"
+                || u.sub_state == "auto-restart"
+                || u.result == "oom-kill")
                 .then(|| u.last_exit())
                 .flatten(),
             deployment: s.deployment_of(u).map(|d| d.id()),
@@ -671,6 +675,25 @@ mod tests {
         assert_eq!(svcs, vec![("a", 0), ("a-b", 3)]);
         assert_eq!(all.supervision["a-b"].probe.as_deref(), Some("failed"));
         assert_eq!(all.supervision["a"].probe.as_deref(), Some("active"));
+    }
+
+    #[test]
+    fn an_oom_killed_instance_says_so_even_once_running_again() {
+        let fh = crate::ops::testkit::host();
+        let mut u = fake_unit("app", 1, "active", "running");
+        u.n_restarts = 1;
+        u.exec_main_code = 2;
+        u.exec_main_status = 9;
+        u.result = "oom-kill".into();
+        fh.systemd.insert(u);
+        let q = Query {
+            id: Some("app"),
+            cron: false,
+            now_usec: 3_726_000_000,
+        };
+        let r = gather(&fh.host, None, &q).unwrap();
+        let last = r.instances[0].last_exit.clone().unwrap_or_default();
+        assert!(last.contains("oom-kill"), "{last}");
     }
 
     #[test]

@@ -96,7 +96,13 @@ const SERVICE_PROPS: [&str; 4] = [
 ];
 
 /// How the last main process ended: read for units not running or restarted.
-const EXIT_PROPS: [&str; 3] = ["ExecMainCode", "ExecMainStatus", "ExecMainExitTimestamp"];
+const EXIT_PROPS: [&str; 4] = [
+    "ExecMainCode",
+    "ExecMainStatus",
+    "ExecMainExitTimestamp",
+    // "oom-kill" when the kernel's OOM killer ended it (its memory limit).
+    "Result",
+];
 
 /// Reads `names` of `interface` with one Get each, concurrently.
 async fn get_props(
@@ -330,6 +336,12 @@ fn variant_u64(m: &HashMap<String, OwnedVariant>, k: &str) -> u64 {
     m.get(k)
         .and_then(|v| u64::try_from(v.try_clone().ok()?).ok())
         .unwrap_or(0)
+}
+
+fn variant_string(m: &HashMap<String, OwnedVariant>, k: &str) -> String {
+    m.get(k)
+        .and_then(|v| String::try_from(v.try_clone().ok()?).ok())
+        .unwrap_or_default()
 }
 
 fn extra_fields(m: &HashMap<String, OwnedVariant>) -> BTreeMap<String, String> {
@@ -672,6 +684,7 @@ impl Systemd for DbusSystemd {
                     exec_main_exit_usec: variant_u64(&p, "ExecMainExitTimestamp"),
                     failed_since_usec: variant_u64(&p, "StateChangeTimestamp"),
                     restart_usec_next: variant_u64(&p, "RestartUSecNext"),
+                    result: variant_string(&p, "Result"),
                     fields: extra_fields(&p),
                 });
             }

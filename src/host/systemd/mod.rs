@@ -45,6 +45,9 @@ pub struct UnitInfo {
     /// systemd ≥ 254: the delay before the next automatic restart (`RestartUSecNext`), which
     /// grows with `RestartSteps=`; 0 where systemd does not say (252).
     pub restart_usec_next: u64,
+    /// The service's `Result` when its last main process ended ("success", "exit-code",
+    /// "signal", "oom-kill", …); "" where not read (a running unit never restarted).
+    pub result: String,
     /// `SHIM_*` fields from LogExtraFields: what service/process/revision/instance/port it is.
     pub fields: BTreeMap<String, String>,
 }
@@ -52,6 +55,11 @@ pub struct UnitInfo {
 impl UnitInfo {
     /// How the last main process ended, for error messages.
     pub fn last_exit(&self) -> Option<String> {
+        if self.result == "oom-kill" {
+            return Some(
+                "killed by the OOM killer (result oom-kill: over its memory limit)".into(),
+            );
+        }
         match self.exec_main_code {
             1 => Some(format!("exited with status {}", self.exec_main_status)),
             2 | 3 => Some(format!(

@@ -212,6 +212,7 @@ mod tests {
             exec_main_exit_usec: exit,
             failed_since_usec: 0,
             restart_usec_next: 0,
+            result: String::new(),
             fields: Default::default(),
         }
     }
