@@ -343,6 +343,9 @@ pub struct ProcessDef {
     /// written before secret files keep their ids.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<SecretFile>,
+    /// This process's own `seccomp` (None: the service's). Not serialized when None.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<Seccomp>,
 }
 
 /// One of a process's `secrets`: the host file `source`, copied when deployed, seen by the

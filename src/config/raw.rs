@@ -101,6 +101,8 @@ struct RawProcess {
     init: Option<bool>,
     /// Files copied at deploy and bind-mounted read-only (the service's are the default).
     secrets: Option<Spanned<Vec<Spanned<RawSecret>>>>,
+    /// This process's own system-call filter (the service's is the default).
+    seccomp: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -355,18 +357,7 @@ fn validate_service(
     };
     let seccomp = match &r.seccomp {
         None => super::Seccomp::Default,
-        Some(v) => match v.get_ref().as_str() {
-            "default" => super::Seccomp::Default,
-            "unconfined" => super::Seccomp::Unconfined,
-            p if p.starts_with('/') => super::Seccomp::Profile(PathBuf::from(p)),
-            other => {
-                return cx.err(
-                    &v.span(),
-                    format!("{prefix}.seccomp"),
-                    format!("{other:?}: use \"default\", \"unconfined\" or an absolute path to a seccomp profile"),
-                )
-            }
-        },
+        Some(v) => parse_seccomp(cx, &prefix, v)?,
     };
     let limits = validate_limits(cx, &prefix, (&r.memory, &r.cpus, &r.pids, &r.nofile))?;
     let surface = Surface {
@@ -593,6 +584,10 @@ fn validate_process(
         cap_drop: validate_caps(cx, &format!("{prefix}.cap_drop"), &r.cap_drop)?,
         init: r.init.unwrap_or(false),
         secrets: validate_secrets(cx, prefix, &r.secrets)?,
+        seccomp: match &r.seccomp {
+            None => None,
+            Some(v) => Some(parse_seccomp(cx, prefix, v)?),
+        },
         name,
         command,
         count,
@@ -616,6 +611,26 @@ struct Surface {
     cap_drop: Vec<String>,
     init: bool,
     secrets: Vec<SecretFile>,
+}
+
+/// `seccomp = "default" | "unconfined" | "/abs/profile.json"` at `prefix`.
+fn parse_seccomp(
+    cx: &Ctx<'_>,
+    prefix: &str,
+    v: &Spanned<String>,
+) -> Result<super::Seccomp, ConfigError> {
+    Ok(match v.get_ref().as_str() {
+        "default" => super::Seccomp::Default,
+        "unconfined" => super::Seccomp::Unconfined,
+        p if p.starts_with('/') => super::Seccomp::Profile(PathBuf::from(p)),
+        other => {
+            return cx.err(
+                &v.span(),
+                format!("{prefix}.seccomp"),
+                format!("{other:?}: use \"default\", \"unconfined\" or an absolute path to a seccomp profile"),
+            )
+        }
+    })
 }
 
 /// `secrets`: files on the host (absolute `source`), each bind-mounted read-only at an

@@ -163,8 +163,11 @@ fn check_mount_sources(svc: &ServiceDef) -> Result<()> {
 pub fn changes_on_disk(svc: &ServiceDef, d: &plan::Deployment) -> Vec<&'static str> {
     let mut out = Vec::new();
     let seccomp = read_seccomp(svc);
+    let own = read_process_seccomp(svc);
     let same_def = seccomp.as_ref().is_ok_and(|s| {
-        plan::deployment::definition_digest(svc, s.as_deref()) == d.definition_digest()
+        own.as_ref().is_ok_and(|o| {
+            plan::deployment::definition_digest(svc, s.as_deref(), o) == d.definition_digest()
+        })
     });
     if !same_def {
         out.push("definition");
@@ -227,7 +230,30 @@ pub const DEFAULT_SECCOMP: &str = "/usr/share/containers/seccomp.json";
 
 /// The text of the service's seccomp profile; None for `unconfined`.
 pub(crate) fn read_seccomp(svc: &ServiceDef) -> Result<Option<String>> {
-    let (path, missing) = match &svc.seccomp {
+    read_profile(svc, &svc.seccomp, &format!("services.{}.seccomp", svc.id))
+}
+
+/// The profile text of each process with a `seccomp` of its own.
+pub(crate) fn read_process_seccomp(
+    svc: &ServiceDef,
+) -> Result<std::collections::BTreeMap<String, Option<String>>> {
+    svc.processes
+        .values()
+        .filter_map(|p| Some((p, p.seccomp.as_ref()?)))
+        .map(|(p, s)| {
+            let key = format!("services.{}.processes.{}.seccomp", svc.id, p.name);
+            Ok((p.name.to_string(), read_profile(svc, s, &key)?))
+        })
+        .collect()
+}
+
+/// The text of profile `which` (None: unconfined); `key` names it in errors.
+fn read_profile(
+    svc: &ServiceDef,
+    which: &crate::config::Seccomp,
+    key: &str,
+) -> Result<Option<String>> {
+    let (path, missing) = match which {
         crate::config::Seccomp::Unconfined => return Ok(None),
         crate::config::Seccomp::Default => (
             PathBuf::from(DEFAULT_SECCOMP),
@@ -240,9 +266,8 @@ pub(crate) fn read_seccomp(svc: &ServiceDef) -> Result<Option<String>> {
         crate::config::Seccomp::Profile(p) => (
             p.clone(),
             format!(
-                "{}: services.{}.seccomp: cannot read {}",
+                "{}: {key}: cannot read {}",
                 svc.source.display(),
-                svc.id,
                 p.display()
             ),
         ),
@@ -308,6 +333,7 @@ fn prepare(dirs: &Dirs, req: &PrepareRequest<'_>) -> Result<Prepared> {
     };
     let (user, user_note) = resolve_image_user(&svc, &image.config, &rootfs, unpack)?;
     let seccomp = read_seccomp(&svc)?;
+    let process_seccomp = read_process_seccomp(&svc)?;
     let deployment = plan::Deployment {
         revision: revision.to_string(),
         image: reference.clone(),
@@ -316,6 +342,7 @@ fn prepare(dirs: &Dirs, req: &PrepareRequest<'_>) -> Result<Prepared> {
         user,
         definition: svc,
         seccomp,
+        process_seccomp,
         secrets_digest: plan::deployment::secrets_digest(&secrets),
         secret_files: secret_files
             .iter()

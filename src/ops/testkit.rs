@@ -46,6 +46,7 @@ pub fn deployment(defs: &Definitions, id: &str, revision: &str) -> plan::Deploym
         seccomp,
         secrets_digest: plan::deployment::secrets_digest(&secrets),
         secret_files: Default::default(),
+        process_seccomp: Default::default(),
         generations: Default::default(),
         ports: Default::default(),
         deployed_usec: 0,

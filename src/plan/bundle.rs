@@ -48,7 +48,7 @@ pub(super) fn plan_config(
     set_process(&mut spec, cx, process, key, port)?;
     set_caps(&mut spec, process)?;
     set_linux(&mut spec, cx, key)?;
-    set_seccomp(&mut spec, cx)?;
+    set_seccomp(&mut spec, cx, process)?;
     let mounts = plan_mounts(&spec, cx, process)?;
     spec.set_mounts(Some(mounts));
     Ok(spec)
@@ -152,8 +152,23 @@ fn set_linux(spec: &mut Spec, cx: &PlanContext<'_>, key: &InstanceKey) -> Result
 
 /// The system-call filter (`seccomp` of the definitions), chosen for the container's
 /// architecture and bounding capabilities (see `plan::seccomp`).
-fn set_seccomp(spec: &mut Spec, cx: &PlanContext<'_>) -> Result<(), String> {
-    let Some(profile) = cx.seccomp else {
+fn set_seccomp(spec: &mut Spec, cx: &PlanContext<'_>, process: &ProcessDef) -> Result<(), String> {
+    // A process's own profile (recorded in the deployment; never unconfined by omission)
+    // or the service's.
+    let profile = match &process.seccomp {
+        None => cx.seccomp,
+        Some(_) => cx
+            .deployment
+            .and_then(|d| d.process_seccomp.get(process.name.as_str()))
+            .ok_or_else(|| {
+                format!(
+                    "services.{}.processes.{}.seccomp: the deployment has no profile recorded for it",
+                    cx.service.id, process.name
+                )
+            })?
+            .as_deref(),
+    };
+    let Some(profile) = profile else {
         return Ok(());
     };
     let caps: Vec<String> = spec

@@ -41,6 +41,9 @@ pub struct Deployment {
     pub definition: ServiceDef,
     /// The seccomp profile's text; None for `seccomp = "unconfined"`.
     pub seccomp: Option<String>,
+    /// The profile text of each process with a `seccomp` of its own (None: unconfined).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub process_seccomp: BTreeMap<String, Option<String>>,
     /// `sha256:<hex>` of the secrets read from `env_files` (see [`secrets_digest`]).
     pub secrets_digest: String,
     /// The content digest (`sha256:<hex>`) of each secret file (`secrets = [...]`) when it was
@@ -79,7 +82,11 @@ fn sha256_hex(parts: &[&[u8]]) -> String {
 /// The digest of a definition as it reaches the instances: everything but where it was read
 /// from (file and lines) and how many instances each process has (a deployment scales in
 /// place: `shim upgrade` starts or stops the difference), and the seccomp profile's text.
-pub fn definition_digest(svc: &ServiceDef, seccomp: Option<&str>) -> String {
+pub fn definition_digest(
+    svc: &ServiceDef,
+    seccomp: Option<&str>,
+    process_seccomp: &BTreeMap<String, Option<String>>,
+) -> String {
     let mut d = svc.clone();
     d.source = Default::default();
     d.line = None;
@@ -89,10 +96,13 @@ pub fn definition_digest(svc: &ServiceDef, seccomp: Option<&str>) -> String {
     }
     // Serializing plain data (strings, numbers, maps with string keys) cannot fail.
     let json = serde_json::to_vec(&d).unwrap_or_default();
-    format!(
-        "sha256:{}",
-        sha256_hex(&[&json, seccomp.unwrap_or("\0unconfined").as_bytes()])
-    )
+    let mut parts: Vec<&[u8]> = vec![&json, seccomp.unwrap_or("\0unconfined").as_bytes()];
+    // Only processes with a profile of their own add parts: other digests stay as they were.
+    for (name, text) in process_seccomp {
+        parts.push(name.as_bytes());
+        parts.push(text.as_deref().unwrap_or("\0unconfined").as_bytes());
+    }
+    format!("sha256:{}", sha256_hex(&parts))
 }
 
 /// The digest of the secrets read from `env_files`, in the order they apply.
@@ -148,7 +158,11 @@ pub fn counts(svc: &ServiceDef) -> BTreeMap<String, u32> {
 impl Deployment {
     /// The digest of the effective definition (see [`definition_digest`]).
     pub fn definition_digest(&self) -> String {
-        definition_digest(&self.definition, self.seccomp.as_deref())
+        definition_digest(
+            &self.definition,
+            self.seccomp.as_deref(),
+            &self.process_seccomp,
+        )
     }
 
     /// 12 hex digits identifying what runs: revision, manifest, definition, secrets.
@@ -264,6 +278,7 @@ pub mod tests {
             seccomp: Some("{}".into()),
             secrets_digest: secrets_digest(&[("S".into(), "v".into())]),
             secret_files: Default::default(),
+            process_seccomp: Default::default(),
             generations: BTreeMap::new(),
             ports: BTreeMap::new(),
             deployed_usec: 1,

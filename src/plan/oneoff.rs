@@ -149,6 +149,7 @@ pub fn default_process() -> Result<ProcessDef, String> {
         cap_drop: Vec::new(),
         init: false,
         secrets: Vec::new(),
+        seccomp: None,
     })
 }
 

@@ -195,6 +195,37 @@ fn containers_run_under_the_default_seccomp_profile() {
     }
 }
 
+/// A process's own `seccomp` wins over the service's, both ways: an unconfined worker in a
+/// confined service, a confined worker in an unconfined one.
+#[test]
+fn a_process_seccomp_overrides_the_service_one() {
+    require_sandbox!();
+    let worker = "[services.{id}.processes.worker]\ncommand = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1 & wait; done\"]\n";
+    for (id, svc, own, web, wrk) in [
+        ("secpd", "", "seccomp = \"unconfined\"\n", "2", "0"),
+        (
+            "secpu",
+            "seccomp = \"unconfined\"\n",
+            "seccomp = \"default\"\n",
+            "0",
+            "2",
+        ),
+    ] {
+        let text = toml(id).replace(
+            &format!("[services.{id}]\n"),
+            &format!("[services.{id}]\n{svc}"),
+        ) + &worker.replace("{id}", id)
+            + own;
+        let cfg = TestConfig::new(&text);
+        shim_ok(cfg.path(), &["start", "--id", id, "--revision", "rev1"]);
+        let u = instance_unit(cfg.path(), id, "web", 1);
+        let w = instance_unit(cfg.path(), id, "worker", 1);
+        assert_eq!(seccomp_of_main_pid(&u), web, "{id} web");
+        assert_eq!(seccomp_of_main_pid(&w), wrk, "{id} worker");
+        shim_ok(cfg.path(), &["stop", "--id", id]);
+    }
+}
+
 /// The bad-input corpus: definitions, ids, revisions, image references, env files and flags
 /// that an operator (or a typo) can give. Every one exits 2, says what is wrong (the needle)
 /// and changes no file under /run/shim, /var/lib/shim/state or /etc/nginx and no unit.
