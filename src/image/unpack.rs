@@ -249,6 +249,12 @@ impl Unpacker {
 
     /// Applies one layer's tar stream. Reads the archive up to its end marker and leaves any
     /// padding after it in `reader` (the caller drains it for hashing).
+    ///
+    /// A stream that ends right after its last entry's data, without the padding to a
+    /// 512-byte block and the end-of-archive blocks (what Debian's umoci 0.4.7 `insert`
+    /// writes; Go's archive/tar, GNU tar, containerd and podman read it), is read as if they
+    /// were there; one that ends inside an entry is still refused as truncated. (The caller
+    /// checks digest and diff_id of the bytes as they are.)
     pub(crate) fn apply_layer<R: Read>(
         &mut self,
         layer: &str,
@@ -259,13 +265,32 @@ impl Unpacker {
             upper: HashSet::new(),
             pending_dirs: BTreeMap::new(),
         };
-        let mut archive = tar::Archive::new(reader);
+        let padded_at = std::rc::Rc::new(std::cell::Cell::new(None));
+        let mut archive = tar::Archive::new(PadToBlock {
+            inner: reader,
+            pos: 0,
+            pad_left: 0,
+            padded_at: padded_at.clone(),
+        });
         let entries = archive
             .entries()
             .map_err(|e| state.io("(archive start)", e))?;
+        let mut last_end = 0u64;
         for entry in entries {
             let mut entry = entry.map_err(|e| state.io("(reading next header)", e))?;
+            last_end = entry.raw_file_position() + entry.header().entry_size().unwrap_or(0);
             self.apply_entry(&mut state, &mut entry)?;
+        }
+        if let Some(end) = padded_at.get() {
+            if end < last_end {
+                return Err(state.io(
+                    "(last entry)",
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("the layer ends at byte {end}, inside its last entry (which ends at {last_end}): truncated"),
+                    ),
+                ));
+            }
         }
         self.apply_pending_dirs(&state)
     }
@@ -814,6 +839,39 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<R>) -> io::Result<EntryMeta> {
         mtime,
         xattrs,
     })
+}
+
+/// A tar stream's reader that, when the stream ends off a 512-byte block boundary, supplies
+/// the zeros up to it once and records where the real bytes ended (see
+/// [`Unpacker::apply_layer`]).
+struct PadToBlock<R> {
+    inner: R,
+    pos: u64,
+    pad_left: u64,
+    padded_at: std::rc::Rc<std::cell::Cell<Option<u64>>>,
+}
+
+impl<R: Read> Read for PadToBlock<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pad_left > 0 {
+            let n = buf.len().min(self.pad_left as usize);
+            buf[..n].fill(0);
+            self.pad_left -= n as u64;
+            return Ok(n);
+        }
+        let n = self.inner.read(buf)?;
+        if n == 0
+            && !buf.is_empty()
+            && !self.pos.is_multiple_of(512)
+            && self.padded_at.get().is_none()
+        {
+            self.padded_at.set(Some(self.pos));
+            self.pad_left = 512 - self.pos % 512;
+            return self.read(buf);
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 #[cfg(test)]

@@ -527,3 +527,37 @@ fn truncated_layer_fails() {
         "{err}"
     );
 }
+
+/// Debian's umoci 0.4.7 `insert` writes layers that end right after the last entry's data:
+/// no padding to 512 bytes, no end-of-archive blocks. Read as GNU tar and Go read it; a
+/// stream cut inside an entry is still refused.
+#[test]
+fn a_layer_without_padding_or_trailer_is_read_a_truncated_one_refused() {
+    let mut t = TarBuilder::new();
+    t.dir("etc", 0o755)
+        .file("etc/motd", "hello from umoci insert\n", 0o644);
+    let full = t.build();
+    // dir header (512) + file header (512) + 24 data bytes, then padding and trailer.
+    let data_end = 512 * 2 + "hello from umoci insert\n".len();
+    for (what, cut) in [
+        ("no padding, no trailer", data_end),
+        ("padding, no trailer", 512 * 3),
+        ("padding and half a trailer", 512 * 4),
+    ] {
+        let s = Scratch::new();
+        s.apply(&[full[..cut].to_vec()])
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(s.read("etc/motd"), "hello from umoci insert\n", "{what}");
+    }
+    for cut in [data_end - 1, 512 * 2 + 3, 512 + 100] {
+        let s = Scratch::new();
+        let e = s.apply(&[full[..cut].to_vec()]);
+        assert!(e.is_err(), "a layer cut at {cut} was accepted");
+    }
+    // Padding of a 2nd layer after a first unpadded one: each layer is its own stream.
+    let s = Scratch::new();
+    let mut t2 = TarBuilder::new();
+    t2.file("etc/issue", "two", 0o644);
+    s.apply(&[full[..data_end].to_vec(), t2.build()]).unwrap();
+    assert_eq!(s.read("etc/issue"), "two");
+}
