@@ -329,3 +329,50 @@ fn host_tree_matches_umoci() {
     let c = compare_with_umoci(&layers);
     assert!(c.diffs.is_empty(), "trees differ:\n{}", c.diffs.join("\n"));
 }
+
+/// An image built by Debian's umoci 0.4.7 `insert`, whose layers end right after the last
+/// entry's data (no padding, no end-of-archive blocks): resolved, verified and unpacked like
+/// `umoci unpack` does it.
+#[test]
+fn an_image_built_by_umoci_insert_unpacks_like_umoci_unpack() {
+    if let Some(reason) = skip_reason() {
+        println!("{reason}");
+        return;
+    }
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("img");
+    let run = |args: &[&str]| {
+        let o = Command::new("umoci").args(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "umoci {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let img = format!("{}:t", dir.display());
+    run(&["init", "--layout", &dir.display().to_string()]);
+    run(&["new", "--image", &img]);
+    let add = tmp.path().join("hello");
+    std::fs::write(&add, "hi\n").unwrap();
+    run(&[
+        "insert",
+        "--image",
+        &img,
+        &add.display().to_string(),
+        "/etc/hello",
+    ]);
+    let bundle = tmp.path().join("bundle");
+    run(&["unpack", "--image", &img, &bundle.display().to_string()]);
+    let store = ImageStore::new(tmp.path().join("store"));
+    let reference = crate::image::ImageRef::parse(&format!("oci:{img}")).unwrap();
+    let resolved = store.resolve(&reference).unwrap();
+    let ours = store.ensure_rootfs(&resolved).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(ours.join("etc/hello")).unwrap(),
+        "hi\n"
+    );
+    let (theirs, _) = snapshot(&bundle.join("rootfs"));
+    let (mine, _) = snapshot(&ours);
+    let files = |m: &BTreeMap<String, Node>| -> Vec<String> { m.keys().cloned().collect() };
+    assert_eq!(files(&mine), files(&theirs));
+}
