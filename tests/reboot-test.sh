@@ -41,6 +41,7 @@ export IMAGE_CRONTAB="*/5 * * * * echo every-five-minutes
 bash tests/sandbox/build-test-image.sh $L rev1 rev1 "$APP" >/dev/null
 bash tests/sandbox/build-test-image.sh $L rev2 rev2 "$APP" >/dev/null
 mkdir -p /etc/shim
+echo secret-one > /etc/shim/reb-secret
 cat >/etc/shim/services.toml <<TOML
 [shim]
 port_range = [27000, 27999]
@@ -57,6 +58,8 @@ drain = "0s"
 
 [services.reb.processes.worker]
 command = ["/bin/sh", "-c", "trap \"exit 0\" TERM; while true; do sleep 1; done"]
+mounts = [{ type = "volume", source = "data", target = "/data" }]
+secrets = [{ source = "/etc/shim/reb-secret", target = "/run/secrets/reb", mode = "0400" }]
 
 [services.down]
 image = "oci:$L:{revision}"
@@ -90,6 +93,10 @@ bash tests/sandbox/build-test-image.sh $L moved moved "$APP" >/dev/null
 umoci tag --image $L:rev2 orig2 && umoci tag --image $L:moved rev2
 shim status --id reb --json | jq -c "[.[] | select(.revision == \"rev2\") | {unit, port, image_digest}] | sort_by(.unit)" >/var/lib/reb-before.json
 [[ "$(jq length /var/lib/reb-before.json)" == 3 ]] || { echo "rev2 instances before the reboot: $(cat /var/lib/reb-before.json)"; exit 1; }
+# The content of a volume and of a deployed secret file must come back as they were; the
+# source of the secret file is edited, which changes nothing until the next upgrade.
+echo kept-across-reboot > /var/lib/shim/volumes/reb/data/kept
+echo secret-two > /etc/shim/reb-secret
 shim start --id brk --revision rev1 >/dev/null
 shim stop --id brk >/dev/null
 echo "{\"current\": 7" > /var/lib/shim/state/brk.json
@@ -141,6 +148,13 @@ after=$(jq -c "[.[] | {unit, port, image_digest}] | sort_by(.unit)" <<<"$rows")
 [[ "$after" == "$(cat /var/lib/reb-before.json)" ]] ||
   fail "instances, ports or image digests changed across the reboot: before $(cat /var/lib/reb-before.json), after $after"
 echo "  after reboot: nginx answers $body"
+w=$(systemctl list-units --plain --no-legend "shim-reb-worker-rev2-*" | awk "{print \$1}" | head -1)
+[[ -n "$w" ]] || fail "no rev2 worker of reb after the reboot"
+kept=$(runc exec "${w%.service}" cat /data/kept) || fail "the worker cannot read its volume"
+[[ "$kept" == kept-across-reboot ]] || fail "the volume lost its content across the reboot: $kept"
+sec=$(runc exec "${w%.service}" cat /run/secrets/reb) || fail "the worker cannot read its secret file"
+[[ "$sec" == secret-one ]] || fail "the secret file is not the deployed copy after the reboot: $sec"
+echo "  volume and secret file after reboot: $kept, $sec (source now says $(cat /etc/shim/reb-secret))"
 [[ "$(systemctl is-active shim-probe-reb.timer)" == active ]] || fail "probe timer of reb is not active"
 for i in $(seq 100); do
   [[ "$(systemctl show -p ExecMainStartTimestampMonotonic --value shim-probe-reb.service)" =~ ^[1-9] ]] && break
