@@ -179,6 +179,11 @@ mod tests {
         let (s, _) = l.accept().unwrap();
         assert_eq!(RealProcfs.connections(&[port].into()), 1);
         drop((c, s));
+        // The closing handshake is the kernel's, asynchronous: give it a moment under load.
+        let t0 = std::time::Instant::now();
+        while RealProcfs.connections(&[port].into()) != 0 && t0.elapsed().as_secs() < 2 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         assert_eq!(RealProcfs.connections(&[port].into()), 0);
     }
 }
