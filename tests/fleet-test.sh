@@ -22,6 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO="$PWD"
+T0=$SECONDS
 ID="${SHIM_FLEET_ID:-$$}"
 PREFIX="fleet-$ID"
 NS="fleet-$ID"
@@ -233,11 +234,24 @@ for n in "${HOSTS[@]}"; do [[ "$(revision_on "$n")" == v2 ]] || fail "$n does no
 # The canary ran alone, before the others: batches of one host each ([1, "25%"] of 3 hosts).
 [[ "$(grep -o 'shim_fleet fleet-h[0-9]' "$WORK/v2.log" | tr '\n' ' ')" == "shim_fleet fleet-h1 shim_fleet fleet-h2 shim_fleet fleet-h3 " ]] ||
   fail "hosts not deployed in inventory order, one by one"
+# shim_status as an operator would run it, ad hoc: per host 2 instances and the summary on v2.
+in_ns env ANSIBLE_CONFIG="$WORK/ansible.cfg" ANSIBLE_HOME="$WORK/ansible-home" \
+  ansible -i "$WORK/inventory.ini" shim_hosts -m shim.fleet.shim_status -a service=hello >"$WORK/status.log" 2>&1 ||
+  { cat "$WORK/status.log"; fail "shim_status failed"; }
+[[ "$(count '"revision": "v2"' "$WORK/status.log")" == 9 ]] || { cat "$WORK/status.log"; fail "shim_status facts do not show v2 everywhere"; }
 playbook "$WORK/v2-again.log" shim.fleet.deploy -e service=hello -e revision=v2 || fail "second deploy of v2 failed"
 [[ "$(count 'changed=False v2 -> v2' "$WORK/v2-again.log")" == 3 ]] || fail "second v2: expected changed=False on 3 hosts"
 grep -E "fleet-h[0-9] *: .*changed=0" "$WORK/v2-again.log" | grep -c . | grep -qx 3 || fail "second v2: PLAY RECAP shows changes"
 
-step "3. a revision that fails its health check: the canary bails out, the rollout stops"
+step "3a. a revision no host has: the dry run on every host stops it before any host changes"
+if playbook "$WORK/nope.log" shim.fleet.deploy -e service=hello -e revision=nope; then
+  fail "the deploy of a revision that does not exist succeeded"
+fi
+grep -q 'tag \\"nope\\" not found' "$WORK/nope.log" || fail "no shim message for the unknown revision"
+[[ "$(count '"bad_input": true' "$WORK/nope.log")" == 3 ]] || fail "not a bad-input failure on all three hosts"
+! grep -q "TASK \[Deploy the revision" "$WORK/nope.log" || fail "the rollout started although the dry run failed"
+
+step "3b. a revision that fails its health check: the canary bails out, the rollout stops"
 for n in h2 h3; do
   in_sb "$n" 'shim status --id hello --json | jq -c "[.[] | {unit, main_pid, deployment}]"' >"$WORK/$n.before"
 done
@@ -281,4 +295,4 @@ step "5. ansible-lint on the collection; the modules' unit tests"
   fail "ansible-lint is not clean"
 PYTHONPATH="$REPO/ansible" python3 -m unittest discover -s ansible/ansible_collections/shim/fleet/tests/unit ||
   fail "the modules' unit tests failed"
-echo PASS
+echo "PASS ($((SECONDS - T0)) s)"

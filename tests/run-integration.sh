@@ -31,3 +31,12 @@ done
 if (( deb )); then
   SHIM_DEB_SANDBOX_NAME="deb-$$" bash tests/deb-test.sh
 fi
+# The fleet (tests/fleet-test.sh: three sandbox hosts and a front balancer on a bridge, rolling
+# deploys through the Ansible collection over SSH): with no filter, or "fleet".
+fleet=$(( $# == 0 ))
+for a in "$@"; do
+  case "$a" in fleet*) fleet=1 ;; esac
+done
+if (( fleet )); then
+  SHIM_FLEET_ID="$$" bash tests/fleet-test.sh
+fi
