@@ -243,6 +243,12 @@ playbook "$WORK/v2-again.log" shim.fleet.deploy -e service=hello -e revision=v2 
 [[ "$(count 'changed=False v2 -> v2' "$WORK/v2-again.log")" == 3 ]] || fail "second v2: expected changed=False on 3 hosts"
 grep -E "fleet-h[0-9] *: .*changed=0" "$WORK/v2-again.log" | grep -c . | grep -qx 3 || fail "second v2: PLAY RECAP shows changes"
 
+step "2b. --check: the plan of a deploy of v1, nothing changes"
+playbook "$WORK/check.log" shim.fleet.deploy -e service=hello -e revision=v1 --check || fail "deploy --check failed"
+[[ "$(count 'would change' "$WORK/check.log")" == 3 ]] || fail "--check: expected 3 hosts that would change"
+[[ "$(count 'changed=True v2 -> v1' "$WORK/check.log")" == 3 ]] || fail "--check: expected the dry run's answer on 3 hosts"
+for n in "${HOSTS[@]}"; do [[ "$(revision_on "$n")" == v2 ]] || fail "$n changed in check mode"; done
+
 step "3a. a revision no host has: the dry run on every host stops it before any host changes"
 if playbook "$WORK/nope.log" shim.fleet.deploy -e service=hello -e revision=nope; then
   fail "the deploy of a revision that does not exist succeeded"

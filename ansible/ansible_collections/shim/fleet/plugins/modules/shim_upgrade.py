@@ -105,7 +105,7 @@ revision_before:
   returned: always
   type: str
 revision_after:
-  description: The revision its instances run afterwards (also after a failure, what serves).
+  description: The revision its instances run afterwards (also after a failure, what serves; in check mode, the revision they would run).
   returned: always
   type: str
 deployment_before:

@@ -11,7 +11,7 @@ __metaclass__ = type
 
 import unittest
 
-from ansible_collections.shim.fleet.plugins.module_utils.shim import duration, parse_error, parse_output, summarize
+from ansible_collections.shim.fleet.plugins.module_utils.shim import converge, duration, parse_error, parse_output, summarize
 
 UPGRADE_OK = """\
 {"step":"fetch","ok":true,"ms":574,"details":["image oci:/var/lib/images/hello:v1 (sha256:6ec9)"]}
@@ -99,6 +99,92 @@ class Summarize(unittest.TestCase):
     def test_duration(self):
         self.assertEqual(duration(90), "90s")
         self.assertEqual(duration("2min"), "2min")
+
+
+STATUS_V1 = '[{"service": "hello", "revision": "v1", "deployment": "d1", "state": "active"}]'
+STATUS_V2 = '[{"service": "hello", "revision": "v2", "deployment": "d2", "state": "active"}]'
+
+
+class Exit(Exception):
+    pass
+
+
+class FakeModule:
+    """What converge uses of AnsibleModule; run_command answers from a script."""
+
+    def __init__(self, answers, check_mode=False):
+        self.params = {"shim": "/usr/bin/shim", "config": None, "timeout": "30", "lock_timeout": None}
+        self.check_mode = check_mode
+        self.answers = list(answers)
+        self.commands = []
+        self.result = None
+
+    def run_command(self, cmd):
+        self.commands.append(cmd)
+        return self.answers.pop(0)
+
+    def exit_json(self, **kw):
+        self.result = dict(kw, failed=False)
+        raise Exit()
+
+    def fail_json(self, **kw):
+        self.result = dict(kw, failed=True)
+        raise Exit()
+
+
+def run(module, verb="upgrade", revision="v2"):
+    try:
+        converge(module, verb, "hello", revision)
+    except Exit:
+        return module.result
+    raise AssertionError("converge returned without exit_json or fail_json")
+
+
+class Converge(unittest.TestCase):
+    def test_success_reports_before_and_after(self):
+        closing = '{"changed":true,"deployment":"d2","ms":9,"result":"ok","revision":"v2","service":"hello"}\n'
+        m = FakeModule([(0, STATUS_V1, ""), (0, UPGRADE_OK.splitlines()[0] + "\n" + closing, ""), (0, STATUS_V2, "")])
+        r = run(m)
+        self.assertFalse(r["failed"])
+        self.assertEqual(m.commands[1], ["/usr/bin/shim", "upgrade", "--id", "hello", "--json", "--revision", "v2", "--timeout", "30s"])
+        self.assertEqual((r["changed"], r["revision_before"], r["revision_after"], r["deployment"]), (True, "v1", "v2", "d2"))
+
+    def test_check_mode_runs_a_dry_run(self):
+        m = FakeModule([(0, STATUS_V1, ""), (0, DRY_RUN, "")], check_mode=True)
+        r = run(m)
+        self.assertIn("--dry-run", m.commands[1])
+        self.assertEqual(len(m.commands), 2)
+        self.assertFalse(r["changed"])
+        self.assertFalse(r["would_change"])
+
+    def test_bail_out_fails_with_shims_message_and_journal(self):
+        failed_step = '{"step":"health","ok":false,"ms":3018,"details":[],"error":"x\\n--- last journal lines of u ---\\nline"}\n'
+        m = FakeModule([(0, STATUS_V1, ""), (1, failed_step, BAIL_OUT), (0, STATUS_V1, "")])
+        r = run(m, revision="bad")
+        self.assertTrue(r["failed"])
+        self.assertTrue(r["msg"].startswith("upgrade of hello to bad bailed out; v1 is still serving"))
+        self.assertEqual((r["failed_step"], r["rc"], r["changed"], r["bad_input"]), ("health", 1, False, False))
+        self.assertEqual(r["revision_after"], "v1")
+        self.assertEqual(len(r["journal"]), 2)
+        self.assertEqual(r["steps"][0]["error"], "x")
+
+    def test_failure_after_the_switch_is_a_change(self):
+        m = FakeModule([(0, STATUS_V1, ""), (1, "", "shim: error: stopping failed for: u\n"), (0, STATUS_V2, "")])
+        r = run(m)
+        self.assertTrue(r["failed"])
+        self.assertTrue(r["changed"])
+        self.assertEqual(r["msg"], "stopping failed for: u")
+
+    def test_bad_input(self):
+        m = FakeModule([(0, STATUS_V1, ""), (2, "", 'shim: error: tag "nope" not found\n'), (0, STATUS_V1, "")])
+        r = run(m, revision="nope")
+        self.assertEqual((r["rc"], r["bad_input"], r["changed"]), (2, True, False))
+
+    def test_a_shim_without_a_closing_line_fails(self):
+        m = FakeModule([(0, STATUS_V1, ""), (0, "upgrade hello to v2\n  fetch ok\n", ""), (0, STATUS_V1, "")])
+        r = run(m)
+        self.assertTrue(r["failed"])
+        self.assertIn("no closing JSON line", r["msg"])
 
 
 if __name__ == "__main__":
