@@ -245,7 +245,7 @@ grep -E "fleet-h[0-9] *: .*changed=0" "$WORK/v2-again.log" | grep -c . | grep -q
 
 step "2b. --check: the plan of a deploy of v1, nothing changes"
 playbook "$WORK/check.log" shim.fleet.deploy -e service=hello -e revision=v1 --check || fail "deploy --check failed"
-[[ "$(count 'would change' "$WORK/check.log")" == 3 ]] || fail "--check: expected 3 hosts that would change"
+[[ "$(count 'hello: v2 -> v1: would change' "$WORK/check.log")" == 3 ]] || fail "--check: expected 3 hosts that would change"
 [[ "$(count 'changed=True v2 -> v1' "$WORK/check.log")" == 3 ]] || fail "--check: expected the dry run's answer on 3 hosts"
 for n in "${HOSTS[@]}"; do [[ "$(revision_on "$n")" == v2 ]] || fail "$n changed in check mode"; done
 
