@@ -59,6 +59,8 @@ for rev in v1 v2; do
   bash tests/sandbox/build-test-image.sh "$WORK/images/hello" "$rev" "$rev" "$TARGET/debug/shim-testapp" >/dev/null
 done
 IMAGE_ENV=APP_HEALTH_FAIL=1 bash tests/sandbox/build-test-image.sh "$WORK/images/hello" bad bad "$TARGET/debug/shim-testapp" >/dev/null
+# slow: healthy 2.5 s after it starts, time enough to kill the playbook in the middle.
+IMAGE_ENV=APP_BOOT_DELAY_MS=2500 bash tests/sandbox/build-test-image.sh "$WORK/images/hello" slow slow "$TARGET/debug/shim-testapp" >/dev/null
 ssh-keygen -q -t ed25519 -N '' -C fleet-test -f "$WORK/id_ed25519"
 
 step "four sandboxes on a bridge in namespace $NS"
@@ -295,6 +297,32 @@ in_sb lb '! grep -q down /etc/nginx/shim-fleet-upstream.conf && test "$(grep -c 
 in_ns curl -fsS "http://${ADDR[lb]}/" | grep revision=v1 || fail "the balancer does not serve v1"
 playbook "$WORK/rollback-again.log" shim.fleet.rollback -e service=hello -e from_revision=v2 || fail "second rollback failed"
 [[ "$(count 'changed=False v1 -> v1' "$WORK/rollback-again.log")" == 3 ]] || fail "second rollback changed something"
+
+step "4b. the playbook killed in the middle of the canary's upgrade (a cancelled CI job), then run again"
+# Its own process group (setsid), killed whole: the controller and its forks.
+setsid ip netns exec "$NS" env ANSIBLE_CONFIG="$WORK/ansible.cfg" ANSIBLE_HOME="$WORK/ansible-home" \
+  ansible-playbook -i "$WORK/inventory.ini" shim.fleet.deploy -e service=hello -e revision=slow \
+  >"$WORK/killed.log" 2>&1 &
+KILLED_PID=$!
+started=
+for i in $(seq 300); do
+  if in_sb h1 'systemctl list-units --no-legend "shim-hello-web-slow-*" | grep -q .'; then started=1; break; fi
+  sleep 0.1
+done
+[[ -n "$started" ]] || { cat "$WORK/killed.log"; fail "the canary never started instances of slow"; }
+pgid="$(ps -o pgid= -p "$KILLED_PID" | tr -d ' ')"
+[[ -n "$pgid" && "$pgid" != "$(ps -o pgid= -p $$ | tr -d ' ')" ]] || fail "the playbook has no process group of its own"
+kill -KILL -- "-$pgid"
+wait "$KILLED_PID" 2>/dev/null || true
+echo "killed the playbook while h1 was upgrading to slow; then h1 ran: $(revision_on h1 || true) (empty: v1 and slow side by side), h2: $(revision_on h2), h3: $(revision_on h3)"
+[[ "$(revision_on h2)" == v1 && "$(revision_on h3)" == v1 ]] || fail "hosts after the canary changed before the kill"
+playbook "$WORK/rerun.log" shim.fleet.deploy -e service=hello -e revision=slow || fail "the deploy after the kill failed"
+for n in "${HOSTS[@]}"; do [[ "$(revision_on "$n")" == slow ]] || fail "$n is not on slow after the re-run"; done
+[[ "$(count 'changed=True v1 -> slow' "$WORK/rerun.log")" -ge 2 ]] || fail "the re-run did not deploy h2 and h3"
+for n in "${HOSTS[@]}"; do
+  in_sb "$n" '[ "$(shim status --id hello --json | jq length)" = 2 ]' || fail "$n has leftover instances after the re-run"
+done
+in_ns curl -fsS "http://${ADDR[lb]}/" | grep revision=slow || fail "the balancer does not serve slow"
 
 step "5. ansible-lint on the collection; the modules' unit tests"
 (cd ansible/ansible_collections/shim/fleet && ANSIBLE_HOME="$WORK/ansible-home" ANSIBLE_COLLECTIONS_PATH="$REPO/ansible" ansible-lint --offline) ||
