@@ -6,16 +6,19 @@
 # sshd, nginx, shim) and a front load balancer (lb: nginx balancing across the three hosts'
 # nginx), each with an eth0 on a bridge in a network namespace this test creates (10.77.0.0/24;
 # no other address is used). Ansible and the load generator (wrk) run in that namespace and
-# reach the hosts over SSH with a key made here. Then:
+# reach the hosts over SSH with a key made here. First ansible-lint on the collection,
+# ansible-doc of each module and the modules' unit tests (fast, before anything boots). Then:
 #   1. deploy v1 everywhere (the first deploy), then the hosts' nginx sites and the balancer;
 #   2. deploy v2 under keep-alive load through the balancer: 0 failed requests, every host
-#      on v2, changed=True; the same again: changed=False everywhere;
-#   3. deploy "bad" (fails its health check) under load: the canary h1 bails out, the rollout
-#      stops, h2 and h3 never see it, h1 keeps serving v2, the playbook fails with shim's
-#      message; 0 failed requests;
+#      on v2, changed=True, one host after the other; shim_status facts; the same again:
+#      changed=False everywhere; --check with v1: a plan, nothing changes;
+#   3. a revision no host has: the dry run on every host stops the playbook, no rollout;
+#      "bad" (fails its health check) under load: the canary h1 bails out, the rollout stops,
+#      h2 and h3 never see it, h1 keeps serving v2, the playbook fails with shim's message,
+#      the failed step and the journal lines; 0 failed requests;
 #   4. rollback.yml (through the balancer play, delegate_to lb): every host back on v1;
-#      again with from_revision: nothing changes;
-#   5. ansible-lint on the collection, the modules' unit tests.
+#      again with from_revision: nothing changes; a deploy whose playbook is SIGKILLed while
+#      the canary upgrades, run again: every host on the revision, no leftover instance.
 # Prints PASS and exits 0, or fails naming what did not hold. Always removes the sandboxes and
 # the namespace, also on failure.
 # Usage: tests/fleet-test.sh      (SHIM_FLEET_ID: a suffix for the sandbox/namespace names)
@@ -53,6 +56,17 @@ trap cleanup EXIT
 
 in_ns() { ip netns exec "$NS" "$@"; }
 in_sb() { local n="$1"; shift; $SB exec --name "$PREFIX-$n" --env "WORK=$WORK" --env "TARGET=$TARGET" -- bash -euo pipefail -c "$*"; }
+
+step "0. ansible-lint on the collection; ansible-doc of each module; the modules' unit tests"
+(cd ansible/ansible_collections/shim/fleet && ANSIBLE_HOME="$WORK/ansible-home" ANSIBLE_COLLECTIONS_PATH="$REPO/ansible" ansible-lint --offline) ||
+  fail "ansible-lint is not clean"
+# The modules' DOCUMENTATION, EXAMPLES and RETURN parse (ansible-doc refuses them otherwise).
+for m in shim_upgrade shim_rollback shim_status; do
+  ANSIBLE_HOME="$WORK/ansible-home" ANSIBLE_COLLECTIONS_PATH="$REPO/ansible" ansible-doc "shim.fleet.$m" >/dev/null ||
+    fail "ansible-doc shim.fleet.$m"
+done
+PYTHONPATH="$REPO/ansible" python3 -m unittest discover -s ansible/ansible_collections/shim/fleet/tests/unit ||
+  fail "the modules' unit tests failed"
 
 step "images v1, v2 and bad (fails its health check), a key, before the sandboxes boot"
 for rev in v1 v2; do
@@ -324,9 +338,4 @@ for n in "${HOSTS[@]}"; do
 done
 in_ns curl -fsS "http://${ADDR[lb]}/" | grep revision=slow || fail "the balancer does not serve slow"
 
-step "5. ansible-lint on the collection; the modules' unit tests"
-(cd ansible/ansible_collections/shim/fleet && ANSIBLE_HOME="$WORK/ansible-home" ANSIBLE_COLLECTIONS_PATH="$REPO/ansible" ansible-lint --offline) ||
-  fail "ansible-lint is not clean"
-PYTHONPATH="$REPO/ansible" python3 -m unittest discover -s ansible/ansible_collections/shim/fleet/tests/unit ||
-  fail "the modules' unit tests failed"
 echo "PASS ($((SECONDS - T0)) s)"

@@ -18,7 +18,7 @@ description:
     (its image digest, definition and secrets snapshot).
   - A rollback flips between the current and the previous deployment, so running it twice
     goes forward again. With I(from_revision), hosts whose service does not run that
-    revision are left alone (C(changed=false)): re-running a half-done rollback is safe.
+    revision are left alone (C(changed=false)), so re-running a half-done rollback is safe.
   - In check mode runs C(shim rollback --dry-run).
 options:
   service:

@@ -20,7 +20,7 @@ description:
     shim bails out and the old revision keeps serving; the module then fails with shim's
     message, the step that failed and the failed instances' last journal lines.
   - C(changed) is false when the deployment already runs in full (same revision, image
-    digest, definition and secrets): nothing was touched.
+    digest, definition and secrets); then nothing is touched.
   - In check mode runs C(shim upgrade --dry-run) and reports whether the real run would
     change anything; nothing on the host changes.
 options:
