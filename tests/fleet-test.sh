@@ -65,7 +65,7 @@ for m in shim_upgrade shim_rollback shim_status; do
   ANSIBLE_HOME="$WORK/ansible-home" ANSIBLE_COLLECTIONS_PATH="$REPO/ansible" ansible-doc "shim.fleet.$m" >/dev/null ||
     fail "ansible-doc shim.fleet.$m"
 done
-PYTHONPATH="$REPO/ansible" python3 -m unittest discover -s ansible/ansible_collections/shim/fleet/tests/unit ||
+PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$REPO/ansible" python3 -m unittest discover -s ansible/ansible_collections/shim/fleet/tests/unit ||
   fail "the modules' unit tests failed"
 
 step "images v1, v2 and bad (fails its health check), a key, before the sandboxes boot"
@@ -311,6 +311,17 @@ in_sb lb '! grep -q down /etc/nginx/shim-fleet-upstream.conf && test "$(grep -c 
 in_ns curl -fsS "http://${ADDR[lb]}/" | grep revision=v1 || fail "the balancer does not serve v1"
 playbook "$WORK/rollback-again.log" shim.fleet.rollback -e service=hello -e from_revision=v2 || fail "second rollback failed"
 [[ "$(count 'changed=False v1 -> v1' "$WORK/rollback-again.log")" == 3 ]] || fail "second rollback changed something"
+
+step "4a. the balancer play for a host the balancer does not know: refused before the host changes"
+in_sb lb 'cat /etc/nginx/shim-fleet-upstream.conf' >"$WORK/lb.before"
+if playbook "$WORK/lb-unknown.log" shim.fleet.deploy -e service=hello -e revision=v2 -e shim_fleet_lb=true \
+  -e shim_fleet_lb_server=10.77.0.99:80; then
+  fail "the deploy with an unknown balancer line succeeded"
+fi
+grep -q "The server line is in each load balancer's upstream file, once" "$WORK/lb-unknown.log" || fail "no check of the balancer line"
+! grep -q "TASK \[Deploy the revision" "$WORK/lb-unknown.log" || fail "the deploy ran although the balancer line is unknown"
+in_sb lb 'cat /etc/nginx/shim-fleet-upstream.conf' | cmp -s - "$WORK/lb.before" || fail "the balancer's file changed"
+for n in "${HOSTS[@]}"; do [[ "$(revision_on "$n")" == v1 ]] || fail "$n changed"; done
 
 step "4b. the playbook killed in the middle of the canary's upgrade (a cancelled CI job), then run again"
 # Its own process group (setsid), killed whole: the controller and its forks.
