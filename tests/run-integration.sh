@@ -3,7 +3,9 @@
 # (real systemd as PID 1, D-Bus, journald, runc, crun), and always tears the sandbox down.
 # Extra arguments go to the test binary (e.g. a test name filter). Then, unless a filter
 # excludes it (run with no filter, or one starting with "supervise" or "reboot"), the reboot
-# scenario, which reboots a sandbox of its own and so runs from here (tests/reboot-test.sh).
+# scenario, which reboots a sandbox of its own and so runs from here (tests/reboot-test.sh);
+# the Debian package (no filter or "deb": tests/deb-test.sh) and the fleet (no filter or
+# "fleet": tests/fleet-test.sh, four sandboxes on a bridge, Ansible over SSH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NAME="${SHIM_SANDBOX_NAME:-it-$$}"
