@@ -3,7 +3,9 @@
 # (real systemd as PID 1, D-Bus, journald, runc, crun), and always tears the sandbox down.
 # Extra arguments go to the test binary (e.g. a test name filter). Then, unless a filter
 # excludes it (run with no filter, or one starting with "supervise" or "reboot"), the reboot
-# scenario, which reboots a sandbox of its own and so runs from here (tests/reboot-test.sh).
+# scenario, which reboots a sandbox of its own and so runs from here (tests/reboot-test.sh);
+# the Debian package (no filter or "deb": tests/deb-test.sh) and the fleet (no filter or
+# "fleet": tests/fleet-test.sh, four sandboxes on a bridge, Ansible over SSH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NAME="${SHIM_SANDBOX_NAME:-it-$$}"
@@ -30,4 +32,13 @@ for a in "$@"; do
 done
 if (( deb )); then
   SHIM_DEB_SANDBOX_NAME="deb-$$" bash tests/deb-test.sh
+fi
+# The fleet (tests/fleet-test.sh: three sandbox hosts and a front balancer on a bridge, rolling
+# deploys through the Ansible collection over SSH): with no filter, or "fleet".
+fleet=$(( $# == 0 ))
+for a in "$@"; do
+  case "$a" in fleet*) fleet=1 ;; esac
+done
+if (( fleet )); then
+  SHIM_FLEET_ID="$$" bash tests/fleet-test.sh
 fi

@@ -118,17 +118,16 @@ pub struct Outcome {
 impl Outcome {
     /// The closing line(s) the CLI prints.
     pub fn render(&self, json: bool) -> String {
-        if self.dry_run {
-            return if json {
-                String::new()
-            } else {
-                "dry run: nothing changed\n".into()
-            };
+        if self.dry_run && !json {
+            return "dry run: nothing changed\n".into();
         }
         if json {
+            // The closing line is a contract (docs/fleet.md; the Ansible modules read it):
+            // `changed` of a dry run says whether the real run would change anything.
+            let result = if self.dry_run { "dry-run" } else { "ok" };
             format!(
                 "{}\n",
-                serde_json::json!({"result": "ok", "service": self.service, "revision": self.revision, "deployment": self.deployment, "changed": self.changed, "ms": self.ms})
+                serde_json::json!({"result": result, "service": self.service, "revision": self.revision, "deployment": self.deployment, "changed": self.changed, "ms": self.ms})
             )
         } else if !self.changed {
             format!(

@@ -645,6 +645,69 @@ fn json_outcome_is_one_object() {
     assert_eq!(o.render(false), "done in 12 ms\n");
 }
 
+/// The machine-readable contract of `shim upgrade|rollback --json` and the exit codes, as
+/// docs/fleet.md states it and the Ansible modules (ansible/…/shim/fleet) read it. A change
+/// here breaks every deploy tool parsing the output: change the modules and the document too.
+#[test]
+fn json_and_exit_code_contract_is_stable() {
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    let mut o = Outcome {
+        service: "app".into(),
+        deployment: "0123456789ab".into(),
+        changed: false,
+        revision: "r1".into(),
+        dry_run: false,
+        ms: 12,
+        steps: vec![],
+    };
+    let closing = [
+        "changed",
+        "deployment",
+        "ms",
+        "result",
+        "revision",
+        "service",
+    ];
+    let v: serde_json::Value = serde_json::from_str(o.render(true).trim()).unwrap();
+    assert_eq!(keys(&v), closing);
+    assert_eq!(
+        (v["result"].as_str(), v["changed"].as_bool()),
+        (Some("ok"), Some(false))
+    );
+    o.dry_run = true;
+    o.changed = true;
+    let v: serde_json::Value = serde_json::from_str(o.render(true).trim()).unwrap();
+    assert_eq!(keys(&v), closing);
+    assert_eq!(
+        (v["result"].as_str(), v["changed"].as_bool()),
+        (Some("dry-run"), Some(true))
+    );
+    assert_eq!(o.render(false), "dry run: nothing changed\n");
+    let step = |err: Option<String>| -> serde_json::Value {
+        let line = report::render_step(true, "health", 9, &["d".into()], err);
+        serde_json::from_str(&line).unwrap()
+    };
+    assert_eq!(keys(&step(None)), ["details", "ms", "ok", "step"]);
+    assert_eq!(
+        keys(&step(Some("x".into()))),
+        ["details", "error", "ms", "ok", "step"]
+    );
+    let codes: Vec<i32> = crate::error::EXIT_CODES.iter().map(|c| c.0).collect();
+    assert_eq!(codes, [0, 1, 2]);
+    assert_eq!(
+        (
+            crate::error::EXIT_OK,
+            crate::error::EXIT_FAILED,
+            crate::error::EXIT_BAD_INPUT
+        ),
+        (0, 1, 2)
+    );
+}
+
 #[test]
 fn a_failed_stop_after_the_switch_keeps_the_new_revision_and_the_next_run_finishes() {
     let t = setup();
