@@ -377,11 +377,13 @@ fn validate_service(
                 || !p.cap_drop.is_empty()
                 || p.init
                 || command_check
+                || !p.secrets.is_empty()
+                || p.seccomp.is_some()
             {
                 return cx.err(
                     &r.runtime.span(),
                     format!("{prefix}.processes.{name}"),
-                    "mounts, cap_add, cap_drop, init and command health checks are not supported with runtime = \"podman\" yet: use runc or crun".into(),
+                    "mounts, cap_add, cap_drop, init, secrets, a process's own seccomp and command health checks are not supported with runtime = \"podman\" yet: use runc or crun".into(),
                 );
             }
         }
@@ -542,6 +544,13 @@ fn validate_process(
         Some(h) => Some(validate_health(cx, &format!("{prefix}.health"), h)?),
     };
     let checks_port = health.as_ref().is_some_and(Health::needs_port);
+    if r.port == Some(false) && r.proxy.is_some() {
+        return cx.err(
+            &p.span(),
+            format!("{prefix}.port"),
+            "port = false but a proxied process needs a port for nginx to reach".into(),
+        );
+    }
     if r.port == Some(false) && checks_port {
         return cx.err(
             &p.span(),
@@ -1111,6 +1120,13 @@ fn validate_health(
             &span(&r.interval),
             format!("{prefix}.interval"),
             "must be at least 1s (the probe runs at most once a second)".into(),
+        );
+    }
+    if !command.is_empty() && timeout > Duration::from_secs(60) {
+        return cx.err(
+            &span(&r.timeout),
+            format!("{prefix}.timeout"),
+            "a command check's timeout is at most 60s (the probe run that makes it has a time limit)".into(),
         );
     }
     if timeout.is_zero() || timeout > interval {

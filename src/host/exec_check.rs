@@ -3,11 +3,17 @@
 //! help, but with nothing resident: the probe (or the upgrade's health gate) starts the
 //! runtime's `exec`, and the check is healthy when it exits 0 before its timeout.
 //!
+//! The check runs as the container's own process does: `exec --process FILE` with the
+//! `process` of the instance's bundle (`config.json`: user, environment, working directory,
+//! capabilities, rlimits, no-new-privileges), only its `args` replaced, for runc and crun
+//! alike (crun's `exec` without `--process` would run as root with an empty environment).
+//!
 //! Several checks run at once: all are started, then waited for until each one's deadline. A
-//! check past its deadline gets SIGTERM (the runtime's `exec` passes it on to the process in
-//! the container), then SIGKILL 200 ms later; whatever it left behind in the container dies
-//! with the instance's cgroup at the latest.
+//! check past its deadline gets SIGTERM (the runtime's `exec` passes it on), then, 200 ms
+//! later, SIGKILL to the process in the container (its pid from `--pid-file`) and to the
+//! runtime's `exec`; what it may have forked dies with the instance's cgroup at the latest.
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,11 +25,49 @@ const TERM_GRACE: Duration = Duration::from_millis(200);
 /// How often running checks are looked at while waiting.
 const POLL: Duration = Duration::from_millis(2);
 
-/// The argv of a command check (pure): `RUNTIME exec CONTAINER ARGV…`.
-pub fn exec_argv(runtime: &str, container: &str, argv: &[String]) -> Vec<String> {
-    let mut v = vec![runtime.to_string(), "exec".into(), container.to_string()];
-    v.extend(argv.iter().cloned());
-    v
+/// The argv of a command check (pure): `RUNTIME exec --process P --pid-file F CONTAINER`.
+pub fn exec_argv(runtime: &str, container: &str, process: &Path, pid_file: &Path) -> Vec<String> {
+    vec![
+        runtime.to_string(),
+        "exec".into(),
+        "--process".into(),
+        process.display().to_string(),
+        "--pid-file".into(),
+        pid_file.display().to_string(),
+        container.to_string(),
+    ]
+}
+
+/// The `process` of a bundle's `config.json` with `args` replaced by `argv`, without a
+/// terminal (pure).
+pub fn check_process(config_json: &str, argv: &[String]) -> Result<String, String> {
+    let mut v: serde_json::Value =
+        serde_json::from_str(config_json).map_err(|e| format!("config.json: {e}"))?;
+    let p = v
+        .get_mut("process")
+        .and_then(|p| p.as_object_mut())
+        .ok_or("config.json has no process")?;
+    p.insert("args".into(), serde_json::json!(argv));
+    p.insert("terminal".into(), serde_json::Value::Bool(false));
+    p.remove("consoleSize");
+    serde_json::to_string(p).map_err(|e| e.to_string())
+}
+
+/// Where the check's process file and pid file go: in the instance's directory (0700), with
+/// names of their own per check.
+fn check_files(bundle: &Path) -> (PathBuf, PathBuf) {
+    let n = format!(
+        "{}-{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    (
+        bundle.join(format!("health-{n}.json")),
+        bundle.join(format!("health-{n}.pid")),
+    )
 }
 
 /// The verdict on an exited check (pure): 0 healthy, else the status (a signal negated).
@@ -43,6 +87,8 @@ struct Job {
     deadline: Instant,
     timeout: Duration,
     termed: Option<Instant>,
+    /// The process and pid files, removed when the check is over.
+    files: Vec<PathBuf>,
 }
 
 /// The command checks of one batch, started.
@@ -68,12 +114,28 @@ impl Running {
                     continue;
                 }
             };
-            r.spawn(
-                index,
-                &exec_argv(&bin, &e.container, &e.argv),
-                start,
-                req.timeout,
-            );
+            let bundle = e.bundle.clone();
+            let (process, pid_file) = check_files(&bundle);
+            let config = bundle.join("config.json");
+            let written = std::fs::read_to_string(&config)
+                .map_err(|err| format!("reading {}: {err}", config.display()))
+                .and_then(|c| check_process(&c, &e.argv))
+                .and_then(|text| {
+                    crate::host::fsutil::write_atomic(&process, text.as_bytes(), 0o600)
+                        .map_err(|err| format!("{err:#}"))
+                });
+            if let Err(err) = written {
+                r.failed.push((index, Check::NoAnswer(err)));
+                continue;
+            }
+            let argv = exec_argv(&bin, &e.container, &process, &pid_file);
+            r.spawn(index, &argv, start, req.timeout);
+            match r.jobs.last_mut() {
+                Some(j) if j.index == index => j.files = vec![process, pid_file],
+                _ => {
+                    let _ = std::fs::remove_file(&process);
+                }
+            }
         }
         r
     }
@@ -98,6 +160,7 @@ impl Running {
                 deadline: start + timeout,
                 timeout,
                 termed: None,
+                files: Vec::new(),
             }),
             Err(err) => self
                 .failed
@@ -114,7 +177,13 @@ impl Running {
             let mut i = 0;
             while i < self.jobs.len() {
                 match self.poll_job(i, now) {
-                    Some(c) => out.push((self.jobs.swap_remove(i).index, c)),
+                    Some(c) => {
+                        let j = self.jobs.swap_remove(i);
+                        for f in &j.files {
+                            let _ = std::fs::remove_file(f);
+                        }
+                        out.push((j.index, c));
+                    }
                     None => i += 1,
                 }
             }
@@ -143,6 +212,20 @@ impl Running {
                 }
                 Some(t) if now.duration_since(t) < TERM_GRACE => None,
                 Some(_) => {
+                    // The process in the container first (the runtime does not pass SIGKILL
+                    // on), then the runtime's exec.
+                    if let Some(pid) = j
+                        .files
+                        .get(1)
+                        .and_then(|f| std::fs::read_to_string(f).ok())
+                        .and_then(|t| t.trim().parse::<i32>().ok())
+                        .filter(|p| *p > 1)
+                    {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
                     let _ = j.child.kill();
                     let _ = j.child.wait();
                     Some(timed_out())
@@ -157,6 +240,9 @@ impl Drop for Running {
         for j in &mut self.jobs {
             let _ = j.child.kill();
             let _ = j.child.wait();
+            for f in &j.files {
+                let _ = std::fs::remove_file(f);
+            }
         }
     }
 }
@@ -172,16 +258,31 @@ mod tests {
             exec_argv(
                 "/usr/sbin/runc",
                 "shim-app-web-r1-1",
-                &["bin/check".into(), "-q".into()]
+                Path::new("/b/health-1.json"),
+                Path::new("/b/health-1.pid")
             ),
             [
                 "/usr/sbin/runc",
                 "exec",
-                "shim-app-web-r1-1",
-                "bin/check",
-                "-q"
+                "--process",
+                "/b/health-1.json",
+                "--pid-file",
+                "/b/health-1.pid",
+                "shim-app-web-r1-1"
             ]
         );
+        let config = r#"{"ociVersion":"1.0.2","process":{"terminal":true,"consoleSize":{"height":1,"width":1},"user":{"uid":1234,"gid":1234},"args":["bin/app"],"env":["PORT=20001","A=b"],"cwd":"/app"},"root":{"path":"rootfs"}}"#;
+        let p: serde_json::Value =
+            serde_json::from_str(&check_process(config, &["bin/check".into()]).unwrap()).unwrap();
+        assert_eq!(p["args"], serde_json::json!(["bin/check"]));
+        assert_eq!(p["user"]["uid"], 1234);
+        assert_eq!(p["env"][0], "PORT=20001");
+        assert_eq!(
+            (p["cwd"].as_str(), p["terminal"].as_bool()),
+            (Some("/app"), Some(false))
+        );
+        assert!(p.get("consoleSize").is_none());
+        assert!(check_process("{}", &[]).is_err());
         assert_eq!(
             verdict(std::process::ExitStatus::from_raw(0)),
             Check::Passed

@@ -14,6 +14,18 @@ use anyhow::{Context, Result};
 /// planted at the temp name cannot redirect the write to another file. The rename replaces
 /// `path` itself, even where `path` is a symlink.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    write_atomic_owned(path, data, mode, None)
+}
+
+/// [`write_atomic`], the file given exactly `mode` (whatever the umask) and, if asked, the
+/// owner `(uid, gid)` before it is renamed into place: `path` never exists with other
+/// permissions.
+pub fn write_atomic_owned(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut attempt = 0u32;
     let (tmp, mut f) = loop {
@@ -30,8 +42,17 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
             Err(e) => return Err(e).with_context(|| format!("creating {}", tmp.display())),
         }
     };
+    let perms = |f: &std::fs::File| -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(f, Some(uid), Some(gid))?;
+            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
+        Ok(())
+    };
     let written = f
         .write_all(data)
+        .and_then(|_| perms(&f))
         .and_then(|_| f.sync_all())
         .with_context(|| format!("writing {}", tmp.display()))
         .and_then(|_| {

@@ -84,6 +84,8 @@ pub struct ExecCheck {
     pub runtime: crate::config::Runtime,
     /// The container id: the instance's unit name without `.service`.
     pub container: String,
+    /// The instance's bundle directory (its `config.json` gives the check's process).
+    pub bundle: std::path::PathBuf,
     pub argv: Vec<String>,
 }
 

@@ -120,18 +120,43 @@ pub fn read_files(svc: &ServiceDef) -> Result<BTreeMap<String, Vec<u8>>> {
                     p.name
                 ))
             };
-            let meta = std::fs::metadata(&f.source).map_err(|e| bad(e.to_string()))?;
-            if !meta.is_file() {
-                return Err(bad("not a regular file".into()).into());
-            }
-            if meta.len() > SECRET_FILE_MAX {
-                return Err(bad(format!("{} bytes: at most 1 MiB", meta.len())).into());
-            }
-            let bytes = std::fs::read(&f.source).map_err(|e| bad(e.to_string()))?;
+            let bytes = read_bounded(&f.source).map_err(bad)?;
             out.insert(key, bytes);
         }
     }
     Ok(out)
+}
+
+/// A secret file's bytes: opened once (not following a final symlink, not blocking on a
+/// FIFO), checked to be a regular file of at most [`SECRET_FILE_MAX`] on that handle, read
+/// through it. Nothing of shim's own state may be a source.
+fn read_bounded(path: &std::path::Path) -> std::result::Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let s = path.display().to_string();
+    if ["/var/lib/shim", "/run/shim"]
+        .iter()
+        .any(|f| s == *f || s.starts_with(&format!("{f}/")))
+    {
+        return Err("is shim's own state, not a secret of the app's".into());
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = f.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mut bytes = Vec::new();
+    f.take(SECRET_FILE_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > SECRET_FILE_MAX {
+        return Err("more than 1 MiB: a secret file is a key or a certificate, not data".into());
+    }
+    Ok(bytes)
 }
 
 /// The stored copy of each secret file of deployment `d`'s processes, as the bundle mounts
@@ -175,51 +200,46 @@ pub fn save_files(dirs: &Dirs, d: &Deployment, contents: &BTreeMap<String, Vec<u
     let by_digest: BTreeMap<String, &Vec<u8>> =
         contents.values().map(|b| (content_digest(b), b)).collect();
     for (path, digest, mode) in wanted {
-        if path.exists() {
+        // A copy that is there as deployed is kept; one that is not (edited, wrong owner or
+        // mode after a crash) is written again.
+        if copy_matches(&path, &digest, mode, d.user.uid, d.user.gid) {
             continue;
         }
         let Some(bytes) = by_digest.get(&digest) else {
-            bail!("secret file content {digest} was not read (internal error)");
+            bail!("the secret file copy {} does not match its deployment and its source now has other content: run `shim upgrade --id {id}` to deploy the secret files as they are now", path.display());
         };
-        crate::host::fsutil::write_atomic(&path, bytes, mode)?;
-        // The mode as given, whatever the umask took from it.
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
-            .with_context(|| format!("chmod of {}", path.display()))?;
-        nix::unistd::chown(
+        crate::host::fsutil::write_atomic_owned(
             &path,
-            Some(nix::unistd::Uid::from_raw(d.user.uid)),
-            Some(nix::unistd::Gid::from_raw(d.user.gid)),
-        )
-        .with_context(|| format!("chown of {}", path.display()))?;
+            bytes,
+            mode,
+            Some((d.user.uid, d.user.gid)),
+        )?;
     }
     Ok(())
+}
+
+/// Whether the copy at `path` has content `digest`, `mode` and owner `uid:gid`.
+fn copy_matches(path: &std::path::Path, digest: &str, mode: u32, uid: u32, gid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    meta.is_file()
+        && meta.mode() & 0o7777 == mode
+        && meta.uid() == uid
+        && meta.gid() == gid
+        && std::fs::read(path).is_ok_and(|b| content_digest(&b) == digest)
 }
 
 /// Checks that deployment `d`'s secret files are stored as deployed (content digest, owner
 /// and mode), before a start mounts them.
 pub fn check_files(dirs: &Dirs, d: &Deployment) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
     let id = d.definition.id.as_str();
     for (path, digest, mode) in wanted_files(dirs, d)? {
-        let again =
-            || format!("run `shim upgrade --id {id}` to deploy the secret files as they are now");
-        let bytes = std::fs::read(&path).with_context(|| {
-            format!(
-                "reading the secret file copy {} ({})",
-                path.display(),
-                again()
-            )
-        })?;
-        let meta = std::fs::metadata(&path)?;
-        if content_digest(&bytes) != digest
-            || meta.mode() & 0o7777 != mode
-            || meta.uid() != d.user.uid
-            || meta.gid() != d.user.gid
-        {
+        if !copy_matches(&path, &digest, mode, d.user.uid, d.user.gid) {
             bail!(
-                "the secret file copy {} does not match its deployment (damaged or edited): {}",
-                path.display(),
-                again()
+                "the secret file copy {} is missing or does not match its deployment (damaged or edited): run `shim upgrade --id {id}` to deploy the secret files as they are now",
+                path.display()
             );
         }
     }
@@ -287,6 +307,22 @@ mod tests {
         std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o440)).unwrap();
         let e = check_files(&dirs, &d).unwrap_err().to_string();
         assert!(e.contains("does not match"), "{e}");
+        // The next upgrade with the deployed content repairs it (also a copy a crash left
+        // with the wrong owner or mode).
+        save_files(&dirs, &d, &contents).unwrap();
+        check_files(&dirs, &d).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(check_files(&dirs, &d).is_err());
+        save_files(&dirs, &d, &contents).unwrap();
+        check_files(&dirs, &d).unwrap();
+        // Shim's own state is no secret source.
+        let own = "[services.app]\nimage = \"oci:/i:{revision}\"\n[services.app.processes.web]\nsecrets = [{ source = \"/var/lib/shim/secrets/other/x.json\", target = \"/s\" }]\n".to_string();
+        let defs2 =
+            crate::config::parse_sources(&[("/etc/shim/services.toml".into(), own)]).unwrap();
+        let e = read_files(defs2.service("app").unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shim's own state"), "{e}");
         // Pruned once no record uses it; kept while one does.
         prune(&dirs, "app", &[digest.clone()].into());
         assert!(copy.exists());

@@ -113,7 +113,14 @@ pub fn prepare_for_run(
         .find(|d| d.revision == revision);
     match recorded {
         Some(d) => prepare_deployed(host, defs, d, true),
-        None => prepare(host, defs, id, &revision, true),
+        None => {
+            // A revision never deployed here: its secret files are stored now (by content,
+            // beside the deployments'; pruned after the next upgrade) so the run can mount
+            // them.
+            let p = prepare(host, defs, id, &revision, true)?;
+            crate::host::secrets::save_files(&host.dirs, &p.deployment, &p.secret_file_contents)?;
+            Ok(p)
+        }
     }
 }
 

@@ -216,10 +216,9 @@ pub fn rows(
                 max_delay,
                 now_usec,
             ),
-            // Also for a running instance whose last restart was an OOM kill.
-            last_exit: (u.active_state == "failed"
-                || u.sub_state == "auto-restart"
-                || u.result == "oom-kill")
+            // (systemd resets Result when it starts the unit again: an OOM kill shows while
+            // the instance waits for its restart, or failed.)
+            last_exit: (u.active_state == "failed" || u.sub_state == "auto-restart")
                 .then(|| u.last_exit())
                 .flatten(),
             deployment: s.deployment_of(u).map(|d| d.id()),
@@ -678,9 +677,9 @@ mod tests {
     }
 
     #[test]
-    fn an_oom_killed_instance_says_so_even_once_running_again() {
+    fn an_oom_killed_instance_says_so_while_it_waits_for_its_restart() {
         let fh = crate::ops::testkit::host();
-        let mut u = fake_unit("app", 1, "active", "running");
+        let mut u = fake_unit("app", 1, "activating", "auto-restart");
         u.n_restarts = 1;
         u.exec_main_code = 2;
         u.exec_main_status = 9;

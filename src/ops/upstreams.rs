@@ -93,8 +93,18 @@ pub fn switch_nftables(
     }
     let before = current_targets(host, service, files);
     let targets: Vec<Target> = files.iter().map(|f| target(service, f)).collect();
+    // Fewer slots than nginx has now (a scale-down): until nginx is reloaded on the smaller
+    // file, its extra slots keep a rule (onto the new instances), then the rule shrinks.
+    let wide: Vec<Target> = targets
+        .iter()
+        .zip(&before)
+        .map(|(t, b)| Target {
+            slots: t.slots.max(b.slots),
+            ..t.clone()
+        })
+        .collect();
     host.nft
-        .apply(&nft::render_script(&targets))
+        .apply(&nft::render_script(&wide))
         .context("replacing the nftables rule (the previous rule is untouched)")?;
     for f in files {
         details.push(format!(
@@ -110,6 +120,11 @@ pub fn switch_nftables(
             )));
         }
         return Err(e.context("previous nftables rule restored"));
+    }
+    if wide != targets {
+        host.nft
+            .apply(&nft::render_script(&targets))
+            .context("shrinking the nftables rule to the new slots")?;
     }
     Ok(())
 }

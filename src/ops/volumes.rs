@@ -2,7 +2,9 @@
 //! `/var/lib/shim/volumes/<service>/<name>` (created on first start, never deleted
 //! implicitly). `rm` is the only way one goes, and it refuses while a running instance of the
 //! service may have it mounted: a running unit whose deployment (current, previous, or the
-//! attempt under way) mounts the volume, or whose deployment is not recorded at all.
+//! attempt under way) mounts the volume, or whose deployment is not recorded at all, and any
+//! running one-off (`shim run`) of the service. It holds the service's lock, so no upgrade or
+//! start of the service runs meanwhile.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -52,6 +54,28 @@ pub fn users_of(name: &str, units: &[UnitInfo], records: &[&Deployment]) -> Vec<
         })
         .map(|u| u.name.clone())
         .collect()
+}
+
+/// The units of service `id` that may mount its volumes: its instances, and its one-off
+/// runs (`shimrun-<id>-*`, which borrow a process's mounts; counted as users while active,
+/// whatever they mount).
+fn units_of(host: &Host, id: &str) -> Result<Vec<UnitInfo>> {
+    let sd = host.systemd()?;
+    let mut units = crate::ops::instances::service_units(sd, id)?;
+    let runs = sd.list_units(&[format!("{}{id}-*", crate::plan::oneoff::RUN_PREFIX)])?;
+    units.extend(
+        runs.into_iter()
+            .filter(|u| u.field(crate::plan::fields::SERVICE) == Some(id))
+            .map(|mut u| {
+                // No deployment of the records owns a run: it counts as a user.
+                u.fields.insert(
+                    crate::plan::fields::DEPLOYMENT.into(),
+                    "(one-off run)".into(),
+                );
+                u
+            }),
+    );
+    Ok(units)
 }
 
 /// Apparent size of the files below `dir` (symlinks not followed).
@@ -108,7 +132,7 @@ pub fn list(host: &Host, only: Option<&str>) -> Result<Vec<Volume>> {
         if names.is_empty() {
             continue;
         }
-        let units = crate::ops::instances::service_units(host.systemd()?, &id)?;
+        let units = units_of(host, &id)?;
         let recs = records(host, &id)?;
         let recs: Vec<&Deployment> = recs.iter().collect();
         for name in names {
@@ -144,7 +168,7 @@ pub fn remove(host: &Host, id: &str, name: &str, lock_timeout: Duration) -> Resu
         ))
         .into());
     }
-    let units = crate::ops::instances::service_units(host.systemd()?, id)?;
+    let units = units_of(host, id)?;
     let recs = records(host, id)?;
     let users = users_of(name, &units, &recs.iter().collect::<Vec<_>>());
     if !users.is_empty() {

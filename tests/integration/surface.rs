@@ -380,6 +380,16 @@ fn command_health_checks_run_in_the_container() {
     let unit = instance_unit(cfg.path(), id, "worker", 1);
     assert_eq!(unit_prop(&unit, "ActiveState"), "active");
 
+    // The check's process files are gone after each check.
+    let left = stdout(&sh(&format!(
+        "ls /run/shim/instances/{id}/{} | grep -c '^health-' || true",
+        unit.trim_end_matches(".service")
+    )));
+    assert_eq!(
+        left.trim(),
+        "0",
+        "check files left in the instance directory"
+    );
     // The same check outside the container (no CHECK_ME there) fails: it did run inside.
     let outside = sh(&format!(
         "/bin/sh -c {}",

@@ -34,6 +34,8 @@ pub struct Inputs<'a> {
     pub memory: &'a Memory,
     pub now_usec: u64,
     pub max_delay: Duration,
+    /// Where the service's instance directories (bundles) are.
+    pub instances_dir: std::path::PathBuf,
 }
 
 /// What the probe does about one instance.
@@ -77,12 +79,15 @@ pub struct CheckReq {
 /// runtime in the container named after the unit.
 pub fn exec_check(
     svc: &ServiceDef,
+    instances_dir: &std::path::Path,
     unit: &str,
     h: &crate::config::Health,
 ) -> Option<crate::host::http_check::ExecCheck> {
+    let container = unit.strip_suffix(".service").unwrap_or(unit).to_string();
     (!h.command.is_empty()).then(|| crate::host::http_check::ExecCheck {
         runtime: svc.runtime,
-        container: unit.strip_suffix(".service").unwrap_or(unit).to_string(),
+        bundle: instances_dir.join(&container),
+        container,
         argv: h.command.clone(),
     })
 }
@@ -120,7 +125,7 @@ pub fn plan_checks(inp: &Inputs<'_>) -> Vec<CheckReq> {
             if u.main_start_usec == 0 || up < h.start_period.as_micros() as u64 {
                 return None;
             }
-            let exec = exec_check(inp.service, &u.name, h);
+            let exec = exec_check(inp.service, &inp.instances_dir, &u.name, h);
             Some(CheckReq {
                 unit: u.name.clone(),
                 port: if exec.is_some() {
@@ -398,6 +403,7 @@ command = ["/w"]
             memory,
             now_usec: now,
             max_delay: Duration::from_secs(8),
+            instances_dir: "/run/shim/instances/app".into(),
         }
     }
 

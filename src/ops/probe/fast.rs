@@ -247,7 +247,7 @@ pub fn plan_record(
                 if !checks.get(&unit)?.healthy() {
                     return None;
                 }
-                let exec = super::decide::exec_check(inp.service, &u.name, h);
+                let exec = super::decide::exec_check(inp.service, &inp.instances_dir, &u.name, h);
                 Some(Probe {
                     port: if exec.is_some() {
                         u.port().unwrap_or(0)

@@ -168,6 +168,7 @@ impl Run<'_> {
             memory: &memory,
             now_usec: host.clock.wall_usec(),
             max_delay: self.defs.settings.restart_max_delay,
+            instances_dir: host.dirs.instances(id),
         };
         let cx = Acting {
             host,

@@ -44,7 +44,13 @@ struct Wait<'a> {
     start: Instant,
     baseline: BTreeMap<String, u32>,
     healthy: BTreeSet<String>,
+    /// When each instance's command check last ran: they are paced (each is a process in
+    /// the container), socket checks are not.
+    last_command: BTreeMap<String, Duration>,
 }
+
+/// How often the gate runs a not-yet-healthy instance's command check at most.
+const COMMAND_PACE: Duration = Duration::from_secs(1);
 
 impl Wait<'_> {
     fn observe(&self) -> Result<Vec<UnitInfo>, Vec<Unhealthy>> {
@@ -87,7 +93,20 @@ impl Wait<'_> {
                 failed.push(b);
                 continue;
             }
-            let exec = crate::ops::probe::decide::exec_check(&self.p.service, &u.name, h);
+            let exec = crate::ops::probe::decide::exec_check(
+                &self.p.service,
+                &self.p.instances_dir,
+                &u.name,
+                h,
+            );
+            if exec.is_some() {
+                let last = self.last_command.get(&u.name).copied();
+                if last.is_some_and(|t| elapsed.saturating_sub(t) < COMMAND_PACE) {
+                    pending += 1;
+                    continue;
+                }
+                self.last_command.insert(u.name.clone(), elapsed);
+            }
             let port = match (u.port(), &exec) {
                 (Some(port), _) => port,
                 (None, Some(_)) => 0,
@@ -169,6 +188,7 @@ pub fn wait_healthy(
         start: host.clock.now(),
         baseline,
         healthy: BTreeSet::new(),
+        last_command: BTreeMap::new(),
     };
     let mut units = w.observe()?;
     let mut rounds = 0u32;

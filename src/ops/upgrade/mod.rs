@@ -572,6 +572,7 @@ impl Run<'_> {
         let p = need(&self.prepared)?;
         crate::host::secrets::save(&self.host.dirs, self.id, &p.secrets)?;
         crate::host::secrets::save_files(&self.host.dirs, &p.deployment, &p.secret_file_contents)?;
+        crate::host::secrets::check_files(&self.host.dirs, &p.deployment)?;
         self.st.upgrading = Some(Attempt {
             revision: self.revision.to_string(),
             phase: Phase::Starting,
