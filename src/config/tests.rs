@@ -127,6 +127,7 @@ fn bad_cases() -> Vec<(&'static str, String, usize, Vec<&'static str>)> {
         ("podman with mounts", "[services.a]\nimage = \"oci:/i:{revision}\"\nruntime = \"podman\"\n[services.a.processes.w]\nmounts = [{ type = \"tmpfs\", target = \"/t\" }]\n".into(), 3, vec!["podman"]),
         ("health path and tcp", with("health = { path = \"/h\", tcp = true }"), 4, vec!["health.path", "not both"]),
         ("health neither", with("health = { interval = \"5s\" }"), 4, vec!["health.path", "tcp = true"]),
+        ("reserved id", "[services.reconcile]\nimage = \"oci:/i:{revision}\"\n[services.reconcile.processes.w]\n".into(), 1, vec!["services.reconcile", "reserved", "shim-reconcile.service"]),
         ("service memory bad", "[services.a]\nimage = \"oci:/i:{revision}\"\nmemory = \"1.5G\"\n[services.a.processes.w]\n".into(), 3, vec!["services.a.memory"]),
     ]
 }

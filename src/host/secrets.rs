@@ -86,6 +86,7 @@ mod tests {
         let dirs = Dirs {
             state: t.path().join("state"),
             run: t.path().join("run"),
+            units: "/etc/systemd/system".into(),
         };
         let a = vec![("DB_PASSWORD".to_string(), "one".to_string())];
         let b = vec![("DB_PASSWORD".to_string(), "two".to_string())];

@@ -761,6 +761,7 @@ mod tests {
         let dirs = Dirs {
             state: t.path().join("s"),
             run: t.path().join("r"),
+            units: "/etc/systemd/system".into(),
         };
         let cfg = t.path().join("services.toml");
         std::fs::write(&cfg, "[services.app]\n").unwrap();
@@ -791,6 +792,7 @@ mod tests {
         let dirs = Dirs {
             state: t.path().join("s"),
             run: t.path().join("r"),
+            units: "/etc/systemd/system".into(),
         };
         let r = record_of(&clean(), &ServiceState::default()).unwrap();
         save_record(&dirs, "app", Some(&r));

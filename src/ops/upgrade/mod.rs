@@ -739,7 +739,7 @@ impl Run<'_> {
         let p = need(&self.prepared)?;
         let (sd, id, revision) = (self.host.systemd()?, self.id, self.revision);
         let (st, store) = (&mut self.st, &self.store);
-        let dirs = &self.host.dirs;
+        let (host, dirs, config) = (self.host, &self.host.dirs, &self.opts.config);
         self.rep.step("record", |d| {
             st.promote(Some(p.deployment.clone()), revision);
             st.upgrading = None;
@@ -751,6 +751,20 @@ impl Run<'_> {
                 .map(|u| u.name)
                 .collect();
             instances::remove_stale_dirs(&p.instances_dir, &live)?;
+            // The service's own unit, written (and enabled) with its first record.
+            match crate::ops::service_unit::ensure(host, id, config, true) {
+                Ok(crate::ops::service_unit::FileChange::Unchanged) => {}
+                Ok(c) => d.push(format!(
+                    "{} {}",
+                    crate::plan::service_unit::service_unit_name(id),
+                    if c == crate::ops::service_unit::FileChange::Created {
+                        "written and enabled"
+                    } else {
+                        "rewritten"
+                    }
+                )),
+                Err(e) => d.push(format!("warning: the service's unit: {e:#}")),
+            }
             d.push(format!(
                 "current {revision} (deployment {}, {}){}",
                 p.deployment.id(),
