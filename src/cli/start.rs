@@ -36,11 +36,19 @@ pub struct StartArgs {
     /// started (it is being started).
     #[arg(long, hide = true, conflicts_with = "revision")]
     pub from_unit: bool,
+    /// The service unit's ExecCondition: fails (exit 1: the unit's start is skipped) for a
+    /// stopped service while the system boots, so that an enabled unit does not bring back
+    /// a service stopped before the reboot; any other start goes ahead.
+    #[arg(long, hide = true, requires = "from_unit")]
+    pub condition: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }
 
 pub fn run(host: &Host, config: &Path, args: StartArgs) -> Result<()> {
+    if args.condition {
+        return condition(host, &args.id);
+    }
     let defs = crate::config::load(config)?;
     defs.service(&args.id)?;
     let mut opts = args.common.options(Kind::Start, config);
@@ -67,6 +75,18 @@ pub fn run(host: &Host, config: &Path, args: StartArgs) -> Result<()> {
     } else {
         crate::ops::service_unit::activate(host, &args.id, config)
     }
+}
+
+/// See [`StartArgs::condition`].
+fn condition(host: &Host, id: &str) -> Result<()> {
+    let st = host.state().load(id)?;
+    if st.stopped && host.systemd()?.system_state()? == "starting" {
+        let unit = crate::plan::service_unit::service_unit_name(id);
+        anyhow::bail!(
+            "service {id} is stopped: left down at boot (`shim start --id {id}` or `systemctl start '{unit}'` brings it back)"
+        );
+    }
+    Ok(())
 }
 
 /// The deployment and its instances, one line each.

@@ -99,12 +99,17 @@ pub fn render_service_unit(
 Description=shim service {id}
 Documentation=man:shim(1)
 Wants=network-online.target
-After=network-online.target nginx.service shim-reconcile.service
+# Not After=nginx.service: ExecStop reloads nginx, and a reload job of a unit this one is
+# ordered after waits for this unit's stop job, i.e. for ExecStop itself. At boot it comes
+# after nginx all the same, through shim-reconcile.service (After=nginx.service).
+After=network-online.target shim-reconcile.service
 
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-{env}ExecStart={shim} --config {config} start --id {id} --from-unit
+{env}# A service stopped before a reboot stays down at boot, enabled or not.
+ExecCondition={shim} --config {config} start --id {id} --from-unit --condition
+ExecStart={shim} --config {config} start --id {id} --from-unit
 ExecStop={shim} --config {config} stop --id {id} --from-unit
 TimeoutStartSec={start}
 TimeoutStopSec={stop}
