@@ -448,30 +448,31 @@ fn remove_orphan_units(cx: &Cx<'_>, rep: &mut Report) {
 }
 
 /// The service's unit: written if missing or different (enabled when first written for a
-/// service that runs); at boot, a service with a disabled unit is marked stopped, and
-/// `Ok(false)` says to leave it down.
+/// service that runs). A service whose unit is disabled and not active is down by the
+/// operator's choice (`systemctl disable` and a reboot, or `systemctl disable --now`):
+/// `Ok(false)` says to leave it so, at boot and after, until its unit is started.
 fn service_unit(cx: &Cx<'_>, id: &str, st: &ServiceState, rep: &mut Report) -> Result<bool> {
-    if cx.opts.dry_run {
-        return Ok(true);
-    }
     let running = st.current.is_some() && !st.stopped;
-    if let Err(e) = crate::ops::service_unit::ensure(cx.host, id, &cx.opts.config, running) {
-        rep.fail(id, format!("its unit: {e:#}"));
+    if !cx.opts.dry_run {
+        if let Err(e) = crate::ops::service_unit::ensure(cx.host, id, &cx.opts.config, running) {
+            rep.fail(id, format!("its unit: {e:#}"));
+        }
     }
-    if !(cx.opts.boot && running) || crate::ops::service_unit::enabled(cx.host, id)? {
+    if !running {
         return Ok(true);
     }
-    let _lock = ServiceLock::acquire(&cx.host.dirs.run, id, cx.opts.lock_timeout)?;
-    let store = cx.host.state();
-    let mut st = store.load(id)?;
-    st.stopped = true;
-    store.save(id, &st)?;
-    let unit = crate::plan::service_unit::service_unit_name(id);
+    let unit = crate::ops::service_unit::state(cx.host, id)?;
+    let disabled = unit.enabled.as_deref() == Some("disabled");
+    if !disabled || unit.active == "active" || unit.active == "activating" {
+        return Ok(true);
+    }
     rep.say(
         id,
-        &format!("{unit} is disabled: left down, marked stopped (`systemctl enable --now '{unit}'` brings it back, and at boot)"),
+        &format!(
+            "{} is disabled and inactive: left down (`systemctl start '{0}'` brings it up, `systemctl enable` at boot too)",
+            unit.name
+        ),
     );
-    rep.acted = true;
     Ok(false)
 }
 
@@ -827,7 +828,13 @@ command = ["/w"]
         assert!(r.acted && r.failed.is_empty());
         // Only the service's own unit is left: written, not enabled (nothing deployed).
         assert_eq!(fh.systemd.unit_names(), vec!["shim-app.service"]);
-        assert!(!crate::ops::service_unit::enabled(&fh.host, "app").unwrap());
+        assert_eq!(
+            crate::ops::service_unit::state(&fh.host, "app")
+                .unwrap()
+                .enabled
+                .as_deref(),
+            Some("disabled")
+        );
     }
 
     #[test]
@@ -852,7 +859,13 @@ command = ["/w"]
         // Its unit is written (so that `systemctl start` can bring it back), not enabled,
         // not started.
         assert_eq!(changes(&fh.systemd.calls()), vec!["daemon-reload"]);
-        assert!(!crate::ops::service_unit::enabled(&fh.host, "app").unwrap());
+        assert_eq!(
+            crate::ops::service_unit::state(&fh.host, "app")
+                .unwrap()
+                .enabled
+                .as_deref(),
+            Some("disabled")
+        );
         assert!(fh.host.state().load("app").unwrap().stopped);
     }
 
@@ -893,7 +906,7 @@ command = ["/w"]
     }
 
     #[test]
-    fn at_boot_a_disabled_service_stays_down_and_is_marked_stopped() {
+    fn a_disabled_inactive_service_stays_down_at_boot_and_after_until_started() {
         let fh = crate::ops::testkit::host();
         let h = &fh.host;
         let d = crate::ops::testkit::defs(WORKER);
@@ -902,25 +915,27 @@ command = ["/w"]
             .unwrap();
         let r = reconcile(h, &d, &boot(), false).unwrap();
         assert!(r.failed.is_empty(), "{:?}", r.errors);
-        assert!(
-            said(&r)[1].contains("shim-app.service is disabled: left down"),
-            "{:?}",
-            said(&r)
-        );
-        assert!(h.state().load("app").unwrap().stopped);
-        assert!(
+        let down = "shim-app.service is disabled and inactive: left down";
+        assert!(said(&r)[1].contains(down), "{:?}", said(&r));
+        // Not marked stopped: `systemctl enable` and a reboot bring it back.
+        assert!(!h.state().load("app").unwrap().stopped);
+        let none = || {
             crate::ops::instances::service_units(fh.systemd.as_ref(), "app")
                 .unwrap()
                 .is_empty()
-        );
-        // A later reconcile (not at boot) leaves the stopped service down too.
+        };
+        assert!(none());
+        // A later reconcile (not at boot) leaves it down too.
         let r = reconcile(h, &d, &opts(false), false).unwrap();
-        assert_eq!(said(&r)[1], "app stopped: nothing to do");
-        assert!(
-            crate::ops::instances::service_units(fh.systemd.as_ref(), "app")
-                .unwrap()
-                .is_empty()
-        );
+        assert!(said(&r)[1].contains(down), "{:?}", said(&r));
+        assert!(none());
+        // Enabled: the next boot brings it back.
+        fh.systemd
+            .enable_unit_files(&["shim-app.service".to_string()])
+            .unwrap();
+        let r = reconcile(h, &d, &boot(), false).unwrap();
+        assert!(r.failed.is_empty(), "{:?}", r.errors);
+        assert!(!none());
     }
 
     #[test]

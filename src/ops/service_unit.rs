@@ -154,14 +154,6 @@ pub fn state(host: &Host, id: &str) -> Result<UnitState> {
     })
 }
 
-/// Whether the unit is enabled (comes up at boot); true when it has no file (a service
-/// deployed by a shim without service units comes up at boot, as it did).
-pub fn enabled(host: &Host, id: &str) -> Result<bool> {
-    Ok(state(host, id)?
-        .enabled
-        .is_none_or(|e| e == "enabled" || e == "enabled-runtime"))
-}
-
 /// Makes the unit active after the service was started by a command other than the unit's
 /// own `ExecStart`: writes it if needed and starts it; its `ExecStart` finds the recorded
 /// deployment running and does nothing.
@@ -257,14 +249,20 @@ mod tests {
             .disable_unit_files(&["shim-app.service".to_string()])
             .unwrap();
         assert_eq!(ensure(h, "app", cfg, true).unwrap(), FileChange::Unchanged);
-        assert!(!enabled(h, "app").unwrap());
+        assert_eq!(
+            state(h, "app").unwrap().enabled.as_deref(),
+            Some("disabled")
+        );
         assert_eq!(installed(h), vec!["app".to_string()]);
         // Another path: rewritten, still disabled.
         assert_eq!(
             ensure(h, "app", Path::new("/x.toml"), true).unwrap(),
             FileChange::Rewritten
         );
-        assert!(!enabled(h, "app").unwrap());
+        assert_eq!(
+            state(h, "app").unwrap().enabled.as_deref(),
+            Some("disabled")
+        );
         // A file of that name not written by shim is refused.
         std::fs::write(h.dirs.units.join("shim-web.service"), "[Service]\n").unwrap();
         let e = ensure(h, "web", cfg, true).unwrap_err().to_string();
