@@ -495,9 +495,11 @@ fn activate_unit(cx: &Cx<'_>, id: &str, rep: &mut Report) {
 fn reconcile_service(cx: &Cx<'_>, svc: &ServiceDef, rep: &mut Report) -> Result<()> {
     let id = svc.id.as_str();
     let st = cx.host.state().load(id)?;
-    if service_unit(cx, id, &st, rep)? {
-        reconcile_running(cx, svc, rep)?;
+    if !service_unit(cx, id, &st, rep)? {
+        // Left down: its unit is not started either (its ExecStart would bring it up).
+        return Ok(());
     }
+    reconcile_running(cx, svc, rep)?;
     // A failed repair is not retried by starting the unit (whose ExecStart would converge).
     if !rep.failed.iter().any(|f| f == id) {
         activate_unit(cx, id, rep);
@@ -925,10 +927,16 @@ command = ["/w"]
                 .is_empty()
         };
         assert!(none());
-        // A later reconcile (not at boot) leaves it down too.
+        // A later reconcile (not at boot) leaves it down too, and does not start its unit
+        // (whose ExecStart would bring it up).
         let r = reconcile(h, &d, &opts(false), false).unwrap();
         assert!(said(&r)[1].contains(down), "{:?}", said(&r));
         assert!(none());
+        assert!(!fh
+            .systemd
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("start-unit")));
         // Enabled: the next boot brings it back.
         fh.systemd
             .enable_unit_files(&["shim-app.service".to_string()])
