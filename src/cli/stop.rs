@@ -23,6 +23,10 @@ use crate::ops::stop::StopBy;
 /// until `shim start --id ID` or `systemctl start shim-<id>.service`; the same as
 /// `systemctl stop shim-<id>.service`.
 ///
+/// `systemctl stop` of a single instance unit (shim-<id>-<process>-…-<n>.service) is not a
+/// stop: for supervision it is a restart, and the probe starts a new instance at its next
+/// run. Stop the service's unit, or this command, to take the service down.
+///
 /// Example: shim stop --id billing_app
 #[derive(Args, Debug)]
 pub struct StopArgs {
