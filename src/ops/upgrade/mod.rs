@@ -293,6 +293,20 @@ pub fn converge_locked(
     Ok(out)
 }
 
+/// The service's own unit, written (and enabled) when the service is first started or
+/// recorded (see `ops::service_unit`); a failure is a warning in the step's lines, since the
+/// service itself runs without it.
+fn ensure_unit(host: &Host, id: &str, config: &std::path::Path, d: &mut Vec<String>) {
+    use crate::ops::service_unit::{ensure, FileChange};
+    let name = crate::plan::service_unit::service_unit_name(id);
+    match ensure(host, id, config, true) {
+        Ok(FileChange::Unchanged) => {}
+        Ok(FileChange::Created) => d.push(format!("{name} written and enabled")),
+        Ok(FileChange::Rewritten) => d.push(format!("{name} rewritten")),
+        Err(e) => d.push(format!("warning: {name}: {e:#}")),
+    }
+}
+
 impl Run<'_> {
     /// Performs `step`; returns the step that follows.
     fn tick(&mut self, step: Step) -> Result<Step> {
@@ -601,7 +615,11 @@ impl Run<'_> {
     fn tick_start(&mut self) -> Result<Step> {
         let p = need(&self.prepared)?;
         let (host, wanted) = (self.host, &self.planned.wanted);
+        let (id, config) = (self.id, &self.opts.config);
         let r = self.rep.step("start", |d| {
+            // Before the instances: they are PartOf= it, and the daemon-reload a new unit
+            // file needs resets systemd's start limits, which must count their starts.
+            ensure_unit(host, id, config, d);
             let r = instances::start_instances(host, p, wanted)?;
             d.extend(r.started.iter().map(|u| format!("started {u}")));
             d.extend(r.already_running.iter().map(|u| format!("running {u}")));
@@ -751,20 +769,7 @@ impl Run<'_> {
                 .map(|u| u.name)
                 .collect();
             instances::remove_stale_dirs(&p.instances_dir, &live)?;
-            // The service's own unit, written (and enabled) with its first record.
-            match crate::ops::service_unit::ensure(host, id, config, true) {
-                Ok(crate::ops::service_unit::FileChange::Unchanged) => {}
-                Ok(c) => d.push(format!(
-                    "{} {}",
-                    crate::plan::service_unit::service_unit_name(id),
-                    if c == crate::ops::service_unit::FileChange::Created {
-                        "written and enabled"
-                    } else {
-                        "rewritten"
-                    }
-                )),
-                Err(e) => d.push(format!("warning: the service's unit: {e:#}")),
-            }
+            ensure_unit(host, id, config, d);
             d.push(format!(
                 "current {revision} (deployment {}, {}){}",
                 p.deployment.id(),
