@@ -224,6 +224,39 @@ mod tests {
     }
 
     #[test]
+    fn a_stop_by_the_unit_queues_the_instances_and_at_shutdown_keeps_the_service_up() {
+        for shutdown in [false, true] {
+            let fh = testkit::host();
+            let h = &fh.host;
+            fh.systemd.insert(unit("shim-app-web-r1-1.service", "app"));
+            fh.systemd
+                .insert(unit("shim-app-web-x-1.service", "app-web"));
+            let dir = h.dirs.instances("app").join("shim-app-web-r1-1.service");
+            std::fs::create_dir_all(&dir).unwrap();
+            let st = crate::host::state::ServiceState {
+                current: Some("r1".into()),
+                ..Default::default()
+            };
+            h.state().save("app", &st).unwrap();
+            let by = StopBy::Unit { shutdown };
+            let t = stop(h, None, "app", Duration::from_secs(5), Duration::ZERO, by).unwrap();
+            assert_eq!(t.stopped, vec!["shim-app-web-r1-1.service".to_string()]);
+            // Queued, not waited for (the stop jobs wait for this ExecStop); the look-alike
+            // is untouched; the directory stays for the next start to remove.
+            let calls = fh.systemd.calls();
+            assert!(calls.contains(&"queue-stop shim-app-web-r1-1.service".to_string()));
+            assert!(
+                !calls.iter().any(|c| c.starts_with("stop shim-app-web")),
+                "{calls:?}"
+            );
+            assert_eq!(fh.systemd.unit_names(), vec!["shim-app-web-x-1.service"]);
+            assert!(dir.exists());
+            // At shutdown the service is not marked stopped: it comes back at boot.
+            assert_eq!(h.state().load("app").unwrap().stopped, !shutdown);
+        }
+    }
+
+    #[test]
     fn stop_removes_instances_probe_and_marks_the_state_and_is_idempotent() {
         let fh = testkit::host();
         let h = &fh.host;
