@@ -67,6 +67,12 @@ image = "oci:$L:{revision}"
 [services.down.processes.web]
 health = { path = "/health" }
 
+[services.dis]
+image = "oci:$L:{revision}"
+
+[services.dis.processes.web]
+health = { path = "/health" }
+
 [services.brk]
 image = "oci:$L:{revision}"
 
@@ -102,6 +108,11 @@ shim stop --id brk >/dev/null
 echo "{\"current\": 7" > /var/lib/shim/state/brk.json
 shim start --id down --revision rev1 >/dev/null
 shim stop --id down >/dev/null
+# Service units: reb and dis are enabled by their first deploy; dis is disabled (not stopped).
+shim start --id dis --revision rev1 >/dev/null
+[[ "$(systemctl is-enabled shim-reb.service shim-dis.service | tr "\n" " ")" == "enabled enabled " ]] ||
+  { echo "the service units are not enabled"; exit 1; }
+systemctl disable shim-dis.service 2>/dev/null
 install -m 0644 units/shim-reconcile.service /etc/systemd/system/shim-reconcile.service
 systemctl daemon-reload
 systemctl enable shim-reconcile.service 2>/dev/null
@@ -169,10 +180,22 @@ cron=$(shim cron list --id reb --json)
 echo "  cron: $(jq -r ".[0] | \"\(.schedule) \(.command) at \(.revision), timer \(.timer)\"" <<<"$cron")"
 [[ -z "$(systemctl list-units --all --no-legend "shim-down-*")" ]] || fail "the stopped service came back"
 [[ -z "$(systemctl list-units --all --no-legend "shim-probe-down.*")" ]] || fail "the stopped service has a probe timer"
+# The units: reb enabled comes up (after reconcile), down (stopped, its unit enabled) is
+# skipped by its ExecCondition, dis (disabled) stays down and is not marked stopped.
+[[ "$(systemctl is-active shim-reb.service)" == active ]] || fail "shim-reb.service is not active after the boot"
+[[ "$(systemctl is-active shim-down.service)" != active ]] || fail "shim-down.service came up"
+[[ -z "$(systemctl list-units --all --no-legend "shim-dis-*")" ]] || fail "the disabled service came back"
+[[ "$(systemctl is-active shim-dis.service)" != active ]] || fail "shim-dis.service came up though disabled"
+grep -q "shim-dis.service is disabled and inactive: left down" <<<"$journal" || fail "reconcile did not say dis stays down: $journal"
+[[ "$(jq .stopped /var/lib/shim/state/dis.json)" == false ]] || fail "dis was marked stopped"
+echo "  units: shim-reb.service $(systemctl is-active shim-reb.service), shim-down.service $(systemctl is-active shim-down.service), shim-dis.service $(systemctl is-active shim-dis.service) (disabled)"
 # A second reconcile after the boot changes nothing (and names brk again).
 out=$(shim reconcile 2>/dev/null) && fail "shim reconcile did not report brk: $out"
 grep -q "nothing to do" <<<"$out" || fail "reconcile after boot was not a no-op: $out"
 shim status | sed "s/^/  /"
+[[ -z "$(systemctl list-units --all --no-legend "shim-dis-*")" ]] || fail "reconcile brought the disabled service back"
+# Enabled again (not started): the next reboot (the first of the loop below) brings it back.
+systemctl enable shim-dis.service 2>/dev/null
 # rev2 back to what it was, for the loop below (whose upgrades resolve the tag afresh).
 umoci tag --image /var/lib/shim-reboot/images/testapp:orig2 rev2
 ' || fail "after the reboot: see above"
@@ -201,6 +224,12 @@ for i in $(seq 100); do
 done
 [[ "$body" == revision=$WANT* ]] || { echo "after a kill at $STEP and a reboot nginx serves: ${body:-nothing}"; exit 1; }
 echo "  killed after $STEP, rebooted: $WANT serves ($body)"
+if [[ $STEP == start ]]; then
+  [[ "$(shim status --id dis --json | jq "[.[] | select(.state == \"active\")] | length")" == 1 ]] ||
+    { echo "dis, enabled again, did not come back at boot: $(shim status --id dis)"; exit 1; }
+  [[ "$(systemctl is-active shim-dis.service)" == active ]] || { echo "shim-dis.service is not active"; exit 1; }
+  echo "  dis, enabled again: back after the reboot"
+fi
 ' || fail "after a kill at $step and a reboot: see above"
   rev=$want
 done

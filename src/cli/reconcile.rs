@@ -17,7 +17,9 @@ use crate::ops::reconcile::{self, Options};
 ///
 /// Every service with a recorded current revision (and not stopped) runs `count` instances
 /// of that revision, nginx points at them and its probe timer runs; leftovers of interrupted
-/// upgrades and units of services no longer defined are removed. A second run does nothing.
+/// upgrades and units of services no longer defined are removed. Each defined service's unit
+/// shim-<id>.service is written and, for a running service, started. A second run does
+/// nothing.
 ///
 /// Example: shim reconcile --dry-run
 #[derive(Args, Debug)]
@@ -28,6 +30,10 @@ pub struct ReconcileArgs {
     /// How long to wait for another shim command working on a service.
     #[arg(long, value_parser = parse_duration_arg, default_value = "5min")]
     pub lock_timeout: Duration,
+    /// Run at boot (shim-reconcile.service): a service whose unit shim-<id>.service is
+    /// disabled (`systemctl disable`) stays down, and is marked stopped.
+    #[arg(long)]
+    pub boot: bool,
 }
 
 pub fn run(host: &Host, config: &Path, args: ReconcileArgs) -> Result<()> {
@@ -39,6 +45,7 @@ pub fn run(host: &Host, config: &Path, args: ReconcileArgs) -> Result<()> {
             dry_run: args.dry_run,
             lock_timeout: args.lock_timeout,
             config: config.to_path_buf(),
+            boot: args.boot,
         },
     )
 }

@@ -127,6 +127,19 @@ fn state_cell(r: &InstanceRow) -> String {
     }
 }
 
+/// Each service's own unit, one line each: its state, enablement, and whether it is stopped.
+pub fn render_units(units: &BTreeMap<String, crate::ops::service_unit::UnitState>) -> String {
+    if units.is_empty() {
+        return String::new();
+    }
+    let w = units.keys().map(|k| k.len()).max().unwrap_or(0);
+    let mut out = String::from("SERVICE UNITS\n");
+    for (id, u) in units {
+        out.push_str(&format!("  {id:<w$}  {}\n", u.line()));
+    }
+    out
+}
+
 /// A plain text table, one block per service, then the service's cron jobs.
 pub fn render_table(
     rows: &[InstanceRow],
@@ -235,6 +248,7 @@ pub fn run(host: &crate::host::Host, config: &Path, args: StatusArgs) -> Result<
             crate::timefmt::local_offset(now)
         )
     );
+    print!("{}", render_units(&report.units));
     Ok(())
 }
 

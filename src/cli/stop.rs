@@ -1,6 +1,8 @@
 //! `shim stop`: stop every instance of a service and remember that it is stopped (so reboot
 //! reconciliation leaves it down). The probe timer goes first, so that no probe brings an
-//! instance back meanwhile. Idempotent; works for services no longer defined.
+//! instance back meanwhile. Idempotent; works for services no longer defined. Then the
+//! service's unit `shim-<id>.service` is stopped too: `shim stop` and `systemctl stop` are
+//! one operation (see `ops::service_unit`); `--from-unit` is that unit's `ExecStop`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,8 +14,18 @@ use crate::cli::parse_duration_arg;
 use crate::config::Ident;
 use crate::error::BadInput;
 use crate::host::Host;
+use crate::ops::stop::StopBy;
 
-/// Stop all instances of a service.
+/// Stop all instances of a service, and its unit shim-<id>.service.
+///
+/// nginx is taken off the service first, then the drain, then the probe and cron timers and
+/// the instances. The service stays stopped (the probe, reconcile and boot leave it down)
+/// until `shim start --id ID` or `systemctl start shim-<id>.service`; the same as
+/// `systemctl stop shim-<id>.service`.
+///
+/// `systemctl stop` of a single instance unit (shim-<id>-<process>-…-<n>.service) is not a
+/// stop: for supervision it is a restart, and the probe starts a new instance at its next
+/// run. Stop the service's unit, or this command, to take the service down.
 ///
 /// Example: shim stop --id billing_app
 #[derive(Args, Debug)]
@@ -24,6 +36,10 @@ pub struct StopArgs {
     /// How long to wait for another shim command working on the service.
     #[arg(long, value_parser = parse_duration_arg, default_value = "5min")]
     pub lock_timeout: Duration,
+    /// Run as the service unit's ExecStop: do not stop the unit itself, do not wait for the
+    /// instances (systemd stops them once this returns).
+    #[arg(long, hide = true)]
+    pub from_unit: bool,
 }
 
 pub fn run(host: &Host, config: &Path, args: StopArgs) -> Result<()> {
@@ -48,7 +64,33 @@ pub fn run(host: &Host, config: &Path, args: StopArgs) -> Result<()> {
         ))
         .into());
     }
-    let done = crate::ops::stop::stop(host, defs.as_ref(), &args.id, timeout, args.lock_timeout)?;
+    let by = if args.from_unit {
+        let state = host.systemd()?.system_state()?;
+        StopBy::Unit {
+            shutdown: state == "stopping",
+        }
+    } else {
+        StopBy::Command
+    };
+    let done = crate::ops::stop::stop(
+        host,
+        defs.as_ref(),
+        &args.id,
+        timeout,
+        args.lock_timeout,
+        by,
+    )?;
+    print_teardown(&args.id, &done, args.from_unit);
+    if !args.from_unit {
+        crate::ops::service_unit::deactivate(host, &args.id, timeout)?;
+    }
+    if let StopBy::Unit { shutdown: true } = by {
+        println!("system shutting down: {} is not marked stopped", args.id);
+    }
+    Ok(())
+}
+
+fn print_teardown(id: &str, done: &crate::ops::stop::Teardown, from_unit: bool) {
     for w in &done.warnings {
         eprintln!("shim: warning: {w}");
     }
@@ -64,11 +106,11 @@ pub fn run(host: &Host, config: &Path, args: StopArgs) -> Result<()> {
     for l in &done.cron {
         println!("{l}");
     }
+    let verb = if from_unit { "stopping" } else { "stopped " };
     for u in &done.stopped {
-        println!("stopped  {u}");
+        println!("{verb} {u}");
     }
     if done.stopped.is_empty() {
-        println!("{} has no running instances", args.id);
+        println!("{id} has no running instances");
     }
-    Ok(())
 }

@@ -109,9 +109,33 @@ pub struct RollbackArgs {
     pub common: CommonArgs,
 }
 
+/// A stopped service is not deployed to: it stays down until started, and an upgrade that
+/// brought it up would undo the stop.
+fn refuse_stopped(host: &Host, id: &str, verb: &str) -> Result<()> {
+    if host.state().load(id)?.stopped {
+        let unit = crate::plan::service_unit::service_unit_name(id);
+        return Err(BadInput(format!(
+            "service {id} is stopped (shim stop or systemctl stop {unit}); nothing was changed: \
+             bring it back with `shim start --id {id}` (or `systemctl start '{unit}'`), then {verb} it"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// After a converge that did not fail: the service's unit is active (started if it was not:
+/// its ExecStart finds the deployment running).
+fn activate(host: &Host, id: &str, config: &Path, common: &CommonArgs) -> Result<()> {
+    if common.dry_run {
+        return Ok(());
+    }
+    crate::ops::service_unit::activate(host, id, config)
+}
+
 pub fn run_upgrade(host: &Host, config: &Path, args: UpgradeArgs) -> Result<()> {
     let defs = crate::config::load(config)?;
     defs.service(&args.id)?;
+    refuse_stopped(host, &args.id, "upgrade")?;
     let revision = match args.revision {
         Some(r) => r,
         None => current_revision(host, &args.id)?,
@@ -122,8 +146,8 @@ pub fn run_upgrade(host: &Host, config: &Path, args: UpgradeArgs) -> Result<()> 
         &args.id,
         &revision,
         &args.common.options(Kind::Upgrade, config),
-    )
-    .map(|_| ())
+    )?;
+    activate(host, &args.id, config, &args.common)
 }
 
 pub fn run_restart(host: &Host, config: &Path, args: RestartArgs) -> Result<()> {
@@ -165,12 +189,14 @@ pub fn run_restart(host: &Host, config: &Path, args: RestartArgs) -> Result<()> 
     let mut opts = args.common.options(Kind::Restart, config);
     opts.deployed = Some(d.restarted(&args.process));
     opts.restart = args.process.clone();
-    converge(host, &defs, &args.id, &d.revision, &opts).map(|_| ())
+    converge(host, &defs, &args.id, &d.revision, &opts)?;
+    activate(host, &args.id, config, &args.common)
 }
 
 pub fn run_rollback(host: &Host, config: &Path, args: RollbackArgs) -> Result<()> {
     let defs = crate::config::load(config)?;
     defs.service(&args.id)?;
+    refuse_stopped(host, &args.id, "roll back")?;
     let st = host.state().load(&args.id)?;
     let Some(previous) = st.previous else {
         return Err(BadInput(format!(
@@ -184,5 +210,6 @@ pub fn run_rollback(host: &Host, config: &Path, args: RollbackArgs) -> Result<()
     // The previous deployment exactly as it ran (a record from a shim that kept none: its
     // revision, read afresh).
     opts.deployed = st.previous_deployment.filter(|d| d.revision == previous);
-    converge(host, &defs, &args.id, &previous, &opts).map(|_| ())
+    converge(host, &defs, &args.id, &previous, &opts)?;
+    activate(host, &args.id, config, &args.common)
 }

@@ -329,6 +329,23 @@ fn validate_env(
     Ok(out)
 }
 
+/// Ids whose service unit `shim-<id>.service` is one the package ships.
+const RESERVED_SERVICE_IDS: [&str; 1] = ["reconcile"];
+
+fn refuse_reserved(cx: &Ctx<'_>, id: &Spanned<String>, prefix: &str) -> Result<(), ConfigError> {
+    if !RESERVED_SERVICE_IDS.contains(&id.get_ref().as_str()) {
+        return Ok(());
+    }
+    cx.err(
+        &id.span(),
+        prefix.to_string(),
+        format!(
+            "service id {:?} is reserved: its unit shim-{0}.service would be shim's own",
+            id.get_ref()
+        ),
+    )
+}
+
 fn validate_service(
     cx: &Ctx<'_>,
     id: &Spanned<String>,
@@ -337,6 +354,7 @@ fn validate_service(
     let prefix = format!("services.{}", id.get_ref());
     let ident = Ident::parse(id.get_ref())
         .or_else(|m| cx.err(&id.span(), prefix.clone(), format!("service id {m}")))?;
+    refuse_reserved(cx, id, &prefix)?;
     let line = Some(line_of(cx.text, id.span().start));
     let r = svc.get_ref();
 

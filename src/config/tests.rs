@@ -141,6 +141,7 @@ fn bad_cases() -> Vec<(&'static str, String, usize, Vec<&'static str>)> {
         ("health command empty arg", with("health = { command = [\"bin/x\", \"\"] }"), 4, vec!["health.command", "non-empty arguments"]),
         ("podman with a command check", "[services.a]\nimage = \"oci:/i:{revision}\"\nruntime = \"podman\"\n[services.a.processes.w]\nhealth = { command = [\"x\"] }\n".into(), 3, vec!["podman", "command health checks"]),
         ("health neither", with("health = { interval = \"5s\" }"), 4, vec!["health.path", "tcp = true"]),
+        ("reserved id", "[services.reconcile]\nimage = \"oci:/i:{revision}\"\n[services.reconcile.processes.w]\n".into(), 1, vec!["services.reconcile", "reserved", "shim-reconcile.service"]),
         ("service memory bad", "[services.a]\nimage = \"oci:/i:{revision}\"\nmemory = \"1.5G\"\n[services.a.processes.w]\n".into(), 3, vec!["services.a.memory"]),
     ]
 }

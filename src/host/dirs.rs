@@ -13,6 +13,9 @@ pub struct Dirs {
     pub state: PathBuf,
     /// `/run/shim`: instance bundles and locks; gone at reboot, like transient units.
     pub run: PathBuf,
+    /// `/etc/systemd/system`: where shim writes each service's unit (`shim-<id>.service`), so
+    /// that `systemctl enable/disable` work on it (see `plan::service_unit`).
+    pub units: PathBuf,
 }
 
 impl Dirs {
@@ -24,6 +27,9 @@ impl Dirs {
             run: std::env::var_os(crate::plan::fields::env::RUN_DIR)
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/run/shim")),
+            units: std::env::var_os(crate::plan::fields::env::UNIT_DIR)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/etc/systemd/system")),
         }
     }
     pub fn images(&self) -> PathBuf {

@@ -120,8 +120,13 @@ impl FakeHost {
             dirs: dirs::Dirs {
                 state: tmp.path().join("state"),
                 run: tmp.path().join("run"),
+                units: tmp.path().join("units"),
             },
         };
+        sd.unit_dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tmp.path().join("units"));
         f(&mut host);
         FakeHost {
             host,

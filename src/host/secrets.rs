@@ -257,6 +257,7 @@ mod tests {
         let dirs = Dirs {
             state: t.path().join("state"),
             run: t.path().join("run"),
+            units: t.path().join("units"),
         };
         let src = t.path().join("db.pem");
         std::fs::write(&src, b"-----BEGIN KEY-----\n").unwrap();
@@ -346,6 +347,7 @@ mod tests {
         let dirs = Dirs {
             state: t.path().join("state"),
             run: t.path().join("run"),
+            units: "/etc/systemd/system".into(),
         };
         let a = vec![("DB_PASSWORD".to_string(), "one".to_string())];
         let b = vec![("DB_PASSWORD".to_string(), "two".to_string())];

@@ -9,6 +9,7 @@ pub mod probe;
 pub mod probe_timer;
 pub mod reconcile;
 pub mod run;
+pub mod service_unit;
 pub mod show;
 pub mod status;
 pub mod stop;

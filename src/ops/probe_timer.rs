@@ -25,6 +25,7 @@ pub fn probe_env(dirs: &Dirs) -> Vec<(String, String)> {
     let default = Dirs {
         state: PathBuf::from("/var/lib/shim"),
         run: PathBuf::from("/run/shim"),
+        units: "/etc/systemd/system".into(),
     };
     let mut env = Vec::new();
     if dirs.state != default.state {
@@ -230,11 +231,13 @@ health = { path = "/health", interval = "3s" }
         let d = Dirs {
             state: "/var/lib/shim".into(),
             run: "/run/shim".into(),
+            units: "/etc/systemd/system".into(),
         };
         assert!(probe_env(&d).is_empty());
         let d = Dirs {
             state: "/tmp/s".into(),
             run: "/run/shim".into(),
+            units: "/etc/systemd/system".into(),
         };
         assert_eq!(
             probe_env(&d),

@@ -39,6 +39,10 @@ pub struct Options {
     pub lock_timeout: Duration,
     /// The definitions' path, for the probe timers.
     pub config: PathBuf,
+    /// At boot (`shim-reconcile.service`): a service whose unit is disabled stays down (it is
+    /// marked stopped), and units are not started (systemd starts the enabled ones after
+    /// this: waiting for them here would wait for ourselves).
+    pub boot: bool,
 }
 
 /// Why a deployed service differs from its definition at `revision`; empty when it matches.
@@ -416,6 +420,7 @@ pub fn reconcile(host: &Host, defs: &Definitions, opts: &Options, live: bool) ->
             rep.fail(&id, format!("{e:#}"));
         }
     }
+    remove_orphan_units(&cx, &mut rep);
     if !rep.acted {
         rep.line("nothing to do".into());
     } else if opts.dry_run {
@@ -424,8 +429,86 @@ pub fn reconcile(host: &Host, defs: &Definitions, opts: &Options, live: bool) ->
     Ok(rep)
 }
 
-/// One defined service: look, decide, act.
+/// The units of services no longer defined (their instances and timers are gone by now).
+fn remove_orphan_units(cx: &Cx<'_>, rep: &mut Report) {
+    for id in crate::ops::service_unit::installed(cx.host) {
+        if cx.defs.services.keys().any(|k| k.as_str() == id) {
+            continue;
+        }
+        let unit = crate::plan::service_unit::service_unit_name(&id);
+        rep.say(&id, &format!("not defined: removing its unit {unit}"));
+        rep.acted = true;
+        if cx.opts.dry_run {
+            continue;
+        }
+        if let Err(e) = crate::ops::service_unit::remove(cx.host, &id) {
+            rep.fail(&id, format!("{e:#}"));
+        }
+    }
+}
+
+/// The service's unit: written if missing or different (enabled when first written for a
+/// service that runs). A service whose unit is disabled and not active is down by the
+/// operator's choice (`systemctl disable` and a reboot, or `systemctl disable --now`):
+/// `Ok(false)` says to leave it so, at boot and after, until its unit is started.
+fn service_unit(cx: &Cx<'_>, id: &str, st: &ServiceState, rep: &mut Report) -> Result<bool> {
+    let running = st.current.is_some() && !st.stopped;
+    if !cx.opts.dry_run {
+        if let Err(e) = crate::ops::service_unit::ensure(cx.host, id, &cx.opts.config, running) {
+            rep.fail(id, format!("its unit: {e:#}"));
+        }
+    }
+    if !running {
+        return Ok(true);
+    }
+    let unit = crate::ops::service_unit::state(cx.host, id)?;
+    let disabled = unit.enabled.as_deref() == Some("disabled");
+    if !disabled || unit.active == "active" || unit.active == "activating" {
+        return Ok(true);
+    }
+    rep.say(
+        id,
+        &format!(
+            "{} is disabled and inactive: left down (`systemctl start '{0}'` brings it up, `systemctl enable` at boot too)",
+            unit.name
+        ),
+    );
+    Ok(false)
+}
+
+/// After a service was looked at: its unit is active when the service runs (not at boot).
+fn activate_unit(cx: &Cx<'_>, id: &str, rep: &mut Report) {
+    if cx.opts.dry_run || cx.opts.boot {
+        return;
+    }
+    match cx.host.state().load(id) {
+        Ok(st) if st.current.is_some() && !st.stopped => {
+            if let Err(e) = crate::ops::service_unit::activate(cx.host, id, &cx.opts.config) {
+                rep.fail(id, format!("{e:#}"));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// One defined service: its unit, then look, decide, act.
 fn reconcile_service(cx: &Cx<'_>, svc: &ServiceDef, rep: &mut Report) -> Result<()> {
+    let id = svc.id.as_str();
+    let st = cx.host.state().load(id)?;
+    if !service_unit(cx, id, &st, rep)? {
+        // Left down: its unit is not started either (its ExecStart would bring it up).
+        return Ok(());
+    }
+    reconcile_running(cx, svc, rep)?;
+    // A failed repair is not retried by starting the unit (whose ExecStart would converge).
+    if !rep.failed.iter().any(|f| f == id) {
+        activate_unit(cx, id, rep);
+    }
+    Ok(())
+}
+
+/// One defined service whose unit does not keep it down: look, decide, act.
+fn reconcile_running(cx: &Cx<'_>, svc: &ServiceDef, rep: &mut Report) -> Result<()> {
     let (sd, dirs, store) = (cx.host.systemd()?, &cx.host.dirs, cx.host.state());
     let id = svc.id.as_str();
     let st = store.load(id)?;
@@ -684,6 +767,7 @@ command = ["/w"]
             dry_run,
             lock_timeout: Duration::ZERO,
             config: PathBuf::from("/etc/shim/services.toml"),
+            boot: false,
         }
     }
 
@@ -744,7 +828,15 @@ command = ["/w"]
             ]
         );
         assert!(r.acted && r.failed.is_empty());
-        assert_eq!(fh.systemd.unit_names(), Vec::<String>::new());
+        // Only the service's own unit is left: written, not enabled (nothing deployed).
+        assert_eq!(fh.systemd.unit_names(), vec!["shim-app.service"]);
+        assert_eq!(
+            crate::ops::service_unit::state(&fh.host, "app")
+                .unwrap()
+                .enabled
+                .as_deref(),
+            Some("disabled")
+        );
     }
 
     #[test]
@@ -766,8 +858,109 @@ command = ["/w"]
                 "nothing to do",
             ]
         );
-        assert!(changes(&fh.systemd.calls()).is_empty());
+        // Its unit is written (so that `systemctl start` can bring it back), not enabled,
+        // not started.
+        assert_eq!(changes(&fh.systemd.calls()), vec!["daemon-reload"]);
+        assert_eq!(
+            crate::ops::service_unit::state(&fh.host, "app")
+                .unwrap()
+                .enabled
+                .as_deref(),
+            Some("disabled")
+        );
         assert!(fh.host.state().load("app").unwrap().stopped);
+    }
+
+    fn boot() -> Options {
+        Options {
+            boot: true,
+            ..opts(false)
+        }
+    }
+
+    #[test]
+    fn a_deployed_service_gets_its_unit_enabled_and_started_but_not_at_boot() {
+        let fh = crate::ops::testkit::host();
+        let h = &fh.host;
+        let d = crate::ops::testkit::defs(WORKER);
+        deploy(h, "app", "r1");
+        let r = reconcile(h, &d, &boot(), false).unwrap();
+        assert!(r.failed.is_empty(), "{:?}", r.errors);
+        let st = crate::ops::service_unit::state(h, "app").unwrap();
+        assert_eq!(st.enabled.as_deref(), Some("enabled"));
+        // At boot systemd starts the enabled unit itself, after shim-reconcile.service.
+        assert_eq!(st.active, "inactive");
+        assert!(!fh
+            .systemd
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("start-unit")));
+        // Later (by hand): the unit is started, once.
+        reconcile(h, &d, &opts(false), false).unwrap();
+        reconcile(h, &d, &opts(false), false).unwrap();
+        let starts: Vec<String> = fh
+            .systemd
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("start-unit"))
+            .collect();
+        assert_eq!(starts, vec!["start-unit shim-app.service"]);
+    }
+
+    #[test]
+    fn a_disabled_inactive_service_stays_down_at_boot_and_after_until_started() {
+        let fh = crate::ops::testkit::host();
+        let h = &fh.host;
+        let d = crate::ops::testkit::defs(WORKER);
+        deploy(h, "app", "r1");
+        crate::ops::service_unit::ensure(h, "app", Path::new("/etc/shim/services.toml"), false)
+            .unwrap();
+        let r = reconcile(h, &d, &boot(), false).unwrap();
+        assert!(r.failed.is_empty(), "{:?}", r.errors);
+        let down = "shim-app.service is disabled and inactive: left down";
+        assert!(said(&r)[1].contains(down), "{:?}", said(&r));
+        // Not marked stopped: `systemctl enable` and a reboot bring it back.
+        assert!(!h.state().load("app").unwrap().stopped);
+        let none = || {
+            crate::ops::instances::service_units(fh.systemd.as_ref(), "app")
+                .unwrap()
+                .is_empty()
+        };
+        assert!(none());
+        // A later reconcile (not at boot) leaves it down too, and does not start its unit
+        // (whose ExecStart would bring it up).
+        let r = reconcile(h, &d, &opts(false), false).unwrap();
+        assert!(said(&r)[1].contains(down), "{:?}", said(&r));
+        assert!(none());
+        assert!(!fh
+            .systemd
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("start-unit")));
+        // Enabled: the next boot brings it back.
+        fh.systemd
+            .enable_unit_files(&["shim-app.service".to_string()])
+            .unwrap();
+        let r = reconcile(h, &d, &boot(), false).unwrap();
+        assert!(r.failed.is_empty(), "{:?}", r.errors);
+        assert!(!none());
+    }
+
+    #[test]
+    fn the_unit_of_a_service_no_longer_defined_is_removed_not_a_look_alikes() {
+        let fh = crate::ops::testkit::host();
+        let h = &fh.host;
+        let cfg = Path::new("/etc/shim/services.toml");
+        for id in ["app", "app-web", "app2"] {
+            crate::ops::service_unit::ensure(h, id, cfg, true).unwrap();
+        }
+        let d = crate::ops::testkit::defs(&WORKER.replace("services.app", "services.app-web"));
+        let r = reconcile(h, &d, &opts(false), false).unwrap();
+        assert!(r.failed.is_empty(), "{:?}", r.errors);
+        assert_eq!(crate::ops::service_unit::installed(h), vec!["app-web"]);
+        assert!(
+            said(&r).contains(&"app not defined: removing its unit shim-app.service".to_string())
+        );
     }
 
     #[test]
@@ -798,7 +991,10 @@ command = ["/w"]
         assert!(r.failed.is_empty(), "{:?}", r.errors);
         assert_eq!(
             fh.systemd.unit_names(),
-            vec!["shim-app-web-worker-r1-1.service"]
+            vec![
+                "shim-app-web-worker-r1-1.service",
+                "shim-app\\x2dweb.service"
+            ]
         );
         assert!(!h.dirs.instances("app").exists());
         assert!(kept_dir.exists());

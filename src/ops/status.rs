@@ -52,6 +52,8 @@ pub struct StatusReport {
     pub cron: BTreeMap<String, Vec<JobRow>>,
     /// What could not be read (a corrupt state file, say), one line each.
     pub warnings: Vec<String>,
+    /// Each service's own unit `shim-<id>.service` (defined services and those seen), by id.
+    pub units: BTreeMap<String, crate::ops::service_unit::UnitState>,
 }
 
 /// What an instance's directory says about it, as [`read_local`] found it.
@@ -354,11 +356,20 @@ pub fn gather(host: &Host, defs: Option<&Definitions>, q: &Query<'_>) -> Result<
             format!("service {id}: {e:#}; reconcile leaves it alone until the file is repaired or removed")
         })
         .collect();
+    let service_units = ids
+        .iter()
+        .filter_map(|id| {
+            let mut u = crate::ops::service_unit::state(host, id).ok()?;
+            u.stopped = host.state().load(id).is_ok_and(|st| st.stopped);
+            Some((id.to_string(), u))
+        })
+        .collect();
     Ok(StatusReport {
         instances: rows(&units, q.id, q.now_usec, &supervision, max_delay),
         supervision,
         cron,
         warnings,
+        units: service_units,
     })
 }
 

@@ -85,17 +85,46 @@ pub fn close_upstreams(
     Ok(lines)
 }
 
+/// Who runs a stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopBy {
+    /// `shim stop`, reconcile: the instances are stopped here, and waited for.
+    Command,
+    /// The service unit's `ExecStop` (`systemctl stop shim-<id>.service`): the instances are
+    /// `PartOf=` and `Before=` the unit, so their stop jobs are queued behind this very
+    /// `ExecStop`; waiting for them would wait for itself. Their stops are queued (for
+    /// instances of an older shim, not `PartOf=` the unit) and systemd runs them once the
+    /// drain is done; their directories are removed by the next start. `shutdown`: the
+    /// system is going down; the service is not marked stopped, so that it comes back at boot
+    /// (as the enablement of its unit says).
+    Unit { shutdown: bool },
+}
+
 /// Stops everything of service `id`; `timeout` bounds each stop job. The caller holds the
 /// service lock (see [`stop`]).
 pub fn teardown(host: &Host, id: &str, timeout: Duration, _lock: &ServiceLock) -> Result<Teardown> {
+    teardown_by(host, id, timeout, StopBy::Command)
+}
+
+fn teardown_by(host: &Host, id: &str, timeout: Duration, by: StopBy) -> Result<Teardown> {
     let sd = host.systemd()?;
     let had_probe = crate::ops::probe_timer::remove_probe_timer(sd, id)?;
     let cron = crate::ops::cron::remove_all(sd, id)?;
     let units = instances::service_units(sd, id)?;
-    let stopped = instances::stop_units(sd, &units, timeout)?;
-    let dir = host.dirs.instances(id);
-    instances::remove_stale_dirs(&dir, &Default::default())?;
-    let _ = std::fs::remove_dir(&dir);
+    let stopped = match by {
+        StopBy::Command => {
+            let stopped = instances::stop_units(sd, &units, timeout)?;
+            let dir = host.dirs.instances(id);
+            instances::remove_stale_dirs(&dir, &Default::default())?;
+            let _ = std::fs::remove_dir(&dir);
+            stopped
+        }
+        StopBy::Unit { .. } => {
+            let names: Vec<String> = units.iter().map(|u| u.name.clone()).collect();
+            sd.queue_stop(&names)?;
+            names
+        }
+    };
     crate::ops::probe::forget(&host.dirs, id)?;
     Ok(Teardown {
         probe_timer: had_probe.then(|| crate::plan::probe_timer::probe_timer_name(id)),
@@ -124,24 +153,32 @@ pub fn known(host: &Host, id: &str) -> Result<bool> {
     Ok(!timers.is_empty())
 }
 
-/// `shim stop`: under the service lock, nginx off the service and its drain (when `defs`
-/// still define it), then the teardown, and the state marked stopped so that neither the
-/// probe nor reconcile brings the service back. A failure to close the upstream is reported
-/// and the stop goes on: a stop must not be held up by nginx.
+/// `shim stop`: under the service lock, the state marked stopped (so that neither the probe
+/// nor reconcile brings the service back, even while this stop runs), nginx off the service
+/// and its drain (when `defs` still define it), then the teardown. A failure to close the
+/// upstream is reported and the stop goes on: a stop must not be held up by nginx.
 pub fn stop(
     host: &Host,
     defs: Option<&Definitions>,
     id: &str,
     timeout: Duration,
     lock_timeout: Duration,
+    by: StopBy,
 ) -> Result<Teardown> {
     let lock = ServiceLock::acquire(&host.dirs.run, id, lock_timeout)?;
+    let units = instances::service_units(host.systemd()?, id)?;
+    let store = host.state();
+    let mut st = store.load(id)?;
+    let shutdown = by == StopBy::Unit { shutdown: true };
+    if (st.current.is_some() || !units.is_empty()) && !st.stopped && !shutdown {
+        st.stopped = true;
+        store.save(id, &st)?;
+    }
     let (mut closed, mut warnings, mut drained) = (Vec::new(), Vec::new(), None);
     if let Some((d, svc)) = defs.and_then(|d| Some((d, d.service(id).ok()?))) {
         match close_upstreams(host, svc, &d.settings) {
             Ok(lines) if !lines.is_empty() => {
                 closed = lines;
-                let units = instances::service_units(host.systemd()?, id)?;
                 let drain = svc
                     .processes
                     .values()
@@ -158,16 +195,11 @@ pub fn stop(
             Err(e) => warnings.push(format!("{e:#}")),
         }
     }
-    let mut done = teardown(host, id, timeout, &lock)?;
+    let mut done = teardown_by(host, id, timeout, by)?;
+    drop(lock);
     done.closed = closed;
     done.warnings = warnings;
     done.drained = drained;
-    let store = host.state();
-    let mut st = store.load(id)?;
-    if st.current.is_some() || !done.stopped.is_empty() {
-        st.stopped = true;
-        store.save(id, &st)?;
-    }
     Ok(done)
 }
 
@@ -192,6 +224,39 @@ mod tests {
     }
 
     #[test]
+    fn a_stop_by_the_unit_queues_the_instances_and_at_shutdown_keeps_the_service_up() {
+        for shutdown in [false, true] {
+            let fh = testkit::host();
+            let h = &fh.host;
+            fh.systemd.insert(unit("shim-app-web-r1-1.service", "app"));
+            fh.systemd
+                .insert(unit("shim-app-web-x-1.service", "app-web"));
+            let dir = h.dirs.instances("app").join("shim-app-web-r1-1.service");
+            std::fs::create_dir_all(&dir).unwrap();
+            let st = crate::host::state::ServiceState {
+                current: Some("r1".into()),
+                ..Default::default()
+            };
+            h.state().save("app", &st).unwrap();
+            let by = StopBy::Unit { shutdown };
+            let t = stop(h, None, "app", Duration::from_secs(5), Duration::ZERO, by).unwrap();
+            assert_eq!(t.stopped, vec!["shim-app-web-r1-1.service".to_string()]);
+            // Queued, not waited for (the stop jobs wait for this ExecStop); the look-alike
+            // is untouched; the directory stays for the next start to remove.
+            let calls = fh.systemd.calls();
+            assert!(calls.contains(&"queue-stop shim-app-web-r1-1.service".to_string()));
+            assert!(
+                !calls.iter().any(|c| c.starts_with("stop shim-app-web")),
+                "{calls:?}"
+            );
+            assert_eq!(fh.systemd.unit_names(), vec!["shim-app-web-x-1.service"]);
+            assert!(dir.exists());
+            // At shutdown the service is not marked stopped: it comes back at boot.
+            assert_eq!(h.state().load("app").unwrap().stopped, !shutdown);
+        }
+    }
+
+    #[test]
     fn stop_removes_instances_probe_and_marks_the_state_and_is_idempotent() {
         let fh = testkit::host();
         let h = &fh.host;
@@ -207,12 +272,28 @@ mod tests {
             ..Default::default()
         };
         store.save("app", &st).unwrap();
-        let t = stop(h, None, "app", Duration::from_secs(5), Duration::ZERO).unwrap();
+        let t = stop(
+            h,
+            None,
+            "app",
+            Duration::from_secs(5),
+            Duration::ZERO,
+            StopBy::Command,
+        )
+        .unwrap();
         assert_eq!(t.stopped, vec!["shim-app-web-r1-1.service".to_string()]);
         assert_eq!(t.probe_timer.as_deref(), Some("shim-probe-app.timer"));
         assert_eq!(fh.systemd.unit_names(), vec!["shim-app-web-x-1.service"]);
         assert!(store.load("app").unwrap().stopped);
-        let again = stop(h, None, "app", Duration::from_secs(5), Duration::ZERO).unwrap();
+        let again = stop(
+            h,
+            None,
+            "app",
+            Duration::from_secs(5),
+            Duration::ZERO,
+            StopBy::Command,
+        )
+        .unwrap();
         assert_eq!(again, Teardown::default());
         assert!(store.load("app").unwrap().stopped);
     }
@@ -227,6 +308,7 @@ mod tests {
             "app",
             Duration::from_secs(5),
             Duration::from_millis(60),
+            StopBy::Command,
         )
         .unwrap_err();
         assert!(
@@ -286,6 +368,7 @@ mod tests {
             "app",
             Duration::from_secs(5),
             Duration::ZERO,
+            StopBy::Command,
         )
         .unwrap();
         assert_eq!(t.stopped, vec!["shim-app-web-r1-1.service".to_string()]);
@@ -316,6 +399,7 @@ mod tests {
             "app",
             Duration::from_secs(5),
             Duration::ZERO,
+            StopBy::Command,
         )
         .unwrap();
         assert!(again.closed.is_empty(), "{:?}", again.closed);
@@ -346,6 +430,7 @@ mod tests {
             "app",
             Duration::from_secs(5),
             Duration::ZERO,
+            StopBy::Command,
         )
         .unwrap();
         assert!(t.closed.is_empty(), "{:?}", t.closed);

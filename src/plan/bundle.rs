@@ -11,7 +11,7 @@ use oci_spec::runtime::{
     PosixRlimit, PosixRlimitBuilder, PosixRlimitType, Spec,
 };
 
-use super::{merge_env, plan_args, unit::SLICE, InstanceDir, InstanceKey, PlanContext};
+use super::{merge_env, plan_args, InstanceDir, InstanceKey, PlanContext};
 use crate::config::ProcessDef;
 
 /// Where the init of `init = true` is bound in the container.
@@ -143,7 +143,8 @@ fn set_linux(spec: &mut Spec, cx: &PlanContext<'_>, key: &InstanceKey) -> Result
             }
         }
         linux.set_cgroups_path(Some(PathBuf::from(format!(
-            "/{SLICE}/{}/container",
+            "{}/{}/container",
+            super::service_unit::slice_cgroup(key.service.as_str()),
             key.unit_name()
         ))));
     }

@@ -42,6 +42,8 @@ pub mod env {
     pub const STATE_DIR: &str = "SHIM_STATE_DIR";
     /// Overrides the run directory (default `/run/shim`).
     pub const RUN_DIR: &str = "SHIM_RUN_DIR";
+    /// Overrides where service units are written (default `/etc/systemd/system`).
+    pub const UNIT_DIR: &str = "SHIM_UNIT_DIR";
     /// Set to `0` to make every probe run a full one (troubleshooting, benchmarks).
     pub const PROBE_FAST: &str = "SHIM_PROBE_FAST";
     /// Makes `shim upgrade` die after the named step (crash tests only).

@@ -219,7 +219,8 @@ pub fn plan_oneoff_config(cx: &PlanContext<'_>, req: &OneOff<'_>) -> Result<Spec
     }
     if let Some(linux) = spec.linux_mut() {
         linux.set_cgroups_path(Some(PathBuf::from(format!(
-            "/{SLICE}/{}.service/container",
+            "{}/{}.service/container",
+            super::service_unit::slice_cgroup(cx.service.id.as_str()),
             req.stem
         ))));
     }
@@ -264,7 +265,10 @@ pub fn plan_oneoff(cx: &PlanContext<'_>, req: &OneOff<'_>) -> Result<OneOffPlan,
                 describe_argv(&req.argv)
             )),
         ),
-        ("Slice", Prop::Str(s(SLICE))),
+        (
+            "Slice",
+            Prop::Str(super::service_unit::slice_name(cx.service.id.as_str())),
+        ),
         ("Type", Prop::Str(s("exec"))),
         ("Delegate", Prop::Bool(true)),
     ];
@@ -361,7 +365,10 @@ pub fn plan_cron_job(j: &CronJobUnits<'_>) -> (UnitSpec, UnitSpec) {
     let timer = cron_timer_props(j, description.clone());
     let mut service: Vec<(&str, Prop)> = vec![
         ("Description", Prop::Str(description)),
-        ("Slice", Prop::Str(s(SLICE))),
+        (
+            "Slice",
+            Prop::Str(super::service_unit::slice_name(j.service)),
+        ),
         ("Type", Prop::Str(s("exec"))),
         ("Delegate", Prop::Bool(true)),
     ];
@@ -397,7 +404,7 @@ pub fn plan_cron_job(j: &CronJobUnits<'_>) -> (UnitSpec, UnitSpec) {
 
 /// The timer of a cron job: its calendars, to the second, not catching up missed runs.
 fn cron_timer_props(j: &CronJobUnits<'_>, description: String) -> Vec<(&'static str, Prop)> {
-    vec![
+    let mut p = vec![
         ("Description", Prop::Str(description)),
         (
             "TimersCalendar",
@@ -414,7 +421,10 @@ fn cron_timer_props(j: &CronJobUnits<'_>, description: String) -> Vec<(&'static 
         ("RandomizedDelayUSec", Prop::USec(0)),
         ("Persistent", Prop::Bool(false)),
         // It triggers the service of the same name (Unit= cannot be set on transient timers).
-    ]
+    ];
+    // Stopped with the service's unit (a job running then finishes: its service is not).
+    p.extend(super::service_unit::timer_deps(j.service));
+    p
 }
 
 /// ExecStart (`shim cron exec`) and ExecStopPost (`shim instance cleanup --record`) of a

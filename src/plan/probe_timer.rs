@@ -167,6 +167,11 @@ fn probe_timer_spec(id: &str, interval: Duration, service: &UnitSpec) -> UnitSpe
                 "CollectMode".to_string(),
                 Prop::Str("inactive-or-failed".into()),
             ),
+            (
+                // Stopped with the service's unit (`systemctl stop shim-<id>.service`).
+                "PartOf".to_string(),
+                Prop::Strs(vec![super::service_unit::service_unit_name(id)]),
+            ),
         ],
     }
 }

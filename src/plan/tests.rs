@@ -423,7 +423,7 @@ fn oneoff_config_has_the_command_a_terminal_and_no_instance_vars() {
         assert_eq!(
             spec.linux().as_ref().unwrap().cgroups_path().as_deref(),
             Some(Path::new(
-                "/shim.slice/shimrun-billing_app-279d9035886d-a6522c65-a1b2c3.service/container"
+                "/shim.slice/shim-billing_app.slice/shimrun-billing_app-279d9035886d-a6522c65-a1b2c3.service/container"
             ))
         );
         // Detached: no terminal, no anchor, no reference held.

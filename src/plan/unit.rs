@@ -57,7 +57,8 @@ pub enum Prop {
     Data(Vec<u8>),
 }
 
-/// The slice all instances live in, so their cgroup path is known in advance.
+/// The slice of everything shim starts; each service's own slice (`plan::service_unit`) is
+/// below it, so the cgroup paths are known in advance.
 pub const SLICE: &str = "shim.slice";
 
 pub use crate::config::RESTART_SEC;
@@ -212,12 +213,16 @@ pub(super) fn plan_unit(
                 key.service, key.process, key.index
             )),
         ),
-        ("Slice", Prop::Str(s(SLICE))),
+        (
+            "Slice",
+            Prop::Str(super::service_unit::slice_name(key.service.as_str())),
+        ),
         ("Type", Prop::Str(s("forking"))),
         ("PIDFile", Prop::Str(d.pid_file().display().to_string())),
         ("GuessMainPID", Prop::Bool(false)),
         ("Delegate", Prop::Bool(true)),
     ];
+    props.extend(super::service_unit::instance_deps(key.service.as_str()));
     props.extend(exec_props(cx, dir, &stem));
     props.extend([
         // Stop like `docker stop`: the stop signal to the container's init only, then after

@@ -246,8 +246,19 @@ pub fn cgroup_pids(cgroup: &Path) -> Vec<u32> {
     pids
 }
 
+/// The cgroup of `unit`: in its service's slice (`shim.slice/shim-<id>.slice/`), or directly
+/// in `shim.slice` (probe units); a path that does not exist when the unit has none.
 pub fn unit_cgroup(unit: &str) -> PathBuf {
-    PathBuf::from(format!("/sys/fs/cgroup/shim.slice/{unit}"))
+    let top = PathBuf::from("/sys/fs/cgroup/shim.slice");
+    if let Ok(entries) = std::fs::read_dir(&top) {
+        for e in entries.flatten() {
+            let p = e.path().join(unit);
+            if e.file_name().to_string_lossy().ends_with(".slice") && p.exists() {
+                return p;
+            }
+        }
+    }
+    top.join(unit)
 }
 
 /// podman's store for shim's containers (shim's `Dirs::podman`, default dirs).

@@ -17,7 +17,7 @@ MSG=tick\n\
 30 2 * * * cat%stdin line%second\n";
 
 /// A layout with `crona`/`cronb` (same crontab) and `cronbad` (an `@reboot` line).
-fn cron_layout() -> &'static Path {
+pub(crate) fn cron_layout() -> &'static Path {
     static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
     LAYOUT.get_or_init(|| {
         let dir = PathBuf::from("/var/lib/shim-test/images/crontest");

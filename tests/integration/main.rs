@@ -11,6 +11,7 @@ mod registry;
 mod run;
 mod supervise;
 mod surface;
+mod systemctl;
 mod traffic;
 mod upgrade;
 

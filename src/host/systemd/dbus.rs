@@ -44,6 +44,23 @@ trait Manager {
 
     fn reload_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
 
+    fn reload(&self) -> zbus::Result<()>;
+
+    fn enable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+        force: bool,
+    ) -> zbus::Result<(bool, Vec<(String, String, String)>)>;
+
+    fn disable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+    ) -> zbus::Result<Vec<(String, String, String)>>;
+
+    fn get_unit_file_state(&self, file: &str) -> zbus::Result<String>;
+
     #[allow(clippy::type_complexity)]
     fn list_units_by_patterns(
         &self,
@@ -212,6 +229,12 @@ fn call_err(call: &'static str, unit: &str, e: zbus::Error) -> SystemdError {
         unit: unit.to_string(),
         message,
     }
+}
+
+/// A unit file that does not exist (GetUnitFileState, DisableUnitFiles).
+fn is_no_such_file(e: &zbus::Error) -> bool {
+    matches!(e, zbus::Error::MethodError(name, _, _)
+        if matches!(name.as_str(), "org.freedesktop.DBus.Error.FileNotFound" | "org.freedesktop.systemd1.NoSuchUnit"))
 }
 
 fn is_no_such_unit(e: &zbus::Error) -> bool {
@@ -552,6 +575,86 @@ impl Systemd for DbusSystemd {
                 Err(e) if is_no_such_unit(&e) => Ok(()),
                 Err(e) => Err(call_err("UnrefUnit", name, e)),
             }
+        })
+    }
+
+    fn daemon_reload(&self) -> Result<(), SystemdError> {
+        zbus::block_on(async {
+            self.manager()
+                .await?
+                .reload()
+                .await
+                .map_err(|e| call_err("Reload", "", e))
+        })
+    }
+
+    fn enable_unit_files(&self, names: &[String]) -> Result<(), SystemdError> {
+        let files: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        zbus::block_on(async {
+            self.manager()
+                .await?
+                .enable_unit_files(&files, false, false)
+                .await
+                .map(|_| ())
+                .map_err(|e| call_err("EnableUnitFiles", &names.join(" "), e))
+        })
+    }
+
+    fn disable_unit_files(&self, names: &[String]) -> Result<(), SystemdError> {
+        zbus::block_on(async {
+            let m = self.manager().await?;
+            for n in names {
+                match m.disable_unit_files(&[n.as_str()], false).await {
+                    Ok(_) => {}
+                    Err(e) if is_no_such_file(&e) => {}
+                    Err(e) => return Err(call_err("DisableUnitFiles", n, e)),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn unit_file_state(&self, name: &str) -> Result<Option<String>, SystemdError> {
+        zbus::block_on(async {
+            match self.manager().await?.get_unit_file_state(name).await {
+                Ok(s) => Ok(Some(s)),
+                Err(e) if is_no_such_file(&e) => Ok(None),
+                Err(e) => Err(call_err("GetUnitFileState", name, e)),
+            }
+        })
+    }
+
+    fn queue_stop(&self, names: &[String]) -> Result<(), SystemdError> {
+        zbus::block_on(async {
+            let m = self.manager().await?;
+            for n in names {
+                match m.stop_unit(n, "replace").await {
+                    Ok(_) => {}
+                    Err(e) if is_no_such_unit(&e) => {}
+                    Err(e) => return Err(call_err("StopUnit", n, e)),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn system_state(&self) -> Result<String, SystemdError> {
+        zbus::block_on(async {
+            let props = PropsProxy::builder(&self.conn)
+                .destination("org.freedesktop.systemd1")
+                .path("/org/freedesktop/systemd1")
+                .build()
+                .await
+                .map_err(|e| call_err("Get SystemState", "", e))?;
+            let v = props
+                .get("org.freedesktop.systemd1.Manager", "SystemState")
+                .await
+                .map_err(|e| call_err("Get SystemState", "", e))?;
+            String::try_from(v).map_err(|e| SystemdError::Call {
+                call: "Get SystemState",
+                unit: String::new(),
+                message: e.to_string(),
+            })
         })
     }
 

@@ -24,6 +24,13 @@ pub struct FakeSystemd {
     /// move to another state, or change something else on the "host".
     #[allow(clippy::type_complexity)]
     pub on_start: Mutex<Option<Box<dyn Fn(&mut UnitInfo) + Send>>>,
+    /// Unit files systemd knows of (loaded at `daemon_reload` from the directories a test
+    /// names in `unit_dirs`), with their enablement ("enabled"/"disabled").
+    pub unit_files: Mutex<BTreeMap<String, String>>,
+    /// Directories whose `*.service` files `daemon_reload` loads (as inactive units).
+    pub unit_dirs: Mutex<Vec<std::path::PathBuf>>,
+    /// What `system_state` says ("running" when empty).
+    pub system_state: Mutex<String>,
 }
 
 /// Locks a fake's field; a poisoned lock means a test already panicked.
@@ -61,6 +68,19 @@ impl FakeSystemd {
     /// Adds a unit as if something else had started it.
     pub fn insert(&self, u: UnitInfo) {
         lock(&self.units).insert(u.name.clone(), u);
+    }
+
+    /// A stopped unit is unloaded, unless a unit file backs it: then it is inactive.
+    fn stop_one(&self, n: &str) {
+        let mut units = lock(&self.units);
+        if lock(&self.unit_files).contains_key(n) {
+            if let Some(u) = units.get_mut(n) {
+                u.active_state = "inactive".into();
+                u.sub_state = "dead".into();
+            }
+        } else {
+            units.remove(n);
+        }
     }
 
     fn record(&self, call: String) {
@@ -172,7 +192,7 @@ impl Systemd for FakeSystemd {
             self.record(format!("stop {n}"));
             let fail = lock(&self.fail_stop).contains(n);
             if !fail {
-                lock(&self.units).remove(n);
+                self.stop_one(n);
             }
             out.push(JobOutcome {
                 unit: n.clone(),
@@ -191,10 +211,17 @@ impl Systemd for FakeSystemd {
         for n in names {
             self.record(format!("start-unit {n}"));
             let mut units = lock(&self.units);
+            let fail = lock(&self.fail_start).contains(n);
             let result = match units.get_mut(n) {
+                Some(_) if fail => "failed",
                 Some(u) => {
                     u.active_state = "active".into();
-                    u.sub_state = "running".into();
+                    u.sub_state =
+                        if n.ends_with(".service") && lock(&self.unit_files).contains_key(n) {
+                            "exited".into()
+                        } else {
+                            "running".into()
+                        };
                     "done"
                 }
                 None => "failed",
@@ -291,5 +318,77 @@ impl Systemd for FakeSystemd {
     fn unref(&self, name: &str) -> Result<(), SystemdError> {
         self.record(format!("unref {name}"));
         Ok(())
+    }
+
+    fn daemon_reload(&self) -> Result<(), SystemdError> {
+        self.record("daemon-reload".into());
+        let mut found = Vec::new();
+        for d in lock(&self.unit_dirs).iter() {
+            for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.ends_with(".service") && e.path().is_file() {
+                    found.push(name);
+                }
+            }
+        }
+        let mut files = lock(&self.unit_files);
+        let mut units = lock(&self.units);
+        files.retain(|n, _| found.contains(n));
+        units.retain(|n, u| found.contains(n) || u.sub_state != "dead");
+        for n in found {
+            files.entry(n.clone()).or_insert_with(|| "disabled".into());
+            units.entry(n.clone()).or_insert_with(|| UnitInfo {
+                name: n,
+                load_state: "loaded".into(),
+                active_state: "inactive".into(),
+                sub_state: "dead".into(),
+                ..Default::default()
+            });
+        }
+        Ok(())
+    }
+
+    fn enable_unit_files(&self, names: &[String]) -> Result<(), SystemdError> {
+        for n in names {
+            self.record(format!("enable {n}"));
+            match lock(&self.unit_files).get_mut(n) {
+                Some(s) => *s = "enabled".into(),
+                None => {
+                    return Err(SystemdError::Call {
+                        call: "EnableUnitFiles",
+                        unit: n.clone(),
+                        message: "No such file or directory".into(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn disable_unit_files(&self, names: &[String]) -> Result<(), SystemdError> {
+        for n in names {
+            self.record(format!("disable {n}"));
+            if let Some(s) = lock(&self.unit_files).get_mut(n) {
+                *s = "disabled".into();
+            }
+        }
+        Ok(())
+    }
+
+    fn unit_file_state(&self, name: &str) -> Result<Option<String>, SystemdError> {
+        Ok(lock(&self.unit_files).get(name).cloned())
+    }
+
+    fn queue_stop(&self, names: &[String]) -> Result<(), SystemdError> {
+        for n in names {
+            self.record(format!("queue-stop {n}"));
+            self.stop_one(n);
+        }
+        Ok(())
+    }
+
+    fn system_state(&self) -> Result<String, SystemdError> {
+        let s = lock(&self.system_state).clone();
+        Ok(if s.is_empty() { "running".into() } else { s })
     }
 }

@@ -240,6 +240,20 @@ pub trait Systemd {
     ) -> Result<JobOutcome, SystemdError>;
     /// Drops the reference `AddRef=yes` gave this client, so the unit can be unloaded.
     fn unref(&self, name: &str) -> Result<(), SystemdError>;
+    /// `systemctl daemon-reload`: systemd reads the unit files again (returns when done).
+    fn daemon_reload(&self) -> Result<(), SystemdError>;
+    /// `systemctl enable` of unit files (their `[Install]` links); no reload needed.
+    fn enable_unit_files(&self, names: &[String]) -> Result<(), SystemdError>;
+    /// `systemctl disable` of unit files; files that do not exist are fine.
+    fn disable_unit_files(&self, names: &[String]) -> Result<(), SystemdError>;
+    /// `systemctl is-enabled`: "enabled", "disabled", "masked", … ; None when no such file.
+    fn unit_file_state(&self, name: &str) -> Result<Option<String>, SystemdError>;
+    /// Queues stop jobs without waiting for them: for units whose stop jobs are ordered
+    /// after the caller's own (an `ExecStop` stopping units that are `Before=` its unit
+    /// would otherwise wait for itself). Missing units are fine.
+    fn queue_stop(&self, names: &[String]) -> Result<(), SystemdError>;
+    /// The manager's `SystemState`: "running", "degraded", "stopping" (shutting down), …
+    fn system_state(&self) -> Result<String, SystemdError>;
 }
 
 /// A shared handle on systemd: the operations and the threads they start (the signal

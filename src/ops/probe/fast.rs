@@ -772,6 +772,7 @@ mod tests {
         let dirs = Dirs {
             state: t.path().join("s"),
             run: t.path().join("r"),
+            units: "/etc/systemd/system".into(),
         };
         let cfg = t.path().join("services.toml");
         std::fs::write(&cfg, "[services.app]\n").unwrap();
@@ -802,6 +803,7 @@ mod tests {
         let dirs = Dirs {
             state: t.path().join("s"),
             run: t.path().join("r"),
+            units: "/etc/systemd/system".into(),
         };
         let r = record_of(&clean(), &ServiceState::default()).unwrap();
         save_record(&dirs, "app", Some(&r));

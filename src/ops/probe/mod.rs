@@ -268,6 +268,7 @@ mod tests {
         let dirs = Dirs {
             state: t.path().join("s"),
             run: t.path().join("r"),
+            units: "/etc/systemd/system".into(),
         };
         assert_eq!(load_memory(&dirs, "a"), Memory::default());
         let mut m = Memory::default();

@@ -292,6 +292,20 @@ pub fn converge_locked(
     Ok(out)
 }
 
+/// The service's own unit, written (and enabled) when the service is first started or
+/// recorded (see `ops::service_unit`); a failure is a warning in the step's lines, since the
+/// service itself runs without it.
+fn ensure_unit(host: &Host, id: &str, config: &std::path::Path, d: &mut Vec<String>) {
+    use crate::ops::service_unit::{ensure, FileChange};
+    let name = crate::plan::service_unit::service_unit_name(id);
+    match ensure(host, id, config, true) {
+        Ok(FileChange::Unchanged) => {}
+        Ok(FileChange::Created) => d.push(format!("{name} written and enabled")),
+        Ok(FileChange::Rewritten) => d.push(format!("{name} rewritten")),
+        Err(e) => d.push(format!("warning: {name}: {e:#}")),
+    }
+}
+
 impl Run<'_> {
     /// Performs `step`; returns the step that follows.
     fn tick(&mut self, step: Step) -> Result<Step> {
@@ -602,7 +616,11 @@ impl Run<'_> {
     fn tick_start(&mut self) -> Result<Step> {
         let p = need(&self.prepared)?;
         let (host, wanted) = (self.host, &self.planned.wanted);
+        let (id, config) = (self.id, &self.opts.config);
         let r = self.rep.step("start", |d| {
+            // Before the instances: they are PartOf= it, and the daemon-reload a new unit
+            // file needs resets systemd's start limits, which must count their starts.
+            ensure_unit(host, id, config, d);
             let r = instances::start_instances(host, p, wanted)?;
             d.extend(r.started.iter().map(|u| format!("started {u}")));
             d.extend(r.already_running.iter().map(|u| format!("running {u}")));
@@ -740,7 +758,7 @@ impl Run<'_> {
         let p = need(&self.prepared)?;
         let (sd, id, revision) = (self.host.systemd()?, self.id, self.revision);
         let (st, store) = (&mut self.st, &self.store);
-        let dirs = &self.host.dirs;
+        let (host, dirs, config) = (self.host, &self.host.dirs, &self.opts.config);
         self.rep.step("record", |d| {
             st.promote(Some(p.deployment.clone()), revision);
             st.upgrading = None;
@@ -752,6 +770,7 @@ impl Run<'_> {
                 .map(|u| u.name)
                 .collect();
             instances::remove_stale_dirs(&p.instances_dir, &live)?;
+            ensure_unit(host, id, config, d);
             d.push(format!(
                 "current {revision} (deployment {}, {}){}",
                 p.deployment.id(),

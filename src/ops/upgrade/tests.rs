@@ -1121,6 +1121,7 @@ fn nftables_stop_flushes_the_chain_and_leaves_the_file() {
         "app",
         Duration::from_secs(5),
         Duration::ZERO,
+        crate::ops::stop::StopBy::Command,
     )
     .unwrap();
     assert!(t.rule().is_empty(), "{:?}", t.rule());
@@ -1134,6 +1135,7 @@ fn nftables_stop_flushes_the_chain_and_leaves_the_file() {
         "app",
         Duration::from_secs(5),
         Duration::ZERO,
+        crate::ops::stop::StopBy::Command,
     )
     .unwrap();
 }
@@ -1148,6 +1150,7 @@ fn nftables_reconcile_recreates_the_rule_after_it_vanished() {
         dry_run: false,
         lock_timeout: Duration::ZERO,
         config: PathBuf::from("/etc/shim/services.toml"),
+        boot: false,
     };
     crate::ops::reconcile::reconcile(&t.fh.host, &t.defs, &opts, true).unwrap();
     assert_eq!(t.rule_ports().len(), 2, "{:?}", t.rule());
