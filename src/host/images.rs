@@ -172,13 +172,8 @@ pub fn changes_on_disk(svc: &ServiceDef, d: &plan::Deployment) -> Vec<&'static s
     if !same_def {
         out.push("definition");
     }
-    let same_files = crate::host::secrets::read_files(svc).is_ok_and(|f| {
-        let now: std::collections::BTreeMap<String, String> = f
-            .iter()
-            .map(|(k, v)| (k.clone(), plan::deployment::content_digest(v)))
-            .collect();
-        now == d.secret_files
-    });
+    let same_files = crate::host::secrets::read_files(svc)
+        .is_ok_and(|f| crate::host::secrets::digests(&f) == d.secret_files);
     let same_secrets = same_files
         && read_secrets(svc)
             .is_ok_and(|s| plan::deployment::secrets_digest(&s) == d.secrets_digest);
@@ -344,10 +339,7 @@ fn prepare(dirs: &Dirs, req: &PrepareRequest<'_>) -> Result<Prepared> {
         seccomp,
         process_seccomp,
         secrets_digest: plan::deployment::secrets_digest(&secrets),
-        secret_files: secret_files
-            .iter()
-            .map(|(k, v)| (k.clone(), plan::deployment::content_digest(v)))
-            .collect(),
+        secret_files: crate::host::secrets::digests(&secret_files),
         generations: Default::default(),
         ports: Default::default(),
         deployed_usec: wall_usec(),

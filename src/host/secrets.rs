@@ -127,6 +127,15 @@ pub fn read_files(svc: &ServiceDef) -> Result<BTreeMap<String, Vec<u8>>> {
     Ok(out)
 }
 
+/// The content digest of each secret file read by [`read_files`], by source: what a
+/// deployment records.
+pub fn digests(contents: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, String> {
+    contents
+        .iter()
+        .map(|(k, v)| (k.clone(), content_digest(v)))
+        .collect()
+}
+
 /// A secret file's bytes: opened once (not following a final symlink, not blocking on a
 /// FIFO), checked to be a regular file of at most [`SECRET_FILE_MAX`] on that handle, read
 /// through it. Nothing of shim's own state may be a source.
@@ -270,10 +279,7 @@ mod tests {
         let svc = defs.service("app").unwrap().clone();
         let contents = read_files(&svc).unwrap();
         let mut d = crate::ops::testkit::deployment(&defs, "app", "r1");
-        d.secret_files = contents
-            .iter()
-            .map(|(k, v)| (k.clone(), content_digest(v)))
-            .collect();
+        d.secret_files = digests(&contents);
         let me = (
             nix::unistd::getuid().as_raw(),
             nix::unistd::getgid().as_raw(),

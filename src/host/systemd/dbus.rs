@@ -381,6 +381,30 @@ fn extra_fields(m: &HashMap<String, OwnedVariant>) -> BTreeMap<String, String> {
         .collect()
 }
 
+impl DbusSystemd {
+    /// A string property of systemd's Manager (`Version`, `SystemState`); `call` names it in
+    /// errors.
+    fn manager_string(&self, prop: &str, call: &'static str) -> Result<String, SystemdError> {
+        zbus::block_on(async {
+            let props = PropsProxy::builder(&self.conn)
+                .destination("org.freedesktop.systemd1")
+                .path("/org/freedesktop/systemd1")
+                .build()
+                .await
+                .map_err(|e| call_err(call, "", e))?;
+            let v = props
+                .get("org.freedesktop.systemd1.Manager", prop)
+                .await
+                .map_err(|e| call_err(call, "", e))?;
+            String::try_from(v).map_err(|e| SystemdError::Call {
+                call,
+                unit: String::new(),
+                message: e.to_string(),
+            })
+        })
+    }
+}
+
 impl Systemd for DbusSystemd {
     fn list_units(&self, patterns: &[String]) -> Result<Vec<UnitInfo>, SystemdError> {
         let listed = self.list(patterns)?;
@@ -519,23 +543,7 @@ impl Systemd for DbusSystemd {
     }
 
     fn version(&self) -> Result<String, SystemdError> {
-        zbus::block_on(async {
-            let props = PropsProxy::builder(&self.conn)
-                .destination("org.freedesktop.systemd1")
-                .path("/org/freedesktop/systemd1")
-                .build()
-                .await
-                .map_err(|e| call_err("Get Version", "", e))?;
-            let v = props
-                .get("org.freedesktop.systemd1.Manager", "Version")
-                .await
-                .map_err(|e| call_err("Get Version", "", e))?;
-            String::try_from(v).map_err(|e| SystemdError::Call {
-                call: "Get Version",
-                unit: String::new(),
-                message: e.to_string(),
-            })
-        })
+        self.manager_string("Version", "Get Version")
     }
 
     /// Starts `unit` (with auxiliary units created in the same call) whose properties include
@@ -639,23 +647,7 @@ impl Systemd for DbusSystemd {
     }
 
     fn system_state(&self) -> Result<String, SystemdError> {
-        zbus::block_on(async {
-            let props = PropsProxy::builder(&self.conn)
-                .destination("org.freedesktop.systemd1")
-                .path("/org/freedesktop/systemd1")
-                .build()
-                .await
-                .map_err(|e| call_err("Get SystemState", "", e))?;
-            let v = props
-                .get("org.freedesktop.systemd1.Manager", "SystemState")
-                .await
-                .map_err(|e| call_err("Get SystemState", "", e))?;
-            String::try_from(v).map_err(|e| SystemdError::Call {
-                call: "Get SystemState",
-                unit: String::new(),
-                message: e.to_string(),
-            })
-        })
+        self.manager_string("SystemState", "Get SystemState")
     }
 
     /// The units whose names match any of `patterns`: one `ListUnitsByPatterns`, no
