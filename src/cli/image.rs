@@ -149,10 +149,13 @@ fn pull(config: &Path, dirs: &Dirs, a: PullArgs) -> Result<()> {
             .with_context(|| format!("pulling {r}"))?;
         "layers in the content store".to_string()
     } else {
-        let rootfs = store
-            .ensure_rootfs(&img)
+        let dirs = store
+            .ensure_layers(&img)
             .with_context(|| format!("unpacking {r}"))?;
-        format!("rootfs {}", rootfs.display())
+        match dirs.last().and_then(|d| d.parent()) {
+            Some(p) => format!("{} layer directories in {}", dirs.len(), p.display()),
+            None => "no layers".to_string(),
+        }
     };
     let n = img.layers.len();
     println!(

@@ -18,8 +18,9 @@ pub struct InstanceArgs {
 enum Step {
     /// Mount the instance's overlay (fresh writable layer over the shared image).
     Prepare {
-        #[arg(long)]
-        lower: PathBuf,
+        /// An image layer directory, lowest first (repeated).
+        #[arg(long = "lower", required = true)]
+        lower: Vec<PathBuf>,
         dir: PathBuf,
     },
     /// Delete the runtime's state, unmount and discard the writable layer.

@@ -77,7 +77,7 @@ pub(crate) fn read_secrets(svc: &ServiceDef) -> Result<Vec<(String, String)>> {
 fn resolve_image_user(
     svc: &ServiceDef,
     image: &ImageConfig,
-    rootfs: &Path,
+    lowers: &[PathBuf],
     unpacked: bool,
 ) -> Result<(ResolvedUser, Option<String>)> {
     let spec_text = svc
@@ -89,12 +89,17 @@ fn resolve_image_user(
         .map_err(|m| BadInput(format!("user {spec_text:?}: {m}")))?;
     // The image's own files, read inside its root only and bounded (a hostile image may
     // ship symlinks to host files, a FIFO or a device there).
+    let top_first: Vec<PathBuf> = lowers.iter().rev().cloned().collect();
     let read = |p: &str| -> Result<String> {
-        crate::host::fsutil::read_in_root(rootfs, p, 1 << 20)
-            .map(Option::unwrap_or_default)
+        let text = match lowers {
+            [root] => crate::host::fsutil::read_in_root(root, p, 1 << 20),
+            _ => crate::image::read_in_layers(&top_first, p, 1 << 20),
+        };
+        text.map(Option::unwrap_or_default)
             .map_err(|e| anyhow::Error::from(BadInput(format!("{e:#}"))))
     };
-    if !unpacked && !rootfs.is_dir() {
+    let present = !lowers.is_empty() && lowers.iter().all(|l| l.is_dir());
+    if !unpacked && !present {
         // Dry run with the image not unpacked yet: numbers are fine, names must wait.
         let numeric = plan::resolve_user(&spec, "", "");
         return Ok(match numeric {
@@ -317,16 +322,9 @@ fn prepare(dirs: &Dirs, req: &PrepareRequest<'_>) -> Result<Prepared> {
     let image = store
         .resolve(&image_ref)
         .with_context(|| format!("resolving image {reference}"))?;
-    let rootfs = if unpack {
-        store
-            .ensure_rootfs(&image)
-            .with_context(|| format!("unpacking image {reference}"))?
-    } else {
-        crate::image::Digest::parse(&image.manifest_digest)
-            .map(|d| store.rootfs_path(&d))
-            .unwrap_or_default()
-    };
-    let (user, user_note) = resolve_image_user(&svc, &image.config, &rootfs, unpack)?;
+    let lowers = image_dirs(&store, &image, svc.runtime, unpack)
+        .with_context(|| format!("unpacking image {reference}"))?;
+    let (user, user_note) = resolve_image_user(&svc, &image.config, &lowers, unpack)?;
     let seccomp = read_seccomp(&svc)?;
     let process_seccomp = read_process_seccomp(&svc)?;
     let deployment = plan::Deployment {
@@ -347,7 +345,7 @@ fn prepare(dirs: &Dirs, req: &PrepareRequest<'_>) -> Result<Prepared> {
     };
     let gathered = Gathered {
         image,
-        rootfs,
+        lowers,
         secrets,
         secret_files,
         user_note,
@@ -359,7 +357,7 @@ fn prepare(dirs: &Dirs, req: &PrepareRequest<'_>) -> Result<Prepared> {
 /// What [`prepare`] and [`prepare_deployed`] gather besides the deployment itself.
 struct Gathered {
     image: crate::image::ResolvedImage,
-    rootfs: PathBuf,
+    lowers: Vec<PathBuf>,
     secrets: Vec<(String, String)>,
     /// The secret files' contents, read for a new deployment (empty for a recorded one: its
     /// copies are stored already).
@@ -390,7 +388,7 @@ fn assemble(
         instances_dir: dirs.instances(svc.id.as_str()),
         revision: d.revision.clone(),
         image: g.image,
-        rootfs: g.rootfs,
+        lowers: g.lowers,
         secrets: g.secrets,
         secret_file_contents: g.secret_files,
         secret_files_dir: crate::host::secrets::files_dir(dirs, svc.id.as_str()),
@@ -415,14 +413,51 @@ fn wall_usec() -> u64 {
         .unwrap_or(0)
 }
 
-/// The image of a deployment, by its pinned manifest digest: the unpacked rootfs if the store
-/// has it, else fetched again by digest (a registry), or from its source as long as that
-/// still holds the same manifest; never another manifest.
+/// The directories an instance of `image` stacks, lowest first: its layer directories
+/// (unpacked now unless `unpack` is false), or for podman, which takes one directory, the
+/// whole rootfs.
+fn image_dirs(
+    store: &ImageStore,
+    image: &crate::image::ResolvedImage,
+    runtime: crate::config::Runtime,
+    unpack: bool,
+) -> Result<Vec<PathBuf>> {
+    let podman = runtime == crate::config::Runtime::Podman;
+    Ok(match (podman, unpack) {
+        (true, true) => vec![store.ensure_rootfs(image)?],
+        (true, false) => crate::image::Digest::parse(&image.manifest_digest)
+            .map(|d| vec![store.rootfs_path(&d)])
+            .unwrap_or_default(),
+        (false, true) => store.ensure_layers(image)?,
+        (false, false) => store.planned_layers(image),
+    })
+}
+
+/// What of a deployment's image is on this host already: a whole rootfs cached by an
+/// earlier version of shim (a host keeps running from it until its next upgrade), or, for
+/// runc/crun, the layer directories of the manifest.
+fn stored_dirs(
+    store: &ImageStore,
+    digest: &crate::image::Digest,
+    runtime: crate::config::Runtime,
+) -> Option<Vec<PathBuf>> {
+    if store.is_unpacked(digest) {
+        return Some(vec![store.rootfs_path(digest)]);
+    }
+    if runtime == crate::config::Runtime::Podman {
+        return None;
+    }
+    store.unpacked_layers(digest)
+}
+
+/// The image of a deployment, by its pinned manifest digest: what the store has of it, else
+/// fetched again by digest (a registry), or from its source as long as that still holds the
+/// same manifest; never another manifest.
 fn pinned_image(
     store: &ImageStore,
     d: &plan::Deployment,
     unpack: bool,
-) -> Result<(crate::image::ResolvedImage, PathBuf)> {
+) -> Result<(crate::image::ResolvedImage, Vec<PathBuf>)> {
     let digest = crate::image::Digest::parse(&d.manifest_digest).ok_or_else(|| {
         anyhow::anyhow!(
             "the deployment's manifest digest {:?} is not a digest",
@@ -430,15 +465,17 @@ fn pinned_image(
         )
     })?;
     let mut r = ImageRef::parse(&d.image).map_err(|e| anyhow::anyhow!("{}: {e}", d.image))?;
-    let rootfs = store.rootfs_path(&digest);
     let recorded = crate::image::ResolvedImage {
         reference: r.clone(),
         manifest_digest: d.manifest_digest.clone(),
         config: d.image_config.clone(),
         layers: Vec::new(),
     };
-    if !unpack || store.is_unpacked(&digest) {
-        return Ok((recorded, rootfs));
+    let runtime = d.definition.runtime;
+    match stored_dirs(store, &digest, runtime) {
+        Some(dirs) => return Ok((recorded, dirs)),
+        None if !unpack => return Ok((recorded, Vec::new())),
+        None => {}
     }
     if let ImageRef::Registry(rr) = &mut r {
         rr.digest = Some(digest.clone());
@@ -459,15 +496,14 @@ fn pinned_image(
             d.definition.id
         );
     }
-    let rootfs = store
-        .ensure_rootfs(&img)
+    let dirs = image_dirs(store, &img, runtime, true)
         .with_context(|| format!("unpacking image {}", d.image))?;
     Ok((
         crate::image::ResolvedImage {
             config: d.image_config.clone(),
             ..img
         },
-        rootfs,
+        dirs,
     ))
 }
 
@@ -503,10 +539,10 @@ fn prepare_deployed(
     let runtime_bin = crate::host::runtime::runtime_binary(svc.runtime)?;
     let store = ImageStore::with_settings(dirs.images(), req.defs.settings.registry())
         .with_progress(crate::image::progress::auto());
-    let (image, rootfs) = pinned_image(&store, d, req.unpack)?;
+    let (image, lowers) = pinned_image(&store, d, req.unpack)?;
     let gathered = Gathered {
         image,
-        rootfs,
+        lowers,
         secrets,
         secret_files: Default::default(),
         user_note: None,

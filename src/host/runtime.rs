@@ -78,9 +78,9 @@ fn unmount_all(p: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Mounts the instance's overlay: `lower` (the shared image) read-only below a fresh, empty
-/// writable layer.
-pub fn prepare(lower: &Path, dir: &Path) -> Result<()> {
+/// Mounts the instance's overlay: `lowers` (the image's shared layer directories, lowest
+/// first; or one whole rootfs) read-only below a fresh, empty writable layer.
+pub fn prepare(lowers: &[PathBuf], dir: &Path) -> Result<()> {
     let d = InstanceDir(dir);
     if !d.config().is_file() {
         bail!(
@@ -92,11 +92,16 @@ pub fn prepare(lower: &Path, dir: &Path) -> Result<()> {
     if let Err(e) = count_start(&d.starts()) {
         eprintln!("counting the start: {e:#}");
     }
-    if !lower.is_dir() {
-        bail!(
-            "image rootfs {} is missing (was the image cache removed?)",
-            lower.display()
-        );
+    if lowers.is_empty() {
+        bail!("no image layer given (--lower)");
+    }
+    for lower in lowers {
+        if !lower.is_dir() {
+            bail!(
+                "image layer {} is missing (was the image store removed?): `shim reconcile` unpacks it again",
+                lower.display()
+            );
+        }
     }
     let rootfs = d.rootfs();
     unmount_all(&rootfs)?;
@@ -109,21 +114,76 @@ pub fn prepare(lower: &Path, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
     }
     let _ = std::fs::remove_file(d.pid_file());
+    // The merged root is the upper directory's: give it the image's root owner and mode.
+    if let Some(top) = lowers.last() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let m = std::fs::metadata(top).with_context(|| format!("reading {}", top.display()))?;
+        std::os::unix::fs::chown(&upper, Some(m.uid()), Some(m.gid()))
+            .with_context(|| format!("chown {}", upper.display()))?;
+        std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(m.mode() & 0o7777))
+            .with_context(|| format!("chmod {}", upper.display()))?;
+    }
+    let (cwd, lowerdir) = lowerdir_option(lowers);
     let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.display(),
+        "lowerdir={lowerdir},upperdir={},workdir={}",
         upper.display(),
         work.display()
     );
-    mount(
+    // mount(2) takes at most a page of options.
+    if opts.len() >= 4096 {
+        bail!(
+            "the image has {} layers, too many for one overlay mount here ({} bytes of mount options, at most 4095): squash some of its layers",
+            lowers.len(),
+            opts.len()
+        );
+    }
+    let previous = std::env::current_dir().ok();
+    if let Some(c) = &cwd {
+        std::env::set_current_dir(c).with_context(|| format!("entering {}", c.display()))?;
+    }
+    let mounted = mount(
         Some("overlay"),
         &rootfs,
         Some("overlay"),
         MsFlags::empty(),
         Some(opts.as_str()),
-    )
-    .with_context(|| format!("mounting overlay at {} ({opts})", rootfs.display()))?;
+    );
+    if cwd.is_some() {
+        let back = previous.unwrap_or_else(|| PathBuf::from("/"));
+        std::env::set_current_dir(&back)
+            .with_context(|| format!("returning to {}", back.display()))?;
+    }
+    mounted.with_context(|| format!("mounting overlay at {} ({opts})", rootfs.display()))?;
     Ok(())
+}
+
+/// The `lowerdir=` value for `lowers` (lowest first; overlayfs wants the topmost first), and
+/// the directory to mount from: when every layer is in one directory (the layer store), the
+/// names are given relative to it, which keeps images of up to ~60 layers within the one
+/// page mount(2) takes (absolute paths would allow ~40).
+pub fn lowerdir_option(lowers: &[PathBuf]) -> (Option<PathBuf>, String) {
+    let parent = lowers.first().and_then(|l| l.parent());
+    let shared = parent.filter(|p| {
+        lowers.len() > 1
+            && lowers.iter().all(|l| {
+                l.parent() == Some(*p)
+                    && l.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| !n.contains([':', ',', '\\']))
+            })
+    });
+    let names: Vec<String> = lowers
+        .iter()
+        .rev()
+        .map(|l| match shared {
+            Some(_) => l
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            None => l.display().to_string(),
+        })
+        .collect();
+    (shared.map(Path::to_path_buf), names.join(":"))
 }
 
 /// Adds one to the start count in `file` (missing: 0). systemd runs ExecStartPre before
@@ -298,7 +358,24 @@ mod tests {
     #[test]
     fn prepare_refuses_unplanned_instance() {
         let t = tempfile::tempdir().unwrap();
-        let err = prepare(t.path(), &t.path().join("x")).unwrap_err();
+        let err = prepare(&[t.path().to_path_buf()], &t.path().join("x")).unwrap_err();
         assert!(err.to_string().contains("config.json is missing"), "{err}");
+    }
+
+    #[test]
+    fn lowerdir_is_topmost_first_and_relative_inside_the_layer_store() {
+        let l = |p: &str| PathBuf::from(p);
+        let (cwd, opt) =
+            lowerdir_option(&[l("/s/layers/aa"), l("/s/layers/bb"), l("/s/layers/cc")]);
+        assert_eq!(cwd, Some(l("/s/layers")));
+        assert_eq!(opt, "cc:bb:aa");
+        // One whole rootfs (podman, caches of earlier versions): as it is.
+        let (cwd, opt) = lowerdir_option(&[l("/s/rootfs/aa")]);
+        assert_eq!((cwd, opt.as_str()), (None, "/s/rootfs/aa"));
+        // Directories not side by side, or a name overlayfs would split: absolute.
+        let (cwd, opt) = lowerdir_option(&[l("/a/x"), l("/b/y")]);
+        assert_eq!((cwd, opt.as_str()), (None, "/b/y:/a/x"));
+        let (cwd, _) = lowerdir_option(&[l("/a/x:1"), l("/a/y")]);
+        assert_eq!(cwd, None);
     }
 }

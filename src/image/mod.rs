@@ -19,8 +19,10 @@ mod auth;
 mod blobs;
 mod digest;
 mod gc;
+mod layers;
 mod layout;
 mod lock;
+mod overlay;
 pub mod progress;
 mod reference;
 mod refs;
@@ -47,6 +49,7 @@ use std::path::PathBuf;
 pub use auth::DEFAULT_AUTH_FILE;
 pub use digest::Digest;
 pub use gc::InUse;
+pub use overlay::read_in_layers;
 pub use reference::{validate_registry_host, ImageRef};
 pub use store::ImageStore;
 

@@ -24,6 +24,7 @@ use flate2::read::MultiGzDecoder;
 use super::archive::OciArchive;
 use super::blobs::BlobStore;
 use super::digest::{HashingReader, VerifyingReader};
+use super::layers::{self, ImageLayers, LayerInfo, LayerPaths};
 use super::layout::OciLayout;
 use super::lock;
 use super::progress::{Progress, Quiet};
@@ -237,8 +238,12 @@ impl ImageStore {
     }
 
     fn begin_progress(&self, img: &ResolvedImage, source: &dyn Source) {
-        let missing: Vec<&Layer> = img
-            .layers
+        let all: Vec<&Layer> = img.layers.iter().collect();
+        self.begin_progress_of(img, &all, source);
+    }
+
+    fn begin_progress_of(&self, img: &ResolvedImage, layers: &[&Layer], source: &dyn Source) {
+        let missing: Vec<&&Layer> = layers
             .iter()
             .filter(|l| !source.is_local(&l.digest))
             .collect();
@@ -247,6 +252,128 @@ impl ImageStore {
             missing.len(),
             missing.iter().map(|l| l.size).sum(),
         );
+    }
+
+    pub(crate) fn layer_paths(&self) -> LayerPaths {
+        LayerPaths {
+            root: self.root.clone(),
+        }
+    }
+
+    /// The layer directories of `img`, lowest first, unpacked or not (a dry run's plan).
+    pub fn planned_layers(&self, img: &ResolvedImage) -> Vec<PathBuf> {
+        let lp = self.layer_paths();
+        layers::chain_ids(&img.layers)
+            .iter()
+            .map(|c| lp.layer(c))
+            .collect()
+    }
+
+    /// The layer directories of an image unpacked earlier (lowest first), if all are here.
+    pub fn unpacked_layers(&self, manifest_digest: &Digest) -> Option<Vec<PathBuf>> {
+        self.layer_paths().unpacked(manifest_digest)
+    }
+
+    /// Returns the layer directories of `img`, lowest first, downloading and unpacking the
+    /// ones not on this host (each into its own directory, over the ones below it). Layers
+    /// shared with an image already here are neither fetched nor unpacked again. Safe to
+    /// call concurrently from several processes; on error no partial layer is visible.
+    pub fn ensure_layers(&self, img: &ResolvedImage) -> Result<Vec<PathBuf>, ImageError> {
+        let source = self.source(&img.reference)?;
+        self.ensure_layers_with(img, source.as_ref(), true)
+    }
+
+    pub(crate) fn ensure_layers_with(
+        &self,
+        img: &ResolvedImage,
+        source: &dyn Source,
+        preserve_ownership: bool,
+    ) -> Result<Vec<PathBuf>, ImageError> {
+        let manifest = Digest::parse_for(&img.manifest_digest, "manifest")?;
+        let lp = self.layer_paths();
+        let chain = layers::chain_ids(&img.layers);
+        let dirs: Vec<PathBuf> = chain.iter().map(|c| lp.layer(c)).collect();
+        let mut missing = Vec::new();
+        for (i, d) in dirs.iter().enumerate() {
+            if !is_cached(d)? {
+                missing.push(i);
+            }
+        }
+        let record = ImageLayers {
+            manifest: manifest.to_string(),
+            chain: chain.iter().map(|c| c.hex().to_string()).collect(),
+        };
+        let recorded = lp.read_image(&manifest).as_ref() == Some(&record);
+        if missing.is_empty() && recorded {
+            return Ok(dirs);
+        }
+        lp.create_dirs()?;
+        if !missing.is_empty() {
+            let todo: Vec<&Layer> = missing.iter().map(|&i| &img.layers[i]).collect();
+            self.begin_progress_of(img, &todo, source);
+            let r = for_each_fetched(source, &todo, self.progress.as_ref(), |k, layer| {
+                let i = missing[k];
+                let lowers = layers::lowers_of(&dirs, i);
+                self.unpack_layer_dir(&lp, source, layer, &chain[i], lowers, preserve_ownership)
+            });
+            self.progress.end();
+            r?;
+            tracing::info!(image = %img.reference, source = %source.describe(), unpacked = missing.len(), shared = dirs.len() - missing.len(), "unpacked image layers");
+        }
+        if !recorded {
+            lp.write_image(&record, &manifest)?;
+        }
+        Ok(dirs)
+    }
+
+    /// Unpacks one layer into `layers/<chain hex>/` over `lowers` (topmost first), unless
+    /// another process did meanwhile.
+    fn unpack_layer_dir(
+        &self,
+        lp: &LayerPaths,
+        source: &dyn Source,
+        layer: &Layer,
+        chain: &Digest,
+        lowers: Vec<PathBuf>,
+        preserve_ownership: bool,
+    ) -> Result<(), ImageError> {
+        let target = lp.layer(chain);
+        if is_cached(&target)? {
+            return Ok(());
+        }
+        let _lock = lock::lock(&lp.lock(chain))?;
+        if is_cached(&target)? {
+            return Ok(());
+        }
+        let dir = lp.layers();
+        remove_stale_tmp(&dir, chain.hex())?;
+        let tmp = dir.join(format!(".tmp-{}-{}", chain.hex(), std::process::id()));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&tmp)
+            .map_err(|e| ImageError::io(&tmp, "creating", e))?;
+        let built = (|| {
+            let mut unpacker = Unpacker::layered(&tmp, preserve_ownership, lowers);
+            unpacker.init_root()?;
+            unpack_layer(&mut unpacker, source, layer)?;
+            let info = LayerInfo {
+                chain_id: chain.to_string(),
+                diff_id: layer.diff_id.to_string(),
+                digest: layer.digest.to_string(),
+                size: layer.size,
+                disk_bytes: layers::tree_bytes(&tmp),
+                unpacked_at: refs::now_secs(),
+            };
+            lp.write_info(&info, chain)?;
+            publish(&tmp, &target, &dir)
+        })();
+        if let Err(e) = built {
+            if let Err(rm) = remove_tree(&tmp) {
+                tracing::warn!(path = %tmp.display(), "removing failed unpack: {rm}");
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Whether the rootfs of `manifest_digest` is unpacked.
@@ -412,8 +539,8 @@ fn publish(tmp: &Path, target: &Path, dir: &Path) -> Result<(), ImageError> {
         .map_err(|e| ImageError::io(dir, "syncing", e))
 }
 
-/// Unpacks `layers` in order into the empty directory `dest`. For remote sources, up to
-/// [`PARALLEL_DOWNLOADS`] layers download into the store while earlier ones are applied.
+/// Unpacks `layers` in order into the empty directory `dest` (a whole rootfs: the podman
+/// runtime's, and what earlier versions of shim cached).
 pub(crate) fn unpack_image(
     source: &dyn Source,
     layers: &[Layer],
@@ -423,11 +550,26 @@ pub(crate) fn unpack_image(
 ) -> Result<(), ImageError> {
     let mut unpacker = Unpacker::new(dest, preserve_ownership);
     unpacker.init_root()?;
+    let all: Vec<&Layer> = layers.iter().collect();
+    for_each_fetched(source, &all, progress, |_, layer| {
+        unpack_layer(&mut unpacker, source, layer)
+    })
+}
+
+/// Calls `apply` on each of `layers` in order, once its blob is local. For remote sources,
+/// up to [`PARALLEL_DOWNLOADS`] layers download into the store while earlier ones are
+/// applied.
+pub(crate) fn for_each_fetched(
+    source: &dyn Source,
+    layers: &[&Layer],
+    progress: &dyn Progress,
+    mut apply: impl FnMut(usize, &Layer) -> Result<(), ImageError>,
+) -> Result<(), ImageError> {
     let n = layers.len();
     if !source.is_remote() || n == 0 {
         for (i, layer) in layers.iter().enumerate() {
             progress.unpacking(i, n);
-            unpack_layer(&mut unpacker, source, layer)?;
+            apply(i, layer)?;
         }
         return Ok(());
     }
@@ -470,7 +612,7 @@ pub(crate) fn unpack_image(
                 };
                 fetched?;
                 progress.unpacking(i, n);
-                unpack_layer(&mut unpacker, source, layer)?;
+                apply(i, layer)?;
             }
             Ok(())
         })();
@@ -486,7 +628,7 @@ pub(crate) fn unpack_image(
 /// Streams one layer blob through digest verification, decompression and diff_id hashing
 /// into the unpacker. Both digests are checked whatever the unpack's outcome, and a digest
 /// mismatch wins over any unpack error (a corrupt blob usually fails as bad gzip or tar).
-fn unpack_layer(
+pub(crate) fn unpack_layer(
     unpacker: &mut Unpacker,
     source: &dyn Source,
     layer: &Layer,

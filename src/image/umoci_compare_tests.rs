@@ -19,19 +19,19 @@ use super::{Compression, Digest, ImageStore};
 
 /// Everything compared about one path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Node {
-    kind: &'static str,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: (i64, i64),
+pub(super) struct Node {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: (i64, i64),
     /// Symlink target, file content digest, or device numbers.
     detail: String,
 }
 
 /// Walks `root` without following symlinks. Returns each path's node (the root as ".")
 /// and the groups of paths sharing an inode (hardlinks).
-fn snapshot(root: &Path) -> (BTreeMap<String, Node>, BTreeSet<Vec<String>>) {
+pub(super) fn snapshot(root: &Path) -> (BTreeMap<String, Node>, BTreeSet<Vec<String>>) {
     let mut nodes = BTreeMap::new();
     let mut inodes: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
@@ -51,7 +51,7 @@ fn snapshot(root: &Path) -> (BTreeMap<String, Node>, BTreeSet<Vec<String>>) {
                 fs::read_link(&path).unwrap().display().to_string(),
             )
         } else if ft.is_file() {
-            ("file", Digest::of(&fs::read(&path).unwrap()).to_string())
+            ("file", Digest::of(&read_noatime(&path)).to_string())
         } else if ft.is_fifo() {
             ("fifo", String::new())
         } else if ft.is_char_device() || ft.is_block_device() {
@@ -179,6 +179,21 @@ fn layers() -> Vec<(Vec<u8>, Compression)> {
     ]
 }
 
+/// A file's content, leaving its atime as it was (tests check atimes after a snapshot).
+fn read_noatime(path: &Path) -> Vec<u8> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(path)
+        .or_else(|_| fs::File::open(path))
+        .unwrap();
+    let mut v = Vec::new();
+    f.read_to_end(&mut v).unwrap();
+    v
+}
+
 /// Why the comparison cannot run here, if it cannot.
 fn skip_reason() -> Option<&'static str> {
     if Command::new("umoci").arg("--version").output().is_err() {
@@ -200,6 +215,60 @@ struct Comparison {
 /// Unpacks an image of `layers` with umoci and with the store, compares the trees and
 /// prints a summary.
 fn compare_with_umoci(layers: &[(Vec<u8>, Compression)]) -> Comparison {
+    let flat = compare_with_umoci_as(layers, false);
+    let layered = compare_with_umoci_as(layers, true);
+    Comparison {
+        paths: flat.paths.min(layered.paths),
+        hardlink_groups: flat.hardlink_groups,
+        diffs: flat
+            .diffs
+            .into_iter()
+            .map(|d| format!("[whole rootfs] {d}"))
+            .chain(
+                layered
+                    .diffs
+                    .into_iter()
+                    .map(|d| format!("[layers, overlay view] {d}")),
+            )
+            .collect(),
+    }
+}
+
+/// A read-only overlay of layer directories (lowest first), unmounted on drop.
+pub(super) struct OverlayView {
+    mnt: std::path::PathBuf,
+}
+
+impl OverlayView {
+    pub(super) fn mount(dirs: &[std::path::PathBuf], mnt: &Path) -> OverlayView {
+        fs::create_dir_all(mnt).unwrap();
+        let lower: Vec<String> = dirs.iter().rev().map(|d| d.display().to_string()).collect();
+        let out = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!("ro,lowerdir={}", lower.join(":")))
+            .arg(mnt)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting the overlay view: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        OverlayView {
+            mnt: mnt.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for OverlayView {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+    }
+}
+
+/// [`compare_with_umoci`] for one store layout: the whole rootfs (`layered` false) or the
+/// layer directories seen through an overlay mount.
+fn compare_with_umoci_as(layers: &[(Vec<u8>, Compression)], layered: bool) -> Comparison {
     let tmp = TempDir::new().unwrap();
     let layout = TestLayout::create(&tmp.path().join("layout"), "test", layers);
 
@@ -223,7 +292,20 @@ fn compare_with_umoci(layers: &[(Vec<u8>, Compression)]) -> Comparison {
     let store = ImageStore::new(tmp.path().join("store"));
     let start = Instant::now();
     let img = store.resolve(&layout.reference()).unwrap();
-    let ours = store.ensure_rootfs(&img).unwrap();
+    let mut _view = None;
+    let ours = if layered {
+        let dirs = store.ensure_layers(&img).unwrap();
+        assert_eq!(dirs.len(), layers.len());
+        if dirs.len() == 1 {
+            dirs[0].clone()
+        } else {
+            let mnt = tmp.path().join("view");
+            _view = Some(OverlayView::mount(&dirs, &mnt));
+            mnt
+        }
+    } else {
+        store.ensure_rootfs(&img).unwrap()
+    };
     let shim_time = start.elapsed();
 
     let (theirs_nodes, theirs_links) = snapshot(&bundle.join("rootfs"));

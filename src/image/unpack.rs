@@ -30,6 +30,7 @@ use nix::sys::stat::{futimens, makedev, mknod, utimensat, Mode, SFlag, Utimensat
 use nix::sys::time::TimeSpec;
 use tar::EntryType;
 
+use super::overlay::{self, Found};
 use super::ImageError;
 
 const WHITEOUT_PREFIX: &str = ".wh.";
@@ -216,6 +217,9 @@ pub(crate) struct Unpacker {
     preserve_ownership: bool,
     /// Filesystems without xattr support would otherwise produce one warning per file.
     xattr_warned: bool,
+    /// Layered mode: `root` is one layer's own directory and these are the layers below it,
+    /// topmost first (see [`Unpacker::layered`]). None: `root` is a whole rootfs.
+    lowers: Option<Vec<PathBuf>>,
 }
 
 impl Unpacker {
@@ -224,24 +228,62 @@ impl Unpacker {
             root: root.to_path_buf(),
             preserve_ownership,
             xattr_warned: false,
+            lowers: None,
         }
+    }
+
+    /// An unpacker of one layer into its own directory `root`, above `lowers` (the image's
+    /// earlier layers, topmost first), in the form an overlay mount reads: a whiteout becomes
+    /// a character device 0/0, an opaque marker (or a whiteout of a directory this layer
+    /// writes) the directory's `trusted.overlay.opaque=y`; a parent directory the layer
+    /// implies gets the metadata it has below; a hardlink to a lower layer's file copies that
+    /// file up first. The merged view is then what [`Unpacker::new`] would build.
+    pub(crate) fn layered(root: &Path, preserve_ownership: bool, lowers: Vec<PathBuf>) -> Self {
+        Unpacker {
+            lowers: Some(lowers),
+            ..Unpacker::new(root, preserve_ownership)
+        }
+    }
+
+    /// The layer being built over its lowers, topmost first (layered mode).
+    fn stack(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.root.clone()];
+        v.extend(self.lowers.iter().flatten().cloned());
+        v
     }
 
     /// Gives the (empty) root the state umoci gives it before the first layer: root-owned,
     /// 0755, mtime at the epoch. Layers may override it with a `./` entry.
+    /// In layered mode the root starts as the lower layers' root is (overlayfs shows the
+    /// topmost layer's root).
     pub(crate) fn init_root(&self) -> Result<(), ImageError> {
         let op = |op, e| ImageError::io(&self.root, op, e);
+        let below = match self.lowers.as_ref().and_then(|l| l.first()) {
+            Some(top) => Some(fs::symlink_metadata(top).map_err(|e| op("reading", e))?),
+            None => None,
+        };
+        let (uid, gid, mode) = below
+            .as_ref()
+            .map_or((0, 0, 0o755), |m| (m.uid(), m.gid(), m.mode() & 0o7777));
+        let (atime, mtime) = below
+            .as_ref()
+            .map_or((timespec(0, 0), timespec(0, 0)), |m| {
+                (
+                    timespec(m.atime(), m.atime_nsec()),
+                    timespec(m.mtime(), m.mtime_nsec()),
+                )
+            });
         if self.preserve_ownership {
-            std::os::unix::fs::lchown(&self.root, Some(0), Some(0)).map_err(|e| op("chown", e))?;
+            std::os::unix::fs::lchown(&self.root, Some(uid), Some(gid))
+                .map_err(|e| op("chown", e))?;
         }
-        fs::set_permissions(&self.root, fs::Permissions::from_mode(0o755))
+        fs::set_permissions(&self.root, fs::Permissions::from_mode(mode))
             .map_err(|e| op("chmod", e))?;
-        let epoch = timespec(0, 0);
         utimensat(
             AT_FDCWD,
             &self.root,
-            &epoch,
-            &epoch,
+            &atime,
+            &mtime,
             UtimensatFlags::NoFollowSymlink,
         )
         .map_err(|e| op("setting times", errno(e)))
@@ -364,6 +406,11 @@ impl Unpacker {
                 .mode(0o700)
                 .create(full)
                 .map_err(|e| state.io(name, e))?;
+            // A directory where this layer whited out the path: nothing of the lower
+            // layers' directory may show through it.
+            if self.lowers.is_some() && existing.is_some_and(overlay::is_whiteout) {
+                set_opaque(full).map_err(|e| state.io(name, e))?;
+            }
         }
         self.chown(full, meta).map_err(|e| state.io(name, e))?;
         self.set_xattrs(full, meta).map_err(|e| state.io(name, e))?;
@@ -460,7 +507,7 @@ impl Unpacker {
     /// a non-directory.
     fn ensure_parents(
         &self,
-        state: &LayerState,
+        state: &mut LayerState,
         name: &str,
         parent: &Path,
     ) -> Result<(), ImageError> {
@@ -479,27 +526,95 @@ impl Unpacker {
                         ),
                     ));
                 }
-                Some(_) => {
-                    return Err(state.io(
-                        name,
-                        io::Error::new(
-                            io::ErrorKind::NotADirectory,
-                            format!("parent {} is not a directory", rel.display()),
-                        ),
-                    ));
+                Some(m) if self.lowers.is_some() && overlay::is_whiteout(&m) => {
+                    // Whited out by this layer, which now writes below it: a new directory
+                    // that hides the lower layers' one.
+                    fs::remove_file(&full).map_err(|e| state.io(name, e))?;
+                    self.implicit_dir(&full).map_err(|e| state.io(name, e))?;
+                    set_opaque(&full).map_err(|e| state.io(name, e))?;
                 }
-                None => {
-                    let mk = || -> io::Result<()> {
-                        fs::DirBuilder::new().mode(0o700).create(&full)?;
-                        if self.preserve_ownership {
-                            std::os::unix::fs::lchown(&full, Some(0), Some(0))?;
-                        }
-                        fs::set_permissions(&full, fs::Permissions::from_mode(IMPLICIT_DIR_MODE))
-                    };
-                    mk().map_err(|e| state.io(name, e))?;
+                Some(_) => return Err(not_a_dir(state, name, &rel)),
+                None if self.lowers.is_some() => {
+                    // Creating it changes its parent, which keeps the times it had.
+                    let up = rel.parent().unwrap_or(Path::new(""));
+                    self.remember_dir_times(state, up)
+                        .map_err(|e| state.io(name, e))?;
+                    match self.lower_dir(state, name, &rel)? {
+                        Some((lower, m)) => self
+                            .dir_like_lower(state, &rel, &lower, &m)
+                            .map_err(|e| state.io(name, e))?,
+                        None => self.implicit_dir(&full).map_err(|e| state.io(name, e))?,
+                    }
                 }
+                None => match self.lower_dir(state, name, &rel)? {
+                    Some((lower, m)) => self
+                        .dir_like_lower(state, &rel, &lower, &m)
+                        .map_err(|e| state.io(name, e))?,
+                    None => self.implicit_dir(&full).map_err(|e| state.io(name, e))?,
+                },
             }
         }
+        Ok(())
+    }
+
+    /// A directory the layer implies without an entry for it, as umoci makes one.
+    fn implicit_dir(&self, full: &Path) -> io::Result<()> {
+        fs::DirBuilder::new().mode(0o700).create(full)?;
+        if self.preserve_ownership {
+            std::os::unix::fs::lchown(full, Some(0), Some(0))?;
+        }
+        fs::set_permissions(full, fs::Permissions::from_mode(IMPLICIT_DIR_MODE))
+    }
+
+    /// Layered mode: the lower layers' directory at `rel` (which this layer's directory does
+    /// not have), refusing a symlink or a non-directory there as a whole-rootfs unpack would.
+    fn lower_dir(
+        &self,
+        state: &LayerState,
+        name: &str,
+        rel: &Path,
+    ) -> Result<Option<(PathBuf, Metadata)>, ImageError> {
+        if self.lowers.is_none() {
+            return Ok(None);
+        }
+        match overlay::lookup(&self.stack(), rel).map_err(|e| state.io(name, e))? {
+            Found::Missing => Ok(None),
+            Found::Entry(p, m) if m.is_dir() => Ok(Some((p, m))),
+            Found::Entry(_, m) if !m.file_type().is_symlink() => Err(not_a_dir(state, name, rel)),
+            Found::Entry(..) | Found::SymlinkParent(_) => Err(state.unsafe_entry(
+                name,
+                format!(
+                    "parent {} is a symlink in the rootfs; following it could write outside the rootfs",
+                    rel.display()
+                ),
+            )),
+        }
+    }
+
+    /// This layer's copy of a lower layer's directory (owner, mode, xattrs, times), which
+    /// overlayfs shows in its place; its times are restored when the layer is done.
+    fn dir_like_lower(
+        &self,
+        state: &mut LayerState,
+        rel: &Path,
+        lower: &Path,
+        m: &Metadata,
+    ) -> io::Result<()> {
+        let full = self.root.join(rel);
+        fs::DirBuilder::new().mode(0o700).create(&full)?;
+        if self.preserve_ownership {
+            std::os::unix::fs::lchown(&full, Some(m.uid()), Some(m.gid()))?;
+        }
+        copy_xattrs(lower, &full)?;
+        fs::set_permissions(&full, fs::Permissions::from_mode(m.mode() & 0o7777))?;
+        state
+            .pending_dirs
+            .entry(rel.to_path_buf())
+            .or_insert(PendingDir {
+                mode: None,
+                atime: timespec(m.atime(), m.atime_nsec()),
+                mtime: timespec(m.mtime(), m.mtime_nsec()),
+            });
         Ok(())
     }
 
@@ -558,6 +673,9 @@ impl Unpacker {
         dir: &Path,
         target: Option<&Path>,
     ) -> Result<(), ImageError> {
+        if self.lowers.is_some() {
+            return self.whiteout_layered(state, name, dir, target);
+        }
         match self.chain(dir).map_err(|e| state.io(name, e))? {
             Chain::Dirs => {}
             // Nothing below a missing directory to remove.
@@ -579,6 +697,61 @@ impl Unpacker {
             None => self.remove_lower(state, dir, true),
         };
         res.map_err(|e| state.io(name, e))
+    }
+
+    /// [`Unpacker::whiteout`] in layered mode, with umoci's rule: what this layer wrote
+    /// stays, what the lower layers have goes. A whiteout of a path the layer did not write
+    /// becomes a character device 0/0; an opaque marker, or a whiteout of a directory the
+    /// layer wrote, makes the directory opaque (its lower contents gone, the layer's kept).
+    fn whiteout_layered(
+        &self,
+        state: &mut LayerState,
+        name: &str,
+        dir: &Path,
+        target: Option<&Path>,
+    ) -> Result<(), ImageError> {
+        match overlay::lookup(&self.stack(), dir).map_err(|e| state.io(name, e))? {
+            Found::Entry(_, m) if m.is_dir() => {}
+            Found::Entry(_, m) if m.file_type().is_symlink() => {
+                return Err(symlink_parent(state, name, dir))
+            }
+            Found::SymlinkParent(link) => return Err(symlink_parent(state, name, &link)),
+            // Nothing below a missing directory to remove.
+            Found::Entry(..) | Found::Missing => return Ok(()),
+        }
+        self.ensure_parents(state, name, dir)?;
+        self.remember_dir_times(state, dir)
+            .map_err(|e| state.io(name, e))?;
+        let io = |e| state.io(name, e);
+        let Some(t) = target else {
+            return set_opaque(&self.root.join(dir)).map_err(io);
+        };
+        let rel = dir.join(t);
+        let full = self.root.join(&rel);
+        let existing = lstat_opt(&full).map_err(io)?;
+        if state.upper.contains(&rel) {
+            if existing.as_ref().is_some_and(|m| m.is_dir()) {
+                set_opaque(&full).map_err(io)?;
+            }
+            return Ok(());
+        }
+        let mut hides = matches!(
+            overlay::lookup(self.lowers.as_deref().unwrap_or_default(), &rel).map_err(io)?,
+            Found::Entry(..)
+        );
+        if let Some(m) = existing {
+            if overlay::is_whiteout(&m) {
+                return Ok(());
+            }
+            // A hardlink target this layer copied up: the lower file it stands for goes.
+            self.remove(state, &rel, &m)
+                .map_err(|e| state.io(name, e))?;
+            hides = true;
+        }
+        if hides {
+            mknod(&full, SFlag::S_IFCHR, Mode::empty(), 0).map_err(|e| state.io(name, errno(e)))?;
+        }
+        Ok(())
     }
 
     /// Removes `rel` unless this layer wrote it; if it did (or `keep_self`), recurses into
@@ -664,16 +837,20 @@ impl Unpacker {
     /// resolving the target inside the rootfs under the same rules as entry paths.
     fn hardlink(
         &self,
-        state: &LayerState,
+        state: &mut LayerState,
         name: &str,
         target: &[u8],
         full: &Path,
     ) -> Result<(), ImageError> {
-        let shown = String::from_utf8_lossy(target);
+        let shown = String::from_utf8_lossy(target).into_owned();
+        let rel = sanitize_path(target)
+            .map_err(|r| state.unsafe_entry(name, format!("hardlink target {shown:?}: {r}")))?;
+        if self.lowers.is_some() {
+            self.copy_up(state, name, &rel)?;
+        }
         let refuse = |reason: String| {
             state.unsafe_entry(name, format!("hardlink target {shown:?}: {reason}"))
         };
-        let rel = sanitize_path(target).map_err(&refuse)?;
         let parent = rel
             .parent()
             .ok_or_else(|| refuse("is the rootfs root".to_string()))?;
@@ -705,6 +882,83 @@ impl Unpacker {
         // std's hard_link uses linkat without AT_SYMLINK_FOLLOW: a symlink target is linked
         // itself, not followed.
         fs::hard_link(&target_full, full).map_err(|e| state.io(name, e))
+    }
+
+    /// Layered mode, before a hardlink to `rel`: if only a lower layer has the target,
+    /// this layer gets a copy of it (content, owner, mode, xattrs, times), so that the link
+    /// and its target are one inode in the merged view, as in a whole-rootfs unpack. The
+    /// copy does not count as written by this layer: a later whiteout still removes it.
+    fn copy_up(&self, state: &mut LayerState, name: &str, rel: &Path) -> Result<(), ImageError> {
+        let dest = self.root.join(rel);
+        if lstat_opt(&dest).map_err(|e| state.io(name, e))?.is_some() {
+            return Ok(());
+        }
+        let (lower, m) = match overlay::lookup(&self.stack(), rel).map_err(|e| state.io(name, e))? {
+            Found::Entry(p, m) if !m.is_dir() => (p, m),
+            // Missing, a directory or behind a symlink: the usual checks say which.
+            _ => return Ok(()),
+        };
+        if let Some(parent) = rel.parent() {
+            self.ensure_parents(state, name, parent)?;
+            self.remember_dir_times(state, parent)
+                .map_err(|e| state.io(name, e))?;
+        }
+        copy_node(&lower, &m, &dest, self.preserve_ownership).map_err(|e| state.io(name, e))?;
+        if m.nlink() > 1 {
+            self.copy_up_links(state, name, rel, &lower, &m)?;
+        }
+        Ok(())
+    }
+
+    /// After [`Unpacker::copy_up`] of a file the lower layer has several names for: the
+    /// other names still showing that inode in the merged view link to the copy too, so the
+    /// whole group stays one inode (as a whole-rootfs unpack has it).
+    fn copy_up_links(
+        &self,
+        state: &mut LayerState,
+        name: &str,
+        rel: &Path,
+        lower: &Path,
+        m: &Metadata,
+    ) -> Result<(), ImageError> {
+        let Some(layer) = self.lowers.iter().flatten().find(|l| lower.starts_with(l)) else {
+            return Ok(());
+        };
+        let io = |e| state.io(name, e);
+        let mut others = Vec::new();
+        let mut stack = vec![layer.clone()];
+        while let Some(p) = stack.pop() {
+            let pm = fs::symlink_metadata(&p).map_err(io)?;
+            if pm.is_dir() {
+                for e in fs::read_dir(&p).map_err(io)? {
+                    stack.push(e.map_err(io)?.path());
+                }
+            } else if pm.ino() == m.ino() && pm.dev() == m.dev() {
+                if let Ok(r) = p.strip_prefix(layer) {
+                    if r != rel {
+                        others.push(r.to_path_buf());
+                    }
+                }
+            }
+        }
+        let dest = self.root.join(rel);
+        for other in others {
+            let found = overlay::lookup(&self.stack(), &other).map_err(|e| state.io(name, e))?;
+            let same = match found {
+                Found::Entry(p, om) => p.starts_with(layer) && om.ino() == m.ino(),
+                _ => false,
+            };
+            if !same {
+                continue;
+            }
+            if let Some(parent) = other.parent() {
+                self.ensure_parents(state, name, parent)?;
+                self.remember_dir_times(state, parent)
+                    .map_err(|e| state.io(name, e))?;
+            }
+            fs::hard_link(&dest, self.root.join(&other)).map_err(|e| state.io(name, e))?;
+        }
+        Ok(())
     }
 
     fn set_xattrs(&mut self, full: &Path, meta: &EntryMeta) -> io::Result<()> {
@@ -783,6 +1037,132 @@ impl Unpacker {
         }
         Ok(())
     }
+}
+
+/// Copies one non-directory node `from` (metadata `m`) to the new path `to`.
+fn copy_node(from: &Path, m: &Metadata, to: &Path, ownership: bool) -> io::Result<()> {
+    let ft = m.file_type();
+    if ft.is_file() {
+        let mut src = File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(from)?;
+        let mut dst = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(to)?;
+        io::copy(&mut src, &mut dst)?;
+    } else if ft.is_symlink() {
+        std::os::unix::fs::symlink(fs::read_link(from)?, to)?;
+    } else {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = if ft.is_char_device() {
+            SFlag::S_IFCHR
+        } else if ft.is_block_device() {
+            SFlag::S_IFBLK
+        } else if ft.is_fifo() {
+            SFlag::S_IFIFO
+        } else {
+            return Err(io::Error::other("a socket cannot be copied up"));
+        };
+        mknod(to, kind, Mode::from_bits_truncate(0o600), m.rdev()).map_err(errno)?;
+    }
+    if ownership {
+        std::os::unix::fs::lchown(to, Some(m.uid()), Some(m.gid()))?;
+    }
+    if !ft.is_symlink() {
+        // After chown, which clears setuid/setgid.
+        fs::set_permissions(to, fs::Permissions::from_mode(m.mode() & 0o7777))?;
+    }
+    copy_xattrs(from, to)?;
+    utimensat(
+        AT_FDCWD,
+        to,
+        &timespec(m.atime(), m.atime_nsec()),
+        &timespec(m.mtime(), m.mtime_nsec()),
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(errno)
+}
+
+fn not_a_dir(state: &LayerState, name: &str, rel: &Path) -> ImageError {
+    state.io(
+        name,
+        io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!("parent {} is not a directory", rel.display()),
+        ),
+    )
+}
+
+fn symlink_parent(state: &LayerState, name: &str, rel: &Path) -> ImageError {
+    state.unsafe_entry(
+        name,
+        format!(
+            "parent {} is a symlink in the rootfs; following it could delete outside the rootfs",
+            rel.display()
+        ),
+    )
+}
+
+/// Marks a directory opaque for overlayfs: the lower layers' contents are not shown in it.
+fn set_opaque(full: &Path) -> io::Result<()> {
+    set_xattr(full, overlay::OPAQUE_XATTR.as_bytes(), b"y")
+}
+
+fn set_xattr(full: &Path, key: &[u8], value: &[u8]) -> io::Result<()> {
+    let path = CString::new(full.as_os_str().as_bytes())?;
+    let key_c = CString::new(key)?;
+    // SAFETY: both strings are NUL-terminated CStrings that outlive the call, and value's
+    // pointer/length describe a live slice.
+    let rc = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            key_c.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("setting xattr {}: {e}", String::from_utf8_lossy(key)),
+        ));
+    }
+    Ok(())
+}
+
+/// Copies the xattrs of `from` to `to` (neither followed), but overlayfs's own.
+fn copy_xattrs(from: &Path, to: &Path) -> io::Result<()> {
+    let path = CString::new(from.as_os_str().as_bytes())?;
+    // SAFETY: a NUL-terminated path; a null buffer of length 0 asks for the size.
+    let n = unsafe { libc::llistxattr(path.as_ptr(), std::ptr::null_mut(), 0) };
+    if n <= 0 {
+        return Ok(());
+    }
+    let mut names = vec![0u8; n as usize];
+    // SAFETY: the buffer is live and writable for its length.
+    let n = unsafe { libc::llistxattr(path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    names.truncate(n as usize);
+    for key in names.split(|&b| b == 0).filter(|k| !k.is_empty()) {
+        if key.starts_with(b"trusted.overlay.") {
+            continue;
+        }
+        let Ok(k) = std::str::from_utf8(key) else {
+            continue;
+        };
+        if let Some(v) = overlay::xattr_get(from, k)? {
+            set_xattr(to, key, &v)?;
+        }
+    }
+    Ok(())
 }
 
 fn read_meta<R: Read>(entry: &mut tar::Entry<R>) -> io::Result<EntryMeta> {

@@ -10,8 +10,25 @@ use std::path::{Path, PathBuf};
 use tempfile::TempDir;
 
 use super::testutil::{is_root, TarBuilder, MTIME};
+use super::umoci_compare_tests::{snapshot, OverlayView};
 use super::unpack::Unpacker;
 use super::ImageError;
+
+/// Equal, but for directory mtimes both set by this run (implied directories get the time
+/// they were made, which no two unpacks share).
+fn same_node(
+    a: Option<&super::umoci_compare_tests::Node>,
+    b: Option<&super::umoci_compare_tests::Node>,
+) -> bool {
+    match (a, b) {
+        (Some(a), Some(b))
+            if a.kind == "dir" && a.mtime.0 > 1_700_000_000 && b.mtime.0 > 1_700_000_000 =>
+        {
+            a.mode == b.mode && a.uid == b.uid && a.gid == b.gid
+        }
+        (a, b) => a == b,
+    }
+}
 
 /// A scratch area: `rootfs/` to unpack into, and `host/` standing for everything outside
 /// it, holding a file that must survive.
@@ -45,12 +62,73 @@ impl Scratch {
         u
     }
 
+    /// Applies `layers` to `rootfs/`; as root, also unpacks them the layered way (one
+    /// directory per layer) and checks that the overlay view of those is the same tree, or
+    /// that the layered way refuses the layers too.
     fn apply(&self, layers: &[Vec<u8>]) -> Result<(), ImageError> {
-        let mut u = self.unpacker();
-        for (i, l) in layers.iter().enumerate() {
-            u.apply_layer(&format!("layer{i}"), &l[..])?;
+        let flat = (|| {
+            let mut u = self.unpacker();
+            for (i, l) in layers.iter().enumerate() {
+                u.apply_layer(&format!("layer{i}"), &l[..])?;
+            }
+            Ok(())
+        })();
+        if is_root() {
+            self.check_layered(layers, &flat);
         }
-        Ok(())
+        flat
+    }
+
+    fn check_layered(&self, layers: &[Vec<u8>], flat: &Result<(), ImageError>) {
+        let scratch = TempDir::new().unwrap();
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let mut layered = Ok(());
+        for (i, l) in layers.iter().enumerate() {
+            let dir = scratch.path().join(format!("layer-dirs/{i}"));
+            fs::create_dir_all(&dir).unwrap();
+            let lowers = dirs.iter().rev().cloned().collect();
+            let mut u = Unpacker::layered(&dir, true, lowers);
+            u.init_root().unwrap();
+            dirs.push(dir);
+            if let Err(e) = u.apply_layer(&format!("layer{i}"), &l[..]) {
+                layered = Err(e);
+                break;
+            }
+        }
+        match (flat, &layered) {
+            (Ok(()), Ok(())) => {}
+            (Err(_), Err(_)) => return,
+            (a, b) => panic!("whole rootfs: {a:?}, layered: {b:?}"),
+        }
+        let mnt = scratch.path().join("layer-view");
+        let _view;
+        let view = if dirs.len() == 1 {
+            dirs[0].clone()
+        } else {
+            _view = OverlayView::mount(&dirs, &mnt);
+            mnt
+        };
+        let (flat_nodes, flat_links) = snapshot(&self.root);
+        let (view_nodes, view_links) = snapshot(&view);
+        let keys: std::collections::BTreeSet<_> =
+            flat_nodes.keys().chain(view_nodes.keys()).collect();
+        let diffs: Vec<String> = keys
+            .into_iter()
+            .filter(|k| !same_node(flat_nodes.get(*k), view_nodes.get(*k)))
+            .map(|k| {
+                format!(
+                    "{k}:\n  whole: {:?}\n  layered: {:?}",
+                    flat_nodes.get(k),
+                    view_nodes.get(k)
+                )
+            })
+            .collect();
+        assert!(
+            diffs.is_empty(),
+            "layered view differs:\n{}",
+            diffs.join("\n")
+        );
+        assert_eq!(flat_links, view_links, "hardlink groups");
     }
 
     fn p(&self, rel: &str) -> PathBuf {

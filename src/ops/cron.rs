@@ -496,7 +496,7 @@ pub fn exec_job(host: &Host, defs: &crate::config::Definitions, id: &str, key: &
     crate::ops::run::write_config(&dir, &config)?;
     std::fs::write(dir.join("revision"), format!("{}\n", st.revision))
         .with_context(|| format!("writing {}", dir.join("revision").display()))?;
-    crate::host::runtime::prepare(&prepared.rootfs, &dir)?;
+    crate::host::runtime::prepare(&prepared.lowers, &dir)?;
     println!(
         "cron job {key} (crontab line {}, {}) at revision {}: {}",
         job.line, job.schedule, st.revision, job.command

@@ -71,7 +71,7 @@ pub fn prepared(defs: &Definitions, id: &str, revision: &str, dirs: &Dirs) -> Pr
             config: ImageConfig::default(),
             layers: vec![],
         },
-        rootfs: dirs.state.join("rootfs"),
+        lowers: vec![dirs.state.join("rootfs")],
         secrets: vec![("S".into(), "v".into())],
         secret_file_contents: Default::default(),
         secret_files_dir: dirs.state.join("secrets").join(id).join("files"),

@@ -175,7 +175,9 @@ pub struct PlanContext<'a> {
     pub revision: &'a str,
     pub image: &'a ImageConfig,
     /// The shared, read-only unpacked image.
-    pub rootfs: &'a Path,
+    /// The image's layer directories, lowest first (one whole rootfs for podman and for
+    /// images cached whole by earlier versions).
+    pub lowers: &'a [PathBuf],
     /// Variables from `env_files`, in file order (values may be redacted for display).
     pub secrets: &'a [(String, String)],
     pub user: ResolvedUser,

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use oci_spec::runtime::Spec;
 
-use super::unit::{signal_number, stop_signal, usec, Exec, SLICE};
+use super::unit::{lower_args, signal_number, stop_signal, usec, Exec, SLICE};
 use super::{bundle, fields, merge_env, InstanceKey, PlanContext, Prop, UnitSpec};
 use crate::config::{Ident, ProcessDef};
 
@@ -85,10 +85,11 @@ fn oneoff_exec_props(cx: &PlanContext<'_>, req: &OneOff<'_>) -> [(&'static str, 
                     cx.shim_exe.display().to_string(),
                     s("instance"),
                     s("prepare"),
-                    s("--lower"),
-                    cx.rootfs.display().to_string(),
-                    dir.clone(),
-                ],
+                ]
+                .into_iter()
+                .chain(lower_args(cx.lowers))
+                .chain([dir.clone()])
+                .collect(),
                 false,
             ),
         ),

@@ -193,7 +193,13 @@ pub fn run_argv(
     }
     // The shared, verified rootfs with a private overlay on top (":O").
     argv.push("--rootfs".into());
-    argv.push(format!("{}:O", cx.rootfs.display()));
+    let [rootfs] = cx.lowers else {
+        return Err(format!(
+            "podman runs from one whole rootfs, but the image has {} layer directories here",
+            cx.lowers.len()
+        ));
+    };
+    argv.push(format!("{}:O", rootfs.display()));
     // Everything after the rootfs is the container's argv, taken verbatim by podman.
     argv.extend(plan_args(cx, process)?);
     Ok(argv)

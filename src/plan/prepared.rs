@@ -16,7 +16,8 @@ pub struct Prepared {
     pub service: ServiceDef,
     pub revision: String,
     pub image: ResolvedImage,
-    pub rootfs: PathBuf,
+    /// The image's layer directories, lowest first (see `PlanContext::lowers`).
+    pub lowers: Vec<PathBuf>,
     pub secrets: Vec<(String, String)>,
     /// The secret files' contents by source, for a new deployment to store
     /// (`host::secrets::save_files`) before its first instance starts; empty otherwise.
@@ -55,7 +56,7 @@ impl Prepared {
             service: &self.service,
             revision: &self.revision,
             image: &self.image.config,
-            rootfs: &self.rootfs,
+            lowers: &self.lowers,
             secrets,
             user: self.user,
             runtime_bin: &self.runtime_bin,

@@ -43,11 +43,12 @@ fn with_cx<T>(f: impl FnOnce(&PlanContext<'_>) -> T) -> T {
     )];
     let host_files = vec![PathBuf::from("/etc/resolv.conf")];
     let podman = podman_storage();
+    let lowers = vec![PathBuf::from("/var/lib/shim/images/rootfs/abc123")];
     let cx = PlanContext {
         service: d.service("billing_app").unwrap(),
         revision: "279d9035886d4c0427549863c4c2101e4a63e041",
         image: &img,
-        rootfs: Path::new("/var/lib/shim/images/rootfs/abc123"),
+        lowers: &lowers,
         deployment: None,
         volumes_dir: Path::new("/var/lib/shim/volumes/billing_app"),
         init_bin: Path::new("/usr/bin/tini-static"),

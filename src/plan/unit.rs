@@ -252,6 +252,14 @@ pub(super) fn plan_unit(
 
 /// ExecStartPre (`shim instance prepare`), ExecStart (the runtime) and ExecStopPost
 /// (`shim instance cleanup`).
+/// `--lower DIR` for each of the image's layer directories, lowest first.
+pub(crate) fn lower_args(lowers: &[std::path::PathBuf]) -> Vec<String> {
+    lowers
+        .iter()
+        .flat_map(|l| ["--lower".to_string(), l.display().to_string()])
+        .collect()
+}
+
 fn exec_props(cx: &PlanContext<'_>, dir: &Path, stem: &str) -> [(&'static str, Prop); 3] {
     let d = InstanceDir(dir);
     let s = |v: &str| v.to_string();
@@ -262,14 +270,11 @@ fn exec_props(cx: &PlanContext<'_>, dir: &Path, stem: &str) -> [(&'static str, P
         (
             "ExecStartPre",
             exec(
-                vec![
-                    shim.clone(),
-                    s("instance"),
-                    s("prepare"),
-                    s("--lower"),
-                    cx.rootfs.display().to_string(),
-                    dir_s.clone(),
-                ],
+                vec![shim.clone(), s("instance"), s("prepare")]
+                    .into_iter()
+                    .chain(lower_args(cx.lowers))
+                    .chain([dir_s.clone()])
+                    .collect(),
                 false,
             ),
         ),
