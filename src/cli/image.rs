@@ -177,12 +177,25 @@ struct Row {
     stored: u64,
     complete: bool,
     unpacked: bool,
+    /// Unpacked layer directories, and their disk use: only this image's, and shared with
+    /// other recorded images.
+    layers: usize,
+    unique_bytes: u64,
+    shared_bytes: u64,
     resolved_at: u64,
 }
 
 fn render_table(rows: &[Row]) -> String {
-    let head = ["REFERENCE", "MANIFEST", "SIZE", "BLOBS", "UNPACKED"];
-    let cells: Vec<[String; 5]> = rows
+    let head = [
+        "REFERENCE",
+        "MANIFEST",
+        "SIZE",
+        "BLOBS",
+        "UNPACKED",
+        "UNIQUE",
+        "SHARED",
+    ];
+    let cells: Vec<[String; 7]> = rows
         .iter()
         .map(|r| {
             [
@@ -197,7 +210,13 @@ fn render_table(rows: &[Row]) -> String {
                     "partial"
                 }
                 .to_string(),
-                if r.unpacked { "yes" } else { "no" }.to_string(),
+                match (r.unpacked, r.layers) {
+                    (false, _) => "no".to_string(),
+                    (true, 0) => "rootfs".to_string(),
+                    (true, n) => format!("{n} layer{}", if n == 1 { "" } else { "s" }),
+                },
+                human_bytes(r.unique_bytes),
+                human_bytes(r.shared_bytes),
             ]
         })
         .collect();
@@ -239,6 +258,9 @@ fn ls(config: &Path, dirs: &Dirs, a: LsArgs) -> Result<()> {
             stored: i.stored_bytes,
             complete: i.complete,
             unpacked: i.unpacked,
+            layers: i.layers,
+            unique_bytes: i.unique_bytes,
+            shared_bytes: i.shared_bytes,
             resolved_at: i.record.resolved_at,
             reference: i.record.reference,
             manifest: i.record.manifest,
@@ -268,8 +290,16 @@ fn rm(config: &Path, dirs: &Dirs, a: RmArgs) -> Result<()> {
             (None, true) => "rootfs removed".to_string(),
             (None, false) => "no rootfs".to_string(),
         };
+        let layers = if rep.layers_kept > 0 {
+            format!(
+                ", {} layers removed, {} kept (other images or running instances use them)",
+                rep.layers_removed, rep.layers_kept
+            )
+        } else {
+            format!(", {} layers removed", rep.layers_removed)
+        };
         println!(
-            "removed {}: {} blobs, {} freed, {rootfs}",
+            "removed {}: {} blobs, {} freed, {rootfs}{layers}",
             rep.reference,
             rep.blobs_removed,
             human_bytes(rep.bytes_freed)
@@ -334,6 +364,12 @@ fn prune(config: &Path, dirs: &Dirs, a: PruneArgs) -> Result<()> {
     for d in &rep.rootfs_removed {
         println!("{verb} rootfs {d}");
     }
+    for d in &rep.layers_removed {
+        println!("{verb} layer {d}");
+    }
+    for d in &rep.layers_in_use {
+        println!("kept layer {d} (mounted by a running instance)");
+    }
     for d in &rep.rootfs_in_use {
         println!("kept rootfs {d} (mounted by a running instance)");
     }
@@ -341,10 +377,11 @@ fn prune(config: &Path, dirs: &Dirs, a: PruneArgs) -> Result<()> {
         println!("kept nothing for {r}: never pulled on this host (or its record was lost)");
     }
     println!(
-        "{verb} {} blobs ({}), {} rootfs; kept {} images{}",
+        "{verb} {} blobs, {} rootfs, {} layers ({} in all); kept {} images{}",
         rep.blobs_removed,
-        human_bytes(rep.bytes_freed),
         rep.rootfs_removed.len(),
+        rep.layers_removed.len(),
+        human_bytes(rep.bytes_freed),
         rep.records_kept.len(),
         if grace > Duration::ZERO {
             format!(" (including any pulled in the last {})", a.grace)
@@ -369,6 +406,9 @@ mod tests {
                 stored: 12_345_678,
                 complete: true,
                 unpacked: true,
+                layers: 3,
+                unique_bytes: 1_500,
+                shared_bytes: 230_000_000,
                 resolved_at: 0,
             },
             Row {
@@ -378,14 +418,17 @@ mod tests {
                 stored: 0,
                 complete: false,
                 unpacked: false,
+                layers: 0,
+                unique_bytes: 0,
+                shared_bytes: 0,
                 resolved_at: 0,
             },
         ];
         assert_eq!(
             render_table(&rows),
-            "REFERENCE                     MANIFEST             SIZE     BLOBS      UNPACKED\n\
-             127.0.0.1:5000/team/app:rev1  sha256:abababababab  12.3 MB  complete   yes\n\
-             oci:/srv/img:v2               sha256:cdcdcdcdcdcd  999 B    in layout  no\n"
+            "REFERENCE                     MANIFEST             SIZE     BLOBS      UNPACKED  UNIQUE  SHARED\n\
+             127.0.0.1:5000/team/app:rev1  sha256:abababababab  12.3 MB  complete   3 layers  1.5 kB  230.0 MB\n\
+             oci:/srv/img:v2               sha256:cdcdcdcdcdcd  999 B    in layout  no        0 B     0 B\n"
         );
     }
 }

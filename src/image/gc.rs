@@ -24,10 +24,13 @@ use super::resolve::{self, Platform};
 use super::store::remove_tree;
 use super::{Digest, ImageError, ImageRef, ImageStore};
 
-/// Rootfs directories that running instances have mounted.
+/// Rootfs and layer directories that running instances have mounted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InUse {
     pub rootfs: BTreeSet<Digest>,
+    /// Chain ids of layer directories named in an overlay's `lowerdir=` (relative to the
+    /// layer store, as instances mount them, or absolute).
+    pub layers: BTreeSet<Digest>,
 }
 
 impl InUse {
@@ -50,7 +53,10 @@ impl InUse {
                 }
             }
         }
-        InUse { rootfs }
+        InUse {
+            rootfs,
+            layers: lowerdir_layers(text),
+        }
     }
 
     /// The mounts of this host (this process's mount namespace, which is systemd's).
@@ -59,6 +65,26 @@ impl InUse {
         let text = fs::read_to_string(path).map_err(|e| ImageError::io(path, "reading", e))?;
         Ok(InUse::from_mountinfo(&text, &store.rootfs_dir()))
     }
+}
+
+/// Every 64-hex last component of a `lowerdir=` entry in a mount table. Broad on purpose,
+/// like [`InUse::from_mountinfo`]: a false positive only keeps a directory.
+fn lowerdir_layers(text: &str) -> BTreeSet<Digest> {
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        let mut rest = line;
+        while let Some(i) = rest.find("lowerdir=") {
+            rest = &rest[i + "lowerdir=".len()..];
+            let value = rest.split([',', ' ']).next().unwrap_or("");
+            for item in value.split(':') {
+                let name = item.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+                if let Some(d) = Digest::parse(&format!("sha256:{name}")) {
+                    out.insert(d);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// What `rm` did.
@@ -70,6 +96,10 @@ pub struct RemoveReport {
     pub rootfs_removed: bool,
     /// Why the rootfs stayed, when it did and existed.
     pub rootfs_kept: Option<String>,
+    /// Layer directories removed (no other image has them, none is mounted).
+    pub layers_removed: usize,
+    /// Layer directories kept because another image or a running instance uses them.
+    pub layers_kept: usize,
 }
 
 /// What `prune` did (or would do, in a dry run).
@@ -80,6 +110,9 @@ pub struct PruneReport {
     pub blobs_removed: usize,
     pub rootfs_removed: Vec<String>,
     pub rootfs_in_use: Vec<String>,
+    /// Layer directories removed (chain ids), and those kept only because mounted.
+    pub layers_removed: Vec<String>,
+    pub layers_in_use: Vec<String>,
     pub bytes_freed: u64,
     /// Kept references with no record: their blobs cannot be identified.
     pub unrecorded: Vec<String>,
@@ -224,6 +257,22 @@ impl ImageStore {
                         }
                     }
                 }
+                let keep = self.chains_of(records.iter().map(|x| x.manifest.as_str()));
+                let lp = self.layer_paths();
+                if !records.iter().any(|x| x.manifest == gone.manifest) {
+                    for hex in lp.read_image(&d).map(|r| r.chain).unwrap_or_default() {
+                        let Some(c) = Digest::parse(&format!("sha256:{hex}")) else {
+                            continue;
+                        };
+                        if keep.contains(&c) || in_use.layers.contains(&c) {
+                            report.layers_kept += 1;
+                        } else if let Some(n) = self.remove_layer(&c)? {
+                            report.layers_removed += 1;
+                            report.bytes_freed += n;
+                        }
+                    }
+                    let _ = fs::remove_file(lp.image(&d));
+                }
             }
             Ok(report)
         })
@@ -263,6 +312,116 @@ impl ImageStore {
             }
         }
         unrecorded
+    }
+
+    /// Chain ids of the layers of these manifests (as unpacked here).
+    fn chains_of<'a>(&self, manifests: impl Iterator<Item = &'a str>) -> BTreeSet<Digest> {
+        let lp = self.layer_paths();
+        manifests
+            .filter_map(Digest::parse)
+            .filter_map(|m| lp.read_image(&m))
+            .flat_map(|r| r.chain)
+            .filter_map(|h| Digest::parse(&format!("sha256:{h}")))
+            .collect()
+    }
+
+    /// Removes one layer directory unless it is being unpacked; the bytes freed if it was.
+    fn remove_layer(&self, c: &Digest) -> Result<Option<u64>, ImageError> {
+        let lp = self.layer_paths();
+        let Some(l) = lock::try_lock(&lp.lock(c))? else {
+            return Ok(None);
+        };
+        let bytes = lp.read_info(c).map(|i| i.disk_bytes).unwrap_or(0);
+        let path = lp.layer(c);
+        // Out of the way first: nobody may stack a half-deleted layer.
+        let doomed = lp
+            .layers()
+            .join(format!(".tmp-{}-rm{}", c.hex(), std::process::id()));
+        match fs::rename(&path, &doomed) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ImageError::io(&path, "moving aside for removal", e)),
+        }
+        remove_tree(&doomed).map_err(|e| ImageError::io(&doomed, "removing", e))?;
+        let _ = fs::remove_file(lp.info(c));
+        drop(l);
+        Ok(Some(bytes))
+    }
+
+    /// [`ImageStore::prune`] of the layer store: layer directories that no kept manifest
+    /// has, no running instance mounts and that are older than `grace` go, with the chain
+    /// records of manifests no longer kept, and leftovers of interrupted unpacks.
+    fn prune_layers(
+        &self,
+        keep_manifests: &BTreeSet<String>,
+        in_use: &InUse,
+        grace: Duration,
+        dry_run: bool,
+        report: &mut PruneReport,
+    ) -> Result<(), ImageError> {
+        let lp = self.layer_paths();
+        let keep = self.chains_of(keep_manifests.iter().map(String::as_str));
+        for c in lp.list()? {
+            if keep.contains(&c) {
+                continue;
+            }
+            if in_use.layers.contains(&c) {
+                report.layers_in_use.push(c.to_string());
+                continue;
+            }
+            if is_recent(&lp.layer(&c), grace) || is_recent(&lp.info(&c), grace) {
+                continue;
+            }
+            let freed = if dry_run {
+                Some(lp.read_info(&c).map(|i| i.disk_bytes).unwrap_or(0))
+            } else {
+                self.remove_layer(&c)?
+            };
+            if let Some(n) = freed {
+                report.bytes_freed += n;
+                report.layers_removed.push(c.to_string());
+            }
+        }
+        if dry_run {
+            return Ok(());
+        }
+        for rec in lp.list_images() {
+            if !keep_manifests.contains(&rec.manifest) {
+                if let Some(m) = Digest::parse(&rec.manifest) {
+                    if !is_recent(&lp.image(&m), grace) {
+                        let _ = fs::remove_file(lp.image(&m));
+                    }
+                }
+            }
+        }
+        self.sweep_layer_leftovers(&lp)
+    }
+
+    /// Removes `.tmp-<hex>-*` directories whose unpack is not running (its lock is free),
+    /// and info files without their directory.
+    fn sweep_layer_leftovers(&self, lp: &super::layers::LayerPaths) -> Result<(), ImageError> {
+        let dir = lp.layers();
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let hex = name.strip_prefix(".tmp-").and_then(|r| r.get(..64));
+            if let Some(c) = hex.and_then(|h| Digest::parse(&format!("sha256:{h}"))) {
+                if let Some(_l) = lock::try_lock(&lp.lock(&c))? {
+                    let p = e.path();
+                    remove_tree(&p).map_err(|e| ImageError::io(&p, "removing", e))?;
+                }
+            } else if let Some(c) = name
+                .strip_suffix(".json")
+                .and_then(|h| Digest::parse(&format!("sha256:{h}")))
+            {
+                if !lp.layer(&c).exists() && !is_recent(&e.path(), Duration::from_secs(60)) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn prune(
@@ -318,6 +477,7 @@ impl ImageStore {
                     report.rootfs_removed.push(d.to_string());
                 }
             }
+            self.prune_layers(&keep_rootfs, in_use, grace, dry_run, &mut report)?;
             if !dry_run {
                 let keep_blob = |d: &Digest| plan.keep_blobs.contains(&d.to_string());
                 report.partials_removed = self.blobs.sweep(&keep_blob)?.len();
@@ -356,6 +516,17 @@ mod tests {
             vec![A.to_string(), B.to_string()]
         );
         assert!(InUse::from_mountinfo("", Path::new("/r")).rootfs.is_empty());
+        // Layer directories, relative (as instances mount them) or absolute.
+        let text = format!(
+            "415 29 0:54 / /run/shim/instances/a/u/rootfs rw - overlay overlay rw,lowerdir={}:{},upperdir=/u,workdir=/w\n\
+             416 29 0:55 / /z rw - overlay overlay rw,lowerdir=/var/lib/shim/images/layers/{}/,upperdir=/u\n",
+            &A[7..],
+            &B[7..],
+            &A[7..]
+        );
+        let u = InUse::from_mountinfo(&text, Path::new("/var/lib/shim/images/rootfs"));
+        let layers: Vec<String> = u.layers.into_iter().map(|d| d.to_string()).collect();
+        assert_eq!(layers, vec![A.to_string(), B.to_string()]);
     }
 
     fn rec(name: &str, manifest: &str, blobs: &[&str], at: u64) -> RefRecord {

@@ -941,6 +941,7 @@ fn rm_and_prune_keep_what_is_shared_deployed_or_mounted() {
     // rootfs stays; r2 stays whole.
     let in_use = InUse {
         rootfs: BTreeSet::from([m3.clone()]),
+        ..Default::default()
     };
     let dry = env
         .store
@@ -1070,4 +1071,165 @@ fn progress_events_count_downloaded_bytes() {
     // Manifest and config were downloaded during resolution, before `begin`.
     assert!(g.1 >= total, "{} < {total}", g.1);
     assert!(g.3 >= 3);
+}
+
+fn pull_layers(store: &ImageStore, r: &ImageRef) -> Result<Vec<PathBuf>, ImageError> {
+    let img = store.resolve(r)?;
+    let source = store.source(r)?;
+    store.ensure_layers_with(&img, source.as_ref(), is_root())
+}
+
+fn layer_dirs(env: &Env) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(env.tmp.path().join("store/layers"))
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The layer store: a revision that adds one small layer to an image already here fetches
+/// and unpacks that layer only, a layer that fails to unpack leaves nothing visible, and
+/// rm/prune remove a layer once no image has it and no instance mounts it.
+#[test]
+fn a_second_revision_fetches_and_unpacks_only_its_new_layer() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new("team/app");
+    let base = layers();
+    let (_, l1, _) = env.reg.push_image(Some("r1"), &base, "amd64");
+    let mut more = base.clone();
+    more.push((
+        TarBuilder::new().file("etc/REVISION", "r2", 0o644).build(),
+        Compression::Gzip,
+    ));
+    let (m2, l2, _) = env.reg.push_image(Some("r2"), &more, "amd64");
+    let (r1, r2) = (env.reference("team/app:r1"), env.reference("team/app:r2"));
+
+    let d1 = pull_layers(&env.store, &r1).unwrap();
+    assert_eq!(d1.len(), 3);
+    let inodes =
+        |d: &[PathBuf]| -> Vec<u64> { d.iter().map(|p| fs::metadata(p).unwrap().ino()).collect() };
+    let before = inodes(&d1);
+    let d2 = pull_layers(&env.store, &r2).unwrap();
+    assert_eq!(d2.len(), 4);
+    assert_eq!(
+        &d2[..3],
+        &d1[..],
+        "the shared layers are the same directories"
+    );
+    assert_eq!(inodes(&d2[..3]), before, "and were not unpacked again");
+    for l in &l1 {
+        assert_eq!(env.reg.requests(&l.to_string()), 1, "{l} fetched once");
+    }
+    assert_eq!(env.reg.requests(&l2[3].to_string()), 1);
+    // The new layer's directory holds only its own file.
+    let mut own: Vec<_> = walk(&d2[3]);
+    own.sort();
+    assert_eq!(own, vec!["etc", "etc/REVISION"]);
+    let top_first: Vec<PathBuf> = d2.iter().rev().cloned().collect();
+    let read = |p: &str| super::read_in_layers(&top_first, p, 1000).unwrap();
+    assert_eq!(read("etc/REVISION").as_deref(), Some("r2"));
+    assert_eq!(read("etc/new").as_deref(), Some("new"));
+    assert_eq!(read("etc/old"), None, "whited out in layer 2");
+    // Pulling again changes nothing.
+    assert_eq!(pull_layers(&env.store, &r2).unwrap(), d2);
+    assert_eq!(env.store.unpacked_layers(&m2), Some(d2.clone()));
+    let listed = env.store.list().unwrap();
+    let row = listed
+        .iter()
+        .find(|i| i.record.manifest == m2.to_string())
+        .unwrap();
+    assert_eq!(row.layers, 4);
+    assert!(
+        row.shared_bytes > row.unique_bytes && row.unique_bytes > 0,
+        "{row:?}"
+    );
+
+    // A layer that fails half way (a tar cut inside an entry) leaves no directory and no
+    // temporary one; the shared layers stay.
+    let mut bad = TarBuilder::new()
+        .file("big", &"y".repeat(10_000), 0o644)
+        .build();
+    bad.truncate(3000);
+    let mut broken = base.clone();
+    broken.push((bad, Compression::None));
+    env.reg.push_image(Some("r3"), &broken, "amd64");
+    let err = pull_layers(&env.store, &env.reference("team/app:r3")).unwrap_err();
+    assert!(err.to_string().contains("truncated"), "{err}");
+    let names = layer_dirs(&env);
+    assert!(!names.iter().any(|n| n.starts_with(".tmp-")), "{names:?}");
+    assert_eq!(
+        names.iter().filter(|n| n.len() == 64).count(),
+        4,
+        "{names:?}"
+    );
+
+    // A crashed unpack's leftover is removed by the next unpack of that layer.
+    let chain = d2[3].file_name().unwrap().to_str().unwrap().to_string();
+    crate::image::store::remove_tree(&d2[3]).unwrap();
+    fs::create_dir(
+        env.tmp
+            .path()
+            .join(format!("store/layers/.tmp-{chain}-999999")),
+    )
+    .unwrap();
+    assert_eq!(pull_layers(&env.store, &r2).unwrap(), d2);
+    assert!(!layer_dirs(&env).iter().any(|n| n.starts_with(".tmp-")));
+
+    // rm r1: every layer is r2's too and stays. Prune with r2's layers mounted keeps them.
+    let rep = env.store.remove(&r1, &InUse::default()).unwrap();
+    assert_eq!((rep.layers_removed, rep.layers_kept), (0, 3), "{rep:?}");
+    let mounted = format!(
+        "1 2 0:1 / /x rw - overlay overlay rw,lowerdir={},upperdir=/u\n",
+        top_first
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(":")
+    );
+    let in_use = InUse::from_mountinfo(&mounted, Path::new("/nowhere"));
+    let rep = env
+        .store
+        .prune(&[], &Default::default(), &in_use, Duration::ZERO, false)
+        .unwrap();
+    assert_eq!(rep.layers_in_use.len(), 4, "{rep:?}");
+    assert!(d2.iter().all(|d| d.is_dir()));
+    // Unmounted and unrecorded: all go, with their records.
+    let rep = env
+        .store
+        .prune(
+            &[],
+            &Default::default(),
+            &InUse::default(),
+            Duration::ZERO,
+            false,
+        )
+        .unwrap();
+    assert_eq!(rep.layers_removed.len(), 4, "{rep:?}");
+    assert!(rep.bytes_freed > 300_000, "{rep:?}");
+    assert!(
+        layer_dirs(&env)
+            .iter()
+            .all(|n| !n.starts_with(|c: char| c.is_ascii_hexdigit())),
+        "{:?}",
+        layer_dirs(&env)
+    );
+    assert_eq!(env.store.unpacked_layers(&m2), None);
+}
+
+fn walk(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for e in fs::read_dir(&p).unwrap() {
+            let e = e.unwrap();
+            out.push(e.path().strip_prefix(root).unwrap().display().to_string());
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
 }

@@ -73,6 +73,11 @@ pub struct StoredImage {
     /// Bytes of the image's blobs in the store.
     pub stored_bytes: u64,
     pub unpacked: bool,
+    /// Unpacked layers: how many, and the disk they take, split into the layers no other
+    /// recorded image has (what removing this image would free) and those shared.
+    pub layers: usize,
+    pub unique_bytes: u64,
+    pub shared_bytes: u64,
 }
 
 impl ImageStore {
@@ -293,21 +298,22 @@ impl ImageStore {
         let lp = self.layer_paths();
         let chain = layers::chain_ids(&img.layers);
         let dirs: Vec<PathBuf> = chain.iter().map(|c| lp.layer(c)).collect();
+        // The chain is recorded before the layers are looked at: from then on a prune (which
+        // keeps the layers of recorded, recent images) cannot remove one this call found.
+        let record = ImageLayers {
+            manifest: manifest.to_string(),
+            chain: chain.iter().map(|c| c.hex().to_string()).collect(),
+        };
+        if lp.read_image(&manifest).as_ref() != Some(&record) {
+            lp.create_dirs()?;
+            lp.write_image(&record, &manifest)?;
+        }
         let mut missing = Vec::new();
         for (i, d) in dirs.iter().enumerate() {
             if !is_cached(d)? {
                 missing.push(i);
             }
         }
-        let record = ImageLayers {
-            manifest: manifest.to_string(),
-            chain: chain.iter().map(|c| c.hex().to_string()).collect(),
-        };
-        let recorded = lp.read_image(&manifest).as_ref() == Some(&record);
-        if missing.is_empty() && recorded {
-            return Ok(dirs);
-        }
-        lp.create_dirs()?;
         if !missing.is_empty() {
             let todo: Vec<&Layer> = missing.iter().map(|&i| &img.layers[i]).collect();
             self.begin_progress_of(img, &todo, source);
@@ -319,9 +325,6 @@ impl ImageStore {
             self.progress.end();
             r?;
             tracing::info!(image = %img.reference, source = %source.describe(), unpacked = missing.len(), shared = dirs.len() - missing.len(), "unpacked image layers");
-        }
-        if !recorded {
-            lp.write_image(&record, &manifest)?;
         }
         Ok(dirs)
     }
@@ -383,29 +386,69 @@ impl ImageStore {
 
     /// Every recorded image and how much of it is here.
     pub fn list(&self) -> Result<Vec<StoredImage>, ImageError> {
-        Ok(self
-            .refs()
-            .load()?
-            .into_iter()
-            .map(|record| {
-                let mut complete = true;
-                let mut stored_bytes = 0;
-                for b in &record.blobs {
-                    match Digest::parse(&b.digest).and_then(|d| self.blobs.size(&d)) {
-                        Some(n) => stored_bytes += n,
-                        None => complete = false,
-                    }
+        let records = self.refs().load()?;
+        let lp = self.layer_paths();
+        let chain_of = |m: &str| -> Vec<Digest> {
+            Digest::parse(m)
+                .and_then(|d| lp.read_image(&d))
+                .map(|r| r.chain)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|h| Digest::parse(&format!("sha256:{h}")))
+                .filter(|c| lp.layer(c).is_dir())
+                .collect()
+        };
+        // How many distinct manifests have each layer.
+        let mut users: std::collections::HashMap<Digest, std::collections::BTreeSet<&str>> =
+            Default::default();
+        for r in &records {
+            for c in chain_of(&r.manifest) {
+                users.entry(c).or_default().insert(r.manifest.as_str());
+            }
+        }
+        let mut out = Vec::new();
+        for record in &records {
+            let (mut unique_bytes, mut shared_bytes) = (0, 0);
+            let chain = chain_of(&record.manifest);
+            for c in &chain {
+                let bytes = lp.read_info(c).map(|i| i.disk_bytes).unwrap_or(0);
+                if users.get(c).map_or(0, |u| u.len()) > 1 {
+                    shared_bytes += bytes;
+                } else {
+                    unique_bytes += bytes;
                 }
-                let unpacked =
-                    Digest::parse(&record.manifest).is_some_and(|d| self.is_unpacked(&d));
-                StoredImage {
-                    record,
-                    complete,
-                    stored_bytes,
-                    unpacked,
-                }
-            })
-            .collect())
+            }
+            let mut img = self.stored(record.clone());
+            img.unpacked |=
+                Digest::parse(&record.manifest).is_some_and(|d| self.unpacked_layers(&d).is_some());
+            img.layers = chain.len();
+            img.unique_bytes = unique_bytes;
+            img.shared_bytes = shared_bytes;
+            out.push(img);
+        }
+        Ok(out)
+    }
+
+    /// What of `record`'s blobs is in the store, and whether its whole rootfs is unpacked.
+    fn stored(&self, record: RefRecord) -> StoredImage {
+        let mut complete = true;
+        let mut stored_bytes = 0;
+        for b in &record.blobs {
+            match Digest::parse(&b.digest).and_then(|d| self.blobs.size(&d)) {
+                Some(n) => stored_bytes += n,
+                None => complete = false,
+            }
+        }
+        let unpacked = Digest::parse(&record.manifest).is_some_and(|d| self.is_unpacked(&d));
+        StoredImage {
+            record,
+            complete,
+            stored_bytes,
+            unpacked,
+            layers: 0,
+            unique_bytes: 0,
+            shared_bytes: 0,
+        }
     }
 
     pub(crate) fn ensure_rootfs_with(
