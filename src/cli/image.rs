@@ -149,13 +149,28 @@ fn pull(config: &Path, dirs: &Dirs, a: PullArgs) -> Result<()> {
             .with_context(|| format!("pulling {r}"))?;
         "layers in the content store".to_string()
     } else {
+        let here = store
+            .planned_layers(&img)
+            .iter()
+            .filter(|d| d.is_dir())
+            .count();
         let dirs = store
             .ensure_layers(&img)
             .with_context(|| format!("unpacking {r}"))?;
-        match dirs.last().and_then(|d| d.parent()) {
-            Some(p) => format!("{} layer directories in {}", dirs.len(), p.display()),
-            None => "no layers".to_string(),
-        }
+        let shown: Vec<String> = dirs
+            .iter()
+            .filter_map(|d| d.file_name())
+            .map(|n| n.to_string_lossy().chars().take(12).collect())
+            .collect();
+        format!(
+            "{} layers unpacked now, {here} already here, in {} ({})",
+            dirs.len() - here,
+            dirs.last()
+                .and_then(|d| d.parent())
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            shown.join(" ")
+        )
     };
     let n = img.layers.len();
     println!(
@@ -182,6 +197,9 @@ struct Row {
     layers: usize,
     unique_bytes: u64,
     shared_bytes: u64,
+    /// The layer directories, lowest first (JSON only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    layer_dirs: Vec<std::path::PathBuf>,
     resolved_at: u64,
 }
 
@@ -261,6 +279,7 @@ fn ls(config: &Path, dirs: &Dirs, a: LsArgs) -> Result<()> {
             layers: i.layers,
             unique_bytes: i.unique_bytes,
             shared_bytes: i.shared_bytes,
+            layer_dirs: i.layer_dirs,
             resolved_at: i.record.resolved_at,
             reference: i.record.reference,
             manifest: i.record.manifest,
@@ -409,6 +428,7 @@ mod tests {
                 layers: 3,
                 unique_bytes: 1_500,
                 shared_bytes: 230_000_000,
+                layer_dirs: Vec::new(),
                 resolved_at: 0,
             },
             Row {
@@ -421,6 +441,7 @@ mod tests {
                 layers: 0,
                 unique_bytes: 0,
                 shared_bytes: 0,
+                layer_dirs: Vec::new(),
                 resolved_at: 0,
             },
         ];

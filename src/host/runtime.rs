@@ -123,7 +123,9 @@ pub fn prepare(lowers: &[PathBuf], dir: &Path) -> Result<()> {
         std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(m.mode() & 0o7777))
             .with_context(|| format!("chmod {}", upper.display()))?;
     }
-    let (cwd, lowerdir) = lowerdir_option(lowers);
+    // The rest of the options: upperdir, workdir and their paths.
+    let rest = 40 + upper.as_os_str().len() + work.as_os_str().len();
+    let (cwd, lowerdir) = lowerdir_option(lowers, 4095usize.saturating_sub(rest));
     let opts = format!(
         "lowerdir={lowerdir},upperdir={},workdir={}",
         upper.display(),
@@ -158,32 +160,42 @@ pub fn prepare(lowers: &[PathBuf], dir: &Path) -> Result<()> {
 }
 
 /// The `lowerdir=` value for `lowers` (lowest first; overlayfs wants the topmost first), and
-/// the directory to mount from: when every layer is in one directory (the layer store), the
-/// names are given relative to it, which keeps images of up to ~60 layers within the one
-/// page mount(2) takes (absolute paths would allow ~40).
-pub fn lowerdir_option(lowers: &[PathBuf]) -> (Option<PathBuf>, String) {
-    let parent = lowers.first().and_then(|l| l.parent());
-    let shared = parent.filter(|p| {
-        lowers.len() > 1
-            && lowers.iter().all(|l| {
-                l.parent() == Some(*p)
-                    && l.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| !n.contains([':', ',', '\\']))
-            })
-    });
-    let names: Vec<String> = lowers
+/// the directory to mount from. Absolute paths, so that the mount table names each layer
+/// directory exactly (what `shim image prune` reads); when those would not fit in `budget`
+/// bytes and every layer is in one directory (the layer store), names relative to it, which
+/// keeps images of up to ~60 layers within the one page mount(2) takes (absolute paths allow
+/// ~40).
+pub fn lowerdir_option(lowers: &[PathBuf], budget: usize) -> (Option<PathBuf>, String) {
+    let absolute: Vec<String> = lowers
         .iter()
         .rev()
-        .map(|l| match shared {
-            Some(_) => l
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            None => l.display().to_string(),
-        })
+        .map(|l| l.display().to_string())
         .collect();
-    (shared.map(Path::to_path_buf), names.join(":"))
+    let absolute = absolute.join(":");
+    if absolute.len() <= budget {
+        return (None, absolute);
+    }
+    let parent = lowers.first().and_then(|l| l.parent());
+    let shared = parent.filter(|p| {
+        lowers.iter().all(|l| {
+            l.parent() == Some(*p)
+                && l.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| !n.contains([':', ',', '\\']))
+        })
+    });
+    match shared {
+        Some(p) => {
+            let names: Vec<String> = lowers
+                .iter()
+                .rev()
+                .filter_map(|l| l.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect();
+            (Some(p.to_path_buf()), names.join(":"))
+        }
+        None => (None, absolute),
+    }
 }
 
 /// Adds one to the start count in `file` (missing: 0). systemd runs ExecStartPre before
@@ -363,19 +375,22 @@ mod tests {
     }
 
     #[test]
-    fn lowerdir_is_topmost_first_and_relative_inside_the_layer_store() {
+    fn lowerdir_is_topmost_first_and_relative_only_when_absolute_does_not_fit() {
         let l = |p: &str| PathBuf::from(p);
-        let (cwd, opt) =
-            lowerdir_option(&[l("/s/layers/aa"), l("/s/layers/bb"), l("/s/layers/cc")]);
+        let three = [l("/s/layers/aa"), l("/s/layers/bb"), l("/s/layers/cc")];
+        let (cwd, opt) = lowerdir_option(&three, 4000);
+        assert_eq!(
+            (cwd, opt.as_str()),
+            (None, "/s/layers/cc:/s/layers/bb:/s/layers/aa")
+        );
+        let (cwd, opt) = lowerdir_option(&three, 20);
         assert_eq!(cwd, Some(l("/s/layers")));
         assert_eq!(opt, "cc:bb:aa");
-        // One whole rootfs (podman, caches of earlier versions): as it is.
-        let (cwd, opt) = lowerdir_option(&[l("/s/rootfs/aa")]);
-        assert_eq!((cwd, opt.as_str()), (None, "/s/rootfs/aa"));
-        // Directories not side by side, or a name overlayfs would split: absolute.
-        let (cwd, opt) = lowerdir_option(&[l("/a/x"), l("/b/y")]);
+        // Directories not side by side, or a name overlayfs would split: absolute anyway
+        // (and the mount then says it is too long).
+        let (cwd, opt) = lowerdir_option(&[l("/a/x"), l("/b/y")], 5);
         assert_eq!((cwd, opt.as_str()), (None, "/b/y:/a/x"));
-        let (cwd, _) = lowerdir_option(&[l("/a/x:1"), l("/a/y")]);
+        let (cwd, _) = lowerdir_option(&[l("/a/x:1"), l("/a/y")], 5);
         assert_eq!(cwd, None);
     }
 }

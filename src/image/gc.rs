@@ -37,7 +37,7 @@ impl InUse {
     /// Every `<rootfs_dir>/<64 hex>` mentioned in a mount table (an instance's overlay has
     /// it as `lowerdir=`). Matching anywhere on the line is deliberately broad: a false
     /// positive keeps a directory, a false negative would pull it from under a container.
-    pub fn from_mountinfo(text: &str, rootfs_dir: &Path) -> InUse {
+    pub fn from_mountinfo(text: &str, rootfs_dir: &Path, layers_dir: &Path) -> InUse {
         let prefix = format!(
             "{}/",
             rootfs_dir.display().to_string().trim_end_matches('/')
@@ -55,7 +55,7 @@ impl InUse {
         }
         InUse {
             rootfs,
-            layers: lowerdir_layers(text),
+            layers: lowerdir_layers(text, layers_dir),
         }
     }
 
@@ -63,13 +63,23 @@ impl InUse {
     pub fn current(store: &ImageStore) -> Result<InUse, ImageError> {
         let path = Path::new("/proc/self/mountinfo");
         let text = fs::read_to_string(path).map_err(|e| ImageError::io(path, "reading", e))?;
-        Ok(InUse::from_mountinfo(&text, &store.rootfs_dir()))
+        Ok(InUse::from_mountinfo(
+            &text,
+            &store.rootfs_dir(),
+            &store.layer_paths().layers(),
+        ))
     }
 }
 
-/// Every 64-hex last component of a `lowerdir=` entry in a mount table. Broad on purpose,
-/// like [`InUse::from_mountinfo`]: a false positive only keeps a directory.
-fn lowerdir_layers(text: &str) -> BTreeSet<Digest> {
+/// The layer directories in the `lowerdir=` entries of a mount table: `<layers_dir>/<hex>`,
+/// and bare `<hex>` names (an instance of a many-layer image mounts them relative to the
+/// layer store; counted whatever store they were in: a false positive only keeps a
+/// directory).
+fn lowerdir_layers(text: &str, layers_dir: &Path) -> BTreeSet<Digest> {
+    let prefix = format!(
+        "{}/",
+        layers_dir.display().to_string().trim_end_matches('/')
+    );
     let mut out = BTreeSet::new();
     for line in text.lines() {
         let mut rest = line;
@@ -77,7 +87,12 @@ fn lowerdir_layers(text: &str) -> BTreeSet<Digest> {
             rest = &rest[i + "lowerdir=".len()..];
             let value = rest.split([',', ' ']).next().unwrap_or("");
             for item in value.split(':') {
-                let name = item.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+                let item = item.trim_end_matches('/');
+                let name = match item.strip_prefix(&prefix) {
+                    Some(rest) => rest,
+                    None if !item.contains('/') => item,
+                    None => continue,
+                };
                 if let Some(d) = Digest::parse(&format!("sha256:{name}")) {
                     out.insert(d);
                 }
@@ -495,6 +510,7 @@ mod tests {
 
     const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const C: &str = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
 
     #[test]
     fn mountinfo_in_use() {
@@ -507,7 +523,11 @@ mod tests {
             &B[7..],
             &B[7..],
         );
-        let u = InUse::from_mountinfo(&text, Path::new("/var/lib/shim/images/rootfs"));
+        let u = InUse::from_mountinfo(
+            &text,
+            Path::new("/var/lib/shim/images/rootfs"),
+            Path::new("/var/lib/shim/images/layers"),
+        );
         assert_eq!(
             u.rootfs
                 .into_iter()
@@ -515,16 +535,24 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![A.to_string(), B.to_string()]
         );
-        assert!(InUse::from_mountinfo("", Path::new("/r")).rootfs.is_empty());
+        assert!(InUse::from_mountinfo("", Path::new("/r"), Path::new("/l"))
+            .rootfs
+            .is_empty());
         // Layer directories, relative (as instances mount them) or absolute.
         let text = format!(
             "415 29 0:54 / /run/shim/instances/a/u/rootfs rw - overlay overlay rw,lowerdir={}:{},upperdir=/u,workdir=/w\n\
-             416 29 0:55 / /z rw - overlay overlay rw,lowerdir=/var/lib/shim/images/layers/{}/,upperdir=/u\n",
+             416 29 0:55 / /z rw - overlay overlay rw,lowerdir=/var/lib/shim/images/layers/{}/,upperdir=/u\n\
+             417 29 0:56 / /o rw - overlay overlay rw,lowerdir=/other/store/layers/{}\n",
             &A[7..],
             &B[7..],
-            &A[7..]
+            &A[7..],
+            &C[7..]
         );
-        let u = InUse::from_mountinfo(&text, Path::new("/var/lib/shim/images/rootfs"));
+        let u = InUse::from_mountinfo(
+            &text,
+            Path::new("/var/lib/shim/images/rootfs"),
+            Path::new("/var/lib/shim/images/layers"),
+        );
         let layers: Vec<String> = u.layers.into_iter().map(|d| d.to_string()).collect();
         assert_eq!(layers, vec![A.to_string(), B.to_string()]);
     }

@@ -144,6 +144,11 @@ pub trait Source: Send + Sync {
     fn is_local(&self, _digest: &Digest) -> bool {
         true
     }
+    /// Where [`Source::prefetch`] writes the blob while it downloads, and where it is once
+    /// verified: an unpack can then read it as it arrives (see `store::Follow`).
+    fn download_paths(&self, _digest: &Digest) -> Option<(PathBuf, PathBuf)> {
+        None
+    }
 }
 
 /// An unverified blob stream and where it comes from (a path or URL, for messages).

@@ -43,6 +43,8 @@ struct State {
     /// Blob digest → (responses still to cut short, bytes sent before cutting).
     truncate: HashMap<String, (u32, usize)>,
     ignore_range: bool,
+    /// Blob digest → (bytes sent before a pause, the pause): a slow registry.
+    stall: HashMap<String, (usize, Duration)>,
     /// "GET /v2/... [range]" per request, and Authorization headers seen.
     log: Vec<String>,
     auth_headers: Vec<String>,
@@ -347,7 +349,21 @@ fn serve(mut conn: TcpStream, addr: SocketAddr, st: &Mutex<State>) {
             _ => None,
         };
         let ignore_range = s.ignore_range;
+        let stall = s.stall.get(d).copied();
         drop(s);
+        if let (Some((at, pause)), None) = (stall, range_from) {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                data.len()
+            );
+            let at = at.min(data.len());
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(&data[..at]);
+            let _ = conn.flush();
+            std::thread::sleep(pause);
+            let _ = conn.write_all(&data[at..]);
+            return;
+        }
         return match range_from.filter(|_| !ignore_range) {
             Some(from) if from < data.len() => respond(
                 &mut conn,
@@ -1189,7 +1205,7 @@ fn a_second_revision_fetches_and_unpacks_only_its_new_layer() {
             .collect::<Vec<_>>()
             .join(":")
     );
-    let in_use = InUse::from_mountinfo(&mounted, Path::new("/nowhere"));
+    let in_use = InUse::from_mountinfo(&mounted, Path::new("/nowhere"), Path::new("/nowhere"));
     let rep = env
         .store
         .prune(&[], &Default::default(), &in_use, Duration::ZERO, false)
@@ -1232,4 +1248,42 @@ fn walk(root: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+/// Unpacking follows the download: the first files of a layer are unpacked while the
+/// registry still holds back the rest of its blob, and the result is whole and verified.
+#[test]
+fn a_layer_unpacks_while_it_downloads() {
+    let env = Env::new("team/app");
+    let mut t = TarBuilder::new();
+    t.file("first", "1", 0o644)
+        .file("big", &"z".repeat(2_000_000), 0o644);
+    let (_, l, _) = env
+        .reg
+        .push_image(Some("s"), &[(t.build(), Compression::None)], "amd64");
+    env.reg.with(|s| {
+        s.stall
+            .insert(l[0].to_string(), (100_000, Duration::from_millis(1500)))
+    });
+    let r = env.reference("team/app:s");
+    let store = env.store.clone();
+    let started = Instant::now();
+    let pull = std::thread::spawn(move || pull_layers(&store, &r));
+    let layers = env.tmp.path().join("store/layers");
+    let mut seen = None;
+    while started.elapsed() < Duration::from_millis(1300) && seen.is_none() {
+        seen = fs::read_dir(&layers).ok().and_then(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+                .find(|e| fs::read_to_string(e.path().join("first")).is_ok_and(|c| c == "1"))
+                .map(|_| started.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let dirs = pull.join().unwrap().unwrap();
+    let total = started.elapsed();
+    let at = seen.expect("nothing of the layer was unpacked while its download was held back");
+    assert!(total >= Duration::from_millis(1500), "{total:?}");
+    assert_eq!(fs::metadata(dirs[0].join("big")).unwrap().len(), 2_000_000);
+    println!("first file unpacked after {at:?}, pull done after {total:?}");
 }

@@ -78,6 +78,10 @@ impl<R: Remote> Source for StoreSource<R> {
     fn is_local(&self, digest: &Digest) -> bool {
         self.blobs.contains(digest)
     }
+
+    fn download_paths(&self, digest: &Digest) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+        Some((self.blobs.partial_path(digest), self.blobs.path(digest)))
+    }
 }
 
 /// A registry repository.

@@ -44,15 +44,17 @@ pub(crate) fn kind_of(media_type: &str) -> Option<Kind> {
 /// Compression of a layer media type, or why it cannot be unpacked (as the error hint).
 pub(crate) fn layer_compression(media_type: &str) -> Result<Compression, &'static str> {
     match media_type {
-        "application/vnd.oci.image.layer.v1.tar"
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar" => Ok(Compression::None),
+        "application/vnd.oci.image.layer.v1.tar" => Ok(Compression::None),
         "application/vnd.oci.image.layer.v1.tar+gzip"
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-        | "application/vnd.docker.image.rootfs.diff.tar.gzip"
-        | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Ok(Compression::Gzip),
+        | "application/vnd.docker.image.rootfs.diff.tar.gzip" => Ok(Compression::Gzip),
         "application/vnd.oci.image.layer.v1.tar+zstd"
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
         | "application/vnd.docker.image.rootfs.diff.tar.zstd" => Ok(Compression::Zstd),
+        // Their content is meant to come from elsewhere than the image's registry (the
+        // descriptor's `urls`, in practice Microsoft's servers for Windows base layers); the
+        // OCI spec deprecated them in 1.1.
+        t if t.contains("nondistributable") || t.contains("foreign") => Err(
+            "; it is a non-distributable (foreign) layer, whose content the registry does not hold: shim only runs layers it can fetch from the image's own registry or archive and verify; rebuild the image on a distributable base",
+        ),
         _ => Err("; supported layer types are uncompressed, gzip- and zstd-compressed tar"),
     }
 }
@@ -496,6 +498,17 @@ mod tests {
             Ok(Compression::Zstd)
         );
         assert!(layer_compression("text/plain").is_err());
+        for foreign in [
+            "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+            "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        ] {
+            let hint = layer_compression(foreign).unwrap_err();
+            assert!(
+                hint.contains("non-distributable (foreign)"),
+                "{foreign}: {hint}"
+            );
+        }
     }
 
     #[test]

@@ -78,6 +78,8 @@ pub struct StoredImage {
     pub layers: usize,
     pub unique_bytes: u64,
     pub shared_bytes: u64,
+    /// The unpacked layer directories, lowest first (empty unless all are here).
+    pub layer_dirs: Vec<PathBuf>,
 }
 
 impl ImageStore {
@@ -304,8 +306,8 @@ impl ImageStore {
             manifest: manifest.to_string(),
             chain: chain.iter().map(|c| c.hex().to_string()).collect(),
         };
+        lp.create_dirs()?;
         if lp.read_image(&manifest).as_ref() != Some(&record) {
-            lp.create_dirs()?;
             lp.write_image(&record, &manifest)?;
         }
         let mut missing = Vec::new();
@@ -317,10 +319,10 @@ impl ImageStore {
         if !missing.is_empty() {
             let todo: Vec<&Layer> = missing.iter().map(|&i| &img.layers[i]).collect();
             self.begin_progress_of(img, &todo, source);
-            let r = for_each_fetched(source, &todo, self.progress.as_ref(), |k, layer| {
+            let r = for_each_fetched(source, &todo, self.progress.as_ref(), |k, layer, bytes| {
                 let i = missing[k];
                 let lowers = layers::lowers_of(&dirs, i);
-                self.unpack_layer_dir(&lp, source, layer, &chain[i], lowers, preserve_ownership)
+                self.unpack_layer_dir(&lp, bytes, layer, &chain[i], lowers, preserve_ownership)
             });
             self.progress.end();
             r?;
@@ -334,7 +336,7 @@ impl ImageStore {
     fn unpack_layer_dir(
         &self,
         lp: &LayerPaths,
-        source: &dyn Source,
+        bytes: LayerBytes<'_>,
         layer: &Layer,
         chain: &Digest,
         lowers: Vec<PathBuf>,
@@ -358,7 +360,7 @@ impl ImageStore {
         let built = (|| {
             let mut unpacker = Unpacker::layered(&tmp, preserve_ownership, lowers);
             unpacker.init_root()?;
-            unpack_layer(&mut unpacker, source, layer)?;
+            unpack_layer(&mut unpacker, layer, bytes)?;
             let info = LayerInfo {
                 chain_id: chain.to_string(),
                 diff_id: layer.diff_id.to_string(),
@@ -419,8 +421,10 @@ impl ImageStore {
                 }
             }
             let mut img = self.stored(record.clone());
-            img.unpacked |=
-                Digest::parse(&record.manifest).is_some_and(|d| self.unpacked_layers(&d).is_some());
+            img.layer_dirs = Digest::parse(&record.manifest)
+                .and_then(|d| self.unpacked_layers(&d))
+                .unwrap_or_default();
+            img.unpacked |= !img.layer_dirs.is_empty();
             img.layers = chain.len();
             img.unique_bytes = unique_bytes;
             img.shared_bytes = shared_bytes;
@@ -448,6 +452,7 @@ impl ImageStore {
             layers: 0,
             unique_bytes: 0,
             shared_bytes: 0,
+            layer_dirs: Vec::new(),
         }
     }
 
@@ -594,30 +599,50 @@ pub(crate) fn unpack_image(
     let mut unpacker = Unpacker::new(dest, preserve_ownership);
     unpacker.init_root()?;
     let all: Vec<&Layer> = layers.iter().collect();
-    for_each_fetched(source, &all, progress, |_, layer| {
-        unpack_layer(&mut unpacker, source, layer)
+    for_each_fetched(source, &all, progress, |_, layer, bytes| {
+        unpack_layer(&mut unpacker, layer, bytes)
     })
 }
 
-/// Calls `apply` on each of `layers` in order, once its blob is local. For remote sources,
-/// up to [`PARALLEL_DOWNLOADS`] layers download into the store while earlier ones are
-/// applied.
+/// A layer's bytes as [`for_each_fetched`] hands them to its caller.
+pub(crate) struct LayerBytes<'a> {
+    pub reader: Box<dyn Read + 'a>,
+    pub origin: String,
+}
+
+/// Where the download of one layer is.
+enum Download {
+    Pending,
+    Done,
+    Failed(Option<ImageError>),
+}
+
+/// Calls `apply` on each of `layers` in order with its bytes. For remote sources, up to
+/// [`PARALLEL_DOWNLOADS`] layers download into the content store at once, and each layer is
+/// unpacked **as it arrives**: its reader follows the download's partial file (see
+/// [`Follow`]), so unpacking overlaps the download instead of waiting for it, and reads the
+/// bytes from the page cache right after they were written. Digest and diff_id are still
+/// checked on what was read; a failed download wins over the unpack error it caused.
 pub(crate) fn for_each_fetched(
     source: &dyn Source,
     layers: &[&Layer],
     progress: &dyn Progress,
-    mut apply: impl FnMut(usize, &Layer) -> Result<(), ImageError>,
+    mut apply: impl FnMut(usize, &Layer, LayerBytes<'_>) -> Result<(), ImageError>,
 ) -> Result<(), ImageError> {
     let n = layers.len();
     if !source.is_remote() || n == 0 {
         for (i, layer) in layers.iter().enumerate() {
             progress.unpacking(i, n);
-            apply(i, layer)?;
+            let blob = source.open_blob(&layer.digest, layer.size)?;
+            let bytes = LayerBytes {
+                reader: blob.reader,
+                origin: blob.origin,
+            };
+            apply(i, layer, bytes)?;
         }
         return Ok(());
     }
-    let done: Mutex<Vec<Option<Result<(), ImageError>>>> =
-        Mutex::new((0..n).map(|_| None).collect());
+    let done: Mutex<Vec<Download>> = Mutex::new((0..n).map(|_| Download::Pending).collect());
     let ready = Condvar::new();
     let next = AtomicUsize::new(0);
     let cancel = AtomicBool::new(false);
@@ -634,7 +659,10 @@ pub(crate) fn for_each_fetched(
                 let r = source.prefetch(&layers[i].digest, layers[i].size);
                 let failed = r.is_err();
                 if let Ok(mut d) = done.lock() {
-                    d[i] = Some(r);
+                    d[i] = match r {
+                        Ok(()) => Download::Done,
+                        Err(e) => Download::Failed(Some(e)),
+                    };
                 }
                 ready.notify_all();
                 if failed {
@@ -642,20 +670,44 @@ pub(crate) fn for_each_fetched(
                 }
             });
         }
+        let state = |i: usize| -> Option<bool> {
+            // A poisoned lock means a download thread panicked: count it as failed.
+            match done.lock().as_deref().map(|d| &d[i]) {
+                Ok(Download::Pending) => None,
+                Ok(Download::Done) => Some(true),
+                Ok(Download::Failed(_)) | Err(_) => Some(false),
+            }
+        };
         let result = (|| {
             for (i, layer) in layers.iter().enumerate() {
-                let fetched = {
-                    let mut d = done.lock().expect("download state lock poisoned");
-                    loop {
-                        if let Some(r) = d[i].take() {
-                            break r;
+                progress.unpacking(i, n);
+                let this = || state(i);
+                let bytes = match source.download_paths(&layer.digest) {
+                    Some((partial, published)) => LayerBytes {
+                        origin: published.display().to_string(),
+                        reader: Box::new(Follow {
+                            partial,
+                            published,
+                            size: layer.size,
+                            pos: 0,
+                            file: None,
+                            final_file: false,
+                            state: &this,
+                        }),
+                    },
+                    None => {
+                        wait_download(&done, &ready, i)?;
+                        let blob = source.open_blob(&layer.digest, layer.size)?;
+                        LayerBytes {
+                            reader: blob.reader,
+                            origin: blob.origin,
                         }
-                        d = ready.wait(d).expect("download state lock poisoned");
                     }
                 };
-                fetched?;
-                progress.unpacking(i, n);
-                apply(i, layer)?;
+                let applied = apply(i, layer, bytes);
+                // The download's own error explains a failed unpack best.
+                wait_download(&done, &ready, i)?;
+                applied?;
             }
             Ok(())
         })();
@@ -668,18 +720,104 @@ pub(crate) fn for_each_fetched(
     })
 }
 
+/// Waits until download `i` is over; its error, if it failed.
+fn wait_download(done: &Mutex<Vec<Download>>, ready: &Condvar, i: usize) -> Result<(), ImageError> {
+    let poisoned = || ImageError::InvalidImage {
+        what: "layer",
+        origin: format!("download {i}"),
+        reason: "a download thread panicked".to_string(),
+    };
+    let mut d = done.lock().map_err(|_| poisoned())?;
+    loop {
+        match &mut d[i] {
+            Download::Pending => d = ready.wait(d).map_err(|_| poisoned())?,
+            Download::Done => return Ok(()),
+            Download::Failed(e) => return Err(e.take().unwrap_or_else(poisoned)),
+        }
+    }
+}
+
+/// Reads a blob while another thread downloads it into the content store: from the partial
+/// file as it grows (waiting for more when it reaches its end), then, once the download is
+/// verified and published, from the blob itself. A download that restarts from zero
+/// rewrites the same bytes (the blob is content-addressed, and what was read is verified at
+/// the end), so reading by offset stays right. A failed download ends the read with an
+/// error.
+struct Follow<'a> {
+    partial: PathBuf,
+    published: PathBuf,
+    size: u64,
+    pos: u64,
+    file: Option<File>,
+    /// `file` is the published blob (it will not grow any more).
+    final_file: bool,
+    /// The download: None while it runs, then whether it succeeded.
+    state: &'a dyn Fn() -> Option<bool>,
+}
+
+/// How long a follower waits for the download to bring more bytes before looking again.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+
+impl Read for Follow<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        if self.pos >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = usize::try_from(self.size - self.pos)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        loop {
+            if self.file.is_none() || (!self.final_file && self.published.exists()) {
+                match File::open(&self.published) {
+                    Ok(f) => {
+                        self.file = Some(f);
+                        self.final_file = true;
+                    }
+                    Err(_) if self.file.is_none() => self.file = File::open(&self.partial).ok(),
+                    Err(_) => {}
+                }
+            }
+            if let Some(f) = &self.file {
+                let got = f.read_at(&mut buf[..want], self.pos)?;
+                if got > 0 {
+                    self.pos += got as u64;
+                    return Ok(got);
+                }
+                if self.final_file {
+                    // Shorter than announced: the verifier says so.
+                    return Ok(0);
+                }
+            }
+            match (self.state)() {
+                None => std::thread::sleep(FOLLOW_POLL),
+                Some(true) => {
+                    // Published: read on from the blob itself.
+                    let f = File::open(&self.published)?;
+                    self.file = Some(f);
+                    self.final_file = true;
+                }
+                Some(false) => {
+                    return Err(io::Error::other(
+                        "the layer's download failed (its error follows)",
+                    ))
+                }
+            }
+        }
+    }
+}
+
 /// Streams one layer blob through digest verification, decompression and diff_id hashing
 /// into the unpacker. Both digests are checked whatever the unpack's outcome, and a digest
 /// mismatch wins over any unpack error (a corrupt blob usually fails as bad gzip or tar).
 pub(crate) fn unpack_layer(
     unpacker: &mut Unpacker,
-    source: &dyn Source,
     layer: &Layer,
+    bytes: LayerBytes<'_>,
 ) -> Result<(), ImageError> {
-    let blob = source.open_blob(&layer.digest, layer.size)?;
-    let origin = blob.origin.clone();
+    let origin = bytes.origin;
     let mut verifier = VerifyingReader::new(
-        BufReader::with_capacity(LAYER_READ_BUFFER, blob.reader),
+        BufReader::with_capacity(LAYER_READ_BUFFER, bytes.reader),
         layer.digest.clone(),
         layer.size,
         origin.clone(),

@@ -117,6 +117,7 @@ fn fixture() -> &'static Fixture {
             ("rev1", "rev1", "rev1"),
             ("rev2", "rev2", "rev2"),
             ("rev1", "corrupt", unique.as_str()),
+            ("rev1", "rev3", "rev3"),
         ] {
             sh_ok(&format!(
                 "bash {} {} {src} {} {dst} {marker}",
@@ -134,6 +135,7 @@ fn fixture() -> &'static Fixture {
         start_registry("basic", BASIC, true);
         push(&layout, "rev1", &format!("{PLAIN}/team/app:rev1"), false);
         push(&layout, "rev2", &format!("{PLAIN}/team/app:rev2"), false);
+        push(&layout, "rev3", &format!("{PLAIN}/team/app:rev3"), false);
         push(
             &layout,
             "corrupt",
@@ -284,15 +286,48 @@ fn compare_trees(umoci: &Path, shim: &Path) -> (usize, usize, Vec<String>) {
     (paths.len(), al.len(), diffs)
 }
 
-/// The rootfs a pull printed (`...; rootfs /path`).
-fn rootfs_of(pull_output: &str) -> PathBuf {
-    PathBuf::from(
-        pull_output
-            .rsplit_once("rootfs ")
-            .unwrap_or_else(|| panic!("no rootfs in {pull_output:?}"))
-            .1
-            .trim(),
-    )
+/// An image as its instances see it: its layer directories (lowest first, from `shim image
+/// ls --json`) under a read-only overlay mount, unmounted on drop.
+struct View {
+    mnt: PathBuf,
+    dirs: Vec<PathBuf>,
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        let _ = sh(&format!("umount {}", self.mnt.display()));
+    }
+}
+
+fn layer_dirs(state: &Path, config: &Path, reference: &str) -> Vec<PathBuf> {
+    let json: serde_json::Value =
+        serde_json::from_str(&shim_at_ok(state, config, &["image", "ls", "--json"])).unwrap();
+    let row = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["reference"] == reference)
+        .unwrap_or_else(|| panic!("{reference} not listed: {json}"));
+    row["layer_dirs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no layer_dirs for {reference}: {row}"))
+        .iter()
+        .map(|d| PathBuf::from(d.as_str().unwrap()))
+        .collect()
+}
+
+fn merged_view(state: &Path, config: &Path, reference: &str, name: &str) -> View {
+    let dirs = layer_dirs(state, config, reference);
+    let mnt = PathBuf::from(WORK).join(format!("view-{name}"));
+    let _ = sh(&format!("umount {} 2>/dev/null", mnt.display()));
+    std::fs::create_dir_all(&mnt).unwrap();
+    let lower: Vec<String> = dirs.iter().rev().map(|d| d.display().to_string()).collect();
+    sh_ok(&format!(
+        "mount -t overlay overlay -o ro,lowerdir={} {}",
+        lower.join(":"),
+        mnt.display()
+    ));
+    View { mnt, dirs }
 }
 
 // --- tests ------------------------------------------------------------------------------
@@ -316,7 +351,9 @@ fn registry_pull_matches_umoci_and_starts() {
         out.starts_with(&format!("pulled {reference} sha256:")),
         "{out}"
     );
-    let rootfs = rootfs_of(&out);
+    assert!(out.contains("layers unpacked now, 0 already here"), "{out}");
+    let view = merged_view(&state, cfg.path(), &reference, "pull");
+    let rootfs = view.mnt.clone();
 
     let bundle = PathBuf::from(WORK).join("umoci-bundle");
     let _ = std::fs::remove_dir_all(&bundle);
@@ -342,7 +379,12 @@ fn registry_pull_matches_umoci_and_starts() {
         .lines()
         .find(|l| l.starts_with(&reference))
         .unwrap_or_else(|| panic!("{reference} not listed:\n{ls}"));
-    assert!(line.contains("complete") && line.ends_with("yes"), "{ls}");
+    let n = view.dirs.len();
+    assert!(n >= 3, "{n} layers");
+    assert!(
+        line.contains("complete") && line.contains(&format!(" {n} layers ")),
+        "{ls}"
+    );
     let json: serde_json::Value =
         serde_json::from_str(&shim_at_ok(&state, cfg.path(), &["image", "ls", "--json"])).unwrap();
     assert_eq!(json[0]["reference"], reference.as_str());
@@ -352,7 +394,11 @@ fn registry_pull_matches_umoci_and_starts() {
     let blobs_before = std::fs::read_dir(state.join("images/blobs/sha256"))
         .unwrap()
         .count();
-    shim_at_ok(&state, cfg.path(), &["image", "pull", &reference]);
+    let again = shim_at_ok(&state, cfg.path(), &["image", "pull", &reference]);
+    assert!(
+        again.contains(&format!("0 layers unpacked now, {n} already here")),
+        "{again}"
+    );
     assert_eq!(
         std::fs::read_dir(state.join("images/blobs/sha256"))
             .unwrap()
@@ -669,8 +715,11 @@ fn oci_archive_pull() {
             &format!("oci-archive:{}:rev1", archive.display()),
         ],
     );
-    let rootfs = rootfs_of(&out);
-    assert!(rootfs.join("data/new-link").is_file());
+    let reference = format!("oci-archive:{}:rev1", archive.display());
+    assert!(out.contains("layers unpacked now"), "{out}");
+    let view = merged_view(&state, cfg.path(), &reference, "archive");
+    assert!(view.mnt.join("data/new-link").is_file());
+    drop(view);
     shim_at_ok(
         &state,
         cfg.path(),
@@ -695,13 +744,22 @@ fn image_prune_and_rm() {
         Path::new("/nonexistent/auth.json"),
     );
     let r1 = format!("{PLAIN}/team/app:rev1");
-    let r2 = format!("{PLAIN}/team/app:rev2");
+    let r2 = format!("{PLAIN}/team/app:rev3");
     shim_at_ok(
         &state,
         cfg.path(),
         &["start", "--id", "pruneapp", "--revision", "rev1"],
     );
-    let rootfs2 = rootfs_of(&shim_at_ok(&state, cfg.path(), &["image", "pull", &r2]));
+    shim_at_ok(&state, cfg.path(), &["image", "pull", &r2]);
+    let dirs1 = layer_dirs(&state, cfg.path(), &r1);
+    let dirs2 = layer_dirs(&state, cfg.path(), &r2);
+    // rev1 and rev3 share their base layer: one directory.
+    let only2: Vec<&PathBuf> = dirs2.iter().filter(|d| !dirs1.contains(d)).collect();
+    assert!(
+        !only2.is_empty() && only2.len() < dirs2.len(),
+        "{dirs1:?} {dirs2:?}"
+    );
+    let rootfs2 = only2[0].clone();
     let rows = status(cfg.path(), "pruneapp");
     let port = rows[0]["port"].as_u64().unwrap() as u16;
 
@@ -715,7 +773,11 @@ fn image_prune_and_rm() {
     let out = shim_at_ok(&state, cfg.path(), &["image", "prune", "--grace", "0s"]);
     assert!(out.contains(&format!("removed image {r2}")), "{out}");
     assert!(!out.contains(&format!("removed image {r1}")), "{out}");
-    assert!(!rootfs2.exists());
+    assert!(only2.iter().all(|d| !d.exists()), "{out}");
+    assert!(
+        dirs1.iter().all(|d| d.is_dir()),
+        "rev1's layers, shared or not, stay: {out}"
+    );
     let ls = shim_at_ok(&state, cfg.path(), &["image", "ls"]);
     assert!(ls.contains(&r1) && !ls.contains(&r2), "{ls}");
     assert!(wait_answer(port).contains("revision=rev1"));
@@ -723,9 +785,10 @@ fn image_prune_and_rm() {
     // rm of the running image keeps its rootfs (mounted) and says so.
     let out = shim_at_ok(&state, cfg.path(), &["image", "rm", &r1]);
     assert!(
-        out.contains("rootfs kept (mounted by a running instance)"),
+        out.contains(&format!("0 layers removed, {} kept", dirs1.len())),
         "{out}"
     );
+    assert!(dirs1.iter().all(|d| d.is_dir()));
     let o = shim_at(&state, cfg.path(), &["image", "rm", &r1]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
@@ -1067,4 +1130,228 @@ fn relay(
     }
     let _ = client.shutdown(std::net::Shutdown::Both);
     Ok(())
+}
+
+fn manifest_of(state: &Path, config: &Path, reference: &str) -> String {
+    let json: serde_json::Value =
+        serde_json::from_str(&shim_at_ok(state, config, &["image", "ls", "--json"])).unwrap();
+    json.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["reference"] == reference)
+        .and_then(|r| r["manifest"].as_str())
+        .unwrap_or_else(|| panic!("{reference} not listed: {json}"))
+        .to_string()
+}
+
+fn inode(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().ino()
+}
+
+/// A host coming from the whole-rootfs cache of earlier versions keeps running from it; the
+/// upgrades after it use the layer store, where a revision sharing layers with one already
+/// here unpacks only its own; prune removes the old cache once no deployment pins it.
+#[test]
+fn an_old_rootfs_cache_keeps_working_and_new_revisions_share_layers() {
+    require_sandbox!();
+    fixture();
+    let state = state_dir("layers");
+    let cfg = config(
+        "layapp",
+        &format!("{PLAIN}/team/app:{{revision}}"),
+        &[PLAIN],
+        Path::new("/nonexistent/auth.json"),
+    );
+    let (r1, r2, r3) = (
+        format!("{PLAIN}/team/app:rev1"),
+        format!("{PLAIN}/team/app:rev2"),
+        format!("{PLAIN}/team/app:rev3"),
+    );
+    // The host as an earlier shim left it: rev1 deployed and cached whole in
+    // images/rootfs/<manifest>, no layer store.
+    shim_at_ok(
+        &state,
+        cfg.path(),
+        &["upgrade", "--id", "layapp", "--revision", "rev1"],
+    );
+    shim_at_ok(&state, cfg.path(), &["stop", "--id", "layapp"]);
+    let m1 = manifest_of(&state, cfg.path(), &r1);
+    let old = state
+        .join("images/rootfs")
+        .join(m1.trim_start_matches("sha256:"));
+    {
+        let view = merged_view(&state, cfg.path(), &r1, "old-cache");
+        std::fs::create_dir_all(old.parent().unwrap()).unwrap();
+        sh_ok(&format!("cp -a {} {}", view.mnt.display(), old.display()));
+    }
+    sh_ok(&format!(
+        "rm -rf {0}/images/layers {0}/images/manifests",
+        state.display()
+    ));
+
+    // Its recorded deployment starts from the old cache.
+    shim_at_ok(&state, cfg.path(), &["start", "--id", "layapp"]);
+    let unit = instance_unit(cfg.path(), "layapp", "web", 1);
+    let pre = unit_prop(&unit, "ExecStartPre");
+    assert!(pre.contains(&format!("--lower {}", old.display())), "{pre}");
+    let port = status(cfg.path(), "layapp")[0]["port"].as_u64().unwrap() as u16;
+    assert!(wait_answer(port).contains("revision=rev1"));
+    assert!(
+        !state.join("images/layers").exists(),
+        "a start from the old cache unpacks nothing"
+    );
+
+    // rev3: the layer store; the instance stacks its layer directories.
+    shim_at_ok(
+        &state,
+        cfg.path(),
+        &["upgrade", "--id", "layapp", "--revision", "rev3"],
+    );
+    let dirs3 = layer_dirs(&state, cfg.path(), &r3);
+    let unit = instance_unit(cfg.path(), "layapp", "web", 1);
+    let pre = unit_prop(&unit, "ExecStartPre");
+    for d in &dirs3 {
+        assert!(
+            pre.contains(&format!("--lower {}", d.display())),
+            "{d:?} not in {pre}"
+        );
+    }
+    let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&format!("{}/rootfs ", unit.trim_end_matches(".service"))))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(mounts.len(), 1, "{mounts:?}");
+    let names: Vec<String> = dirs3
+        .iter()
+        .rev()
+        .map(|d| d.display().to_string())
+        .collect();
+    assert!(
+        mounts[0].contains(&format!("lowerdir={}", names.join(":"))),
+        "{mounts:?}"
+    );
+    // rev3 is built from the test app's rev1 (it differs in /data/marker).
+    let rows = status(cfg.path(), "layapp");
+    assert_eq!(rows[0]["revision"], "rev3", "{rows:?}");
+    assert!(wait_answer(rows[0]["port"].as_u64().unwrap() as u16).contains("revision=rev1"));
+    shim_at_ok(
+        &state,
+        cfg.path(),
+        &["upgrade", "--id", "layapp", "--revision", "rev2"],
+    );
+    let dirs2 = layer_dirs(&state, cfg.path(), &r2);
+    let port = status(cfg.path(), "layapp")[0]["port"].as_u64().unwrap() as u16;
+    assert!(wait_answer(port).contains("revision=rev2"));
+
+    // Nothing pins rev1 any more (rev2 serves, rev3 is the previous): prune removes the old
+    // cache, and keeps every layer of rev2 and rev3.
+    assert!(old.is_dir());
+    let out = shim_at_ok(&state, cfg.path(), &["image", "prune", "--grace", "0s"]);
+    assert!(!old.exists(), "{out}");
+    assert!(out.contains(&format!("removed rootfs {m1}")), "{out}");
+    assert!(dirs2.iter().chain(&dirs3).all(|d| d.is_dir()), "{out}");
+    assert!(wait_answer(port).contains("revision=rev2"));
+
+    // rev1 again shares its base layer with rev3: that directory is reused as it is.
+    let base = (dirs3[0].clone(), inode(&dirs3[0]));
+    let out = shim_at_ok(&state, cfg.path(), &["image", "pull", &r1]);
+    let dirs1 = layer_dirs(&state, cfg.path(), &r1);
+    assert_eq!(dirs1[0], base.0, "{out}");
+    assert_eq!(
+        inode(&base.0),
+        base.1,
+        "the shared layer was unpacked again"
+    );
+    assert!(
+        out.contains(&format!(
+            "{} layers unpacked now, 1 already here",
+            dirs1.len() - 1
+        )),
+        "{out}"
+    );
+    let ls = shim_at_ok(&state, cfg.path(), &["image", "ls"]);
+    println!("{ls}");
+    shim_at_ok(&state, cfg.path(), &["stop", "--id", "layapp"]);
+}
+
+/// `shim image pull` SIGKILLed at many points of its download and unpack: no layer
+/// directory is ever visible half unpacked (each one has its record, and the image's merged
+/// view after a final pull is what umoci unpacks), and no leftover survives the next pull.
+#[test]
+fn a_pull_killed_at_any_point_leaves_no_partial_layer() {
+    require_sandbox!();
+    let f = fixture();
+    let state = state_dir("killed-pull");
+    let cfg = config(
+        "killapp",
+        &format!("{PLAIN}/team/app:{{revision}}"),
+        &[PLAIN],
+        Path::new("/nonexistent/auth.json"),
+    );
+    let reference = format!("{PLAIN}/team/app:rev2");
+    let layers = state.join("images/layers");
+    let mut kills = 0;
+    for delay_ms in [5u64, 15, 30, 50, 80, 120, 200, 300] {
+        let mut child = Command::new(SHIM)
+            .env("SHIM_STATE_DIR", &state)
+            .args(["--config"])
+            .arg(cfg.path())
+            .args(["image", "pull", &reference])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_none() {
+            kills += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        for e in std::fs::read_dir(&layers).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.len() == 64 && e.file_type().unwrap().is_dir() {
+                assert!(
+                    layers.join(format!("{name}.json")).is_file(),
+                    "layer {name} visible without its record after a kill at {delay_ms} ms"
+                );
+            }
+        }
+        // Start over from an empty layer store now and then, so later kills land early.
+        if delay_ms == 50 {
+            sh_ok(&format!("rm -rf {}", layers.display()));
+        }
+    }
+    assert!(
+        kills >= 3,
+        "only {kills} pulls were still running when killed"
+    );
+    shim_at_ok(&state, cfg.path(), &["image", "pull", &reference]);
+    let left: Vec<String> = std::fs::read_dir(&layers)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp-"))
+        .collect();
+    let view = merged_view(&state, cfg.path(), &reference, "killed");
+    let bundle = PathBuf::from(WORK).join("umoci-bundle-killed");
+    let _ = std::fs::remove_dir_all(&bundle);
+    sh_ok(&format!(
+        "umoci unpack --image {}:rev2 {}",
+        f.layout.display(),
+        bundle.display()
+    ));
+    let (paths, _, diffs) = compare_trees(&bundle.join("rootfs"), &view.mnt);
+    assert!(diffs.is_empty(), "trees differ:\n{}", diffs.join("\n"));
+    assert!(paths > 100);
+    // Leftovers of other layers than the ones this pull needed are for prune to sweep.
+    drop(view);
+    shim_at_ok(
+        &state,
+        cfg.path(),
+        &["image", "prune", "--grace", "0s", "--dry-run"],
+    );
+    println!("{kills} pulls killed mid-way; leftovers after the final pull: {left:?}");
 }
