@@ -648,27 +648,7 @@ pub(crate) fn for_each_fetched(
     let cancel = AtomicBool::new(false);
     std::thread::scope(|s| {
         for _ in 0..PARALLEL_DOWNLOADS.min(n) {
-            s.spawn(|| loop {
-                if cancel.load(Ordering::Relaxed) {
-                    break;
-                }
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                let r = source.prefetch(&layers[i].digest, layers[i].size);
-                let failed = r.is_err();
-                if let Ok(mut d) = done.lock() {
-                    d[i] = match r {
-                        Ok(()) => Download::Done,
-                        Err(e) => Download::Failed(Some(e)),
-                    };
-                }
-                ready.notify_all();
-                if failed {
-                    break;
-                }
-            });
+            s.spawn(|| download_worker(source, layers, &next, &cancel, &done, &ready));
         }
         let state = |i: usize| -> Option<bool> {
             // A poisoned lock means a download thread panicked: count it as failed.
@@ -718,6 +698,39 @@ pub(crate) fn for_each_fetched(
         }
         result
     })
+}
+
+/// One download thread: takes the next layer not taken yet and downloads it into the
+/// content store, until none is left, one failed, or the unpack gave up.
+fn download_worker(
+    source: &dyn Source,
+    layers: &[&Layer],
+    next: &AtomicUsize,
+    cancel: &AtomicBool,
+    done: &Mutex<Vec<Download>>,
+    ready: &Condvar,
+) {
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            break;
+        }
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= layers.len() {
+            break;
+        }
+        let r = source.prefetch(&layers[i].digest, layers[i].size);
+        let failed = r.is_err();
+        if let Ok(mut d) = done.lock() {
+            d[i] = match r {
+                Ok(()) => Download::Done,
+                Err(e) => Download::Failed(Some(e)),
+            };
+        }
+        ready.notify_all();
+        if failed {
+            break;
+        }
+    }
 }
 
 /// Waits until download `i` is over; its error, if it failed.
