@@ -1,5 +1,6 @@
 #![no_main]
-//! Any bytes as a layer's tar stream, unpacked into a fresh directory. The target drops
+//! Any bytes as a layer's tar stream, unpacked into a fresh directory, then again the layer
+//! store's way into a second one over the first. The target drops
 //! root first (to nobody), so that no device node can be made and no host file written even
 //! if the unpacker had a hole; it then checks that nothing appeared outside the directory.
 use libfuzzer_sys::fuzz_target;
@@ -18,15 +19,22 @@ fuzz_target!(|data: &[u8]| {
     let parent = tempfile::tempdir().expect("tempdir");
     let root = parent.path().join("rootfs");
     std::fs::create_dir(&root).expect("rootfs dir");
+    let layer = parent.path().join("layer");
+    std::fs::create_dir(&layer).expect("layer dir");
     shim_fuzz::unpack_layer(data, &root);
-    // Only the rootfs may exist beside nothing else in the parent.
-    let names: Vec<_> = std::fs::read_dir(parent.path())
+    shim_fuzz::unpack_layer_over(data, &root, &layer);
+    // Only the two directories may exist in the parent.
+    let mut names: Vec<_> = std::fs::read_dir(parent.path())
         .expect("read parent")
         .map(|e| e.expect("entry").file_name())
         .collect();
+    names.sort();
     assert_eq!(
         names,
-        vec![std::ffi::OsString::from("rootfs")],
-        "an entry escaped the rootfs"
+        vec![
+            std::ffi::OsString::from("layer"),
+            std::ffi::OsString::from("rootfs")
+        ],
+        "an entry escaped its directory"
     );
 });

@@ -18,3 +18,11 @@ pub fn unpack_layer(bytes: &[u8], root: &std::path::Path) {
     let mut u = image::unpack::Unpacker::new(root, false);
     let _ = u.apply_layer("fuzz", bytes);
 }
+
+/// Applies `bytes` the layer store's way: into the fresh directory `dir`, over `lower` (what
+/// [`unpack_layer`] made of the same bytes) as the layer below.
+pub fn unpack_layer_over(bytes: &[u8], lower: &std::path::Path, dir: &std::path::Path) {
+    let mut u = image::unpack::Unpacker::layered(dir, false, vec![lower.to_path_buf()]);
+    let _ = u.init_root();
+    let _ = u.apply_layer("fuzz", bytes);
+}

@@ -374,6 +374,34 @@ mod tests {
         assert!(err.to_string().contains("config.json is missing"), "{err}");
     }
 
+    /// An image of more layers than one overlay mount takes is refused before anything is
+    /// mounted, saying how many and what to do; a missing layer names itself.
+    #[test]
+    fn prepare_refuses_too_many_layers_and_a_missing_one() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("inst");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(InstanceDir(&dir).config(), "{}").unwrap();
+        let store = t.path().join("layers");
+        let lowers: Vec<PathBuf> = (0..80).map(|i| store.join(format!("{i:064x}"))).collect();
+        for l in &lowers {
+            std::fs::create_dir_all(l).unwrap();
+        }
+        let err = prepare(&lowers, &dir).unwrap_err().to_string();
+        assert!(
+            err.contains("the image has 80 layers, too many for one overlay mount")
+                && err.contains("squash"),
+            "{err}"
+        );
+        assert!(!is_mountpoint(&InstanceDir(&dir).rootfs()));
+        std::fs::remove_dir(&lowers[3]).unwrap();
+        let err = prepare(&lowers[..5], &dir).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("image layer {} is missing", lowers[3].display())),
+            "{err}"
+        );
+    }
+
     #[test]
     fn lowerdir_is_topmost_first_and_relative_only_when_absolute_does_not_fit() {
         let l = |p: &str| PathBuf::from(p);
