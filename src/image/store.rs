@@ -606,7 +606,7 @@ pub(crate) fn unpack_image(
 
 /// A layer's bytes as [`for_each_fetched`] hands them to its caller.
 pub(crate) struct LayerBytes<'a> {
-    pub reader: Box<dyn Read + 'a>,
+    pub reader: Box<dyn Read + Send + 'a>,
     pub origin: String,
 }
 
@@ -765,7 +765,7 @@ struct Follow<'a> {
     /// `file` is the published blob (it will not grow any more).
     final_file: bool,
     /// The download: None while it runs, then whether it succeeded.
-    state: &'a dyn Fn() -> Option<bool>,
+    state: &'a (dyn Fn() -> Option<bool> + Sync),
 }
 
 /// How long a follower waits for the download to bring more bytes before looking again.
@@ -848,31 +848,116 @@ pub(crate) fn unpack_layer(
     Ok(())
 }
 
-fn apply_stream<R: Read>(
+/// Bytes per chunk handed from the decompressing thread to the unpacking one, and chunks
+/// in flight (so at most 2 MiB of a layer is held in memory).
+const PIPE_CHUNK: usize = 256 * 1024;
+const PIPE_DEPTH: usize = 8;
+
+/// Decompresses `blob` (read through its digest check) and hashes the tar stream for the
+/// diff_id on a thread of its own while this one applies the tar: inflate and both digests
+/// on one core, the tar and the filesystem on the other. Returns the tar stream's digest
+/// (the unpack reads the stream to its end, padding included, so it covers all of it).
+fn apply_stream<R: Read + Send>(
     unpacker: &mut Unpacker,
     layer: &Layer,
     blob: R,
     origin: &str,
 ) -> Result<Digest, ImageError> {
-    let tar: Box<dyn Read + '_> =
-        match layer.compression {
-            Compression::None => Box::new(blob),
-            Compression::Gzip => Box::new(MultiGzDecoder::new(blob)),
-            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(blob).map_err(|e| {
-                ImageError::BlobRead {
-                    digest: layer.digest.to_string(),
-                    origin: origin.to_string(),
-                    cause: e,
+    let read_err = |cause| ImageError::BlobRead {
+        digest: layer.digest.to_string(),
+        origin: origin.to_string(),
+        cause,
+    };
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(PIPE_DEPTH);
+        let producer = s.spawn(move || -> Result<Digest, ImageError> {
+            let tar: Box<dyn Read> = match layer.compression {
+                Compression::None => Box::new(blob),
+                Compression::Gzip => Box::new(MultiGzDecoder::new(blob)),
+                Compression::Zstd => {
+                    Box::new(zstd::stream::read::Decoder::new(blob).map_err(read_err)?)
                 }
-            })?),
+            };
+            let mut tar = HashingReader::new(tar);
+            loop {
+                let mut buf = vec![0u8; PIPE_CHUNK];
+                let (n, err) = read_some(&mut tar, &mut buf);
+                buf.truncate(n);
+                // A send fails when the unpack stopped reading (it failed); its error is
+                // the one reported.
+                if n > 0 && tx.send(Ok(buf)).is_err() {
+                    break;
+                }
+                match err {
+                    Some(e) => {
+                        let _ = tx.send(Err(e));
+                        break;
+                    }
+                    None if n == 0 => break,
+                    None => {}
+                }
+            }
+            Ok(tar.digest())
+        });
+        let mut stream = ChannelReader {
+            rx,
+            cur: Vec::new(),
+            off: 0,
         };
-    let mut hashing = HashingReader::new(tar);
-    unpacker.apply_layer(&layer.digest.to_string(), &mut hashing)?;
-    hashing
-        .drain_and_digest()
-        .map_err(|e| ImageError::BlobRead {
-            digest: layer.digest.to_string(),
-            origin: origin.to_string(),
-            cause: e,
-        })
+        let applied = unpacker
+            .apply_layer(&layer.digest.to_string(), &mut stream)
+            .and_then(|()| {
+                io::copy(&mut stream, &mut io::sink())
+                    .map(drop)
+                    .map_err(read_err)
+            });
+        // Dropping the receiver ends the producer if the unpack stopped early.
+        drop(stream);
+        let produced = producer.join().unwrap_or_else(|_| {
+            Err(read_err(io::Error::other(
+                "the decompressing thread panicked",
+            )))
+        });
+        applied?;
+        produced
+    })
+}
+
+/// One read of what the stream has now (not waiting to fill `buf`: the unpack must see the
+/// bytes of a slow download as they come); what was read, and the error, if one stopped it.
+fn read_some(r: &mut impl Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
+    loop {
+        match r.read(buf) {
+            Ok(n) => return (n, None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (0, Some(e)),
+        }
+    }
+}
+
+/// The receiving end of [`apply_stream`]'s channel, as a reader.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    off: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.off == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.cur = chunk;
+                    self.off = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The producer is done: the end of the stream.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.off);
+        buf[..n].copy_from_slice(&self.cur[self.off..self.off + n]);
+        self.off += n;
+        Ok(n)
+    }
 }
