@@ -474,6 +474,10 @@ fn pinned_image(
     let runtime = d.definition.runtime;
     match stored_dirs(store, &digest, runtime) {
         Some(dirs) => return Ok((recorded, dirs)),
+        // A dry run: where podman's rootfs will be; the layers are only known once fetched.
+        None if !unpack && runtime == crate::config::Runtime::Podman => {
+            return Ok((recorded, vec![store.rootfs_path(&digest)]))
+        }
         None if !unpack => return Ok((recorded, Vec::new())),
         None => {}
     }

@@ -409,7 +409,16 @@ impl ImageStore {
                 }
             }
         }
-        self.sweep_layer_leftovers(&lp)
+        self.sweep_layer_leftovers(&lp)?;
+        if let Ok(entries) = fs::read_dir(lp.manifests()) {
+            for e in entries.flatten() {
+                let temp = e.file_name().to_string_lossy().contains(".tmp-");
+                if temp && !is_recent(&e.path(), Duration::from_secs(60)) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Removes `.tmp-<hex>-*` directories whose unpack is not running (its lock is free),
@@ -427,6 +436,9 @@ impl ImageStore {
                     let p = e.path();
                     remove_tree(&p).map_err(|e| ImageError::io(&p, "removing", e))?;
                 }
+            } else if name.contains(".tmp-") && !is_recent(&e.path(), Duration::from_secs(60)) {
+                // A record's temporary file (a writer killed before its rename).
+                let _ = fs::remove_file(e.path());
             } else if let Some(c) = name
                 .strip_suffix(".json")
                 .and_then(|h| Digest::parse(&format!("sha256:{h}")))

@@ -17,13 +17,18 @@ use super::ImageError;
 pub(crate) struct Lock {
     _flock: Flock<File>,
     path: PathBuf,
+    /// Exclusive holders delete the file; shared ones cannot know whether others still
+    /// hold it, so they leave it (the next exclusive holder deletes it).
+    exclusive: bool,
 }
 
 impl Drop for Lock {
     /// Deletes the lock file while still holding the lock: waiters notice (see the module
     /// documentation) and retry on a new file. Runs before `_flock` drops and unlocks.
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        if self.exclusive {
+            let _ = fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -34,6 +39,13 @@ fn errno(e: nix::errno::Errno) -> io::Error {
 /// Blocks until the lock at `path` is held.
 pub(crate) fn lock(path: &Path) -> Result<Lock, ImageError> {
     acquire(path, FlockArg::LockExclusive).map(|l| l.expect("blocking lock always returns one"))
+}
+
+/// Blocks until a shared hold of the lock at `path` is had: any number of shared holders,
+/// no exclusive one (a layer used as a lower while another is unpacked over it, which a
+/// prune, taking the lock exclusively, must not remove).
+pub(crate) fn lock_shared(path: &Path) -> Result<Lock, ImageError> {
+    acquire(path, FlockArg::LockShared).map(|l| l.expect("blocking lock always returns one"))
 }
 
 /// Takes the lock at `path` if nobody holds it; `None` if somebody does.
@@ -64,6 +76,7 @@ fn acquire(path: &Path, how: FlockArg) -> Result<Option<Lock>, ImageError> {
                 return Ok(Some(Lock {
                     _flock: flock,
                     path: path.to_path_buf(),
+                    exclusive: !matches!(how, FlockArg::LockShared),
                 }))
             }
             Ok(_) => continue,

@@ -1212,7 +1212,10 @@ fn a_second_revision_fetches_and_unpacks_only_its_new_layer() {
         .unwrap();
     assert_eq!(rep.layers_in_use.len(), 4, "{rep:?}");
     assert!(d2.iter().all(|d| d.is_dir()));
-    // Unmounted and unrecorded: all go, with their records.
+    // A layer in use as the lower of an unpack (its lock held shared) stays.
+    let base = d2[0].file_name().unwrap().to_string_lossy().into_owned();
+    let hold = super::lock::lock_shared(&env.tmp.path().join(format!("store/layers/.lock-{base}")))
+        .unwrap();
     let rep = env
         .store
         .prune(
@@ -1223,7 +1226,21 @@ fn a_second_revision_fetches_and_unpacks_only_its_new_layer() {
             false,
         )
         .unwrap();
-    assert_eq!(rep.layers_removed.len(), 4, "{rep:?}");
+    assert_eq!(rep.layers_removed.len(), 3, "{rep:?}");
+    assert!(d2[0].is_dir());
+    drop(hold);
+    // Unmounted, unrecorded, unused: all go, with their records.
+    let rep = env
+        .store
+        .prune(
+            &[],
+            &Default::default(),
+            &InUse::default(),
+            Duration::ZERO,
+            false,
+        )
+        .unwrap();
+    assert_eq!(rep.layers_removed.len(), 1, "{rep:?}");
     assert!(rep.bytes_freed > 300_000, "{rep:?}");
     assert!(
         layer_dirs(&env)

@@ -310,6 +310,15 @@ impl ImageStore {
         if lp.read_image(&manifest).as_ref() != Some(&record) {
             lp.write_image(&record, &manifest)?;
         }
+        // Held until the layers are all here: a prune (which takes a layer's lock
+        // exclusively, without waiting) cannot remove one that is a lower of what is being
+        // unpacked. Taken on the layers here, which are then looked at again.
+        let mut held = Vec::new();
+        for (i, d) in dirs.iter().enumerate() {
+            if is_cached(d)? {
+                held.push(lock::lock_shared(&lp.lock(&chain[i]))?);
+            }
+        }
         let mut missing = Vec::new();
         for (i, d) in dirs.iter().enumerate() {
             if !is_cached(d)? {
@@ -322,7 +331,18 @@ impl ImageStore {
             let r = for_each_fetched(source, &todo, self.progress.as_ref(), |k, layer, bytes| {
                 let i = missing[k];
                 let lowers = layers::lowers_of(&dirs, i);
-                self.unpack_layer_dir(&lp, bytes, layer, &chain[i], lowers, preserve_ownership)
+                self.unpack_layer_dir(&lp, bytes, layer, &chain[i], lowers, preserve_ownership)?;
+                held.push(lock::lock_shared(&lp.lock(&chain[i]))?);
+                if !is_cached(&dirs[i])? {
+                    return Err(ImageError::io(
+                        &dirs[i],
+                        "unpacking",
+                        io::Error::other(
+                            "removed (by a prune) as soon as it was unpacked: pull again",
+                        ),
+                    ));
+                }
+                Ok(())
             });
             self.progress.end();
             r?;
@@ -718,7 +738,17 @@ fn download_worker(
         if i >= layers.len() {
             break;
         }
-        let r = source.prefetch(&layers[i].digest, layers[i].size);
+        // A panic must not leave the layer pending for ever (its unpack would wait on it).
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            source.prefetch(&layers[i].digest, layers[i].size)
+        }))
+        .unwrap_or_else(|_| {
+            Err(ImageError::InvalidImage {
+                what: "layer",
+                origin: layers[i].digest.to_string(),
+                reason: "its download thread panicked".to_string(),
+            })
+        });
         let failed = r.is_err();
         if let Ok(mut d) = done.lock() {
             d[i] = match r {

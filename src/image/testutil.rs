@@ -69,6 +69,23 @@ impl TarBuilder {
         self
     }
 
+    /// A character device with these numbers (`raw` makes 1:3).
+    pub(crate) fn char_device(&mut self, path: &str, major: u32, minor: u32) -> &mut Self {
+        let mut h = Header::new_gnu();
+        h.set_path(path).unwrap();
+        h.set_entry_type(EntryType::Char);
+        h.set_mode(0o600);
+        h.set_uid(self.uid);
+        h.set_gid(self.gid);
+        h.set_mtime(self.mtime);
+        h.set_size(0);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        h.set_cksum();
+        self.builder.append(&h, &b""[..]).unwrap();
+        self
+    }
+
     pub(crate) fn dir(&mut self, path: &str, mode: u32) -> &mut Self {
         self.raw(path, EntryType::Directory, mode, None, b"")
     }

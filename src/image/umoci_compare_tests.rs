@@ -457,4 +457,9 @@ fn an_image_built_by_umoci_insert_unpacks_like_umoci_unpack() {
     let (mine, _) = snapshot(&ours);
     let files = |m: &BTreeMap<String, Node>| -> Vec<String> { m.keys().cloned().collect() };
     assert_eq!(files(&mine), files(&theirs));
+    // The layer store reads it too: its one layer's directory is the same tree.
+    let dirs = store.ensure_layers(&resolved).unwrap();
+    assert_eq!(dirs.len(), 1);
+    let (layered, _) = snapshot(&dirs[0]);
+    assert_eq!(files(&layered), files(&theirs));
 }

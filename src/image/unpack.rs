@@ -17,7 +17,7 @@
 //! Pure path logic ([`sanitize_path`], [`classify`], [`parse_pax_time`]) is separate from
 //! the I/O so it can be tested on its own.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Read};
@@ -220,7 +220,12 @@ pub(crate) struct Unpacker {
     /// Layered mode: `root` is one layer's own directory and these are the layers below it,
     /// topmost first (see [`Unpacker::layered`]). None: `root` is a whole rootfs.
     lowers: Option<Vec<PathBuf>>,
+    /// Per lower layer, its paths by inode (dev, ino), built the first time a hardlink
+    /// group of that layer is copied up: one walk of a layer, however many groups.
+    inodes: std::cell::RefCell<HashMap<PathBuf, InodeIndex>>,
 }
+
+type InodeIndex = HashMap<(u64, u64), Vec<PathBuf>>;
 
 impl Unpacker {
     pub(crate) fn new(root: &Path, preserve_ownership: bool) -> Self {
@@ -229,6 +234,7 @@ impl Unpacker {
             preserve_ownership,
             xattr_warned: false,
             lowers: None,
+            inodes: Default::default(),
         }
     }
 
@@ -487,6 +493,14 @@ impl Unpacker {
         };
         let major = header.device_major().ok().flatten().unwrap_or(0);
         let minor = header.device_minor().ok().flatten().unwrap_or(0);
+        if kind == EntryType::Char && major == 0 && minor == 0 {
+            // No device has that number; overlayfs reads it as a whiteout, so the two ways
+            // of unpacking would disagree about it. Layers say `.wh.NAME` for that.
+            return Err(state.unsafe_entry(
+                name,
+                "a character device 0/0 is an overlayfs whiteout, not a device; a layer removes a path with a .wh. entry",
+            ));
+        }
         let perm = Mode::from_bits_truncate(meta.mode & 0o777);
         match mknod(full, sflag, perm, makedev(major.into(), minor.into())) {
             Ok(()) => self
@@ -722,23 +736,26 @@ impl Unpacker {
         self.ensure_parents(state, name, dir)?;
         self.remember_dir_times(state, dir)
             .map_err(|e| state.io(name, e))?;
-        let io = |e| state.io(name, e);
         let Some(t) = target else {
-            return set_opaque(&self.root.join(dir)).map_err(io);
+            return self.make_opaque(state, name, dir);
         };
         let rel = dir.join(t);
         let full = self.root.join(&rel);
-        let existing = lstat_opt(&full).map_err(io)?;
+        let existing = lstat_opt(&full).map_err(|e| state.io(name, e))?;
         if state.upper.contains(&rel) {
             if existing.as_ref().is_some_and(|m| m.is_dir()) {
-                set_opaque(&full).map_err(io)?;
+                return self.make_opaque(state, name, &rel);
             }
             return Ok(());
         }
-        let mut hides = matches!(
-            overlay::lookup(self.lowers.as_deref().unwrap_or_default(), &rel).map_err(io)?,
-            Found::Entry(..)
-        );
+        let io = |e| state.io(name, e);
+        // Below a directory this layer made opaque, nothing of the lower layers shows.
+        let hides = !overlay::is_opaque(&self.root.join(dir))
+            && matches!(
+                overlay::lookup(self.lowers.as_deref().unwrap_or_default(), &rel).map_err(io)?,
+                Found::Entry(..)
+            );
+        let mut hides = hides;
         if let Some(m) = existing {
             if overlay::is_whiteout(&m) {
                 return Ok(());
@@ -750,6 +767,47 @@ impl Unpacker {
         }
         if hides {
             mknod(&full, SFlag::S_IFCHR, Mode::empty(), 0).map_err(|e| state.io(name, errno(e)))?;
+        }
+        Ok(())
+    }
+
+    /// Layered mode: everything of `dir` that this layer did not write goes, as umoci's
+    /// opaque rule has it. In the layer's own directory that is what it holds but did not
+    /// write (hardlink targets copied up, directories made for whiteouts, whiteouts), and
+    /// the lower layers' contents are hidden by the opaque mark; for the root, which
+    /// overlayfs never treats as opaque, by a whiteout for each lower entry instead.
+    fn make_opaque(
+        &self,
+        state: &mut LayerState,
+        name: &str,
+        dir: &Path,
+    ) -> Result<(), ImageError> {
+        self.remove_lower(state, dir, true)
+            .map_err(|e| state.io(name, e))?;
+        let full = self.root.join(dir);
+        if !dir.as_os_str().is_empty() {
+            return set_opaque(&full).map_err(|e| state.io(name, e));
+        }
+        let mut names = BTreeSet::new();
+        for lower in self.lowers.iter().flatten() {
+            for e in fs::read_dir(lower).map_err(|e| state.io(name, e))? {
+                names.insert(e.map_err(|e| state.io(name, e))?.file_name());
+            }
+        }
+        for n in names {
+            let rel = PathBuf::from(&n);
+            if lstat_opt(&full.join(&n))
+                .map_err(|e| state.io(name, e))?
+                .is_some()
+            {
+                continue;
+            }
+            let visible = overlay::lookup(self.lowers.as_deref().unwrap_or_default(), &rel)
+                .map_err(|e| state.io(name, e))?;
+            if matches!(visible, Found::Entry(..)) {
+                mknod(&full.join(&n), SFlag::S_IFCHR, Mode::empty(), 0)
+                    .map_err(|e| state.io(name, errno(e)))?;
+            }
         }
         Ok(())
     }
@@ -876,6 +934,8 @@ impl Unpacker {
         let target_full = self.root.join(&rel);
         match lstat_opt(&target_full).map_err(|e| state.io(name, e))? {
             None => return Err(missing()),
+            // Whited out by this layer: gone, as in a whole rootfs.
+            Some(m) if self.lowers.is_some() && overlay::is_whiteout(&m) => return Err(missing()),
             Some(m) if m.file_type().is_dir() => return Err(refuse("is a directory".to_string())),
             Some(_) => {}
         }
@@ -910,6 +970,32 @@ impl Unpacker {
         Ok(())
     }
 
+    /// The paths of lower layer `layer` by inode, walked once per unpack.
+    fn layer_inodes(&self, layer: &Path) -> io::Result<std::cell::Ref<'_, InodeIndex>> {
+        if !self.inodes.borrow().contains_key(layer) {
+            let mut index = InodeIndex::new();
+            let mut stack = vec![layer.to_path_buf()];
+            while let Some(p) = stack.pop() {
+                let pm = fs::symlink_metadata(&p)?;
+                if pm.is_dir() {
+                    for e in fs::read_dir(&p)? {
+                        stack.push(e?.path());
+                    }
+                } else if pm.nlink() > 1 {
+                    if let Ok(r) = p.strip_prefix(layer) {
+                        index
+                            .entry((pm.dev(), pm.ino()))
+                            .or_default()
+                            .push(r.to_path_buf());
+                    }
+                }
+            }
+            self.inodes.borrow_mut().insert(layer.to_path_buf(), index);
+        }
+        // Present: inserted just above if it was not.
+        Ok(std::cell::Ref::map(self.inodes.borrow(), |m| &m[layer]))
+    }
+
     /// After [`Unpacker::copy_up`] of a file the lower layer has several names for: the
     /// other names still showing that inode in the merged view link to the copy too, so the
     /// whole group stays one inode (as a whole-rootfs unpack has it).
@@ -924,23 +1010,15 @@ impl Unpacker {
         let Some(layer) = self.lowers.iter().flatten().find(|l| lower.starts_with(l)) else {
             return Ok(());
         };
-        let io = |e| state.io(name, e);
-        let mut others = Vec::new();
-        let mut stack = vec![layer.clone()];
-        while let Some(p) = stack.pop() {
-            let pm = fs::symlink_metadata(&p).map_err(io)?;
-            if pm.is_dir() {
-                for e in fs::read_dir(&p).map_err(io)? {
-                    stack.push(e.map_err(io)?.path());
-                }
-            } else if pm.ino() == m.ino() && pm.dev() == m.dev() {
-                if let Ok(r) = p.strip_prefix(layer) {
-                    if r != rel {
-                        others.push(r.to_path_buf());
-                    }
-                }
-            }
-        }
+        let others: Vec<PathBuf> = self
+            .layer_inodes(layer)
+            .map_err(|e| state.io(name, e))?
+            .get(&(m.dev(), m.ino()))
+            .into_iter()
+            .flatten()
+            .filter(|r| r.as_path() != rel)
+            .cloned()
+            .collect();
         let dest = self.root.join(rel);
         for other in others {
             let found = overlay::lookup(&self.stack(), &other).map_err(|e| state.io(name, e))?;

@@ -639,3 +639,46 @@ fn a_layer_without_padding_or_trailer_is_read_a_truncated_one_refused() {
     s.apply(&[full[..data_end].to_vec(), t2.build()]).unwrap();
     assert_eq!(s.read("etc/issue"), "two");
 }
+
+/// Opaque markers remove what this layer holds but did not write (a hardlink target it
+/// copied up), also at the root, where overlayfs never treats a lower layer as opaque; both
+/// ways of unpacking agree (checked by `Scratch::apply` as root).
+#[test]
+fn opaque_markers_after_copy_ups_and_at_the_root() {
+    let s = Scratch::new();
+    let mut l1 = TarBuilder::new();
+    l1.dir("d", 0o755)
+        .file("d/f", "f", 0o644)
+        .file("a", "a", 0o644);
+    let mut l2 = TarBuilder::new();
+    l2.dir("d", 0o755).hardlink("d/l", "d/f").opaque("d");
+    s.apply(&[l1.build(), l2.build()]).unwrap();
+    assert!(!s.exists("d/f") && s.exists("d/l") && s.exists("a"));
+    assert_eq!(s.read("d/l"), "f");
+
+    let s = Scratch::new();
+    let mut l3 = TarBuilder::new();
+    l3.opaque("").file("b", "b", 0o644).dir("d", 0o700);
+    s.apply(&[l1.build(), l3.build()]).unwrap();
+    assert!(!s.exists("a") && !s.exists("d/f") && s.exists("b") && s.exists("d"));
+}
+
+/// A hardlink to a path its own layer whited out has no target; a character device 0/0 (an
+/// overlayfs whiteout, no real device) is refused; both ways alike.
+#[test]
+fn hardlinks_to_whited_out_paths_and_device_zero_are_refused() {
+    let s = Scratch::new();
+    let mut l1 = TarBuilder::new();
+    l1.file("f", "f", 0o644);
+    let mut l2 = TarBuilder::new();
+    l2.whiteout("f").hardlink("link", "f");
+    let err = s.apply(&[l1.build(), l2.build()]).unwrap_err().to_string();
+    assert!(err.contains("does not exist"), "{err}");
+
+    let s = Scratch::new();
+    let mut l = TarBuilder::new();
+    l.char_device("dev0", 0, 0);
+    let err = s.apply(&[l.build()]).unwrap_err().to_string();
+    assert!(err.contains("0/0 is an overlayfs whiteout"), "{err}");
+    s.assert_host_untouched();
+}
