@@ -90,7 +90,6 @@ fn nonce() -> u64 {
 /// error naming it. `Ok(None)` when it does not exist.
 pub fn read_in_root(root: &Path, rel: &str, max: u64) -> Result<Option<String>> {
     use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
-    use std::io::Read;
     let what = || format!("the image's /{rel}");
     let dir = std::fs::File::open(root).with_context(|| format!("opening {}", root.display()))?;
     let how = OpenHow::new()
@@ -102,22 +101,7 @@ pub fn read_in_root(root: &Path, rel: &str, max: u64) -> Result<Option<String>> 
         Err(nix::errno::Errno::ENOENT) | Err(nix::errno::Errno::ENOTDIR) => return Ok(None),
         Err(e) => return Err(e).with_context(what),
     };
-    let f = std::fs::File::from(fd);
-    let meta = f.metadata().with_context(what)?;
-    if !meta.file_type().is_file() {
-        anyhow::bail!("{} is not a regular file", what());
-    }
-    if meta.len() > max {
-        anyhow::bail!("{} is larger than {max} bytes", what());
-    }
-    let mut text = String::new();
-    f.take(max + 1)
-        .read_to_string(&mut text)
-        .with_context(what)?;
-    if text.len() as u64 > max {
-        anyhow::bail!("{} is larger than {max} bytes", what());
-    }
-    Ok(Some(text))
+    crate::image::read_regular(std::fs::File::from(fd), &what, max).map(Some)
 }
 
 #[cfg(test)]

@@ -166,6 +166,28 @@ pub(crate) fn plan_prune(
     plan
 }
 
+/// Removes the tree `path` (in `dir`, named by `d`) unless its lock is held (it is being
+/// unpacked, or used as a lower): moved out of the way first, so that nobody sees it half
+/// deleted. Returns the lock, still held, if it removed it; None if busy or gone.
+fn remove_aside(
+    lock_path: &Path,
+    path: &Path,
+    dir: &Path,
+    d: &Digest,
+) -> Result<Option<lock::Lock>, ImageError> {
+    let Some(l) = lock::try_lock(lock_path)? else {
+        return Ok(None);
+    };
+    let doomed = dir.join(format!(".tmp-{}-rm{}", d.hex(), std::process::id()));
+    match fs::rename(path, &doomed) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(ImageError::io(path, "moving aside for removal", e)),
+    }
+    remove_tree(&doomed).map_err(|e| ImageError::io(&doomed, "removing", e))?;
+    Ok(Some(l))
+}
+
 /// Whether a file changed (was written or renamed) less than `grace` ago.
 fn is_recent(path: &Path, grace: Duration) -> bool {
     if grace.is_zero() {
@@ -180,45 +202,13 @@ fn is_recent(path: &Path, grace: Duration) -> bool {
 impl ImageStore {
     /// The unpacked rootfs directories, by manifest digest.
     fn list_rootfs(&self) -> Result<Vec<Digest>, ImageError> {
-        let dir = self.rootfs_dir();
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(ImageError::io(&dir, "listing", e)),
-        };
-        let mut out = Vec::new();
-        for e in entries {
-            let e = e.map_err(|e| ImageError::io(&dir, "listing", e))?;
-            if let Some(d) = e
-                .file_name()
-                .to_str()
-                .and_then(|n| Digest::parse(&format!("sha256:{n}")))
-            {
-                out.push(d);
-            }
-        }
-        out.sort();
-        Ok(out)
+        super::layers::digest_entries(&self.rootfs_dir(), false)
     }
 
     /// Removes one rootfs unless it is being unpacked. Returns whether it was.
     fn remove_rootfs(&self, d: &Digest) -> Result<bool, ImageError> {
-        let Some(l) = lock::try_lock(&self.rootfs_lock_path(d))? else {
-            return Ok(false);
-        };
-        let path = self.rootfs_path(d);
-        // Out of the way first, so that nobody sees a half-deleted tree as the cache.
-        let doomed = self
-            .rootfs_dir()
-            .join(format!(".tmp-{}-rm{}", d.hex(), std::process::id()));
-        match fs::rename(&path, &doomed) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(ImageError::io(&path, "moving aside for removal", e)),
-        }
-        remove_tree(&doomed).map_err(|e| ImageError::io(&doomed, "removing", e))?;
-        drop(l);
-        Ok(true)
+        let lock = self.rootfs_lock_path(d);
+        Ok(remove_aside(&lock, &self.rootfs_path(d), &self.rootfs_dir(), d)?.is_some())
     }
 
     /// Removes a blob if nobody is downloading it; returns the bytes freed.
@@ -343,23 +333,11 @@ impl ImageStore {
     /// Removes one layer directory unless it is being unpacked; the bytes freed if it was.
     fn remove_layer(&self, c: &Digest) -> Result<Option<u64>, ImageError> {
         let lp = self.layer_paths();
-        let Some(l) = lock::try_lock(&lp.lock(c))? else {
+        let bytes = lp.read_info(c).map(|i| i.disk_bytes).unwrap_or(0);
+        let Some(_held) = remove_aside(&lp.lock(c), &lp.layer(c), &lp.layers(), c)? else {
             return Ok(None);
         };
-        let bytes = lp.read_info(c).map(|i| i.disk_bytes).unwrap_or(0);
-        let path = lp.layer(c);
-        // Out of the way first: nobody may stack a half-deleted layer.
-        let doomed = lp
-            .layers()
-            .join(format!(".tmp-{}-rm{}", c.hex(), std::process::id()));
-        match fs::rename(&path, &doomed) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(ImageError::io(&path, "moving aside for removal", e)),
-        }
-        remove_tree(&doomed).map_err(|e| ImageError::io(&doomed, "removing", e))?;
         let _ = fs::remove_file(lp.info(c));
-        drop(l);
         Ok(Some(bytes))
     }
 

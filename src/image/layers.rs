@@ -113,23 +113,7 @@ impl LayerPaths {
 
     /// Every published layer directory's chain id.
     pub fn list(&self) -> Result<Vec<Digest>, ImageError> {
-        let dir = self.layers();
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(ImageError::io(&dir, "listing", e)),
-        };
-        let mut out = Vec::new();
-        for e in entries {
-            let e = e.map_err(|e| ImageError::io(&dir, "listing", e))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(d) = Digest::parse(&format!("sha256:{name}")) {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    out.push(d);
-                }
-            }
-        }
-        Ok(out)
+        digest_entries(&self.layers(), true)
     }
 
     /// Every image chain record.
@@ -161,28 +145,23 @@ impl LayerPaths {
     }
 
     pub fn write_image(&self, rec: &ImageLayers, manifest: &Digest) -> Result<(), ImageError> {
-        let path = self.image(manifest);
-        let text = serde_json::to_vec_pretty(rec).map_err(|e| {
-            ImageError::io(
-                &path,
-                "encoding",
-                io::Error::new(io::ErrorKind::InvalidData, e),
-            )
-        })?;
-        write_atomic(&path, &text)
+        write_json(&self.image(manifest), rec)
     }
 
     pub fn write_info(&self, info: &LayerInfo, chain: &Digest) -> Result<(), ImageError> {
-        let path = self.info(chain);
-        let text = serde_json::to_vec_pretty(info).map_err(|e| {
-            ImageError::io(
-                &path,
-                "encoding",
-                io::Error::new(io::ErrorKind::InvalidData, e),
-            )
-        })?;
-        write_atomic(&path, &text)
+        write_json(&self.info(chain), info)
     }
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), ImageError> {
+    let text = serde_json::to_vec_pretty(value).map_err(|e| {
+        ImageError::io(
+            path,
+            "encoding",
+            io::Error::new(io::ErrorKind::InvalidData, e),
+        )
+    })?;
+    write_atomic(path, &text)
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ImageError> {
@@ -198,6 +177,32 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ImageError> {
         let _ = fs::remove_file(&tmp);
     }
     r.map_err(|e| ImageError::io(path, "writing", e))
+}
+
+/// The entries of `dir` named by a digest's hex (only directories if `dirs_only`), sorted;
+/// none if `dir` does not exist.
+pub(crate) fn digest_entries(dir: &Path, dirs_only: bool) -> Result<Vec<Digest>, ImageError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ImageError::io(dir, "listing", e)),
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let e = e.map_err(|e| ImageError::io(dir, "listing", e))?;
+        let Some(d) = e
+            .file_name()
+            .to_str()
+            .and_then(|n| Digest::parse(&format!("sha256:{n}")))
+        else {
+            continue;
+        };
+        if !dirs_only || e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.push(d);
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Bytes a tree takes on disk: allocated blocks, each inode once (hardlinks).

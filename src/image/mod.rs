@@ -49,7 +49,7 @@ use std::path::PathBuf;
 pub use auth::DEFAULT_AUTH_FILE;
 pub use digest::Digest;
 pub use gc::InUse;
-pub use overlay::read_in_layers;
+pub use overlay::{read_in_layers, read_regular};
 pub use reference::{validate_registry_host, ImageRef};
 pub use store::ImageStore;
 

@@ -190,7 +190,6 @@ pub(crate) fn resolve(layers: &[PathBuf], rel: &Path) -> io::Result<Option<(Path
 /// a larger file is an error naming it.
 pub fn read_in_layers(layers: &[PathBuf], rel: &str, max: u64) -> anyhow::Result<Option<String>> {
     use anyhow::Context;
-    use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let what = || format!("the image's /{rel}");
     let Some((path, meta)) = resolve(layers, Path::new(rel)).with_context(what)? else {
@@ -204,9 +203,20 @@ pub fn read_in_layers(layers: &[PathBuf], rel: &str, max: u64) -> anyhow::Result
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(&path)
         .with_context(what)?;
+    read_regular(f, &what, max).map(Some)
+}
+
+/// The text of the open file `f` if it is a regular file of at most `max` bytes (checked on
+/// the handle, and again while reading, since it may grow); `what` names it in errors.
+pub fn read_regular(f: fs::File, what: &dyn Fn() -> String, max: u64) -> anyhow::Result<String> {
+    use anyhow::Context;
+    use std::io::Read;
     let meta = f.metadata().with_context(what)?;
-    if !meta.file_type().is_file() || meta.len() > max {
-        anyhow::bail!("{} is not a regular file of at most {max} bytes", what());
+    if !meta.file_type().is_file() {
+        anyhow::bail!("{} is not a regular file", what());
+    }
+    if meta.len() > max {
+        anyhow::bail!("{} is larger than {max} bytes", what());
     }
     let mut text = String::new();
     f.take(max + 1)
@@ -215,7 +225,7 @@ pub fn read_in_layers(layers: &[PathBuf], rel: &str, max: u64) -> anyhow::Result
     if text.len() as u64 > max {
         anyhow::bail!("{} is larger than {max} bytes", what());
     }
-    Ok(Some(text))
+    Ok(text)
 }
 
 #[cfg(test)]

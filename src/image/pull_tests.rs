@@ -444,15 +444,7 @@ impl Env {
     }
 
     fn blob_files(&self) -> Vec<String> {
-        let dir = self.tmp.path().join("store/blobs/sha256");
-        let mut v: Vec<String> = fs::read_dir(dir)
-            .map(|rd| {
-                rd.map(|e| e.unwrap().file_name().into_string().unwrap())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+        sorted_names(&self.tmp.path().join("store/blobs/sha256"))
     }
 }
 
@@ -1096,7 +1088,12 @@ fn pull_layers(store: &ImageStore, r: &ImageRef) -> Result<Vec<PathBuf>, ImageEr
 }
 
 fn layer_dirs(env: &Env) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(env.tmp.path().join("store/layers"))
+    sorted_names(&env.tmp.path().join("store/layers"))
+}
+
+/// The names in `dir`, sorted; none if it does not exist.
+fn sorted_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
         .map(|rd| {
             rd.map(|e| e.unwrap().file_name().into_string().unwrap())
                 .collect()

@@ -1050,20 +1050,7 @@ impl Unpacker {
             if key.as_slice() == b"security.selinux" || key.starts_with(b"trusted.overlay.") {
                 continue;
             }
-            let key_c = CString::new(key.as_slice())?;
-            // SAFETY: both strings are NUL-terminated CStrings that outlive the call, and
-            // value's pointer/length describe a live slice.
-            let rc = unsafe {
-                libc::lsetxattr(
-                    path.as_ptr(),
-                    key_c.as_ptr(),
-                    value.as_ptr().cast(),
-                    value.len(),
-                    0,
-                )
-            };
-            if rc != 0 {
-                let e = io::Error::last_os_error();
+            if let Err(e) = lsetxattr(&path, key, value) {
                 // Filesystems without xattrs, or attributes we may not set (user.* on
                 // symlinks, trusted.* without CAP_SYS_ADMIN): umoci warns and goes on.
                 let tolerable = matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM));
@@ -1192,6 +1179,16 @@ fn set_opaque(full: &Path) -> io::Result<()> {
 
 fn set_xattr(full: &Path, key: &[u8], value: &[u8]) -> io::Result<()> {
     let path = CString::new(full.as_os_str().as_bytes())?;
+    lsetxattr(&path, key, value).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("setting xattr {}: {e}", String::from_utf8_lossy(key)),
+        )
+    })
+}
+
+/// lsetxattr(2) of `path` (not followed); the OS error as it is.
+fn lsetxattr(path: &CString, key: &[u8], value: &[u8]) -> io::Result<()> {
     let key_c = CString::new(key)?;
     // SAFETY: both strings are NUL-terminated CStrings that outlive the call, and value's
     // pointer/length describe a live slice.
@@ -1205,11 +1202,7 @@ fn set_xattr(full: &Path, key: &[u8], value: &[u8]) -> io::Result<()> {
         )
     };
     if rc != 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("setting xattr {}: {e}", String::from_utf8_lossy(key)),
-        ));
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
