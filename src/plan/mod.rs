@@ -6,6 +6,7 @@
 
 mod bundle;
 pub mod deployment;
+pub mod endpoint;
 pub mod fields;
 pub mod nft;
 pub mod oneoff;
@@ -20,6 +21,7 @@ pub mod upstream;
 pub use crate::config::{parse_user_spec, resolve_user, ResolvedUser};
 pub use bundle::render_config;
 pub use deployment::Deployment;
+pub use endpoint::Endpoint;
 pub use podman::PodmanStorage;
 pub use prepared::Prepared;
 pub use unit::{Prop, RestartPolicy, UnitSpec, RESTART_SEC, START_LIMIT_INTERVAL};

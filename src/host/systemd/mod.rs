@@ -110,6 +110,11 @@ impl UnitInfo {
     pub fn port(&self) -> Option<u16> {
         self.field(crate::plan::fields::PORT)?.parse().ok()
     }
+
+    /// Where the instance answers ([`crate::plan::Endpoint`]), from the port it was given.
+    pub fn endpoint(&self) -> Option<crate::plan::Endpoint> {
+        self.port().map(crate::plan::Endpoint::for_instance)
+    }
 }
 
 /// One unit as `ListUnitsByPatterns` lists it, before any of its properties is read: what
