@@ -12,8 +12,8 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::cli::upgrade::CommonArgs;
-use crate::error::BadInput;
 use crate::host::Host;
+use crate::ops::upgrade::rules::target;
 use crate::ops::upgrade::{converge, Kind};
 
 /// Start all instances of all processes of a service, and its unit shim-<id>.service.
@@ -52,19 +52,7 @@ pub fn run(host: &Host, config: &Path, args: StartArgs) -> Result<()> {
     let defs = crate::config::load(config)?;
     defs.service(&args.id)?;
     let mut opts = args.common.options(Kind::Start, config);
-    let revision = match args.revision {
-        Some(r) => r,
-        None => {
-            let st = host.state().load(&args.id)?;
-            opts.deployed = st.deployment.clone();
-            st.current.ok_or_else(|| {
-                BadInput(format!(
-                    "service {} has no recorded deployment to start: deploy it first with `shim upgrade --id {} --revision REV`",
-                    args.id, args.id
-                ))
-            })?
-        }
-    };
+    let revision = target(host, &args.id, &mut opts, args.revision)?;
     converge(host, &defs, &args.id, &revision, &opts)?;
     if args.common.dry_run {
         return Ok(());

@@ -11,6 +11,7 @@ use clap::Args;
 
 use crate::error::BadInput;
 use crate::host::Host;
+use crate::ops::upgrade::rules::target;
 use crate::ops::upgrade::{converge, Kind, Options};
 
 /// Deploy a revision, or roll out a definition or secret change, with no dropped requests.
@@ -109,20 +110,6 @@ pub struct RollbackArgs {
     pub common: CommonArgs,
 }
 
-/// A stopped service is not deployed to: it stays down until started, and an upgrade that
-/// brought it up would undo the stop.
-fn refuse_stopped(host: &Host, id: &str, verb: &str) -> Result<()> {
-    if host.state().load(id)?.stopped {
-        let unit = crate::plan::service_unit::service_unit_name(id);
-        return Err(BadInput(format!(
-            "service {id} is stopped (shim stop or systemctl stop {unit}); nothing was changed: \
-             bring it back with `shim start --id {id}` (or `systemctl start '{unit}'`), then {verb} it"
-        ))
-        .into());
-    }
-    Ok(())
-}
-
 /// After a converge that did not fail: the service's unit is active (started if it was not:
 /// its ExecStart finds the deployment running).
 fn activate(host: &Host, id: &str, config: &Path, common: &CommonArgs) -> Result<()> {
@@ -133,83 +120,34 @@ fn activate(host: &Host, id: &str, config: &Path, common: &CommonArgs) -> Result
 }
 
 pub fn run_upgrade(host: &Host, config: &Path, args: UpgradeArgs) -> Result<()> {
-    let defs = crate::config::load(config)?;
-    defs.service(&args.id)?;
-    refuse_stopped(host, &args.id, "upgrade")?;
-    let revision = match args.revision {
-        Some(r) => r,
-        None => current_revision(host, &args.id)?,
-    };
-    converge(
-        host,
-        &defs,
-        &args.id,
-        &revision,
-        &args.common.options(Kind::Upgrade, config),
-    )?;
-    activate(host, &args.id, config, &args.common)
+    let opts = args.common.options(Kind::Upgrade, config);
+    drive(host, config, &args.id, opts, args.revision, &args.common)
 }
 
 pub fn run_restart(host: &Host, config: &Path, args: RestartArgs) -> Result<()> {
-    let defs = crate::config::load(config)?;
-    defs.service(&args.id)?;
-    let st = host.state().load(&args.id)?;
-    let (Some(d), false) = (&st.deployment, st.stopped) else {
-        return Err(BadInput(format!(
-            "service {} has no running deployment to restart{}",
-            args.id,
-            if st.stopped {
-                " (it is stopped: `shim start`)"
-            } else {
-                " (deploy it with `shim upgrade`)"
-            }
-        ))
-        .into());
-    };
-    for p in &args.process {
-        if !d
-            .definition
-            .processes
-            .values()
-            .any(|x| x.name.as_str() == p)
-        {
-            return Err(BadInput(format!(
-                "--process {p}: service {} has no such process in its deployment (it has {})",
-                args.id,
-                d.definition
-                    .processes
-                    .keys()
-                    .map(|k| k.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-            .into());
-        }
-    }
     let mut opts = args.common.options(Kind::Restart, config);
-    opts.deployed = Some(d.restarted(&args.process));
     opts.restart = args.process.clone();
-    converge(host, &defs, &args.id, &d.revision, &opts)?;
-    activate(host, &args.id, config, &args.common)
+    drive(host, config, &args.id, opts, None, &args.common)
 }
 
 pub fn run_rollback(host: &Host, config: &Path, args: RollbackArgs) -> Result<()> {
+    let opts = args.common.options(Kind::Rollback, config);
+    drive(host, config, &args.id, opts, None, &args.common)
+}
+
+/// The definitions read, what to deploy resolved and the command's rules checked by the
+/// operation (again under the service lock), the machine run, the service's unit activated.
+fn drive(
+    host: &Host,
+    config: &Path,
+    id: &str,
+    mut opts: Options,
+    revision: Option<String>,
+    common: &CommonArgs,
+) -> Result<()> {
     let defs = crate::config::load(config)?;
-    defs.service(&args.id)?;
-    refuse_stopped(host, &args.id, "roll back")?;
-    let st = host.state().load(&args.id)?;
-    let Some(previous) = st.previous else {
-        return Err(BadInput(format!(
-            "service {} has no previous revision to roll back to (current: {})",
-            args.id,
-            st.current.as_deref().unwrap_or("none")
-        ))
-        .into());
-    };
-    let mut opts = args.common.options(Kind::Rollback, config);
-    // The previous deployment exactly as it ran (a record from a shim that kept none: its
-    // revision, read afresh).
-    opts.deployed = st.previous_deployment.filter(|d| d.revision == previous);
-    converge(host, &defs, &args.id, &previous, &opts)?;
-    activate(host, &args.id, config, &args.common)
+    defs.service(id)?;
+    let revision = target(host, id, &mut opts, revision)?;
+    converge(host, &defs, id, &revision, &opts)?;
+    activate(host, id, config, common)
 }

@@ -24,6 +24,7 @@ pub mod health;
 pub mod machine;
 pub mod recover;
 pub mod report;
+pub mod rules;
 pub mod switch;
 
 #[cfg(test)]
@@ -332,12 +333,15 @@ impl Run<'_> {
 
     fn tick_lock(&mut self) -> Result<Step> {
         let (run_dir, id, t) = (&self.host.dirs.run, self.id, self.opts.lock_timeout);
-        self.lock = Some(
-            self.rep
-                .step("lock", |_| ServiceLock::acquire(run_dir, id, t))?,
-        );
-        // What the state says is read under the lock only.
-        self.st = self.store.load(id)?;
+        let (store, opts) = (&self.store, self.opts);
+        let (lock, st) = self.rep.step("lock", |_| {
+            let lock = ServiceLock::acquire(run_dir, id, t)?;
+            // What the state says is read under the lock only, and the command's rules are
+            // checked on it: a `shim stop` that landed while this waited is refused here.
+            Ok((lock, load_checked(store, id, opts)?))
+        })?;
+        self.lock = Some(lock);
+        self.st = st;
         self.adopt_recorded()?;
         Ok(Step::Recover)
     }
@@ -439,13 +443,13 @@ impl Run<'_> {
         })?;
         self.prepared = Some(p);
         if self.opts.dry_run {
-            self.st = self.store.load(id)?;
+            self.st = load_checked(&self.store, id, self.opts)?;
             self.adopt_recorded()?;
             return Ok(Step::Plan);
         }
         if self.lock.is_some() {
             // Reconcile holds the lock already.
-            self.st = self.store.load(id)?;
+            self.st = load_checked(&self.store, id, self.opts)?;
             self.adopt_recorded()?;
             return Ok(Step::Recover);
         }
@@ -852,6 +856,13 @@ impl Run<'_> {
             let _ = instances::remove_stale_dirs(&p.instances_dir, &live);
         }
     }
+}
+
+/// The service's state, and the command's rules ([`rules::check`]) checked on it.
+fn load_checked(store: &StateStore, id: &str, opts: &Options) -> Result<ServiceState> {
+    let st = store.load(id)?;
+    rules::check(opts.kind, id, &st, &opts.restart)?;
+    Ok(st)
 }
 
 /// Whether `u` is an instance of the deployment `p` plans (its revision and its process's

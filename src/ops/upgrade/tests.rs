@@ -1157,3 +1157,58 @@ fn nftables_reconcile_recreates_the_rule_after_it_vanished() {
     assert!(t.rule()[0].contains("revision r1"));
     let _ = ports;
 }
+
+/// A `shim stop` that lands while an upgrade waits for the service lock: the upgrade read
+/// "not stopped" before the lock (to fetch), the stop marks the service stopped and releases
+/// the lock, and the upgrade, once it holds the lock, must refuse (exit 2, nothing changed)
+/// instead of starting the new revision and clearing `stopped` when it records.
+#[test]
+fn a_stop_that_lands_while_an_upgrade_waits_for_the_lock_is_not_undone() {
+    let t = setup();
+    t.up("r1").unwrap();
+    let before = t.instances();
+    let mut o = opts(Kind::Upgrade);
+    o.lock_timeout = Duration::from_secs(30);
+    // What the CLI does first: resolve and check, before the lock.
+    let rev = rules::target(&t.fh.host, "app", &mut o, Some("r2".into())).unwrap();
+    let held = ServiceLock::acquire(&t.fh.host.dirs.run, "app", Duration::ZERO).unwrap();
+    let store = t.fh.host.state();
+    let stopper = std::thread::spawn(move || {
+        // The upgrade is waiting on the lock by now (it polls every 50 ms).
+        std::thread::sleep(Duration::from_millis(200));
+        let mut st = store.load("app").unwrap();
+        st.stopped = true;
+        store.save("app", &st).unwrap();
+        drop(held);
+    });
+    let e = converge(&t.fh.host, &t.defs, "app", &rev, &o).unwrap_err();
+    stopper.join().unwrap();
+    assert_eq!(crate::error::exit_code(&e), 2, "{e:#}");
+    assert!(format!("{e:#}").contains("service app is stopped"), "{e:#}");
+    let st = t.state();
+    assert!(st.stopped, "the stop is kept");
+    assert_eq!(st.current.as_deref(), Some("r1"));
+    assert!(st.upgrading.is_none());
+    assert_eq!(t.instances(), before, "nothing started or stopped");
+    assert!(t.of("r2").is_empty());
+}
+
+#[test]
+fn a_restart_refuses_a_process_the_deployment_does_not_have() {
+    let t = setup();
+    t.up("r1").unwrap();
+    let mut o = opts(Kind::Restart);
+    o.restart = vec!["nope".into()];
+    let e = rules::target(&t.fh.host, "app", &mut o, None).unwrap_err();
+    assert_eq!(crate::error::exit_code(&e), 2);
+    assert_eq!(
+        e.to_string(),
+        "--process nope: service app has no such process in its deployment (it has web, worker)"
+    );
+    o.restart = vec!["web".into()];
+    assert_eq!(
+        rules::target(&t.fh.host, "app", &mut o, None).unwrap(),
+        "r1"
+    );
+    assert!(o.deployed.is_some());
+}
