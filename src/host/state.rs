@@ -249,4 +249,74 @@ mod tests {
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("a.json")]);
     }
+
+    /// A complete state file as the shim of 2026-12-07 wrote it (every field set, the
+    /// deployments from the golden fixtures, see `plan::golden_tests`).
+    fn golden_state() -> ServiceState {
+        let mut all = crate::plan::golden_tests::deployments();
+        let mut take = |name: &str| all.remove(name).unwrap();
+        ServiceState {
+            current: Some("r1".into()),
+            previous: Some("r0".into()),
+            stopped: true,
+            upgrading: Some(Attempt {
+                revision: "r2".into(),
+                phase: Phase::Starting,
+                deployment: Some(take("tcp@r2")),
+            }),
+            paused: true,
+            paused_processes: ["listener".to_string()].into(),
+            deployment: Some(take("tcp")),
+            previous_deployment: Some(take("web@restarted-http")),
+        }
+    }
+
+    #[test]
+    fn a_golden_state_file_loads_and_keeps_its_ids() {
+        use crate::plan::golden_tests::{check_fixture, golden_dir, writing};
+        let st = golden_state();
+        check_fixture("state.json", &serde_json::to_value(&st).unwrap());
+        if writing() {
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("state")).unwrap();
+        std::fs::copy(
+            golden_dir().join("state.json"),
+            t.path().join("state/tcp.json"),
+        )
+        .unwrap();
+        let loaded = StateStore::new(t.path()).load("tcp").unwrap();
+        assert_eq!(loaded, st);
+        let ids: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(golden_dir().join("ids.json")).unwrap())
+                .unwrap();
+        let id = |d: &Option<Deployment>| d.as_ref().unwrap().id();
+        assert_eq!(id(&loaded.deployment), ids["tcp"]["id"]);
+        assert_eq!(
+            id(&loaded.previous_deployment),
+            ids["web@restarted-http"]["id"]
+        );
+        let attempt = loaded.upgrading.unwrap().deployment;
+        assert_eq!(id(&attempt), ids["tcp@r2"]["id"]);
+    }
+
+    #[test]
+    fn a_state_file_from_before_deployment_records_loads() {
+        let t = tempfile::tempdir().unwrap();
+        let s = StateStore::new(t.path());
+        std::fs::create_dir_all(t.path().join("state")).unwrap();
+        std::fs::write(
+            s.path("old"),
+            r#"{"current": "r2", "previous": "r1", "stopped": false}"#,
+        )
+        .unwrap();
+        let st = s.load("old").unwrap();
+        assert_eq!(st.current.as_deref(), Some("r2"));
+        assert_eq!(st.previous.as_deref(), Some("r1"));
+        assert!(st.deployment.is_none() && st.upgrading.is_none() && !st.paused);
+        // The oldest shim wrote no `stopped`.
+        std::fs::write(s.path("older"), r#"{"current": "r1", "previous": null}"#).unwrap();
+        assert_eq!(s.load("older").unwrap().current.as_deref(), Some("r1"));
+    }
 }

@@ -497,3 +497,6 @@ pub fn render_show(plans: &[InstancePlan], notes: &[String]) -> String {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+pub(crate) mod golden_tests;
