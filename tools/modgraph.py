@@ -4,10 +4,23 @@ cycles among them, and any use that goes upward in the rings:
 cli > ops > host > plan > error > config > {image, crontab} > util. (`error` maps the
 config and image errors to exit codes, so it sits above them; `image` is the image store,
 a bottom layer that knows nothing of shim's definitions.)
-Usage: python3 tools/modgraph.py [src]"""
+
+With --files it also checks the FILE level: each .rs file is a node, and a file uses another
+when it names an item the other defines (`crate::a::b::C`, `super::`, `self::`, a child
+module, `use` trees with braces; a name a `mod.rs` re-exports with `pub use` is followed to
+the file that defines it, and the re-export itself is not a use). Test code is excluded as
+at the top level. Every file-level cycle is printed as its strongly connected component and
+one shortest cycle through it, each step with the path that makes it.
+Usage: python3 tools/modgraph.py [--files] [src]"""
 import os, re, sys
 
-root = sys.argv[1] if len(sys.argv) > 1 else "src"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fnlen import blank  # noqa: E402  (comments and string literals blanked out)
+
+args = [a for a in sys.argv[1:] if a != "--files"]
+FILES = "--files" in sys.argv[1:]
+root = args[0] if args else "src"
+TEST_FILES = ("testkit.rs", "testutil.rs", "fake.rs")
 RANK = {"main": 9, "cli": 8, "ops": 7, "host": 6, "plan": 5, "error": 4, "config": 3,
         "image": 2, "crontab": 2, "util": 1, "timefmt": 1}
 
@@ -35,7 +48,7 @@ def strip_tests(text):
 edges = {}
 for dp, _, fs in os.walk(root):
     for f in fs:
-        if not f.endswith(".rs") or f.endswith("tests.rs") or f in ("testkit.rs", "testutil.rs", "fake.rs"):
+        if not f.endswith(".rs") or f.endswith("tests.rs") or f in TEST_FILES:
             continue
         p = os.path.join(dp, f)
         rel = os.path.relpath(p, root)
@@ -70,5 +83,9 @@ for a in edges:
         if RANK.get(b, 0) > RANK.get(a, 0):
             print(f"UPWARD {a} -> {b}: {sorted(files)}")
             bad += 1
-print("ok: no cycle, nothing imports upward" if bad == 0 else f"{bad} problem(s)")
+if FILES:
+    from modgraph_files import file_cycles  # noqa: E402
+    bad += file_cycles(root, strip_tests)
+what = "no cycle (modules and files)" if FILES else "no cycle"
+print(f"ok: {what}, nothing imports upward" if bad == 0 else f"{bad} problem(s)")
 sys.exit(1 if bad else 0)
