@@ -1,18 +1,23 @@
-//! The `nft` binary, as the nftables switch uses it (`[shim] switch = "nftables"`): a script
-//! applied with `nft -f -` (one transaction: all of it or nothing), and one chain listed back.
-//! The scripts are rendered purely by `plan::nft`. A missing binary is an error that says
-//! what to install, or how to go back to the reload switch.
+//! The `nft` binary, as the nftables switch uses it (`[shim] switch = "nftables"`): the
+//! targets of a switch applied as one script with `nft -f -` (one transaction: all of it or
+//! nothing), and one chain listed back as JSON (`nft -j list chain`). Both ways are typed:
+//! scripts are rendered and listings parsed purely by `plan::nft`. A missing binary is an
+//! error that says what to install, or how to go back to the reload switch.
 
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 
+use crate::plan::nft::{ChainRule, Target};
+
 /// nftables, as the switch uses it.
 pub trait Nft: Send + Sync {
-    /// Applies `script` atomically (`nft -f -`).
-    fn apply(&self, script: &str) -> Result<()>;
-    /// `nft list chain ip <table> <chain>`; None when the table or chain does not exist.
-    fn list_chain(&self, table: &str, chain: &str) -> Result<Option<String>>;
+    /// Points each target's chain at its instances, atomically (`nft -f -` of
+    /// [`crate::plan::nft::render_script`]).
+    fn apply(&self, targets: &[Target]) -> Result<()>;
+    /// The rule of `chain` in table `ip <table>`: None when the table or chain does not
+    /// exist, Some(None) when the chain holds no rule (closed).
+    fn list_chain(&self, table: &str, chain: &str) -> Result<Option<Option<ChainRule>>>;
 }
 
 /// The installed `nft`.
@@ -27,7 +32,8 @@ fn spawn_error(e: std::io::Error) -> anyhow::Error {
 }
 
 impl Nft for NftBinary {
-    fn apply(&self, script: &str) -> Result<()> {
+    fn apply(&self, targets: &[Target]) -> Result<()> {
+        let script = crate::plan::nft::render_script(targets);
         let mut child = std::process::Command::new("nft")
             .args(["-f", "-"])
             .stdin(std::process::Stdio::piped())
@@ -51,13 +57,16 @@ impl Nft for NftBinary {
         Ok(())
     }
 
-    fn list_chain(&self, table: &str, chain: &str) -> Result<Option<String>> {
+    fn list_chain(&self, table: &str, chain: &str) -> Result<Option<Option<ChainRule>>> {
         let out = std::process::Command::new("nft")
-            .args(["list", "chain", "ip", table, chain])
+            .args(["-j", "list", "chain", "ip", table, chain])
             .output()
             .map_err(spawn_error)?;
         if out.status.success() {
-            return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+            let json = String::from_utf8_lossy(&out.stdout);
+            return crate::plan::nft::parse_chain_json(&json)
+                .map(Some)
+                .with_context(|| format!("reading nft -j list chain ip {table} {chain}"));
         }
         let err = String::from_utf8_lossy(&out.stderr);
         if err.contains("No such file or directory") {
@@ -70,24 +79,26 @@ impl Nft for NftBinary {
     }
 }
 
-/// An nftables of chains held in memory: it understands the lines `plan::nft` writes
-/// (`flush chain`, `add rule`; the rest is declarations), records every script, and refuses
-/// scripts (changing nothing, as the kernel's transaction would) while `refuse` is set.
+/// An nftables of chains held in memory, as data: each target's chain gets the rule
+/// `plan::nft::plan_rule` makes of it (none when closed). It records every script (as
+/// rendered) and refuses scripts (changing nothing, as the kernel's transaction would) while
+/// `refuse` is set.
 #[cfg(test)]
 #[derive(Default)]
 pub struct FakeNft {
     pub refuse: std::sync::atomic::AtomicBool,
     pub scripts: std::sync::Mutex<Vec<String>>,
-    pub chains: std::sync::Mutex<std::collections::BTreeMap<String, Vec<String>>>,
+    pub chains:
+        std::sync::Mutex<std::collections::BTreeMap<String, Option<crate::plan::nft::Rule>>>,
 }
 
 #[cfg(test)]
 impl FakeNft {
-    /// The rules of `chain` (None: no such chain).
+    /// The rules of `chain` as the script wrote them (None: no such chain).
     pub fn rules(&self, chain: &str) -> Option<Vec<String>> {
         crate::host::systemd::fake::lock(&self.chains)
             .get(chain)
-            .cloned()
+            .map(|r| r.iter().map(crate::plan::nft::Rule::render).collect())
     }
 
     /// Every chain gone, as after a reboot.
@@ -98,36 +109,24 @@ impl FakeNft {
 
 #[cfg(test)]
 impl Nft for FakeNft {
-    fn apply(&self, script: &str) -> Result<()> {
+    fn apply(&self, targets: &[Target]) -> Result<()> {
         use std::sync::atomic::Ordering;
-        crate::host::systemd::fake::lock(&self.scripts).push(script.to_string());
+        crate::host::systemd::fake::lock(&self.scripts)
+            .push(crate::plan::nft::render_script(targets));
         if self.refuse.load(Ordering::SeqCst) {
             bail!("nft -f - failed (exit status: 1):\nError: (fake) refused");
         }
         let mut chains = crate::host::systemd::fake::lock(&self.chains);
-        for line in script.lines() {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            match words.as_slice() {
-                ["chain", name, "{", "}"] => {
-                    chains.entry(name.to_string()).or_default();
-                }
-                ["flush", "chain", "ip", _, name] => {
-                    chains.insert(name.to_string(), Vec::new());
-                }
-                ["add", "rule", "ip", _, name, ..] if *name != "nat" => {
-                    let rule = line.splitn(6, ' ').nth(5).unwrap_or("").to_string();
-                    chains.entry(name.to_string()).or_default().push(rule);
-                }
-                _ => {}
-            }
+        for t in targets {
+            let chain = crate::plan::nft::chain_name(&t.service, &t.process);
+            chains.insert(chain, crate::plan::nft::plan_rule(t));
         }
         Ok(())
     }
 
-    fn list_chain(&self, table: &str, chain: &str) -> Result<Option<String>> {
-        Ok(self.rules(chain).map(|rules| {
-            let body: String = rules.iter().map(|r| format!("\t\t{r}\n")).collect();
-            format!("table ip {table} {{\n\tchain {chain} {{\n{body}\t}}\n}}\n")
-        }))
+    fn list_chain(&self, _table: &str, chain: &str) -> Result<Option<Option<ChainRule>>> {
+        Ok(crate::host::systemd::fake::lock(&self.chains)
+            .get(chain)
+            .map(|r| r.as_ref().map(crate::plan::nft::Rule::read_back)))
     }
 }

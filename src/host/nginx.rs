@@ -1,7 +1,8 @@
-//! Pointing nginx at a process's instances: the upstream file shim owns (rendered purely by
-//! `plan::upstream`), written atomically, checked with `nginx -t`, applied with a reload of
-//! the nginx unit through systemd, and confirmed by seeing a new generation of workers.
-//! Every failure restores the previous file, so nginx keeps serving what it served.
+//! nginx, as the proxy switch backends use it (`ops::proxy`): upstream files shim owns
+//! written atomically, checked with `nginx -t`, applied with a reload of the nginx unit
+//! through systemd, and confirmed by seeing a new generation of workers. [`apply_files`] is
+//! the one "write, keep a backup, check, reload, confirm, restore on failure" path: every
+//! failure restores the previous files, so nginx keeps serving what it served.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -74,16 +75,72 @@ pub fn check_owned(path: &Path) -> Result<()> {
     .into())
 }
 
-/// The upstream files of a service's proxied processes as they are now, by path (None:
-/// absent or unreadable).
-pub fn read_upstream_files(
-    svc: &crate::config::ServiceDef,
-) -> std::collections::BTreeMap<PathBuf, Option<String>> {
-    svc.processes
-        .values()
-        .filter_map(|d| d.proxy.as_ref())
-        .map(|px| (px.file.clone(), std::fs::read_to_string(&px.file).ok()))
-        .collect()
+/// Whether [`apply_files`] reloads nginx when it finds it stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// Reload, and fail (restoring the files) if nginx does not run.
+    Always,
+    /// Reload only a running nginx; a stopped one reads the files when it starts (`shim stop`
+    /// with nginx down).
+    IfActive,
+}
+
+/// Writes each of `files` (path, text; those that already say it are left), then, if one
+/// changed, checks and reloads nginx ([`apply`]). Any failure puts back every file written,
+/// so nginx keeps serving what it served. Returns, per file, whether it changed.
+pub fn apply_files(
+    host: &Host,
+    unit: &str,
+    files: &[(&Path, String)],
+    when: Reload,
+) -> Result<Vec<bool>> {
+    let mut backups = Vec::new();
+    let mut changed = Vec::new();
+    for (path, text) in files {
+        match write_upstream(path, text) {
+            Ok(b) => {
+                changed.push(b.is_some());
+                backups.extend(b);
+            }
+            Err(e) => {
+                restore(&backups);
+                return Err(e);
+            }
+        }
+    }
+    if backups.is_empty() {
+        return Ok(changed);
+    }
+    if when == Reload::IfActive {
+        let active = unit_state(host, unit)?.is_some_and(|u| u.active_state == "active");
+        if !active {
+            return Ok(changed);
+        }
+    }
+    apply(host, unit, &backups)?;
+    Ok(changed)
+}
+
+/// The nginx unit as systemd has it (None: not loaded).
+pub fn unit_state(host: &Host, unit: &str) -> Result<Option<crate::host::systemd::UnitInfo>> {
+    Ok(host
+        .systemd()?
+        .list_units(&[unit.to_string()])?
+        .into_iter()
+        .find(|u| u.name == unit))
+}
+
+/// The nginx unit, if it is active; else an error that says to start it.
+pub fn require_active(host: &Host, unit: &str) -> Result<crate::host::systemd::UnitInfo> {
+    match unit_state(host, unit)? {
+        Some(u) if u.active_state == "active" => Ok(u),
+        Some(u) => bail!(
+            "{unit} is {}/{}: start nginx before deploying proxied processes",
+            u.active_state,
+            u.sub_state
+        ),
+        None => bail!("{unit} is not loaded: start nginx (or set [shim] nginx_unit) before deploying proxied processes"),
+    }
 }
 
 /// The nginx binary, as the switch uses it.
@@ -135,10 +192,7 @@ impl Nginx for FakeNginx {
 /// running: nginx starts new workers only once it has loaded the new configuration.
 pub fn reload(host: &Host, unit: &str, timeout: Duration) -> Result<()> {
     let sd = host.systemd()?;
-    let info = sd
-        .list_units(&[unit.to_string()])?
-        .into_iter()
-        .find(|u| u.name == unit)
+    let info = unit_state(host, unit)?
         .ok_or_else(|| anyhow!("{unit} is not loaded; shim reloads it to apply upstream changes (set [shim] nginx_unit)"))?;
     if info.active_state != "active" || info.main_pid == 0 {
         bail!(
@@ -206,8 +260,22 @@ mod tests {
     fn write_is_skipped_when_unchanged_and_restorable() {
         let t = tempfile::tempdir().unwrap();
         let f = t.path().join("shim/app.conf");
-        let one = crate::plan::upstream::render_upstream("u", "app", "web", "r1", "", &[1]);
-        let two = crate::plan::upstream::render_upstream("u", "app", "web", "r2", "", &[2]);
+        let one = crate::plan::upstream::render_upstream(
+            "u",
+            "app",
+            "web",
+            "r1",
+            "",
+            &crate::plan::proxy::at_ports(&[1]),
+        );
+        let two = crate::plan::upstream::render_upstream(
+            "u",
+            "app",
+            "web",
+            "r2",
+            "",
+            &crate::plan::proxy::at_ports(&[2]),
+        );
         let b = write_upstream(&f, &one).unwrap().expect("written");
         assert_eq!(std::fs::read_to_string(&f).unwrap(), one);
         assert!(write_upstream(&f, &one).unwrap().is_none());
@@ -226,7 +294,14 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let f = t.path().join("nginx.conf");
         std::fs::write(&f, "events {}\n").unwrap();
-        let up = crate::plan::upstream::render_upstream("u", "app", "web", "r1", "", &[1]);
+        let up = crate::plan::upstream::render_upstream(
+            "u",
+            "app",
+            "web",
+            "r1",
+            "",
+            &crate::plan::proxy::at_ports(&[1]),
+        );
         let e = write_upstream(&f, &up)
             .err()
             .map(|e| e.to_string())

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::plan::proxy::{Pointed, Pointer};
 use crate::plan::Deployment;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,30 +41,24 @@ pub struct ServiceState {
 impl ServiceState {
     /// The revision the service serves: the recorded current one, unless an upgrade was
     /// interrupted after nginx switched to its revision (its phase says so, or one of the
-    /// service's upstream files, `upstreams` by path, already names it): then that revision.
+    /// service's upstreams, `pointed` by process, already points at it): then that revision.
     /// None for a service stopped or never deployed. Reconcile converges to it (the converge's
     /// recovery then promotes the attempt) and the probe supervises it. Pure.
-    pub fn serving_revision(
-        &self,
-        upstreams: &std::collections::BTreeMap<PathBuf, Option<String>>,
-    ) -> Option<String> {
+    pub fn serving_revision(&self, pointed: &Pointed) -> Option<String> {
         if self.stopped {
             return None;
         }
         if let Some(a) = &self.upgrading {
-            if a.phase == Phase::Switched || self.upstreams_name_attempt(upstreams) {
+            if a.phase == Phase::Switched || self.upstreams_name_attempt(pointed) {
                 return Some(a.revision.clone());
             }
         }
         self.current.clone()
     }
 
-    /// Whether one of the service's upstream files (`upstreams` by path) already names the
-    /// interrupted attempt's revision: nginx was switched even if the phase did not get saved.
-    pub fn upstreams_name_attempt(
-        &self,
-        upstreams: &std::collections::BTreeMap<PathBuf, Option<String>>,
-    ) -> bool {
+    /// Whether one of the service's upstreams (`pointed` by process) already points at the
+    /// interrupted attempt: nginx was switched even if the phase did not get saved.
+    pub fn upstreams_name_attempt(&self, pointed: &Pointed) -> bool {
         self.upgrading.as_ref().is_some_and(|a| {
             let current: BTreeSet<String> = self
                 .deployment
@@ -78,28 +73,23 @@ impl ServiceState {
                 .flat_map(|d| d.tags().into_values())
                 .filter(|t| !t.is_empty() && !current.contains(t))
                 .collect();
-            upstreams.values().flatten().any(|t| {
-                let named = crate::plan::upstream::file_revision(t);
-                match &a.deployment {
-                    Some(_) => {
-                        crate::plan::upstream::file_deployment(t).is_some_and(|d| new.contains(d))
-                    }
-                    None => named == Some(a.revision.as_str()),
-                }
+            pointed.values().flatten().any(|p| match p {
+                Pointer::Closed => false,
+                Pointer::Serving(s) => match &a.deployment {
+                    Some(_) => new.contains(&s.deployment),
+                    None => s.revision == a.revision,
+                },
             })
         })
     }
 
     /// The deployment that serves (see [`ServiceState::serving_revision`]).
-    pub fn serving_deployment(
-        &self,
-        upstreams: &std::collections::BTreeMap<PathBuf, Option<String>>,
-    ) -> Option<&Deployment> {
+    pub fn serving_deployment(&self, pointed: &Pointed) -> Option<&Deployment> {
         if self.stopped {
             return None;
         }
         if let Some(a) = &self.upgrading {
-            if a.phase == Phase::Switched || self.upstreams_name_attempt(upstreams) {
+            if a.phase == Phase::Switched || self.upstreams_name_attempt(pointed) {
                 return a.deployment.as_ref();
             }
         }

@@ -7,6 +7,7 @@ pub mod cron;
 pub mod instances;
 pub mod probe;
 pub mod probe_timer;
+pub mod proxy;
 pub mod reconcile;
 pub mod run;
 pub mod service_unit;
@@ -15,7 +16,6 @@ pub mod status;
 pub mod stop;
 pub mod supervise;
 pub mod upgrade;
-pub mod upstreams;
 pub mod volumes;
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ use crate::host::Host;
 use crate::ops::instances;
 use crate::ops::upgrade;
 use crate::plan::probe_timer::service_of_probe_timer;
+use crate::plan::proxy::{Pointed, Pointer};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -46,14 +47,14 @@ pub struct Options {
 }
 
 /// Why a deployed service differs from its definition at `revision`; empty when it matches.
-/// `files` holds the current content of each proxied process's upstream file (None: absent).
+/// `pointed` holds what each proxied process's upstream points at now (None: unknown).
 /// Failed (crash-looping) instances count as present: they are the probe's to retry.
 pub fn drift(
     svc: &ServiceDef,
     st: &ServiceState,
     serving: Serving<'_>,
     units: &[UnitInfo],
-    files: &BTreeMap<PathBuf, Option<String>>,
+    pointed: &Pointed,
 ) -> Vec<String> {
     let (dep, revision) = serving;
     let mut why = Vec::new();
@@ -93,13 +94,7 @@ pub fn drift(
     }
     for d in svc.processes.values() {
         let tag = dep.map(|x| x.tag(d.name.as_str())).unwrap_or_default();
-        why.extend(process_drift(
-            svc.id.as_str(),
-            d,
-            (revision, &tag),
-            &current,
-            files,
-        ));
+        why.extend(process_drift(d, (revision, &tag), &current, pointed));
     }
     why
 }
@@ -109,13 +104,12 @@ pub fn drift(
 pub type Serving<'a> = (Option<&'a crate::plan::Deployment>, &'a str);
 
 /// What differs about one process's instances of `revision` (`current`): missing or extra
-/// instances, its nginx upstream file. Pure.
+/// instances, what its upstream points at. Pure.
 fn process_drift(
-    id: &str,
     d: &ProcessDef,
     (revision, tag): (&str, &str),
     current: &[&UnitInfo],
-    files: &BTreeMap<PathBuf, Option<String>>,
+    pointed: &Pointed,
 ) -> Vec<String> {
     let mut why = Vec::new();
     let index = |u: &UnitInfo| -> u32 { u.index() };
@@ -139,19 +133,12 @@ fn process_drift(
         ));
     }
     if let Some(px) = &d.proxy {
-        let ports = crate::plan::upstream::upstream_ports(
-            mine.iter().filter_map(|u| Some((index(u), u.port()?))),
+        let endpoints = crate::plan::proxy::upstream_endpoints(
+            mine.iter().filter_map(|u| Some((index(u), u.endpoint()?))),
             d.count,
         );
-        let want = crate::plan::upstream::render_upstream(
-            &px.upstream,
-            id,
-            d.name.as_str(),
-            revision,
-            tag,
-            &ports,
-        );
-        if files.get(&px.file).cloned().flatten().as_deref() != Some(want.as_str()) {
+        let want = Pointer::serving(revision, tag, endpoints);
+        if pointed.get(d.name.as_str()).cloned().flatten() != Some(want) {
             why.push(format!(
                 "{}: nginx upstream {} does not point at its instances",
                 d.name,
@@ -262,10 +249,10 @@ pub fn plan_deployed(
     st: &ServiceState,
     serving: Serving<'_>,
     units: &[UnitInfo],
-    files: &BTreeMap<PathBuf, Option<String>>,
+    pointed: &Pointed,
 ) -> Option<ServiceAction> {
     let svc = serving.0.map(|d| &d.definition).unwrap_or(svc);
-    let why = drift(svc, st, serving, units, files);
+    let why = drift(svc, st, serving, units, pointed);
     (!why.is_empty()).then(|| ServiceAction::Converge {
         revision: serving.1.to_string(),
         deployed: serving.0.cloned().map(Box::new),
@@ -512,8 +499,9 @@ fn reconcile_running(cx: &Cx<'_>, svc: &ServiceDef, rep: &mut Report) -> Result<
     let (sd, dirs, store) = (cx.host.systemd()?, &cx.host.dirs, cx.host.state());
     let id = svc.id.as_str();
     let st = store.load(id)?;
-    let files = crate::ops::upstreams::pointed(cx.host, cx.defs.settings.switch, svc);
-    let Some(revision) = st.serving_revision(&files) else {
+    let proxy = crate::ops::proxy::for_host(cx.host, &cx.defs.settings);
+    let pointed = proxy.pointed(svc);
+    let Some(revision) = st.serving_revision(&pointed) else {
         let probe = sd.list_units(&[crate::plan::probe_timer::probe_timer_name(id)])?;
         let cron = sd.list_units(&[format!("{}{id}-*.timer", crate::plan::oneoff::CRON_PREFIX)])?;
         if let Some(a) = plan_idle(&st, !probe.is_empty() || !cron.is_empty()) {
@@ -529,14 +517,14 @@ fn reconcile_running(cx: &Cx<'_>, svc: &ServiceDef, rep: &mut Report) -> Result<
         Some(ServiceLock::acquire(&dirs.run, id, cx.opts.lock_timeout)?)
     };
     let st = store.load(id)?;
-    let files = crate::ops::upstreams::pointed(cx.host, cx.defs.settings.switch, svc);
-    let revision = st.serving_revision(&files).unwrap_or(revision);
-    let deployed = st.serving_deployment(&files);
+    let pointed = proxy.pointed(svc);
+    let revision = st.serving_revision(&pointed).unwrap_or(revision);
+    let deployed = st.serving_deployment(&pointed);
     if let Some(note) = crate::ops::instances::definition_change_note(svc, deployed) {
         rep.say(id, &note);
     }
     let units = instances::service_units(sd, id)?;
-    if let Some(a) = plan_deployed(svc, &st, (deployed, &revision), &units, &files) {
+    if let Some(a) = plan_deployed(svc, &st, (deployed, &revision), &units, &pointed) {
         return act(cx, id, &a, lock, rep);
     }
     // The timers follow the deployed definition too.
@@ -674,11 +662,13 @@ command = ["/w"]
         }
     }
 
-    fn upstream(ports: &[u16]) -> BTreeMap<PathBuf, Option<String>> {
+    fn upstream(ports: &[u16]) -> Pointed {
         [(
-            PathBuf::from("/etc/nginx/shim/app.conf"),
-            Some(crate::plan::upstream::render_upstream(
-                "app_web", "app", "web", "r1", "", ports,
+            "web".to_string(),
+            Some(Pointer::serving(
+                "r1",
+                "",
+                crate::plan::proxy::at_ports(ports),
             )),
         )]
         .into()
@@ -1187,10 +1177,10 @@ command = ["/w"]
 
     #[test]
     fn the_target_is_an_attempt_that_switched_not_the_recorded_current() {
-        let files = |rev: Option<&str>| -> BTreeMap<PathBuf, Option<String>> {
+        let files = |rev: Option<&str>| -> Pointed {
             [(
-                PathBuf::from("/etc/nginx/shim/app.conf"),
-                rev.map(|r| crate::plan::upstream::render_upstream("u", "app", "web", r, "", &[1])),
+                "web".to_string(),
+                rev.map(|r| Pointer::serving(r, "", crate::plan::proxy::at_ports(&[1]))),
             )]
             .into()
         };
@@ -1304,7 +1294,14 @@ command = ["/w"]
         // Before the reboot, nginx pointed at port 20000; after it, the image is gone.
         std::fs::write(
             &file,
-            crate::plan::upstream::render_upstream("app_web", "app", "web", "r1", "", &[20000]),
+            crate::plan::upstream::render_upstream(
+                "app_web",
+                "app",
+                "web",
+                "r1",
+                "",
+                &crate::plan::proxy::at_ports(&[20000]),
+            ),
         )
         .unwrap();
         deploy(&fh.host, "app", "r1");

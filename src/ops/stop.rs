@@ -35,54 +35,15 @@ pub struct Teardown {
     pub warnings: Vec<String>,
 }
 
-/// Points each proxied process's upstream at no instance (see the module docs) and reloads
-/// nginx if it runs. Files already closed, absent or not shim's are left alone (the last is
-/// an error, with the lines so far). Returns one line per file closed.
+/// Points each proxied process's upstream at no instance (see the module docs) through the
+/// host's proxy switch, which reloads nginx if it runs. Files already closed, absent or not
+/// shim's are left alone (the last is an error). Returns one line per process closed.
 pub fn close_upstreams(
     host: &Host,
     svc: &ServiceDef,
     settings: &crate::config::HostSettings,
 ) -> Result<Vec<String>> {
-    if settings.switch == crate::config::SwitchMode::Nftables {
-        // The files stay on the stable addresses; the kernel's rules are flushed (no reload).
-        return crate::ops::upstreams::close_nftables(host, svc);
-    }
-    let nginx_unit = settings.nginx_unit.as_str();
-    let mut lines = Vec::new();
-    let mut backups = Vec::new();
-    for d in svc.processes.values() {
-        let Some(px) = &d.proxy else { continue };
-        if !px.file.exists() {
-            continue;
-        }
-        let text = crate::plan::upstream::render_closed_upstream(
-            &px.upstream,
-            svc.id.as_str(),
-            d.name.as_str(),
-        );
-        if let Some(b) = crate::host::nginx::write_upstream(&px.file, &text)? {
-            lines.push(format!(
-                "closed   {} (upstream {})",
-                px.file.display(),
-                px.upstream
-            ));
-            backups.push(b);
-        }
-    }
-    if backups.is_empty() {
-        return Ok(lines);
-    }
-    let active = host
-        .systemd()?
-        .list_units(&[nginx_unit.to_string()])?
-        .iter()
-        .any(|u| u.name == nginx_unit && u.active_state == "active");
-    if !active {
-        return Ok(lines);
-    }
-    crate::host::nginx::apply(host, nginx_unit, &backups)
-        .map_err(|e| e.context("closing the upstream failed"))?;
-    Ok(lines)
+    crate::ops::proxy::for_host(host, settings).close(svc)
 }
 
 /// Who runs a stop.
@@ -352,7 +313,14 @@ mod tests {
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         std::fs::write(
             &file,
-            crate::plan::upstream::render_upstream("app_web", "app", "web", "r1", "", &[20000]),
+            crate::plan::upstream::render_upstream(
+                "app_web",
+                "app",
+                "web",
+                "r1",
+                "",
+                &crate::plan::proxy::at_ports(&[20000]),
+            ),
         )
         .unwrap();
         fh.systemd.insert(UnitInfo {

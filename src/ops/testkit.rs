@@ -147,10 +147,14 @@ impl<T: crate::host::nginx::Nginx> crate::host::nginx::Nginx for std::sync::Arc<
 }
 
 impl<T: crate::host::nft::Nft> crate::host::nft::Nft for std::sync::Arc<T> {
-    fn apply(&self, script: &str) -> Result<()> {
-        (**self).apply(script)
+    fn apply(&self, targets: &[crate::plan::nft::Target]) -> Result<()> {
+        (**self).apply(targets)
     }
-    fn list_chain(&self, table: &str, chain: &str) -> Result<Option<String>> {
+    fn list_chain(
+        &self,
+        table: &str,
+        chain: &str,
+    ) -> Result<Option<Option<crate::plan::nft::ChainRule>>> {
         (**self).list_chain(table, chain)
     }
 }

@@ -13,6 +13,7 @@ pub mod oneoff;
 pub mod podman;
 mod prepared;
 pub mod probe_timer;
+pub mod proxy;
 pub mod seccomp;
 pub mod service_unit;
 mod unit;

@@ -20,8 +20,21 @@
 //! A closed process (a stopped service, or no running instance) is its chain flushed: the
 //! stable address then reaches nothing (port 1) and nginx answers 502. The rule's comment
 //! names the deployment tag and revision, so that recovery reads back from the kernel what
-//! nginx is pointed at ([`parse_chain`], [`as_upstream_text`]).
+//! nginx is pointed at.
+//!
+//! Rules are data: a [`Target`] becomes a [`Rule`] ([`plan_rule`]), which renders to the
+//! script's text; what the kernel holds is read back from `nft -j list chain` (the JSON
+//! schema of libnftables-json(5)) with serde into a [`ChainRule`] ([`parse_chain_json`]), never
+//! from `nft list`'s text. (The `nftables` crate speaks the same schema, but applying its JSON
+//! would change the script that is applied today and pinned by the snapshot; reading needs
+//! three of its objects.)
 
+use std::net::{IpAddr, Ipv4Addr};
+
+use serde::Deserialize;
+
+use super::proxy::{Pointer, Serving};
+use super::Endpoint;
 use crate::config::{stable_address, STABLE_PORT};
 
 /// The nftables table shim owns (family `ip`).
@@ -76,10 +89,40 @@ pub struct Target {
     pub revision: String,
     /// The deployment tag of the process's instances ("" for untagged ones).
     pub deployment: String,
-    /// The instances' ports; empty: the process is closed (chain flushed).
-    pub ports: Vec<u16>,
+    /// Where the instances answer; empty: the process is closed (chain flushed).
+    pub endpoints: Vec<Endpoint>,
     /// How many slots the upstream file lists (the process's count).
     pub slots: usize,
+}
+
+impl Target {
+    /// The chain's target for `to` (`slots`: the process's count).
+    pub fn new(service: &str, process: &str, to: &Pointer, slots: usize) -> Target {
+        let (revision, deployment, endpoints) = match to {
+            Pointer::Closed => (String::new(), String::new(), Vec::new()),
+            Pointer::Serving(s) => (
+                s.revision.clone(),
+                s.deployment.clone(),
+                s.endpoints.clone(),
+            ),
+        };
+        Target {
+            service: service.into(),
+            process: process.into(),
+            revision,
+            deployment,
+            endpoints,
+            slots,
+        }
+    }
+
+    /// What the chain points at once this target is applied.
+    pub fn pointer(&self) -> Pointer {
+        if self.endpoints.is_empty() {
+            return Pointer::Closed;
+        }
+        Pointer::serving(&self.revision, &self.deployment, self.endpoints.clone())
+    }
 }
 
 /// The comment of a process's rule: `deployment <tag> revision <rev>` (cut at 128 bytes).
@@ -89,22 +132,66 @@ pub fn render_comment(deployment: &str, revision: &str) -> String {
     c
 }
 
-/// The DNAT rule of a process with instances on `ports` (not empty): slot N (destination
-/// port N, from 1) to the N-th port, round the ports again when there are more slots.
-pub fn render_rule(t: &Target) -> String {
-    let slots = t.slots.max(t.ports.len()).max(1);
-    let map: Vec<String> = (0..slots)
+/// The DNAT rule of one process's chain, as data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// The process's stable address: the destination the rule matches.
+    pub daddr: Ipv4Addr,
+    /// Slot (destination port, from [`STABLE_PORT`]) to instance, in slot order.
+    pub map: Vec<(u16, Endpoint)>,
+    pub comment: String,
+}
+
+impl Rule {
+    /// The rule as `nft` reads it after `add rule ip <table> <chain>`.
+    pub fn render(&self) -> String {
+        let map: Vec<String> = self
+            .map
+            .iter()
+            .map(|(slot, e)| format!("{slot} : {} . {}", e.ip, e.port))
+            .collect();
+        format!(
+            "ip daddr {} dnat to tcp dport map {{ {} }} comment \"{}\"",
+            self.daddr,
+            map.join(", "),
+            self.comment
+        )
+    }
+
+    /// What the chain says once it holds this rule (the fake nftables' listing).
+    #[cfg(test)]
+    pub fn read_back(&self) -> ChainRule {
+        let all: Vec<Endpoint> = self.map.iter().map(|(_, e)| *e).collect();
+        chain_rule(all, self.map.len(), &self.comment).unwrap_or_default()
+    }
+}
+
+/// The rule of a process with instances at `t.endpoints` (None: closed, no rule): slot N
+/// (destination port N, from 1) to the N-th instance, round the instances again when there
+/// are more slots.
+pub fn plan_rule(t: &Target) -> Option<Rule> {
+    if t.endpoints.is_empty() {
+        return None;
+    }
+    let slots = t.slots.max(t.endpoints.len()).max(1);
+    let map = (0..slots)
         .map(|i| {
-            let slot = usize::from(STABLE_PORT) + i;
-            format!("{slot} : 127.0.0.1 . {}", t.ports[i % t.ports.len()])
+            // STABLE_PORT + i stays far below u16::MAX: slots is a process's count.
+            let slot = STABLE_PORT.saturating_add(u16::try_from(i).unwrap_or(u16::MAX));
+            (slot, t.endpoints[i % t.endpoints.len()])
         })
         .collect();
-    format!(
-        "ip daddr {} dnat to tcp dport map {{ {} }} comment \"{}\"",
-        stable_address(&t.service, &t.process),
-        map.join(", "),
-        render_comment(&t.deployment, &t.revision)
-    )
+    Some(Rule {
+        daddr: stable_address(&t.service, &t.process),
+        map,
+        comment: render_comment(&t.deployment, &t.revision),
+    })
+}
+
+/// The DNAT rule of a process with instances (not none), as the script writes it.
+#[cfg(test)]
+pub fn render_rule(t: &Target) -> String {
+    plan_rule(t).map(|r| r.render()).unwrap_or_default()
 }
 
 /// The whole `nft -f -` script that points each of `targets` at its instances, in one
@@ -131,84 +218,135 @@ pub fn render_script(targets: &[Target]) -> String {
             "add element ip {TABLE} dispatch {{ {} : jump {chain} }}\nflush chain ip {TABLE} {chain}\n",
             stable_address(&t.service, &t.process)
         ));
-        if !t.ports.is_empty() {
-            s.push_str(&format!("add rule ip {TABLE} {chain} {}\n", render_rule(t)));
+        if let Some(rule) = plan_rule(t) {
+            s.push_str(&format!("add rule ip {TABLE} {chain} {}\n", rule.render()));
         }
     }
     s
 }
 
-/// What a process's chain says, read back from `nft list chain`.
+/// What a process's chain says, read back from the kernel.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Pointer {
-    /// The instances' ports, each once, in slot order.
-    pub ports: Vec<u16>,
+pub struct ChainRule {
+    /// Where the instances answer, each once, in slot order.
+    pub endpoints: Vec<Endpoint>,
     /// How many slots the rule maps.
     pub slots: usize,
     pub deployment: String,
     pub revision: String,
 }
 
-/// Parses `nft list chain ip shim <chain>`'s output (None: no rule, the process is closed).
-/// Only what [`render_rule`] writes is read: the map's `127.0.0.1 . PORT` entries in key
-/// order and the comment (also the single-slot `numgen` rule of shim before slots).
-pub fn parse_chain(listing: &str) -> Option<Pointer> {
-    let line = listing.lines().find(|l| l.contains(" dnat "))?;
-    let (_, map) = line.split_once(" map {")?;
-    let (map, rest) = map.split_once('}')?;
-    let all: Vec<u16> = map
-        .split(',')
-        .filter_map(|e| e.rsplit_once(" . ")?.1.trim().parse().ok())
-        .collect();
-    let slots = if line.contains(" numgen ") {
-        1
-    } else {
-        all.len()
-    };
-    let mut ports = Vec::new();
-    for p in all {
-        if !ports.contains(&p) {
-            ports.push(p);
+impl ChainRule {
+    /// What a chain points at: this rule, or closed when it holds none (`rule`: None).
+    pub fn pointer(rule: Option<&ChainRule>) -> Pointer {
+        match rule {
+            None => Pointer::Closed,
+            Some(r) => Pointer::Serving(Serving {
+                revision: r.revision.clone(),
+                deployment: r.deployment.clone(),
+                endpoints: r.endpoints.clone(),
+            }),
         }
     }
-    let comment = rest.split_once("comment \"")?.1.split('"').next()?;
+}
+
+/// A chain's rule from its map entries (slot order) and comment.
+fn chain_rule(all: Vec<Endpoint>, slots: usize, comment: &str) -> Option<ChainRule> {
+    let mut endpoints = Vec::new();
+    for e in all {
+        if !endpoints.contains(&e) {
+            endpoints.push(e);
+        }
+    }
     let c = comment.strip_prefix("deployment ")?;
     let (deployment, revision) = c.split_once(" revision ")?;
-    Some(Pointer {
-        ports,
+    Some(ChainRule {
+        endpoints,
         slots,
         deployment: deployment.into(),
         revision: revision.into(),
     })
 }
 
-/// A process's chain as the upstream file it stands for under `reload`: what
-/// [`crate::plan::upstream::render_upstream`] would write for the same instances (a flushed
-/// chain: the closed upstream; None: no chain at all, as after a reboot). So recovery's and
-/// reconcile's comparisons of "what nginx points at" work the same in both modes.
-pub fn as_upstream_text(
-    upstream: &str,
-    service: &str,
-    process: &str,
-    listing: Option<&str>,
-) -> Option<String> {
-    let listing = listing?;
-    Some(match parse_chain(listing) {
-        Some(p) => crate::plan::upstream::render_upstream(
-            upstream,
-            service,
-            process,
-            &p.revision,
-            &p.deployment,
-            &p.ports,
-        ),
-        None => crate::plan::upstream::render_closed_upstream(upstream, service, process),
-    })
+/// `nft -j list chain`'s output: `{"nftables": [{"metainfo": …}, {"chain": …}, {"rule": …}]}`.
+#[derive(Deserialize)]
+struct Listing {
+    nftables: Vec<serde_json::Value>,
+}
+
+/// The part of a rule object shim reads: its comment and expressions.
+#[derive(Deserialize)]
+struct JsonRule {
+    #[serde(default)]
+    comment: String,
+    #[serde(default)]
+    expr: Vec<serde_json::Value>,
+}
+
+/// A `dnat` statement's `addr`: `{"map": {"key": …, "data": {"set": [[key, value], …]}}}`.
+#[derive(Deserialize)]
+struct DnatMap {
+    map: MapExpr,
+}
+
+#[derive(Deserialize)]
+struct MapExpr {
+    key: serde_json::Value,
+    data: SetExpr,
+}
+
+#[derive(Deserialize)]
+struct SetExpr {
+    set: Vec<(serde_json::Value, Concat)>,
+}
+
+/// A map element's value: `{"concat": ["127.0.0.1", 20001]}`.
+#[derive(Deserialize)]
+struct Concat {
+    concat: (IpAddr, u16),
+}
+
+/// Parses `nft -j list chain ip shim <chain>`'s output (Ok(None): no rule, the process is
+/// closed). Only what [`Rule`] writes is read: the dnat map's `addr . port` entries in key
+/// order and the comment (also the single-slot `numgen` rule of shim before slots).
+pub fn parse_chain_json(json: &str) -> anyhow::Result<Option<ChainRule>> {
+    let listing: Listing = serde_json::from_str(json)?;
+    for object in listing.nftables {
+        let Some(rule) = object.get("rule") else {
+            continue;
+        };
+        let rule: JsonRule = serde_json::from_value(rule.clone())?;
+        let Some(dnat) = rule.expr.iter().find_map(|e| e.get("dnat")?.get("addr")) else {
+            continue;
+        };
+        let m: DnatMap = serde_json::from_value(dnat.clone())?;
+        let slots = if m.map.key.get("numgen").is_some() {
+            1
+        } else {
+            m.map.data.set.len()
+        };
+        let all = m
+            .map
+            .data
+            .set
+            .iter()
+            .map(|(_, c)| Endpoint {
+                ip: c.concat.0,
+                port: c.concat.1,
+            })
+            .collect();
+        return Ok(chain_rule(all, slots, &rule.comment));
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(ports: &[u16]) -> Vec<Endpoint> {
+        ports.iter().copied().map(Endpoint::for_instance).collect()
+    }
 
     fn web(ports: &[u16]) -> Target {
         Target {
@@ -216,10 +354,14 @@ mod tests {
             process: "web".into(),
             revision: "279d9035886d".into(),
             deployment: "5e6f7a8b".into(),
-            ports: ports.to_vec(),
+            endpoints: at(ports),
             slots: 3,
         }
     }
+
+    /// `nft -j list chain ip shim svc_billing_app/web` of nft 1.0.6 after the rule of
+    /// `web(&[20001, 20002])` was added (captured in a network namespace).
+    const LISTED: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"chain": {"family": "ip", "table": "shim", "name": "svc_billing_app/web", "handle": 2}}, {"rule": {"family": "ip", "table": "shim", "chain": "svc_billing_app/web", "handle": 6, "comment": "deployment 5e6f7a8b revision 279d9035886d", "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "127.188.89.199"}}, {"dnat": {"family": "ip", "addr": {"map": {"key": {"payload": {"protocol": "tcp", "field": "dport"}}, "data": {"set": [[1, {"concat": ["127.0.0.1", 20001]}], [2, {"concat": ["127.0.0.1", 20002]}], [3, {"concat": ["127.0.0.1", 20001]}]]}}}}}]}}]}"#;
 
     #[test]
     fn script_snapshot() {
@@ -232,58 +374,45 @@ mod tests {
     fn stable_upstream_snapshot() {
         let t = render_stable_upstream("billing_app_web", "billing_app", "web", 3);
         assert!(t.starts_with(crate::plan::upstream::HEADER));
-        assert_eq!(crate::plan::upstream::file_revision(&t), None);
+        assert_eq!(crate::plan::upstream::parse_upstream(&t), None);
         insta::assert_snapshot!(t);
     }
 
     #[test]
     fn the_kernels_listing_reads_back_as_the_rule_written() {
-        // As nft 1.0.6 prints it (`dnat ip to`, tabs, the table around the chain).
-        let rule = render_rule(&web(&[20001, 20002])).replace("dnat to", "dnat ip to");
-        let listing =
-            format!("table ip shim {{\n\tchain svc_billing_app/web {{\n\t\t{rule}\n\t}}\n}}\n");
-        let p = parse_chain(&listing).unwrap();
-        assert_eq!(p.ports, [20001, 20002]);
-        assert_eq!(p.slots, 3);
+        let rule = render_rule(&web(&[20001, 20002]));
         assert!(
             rule.contains("1 : 127.0.0.1 . 20001, 2 : 127.0.0.1 . 20002, 3 : 127.0.0.1 . 20001"),
             "{rule}"
         );
+        let p = parse_chain_json(LISTED).unwrap().unwrap();
+        assert_eq!(p.endpoints, at(&[20001, 20002]));
+        assert_eq!(p.slots, 3);
         assert_eq!(
             (p.deployment.as_str(), p.revision.as_str()),
             ("5e6f7a8b", "279d9035886d")
         );
-        let text = as_upstream_text("u", "billing_app", "web", Some(&listing)).unwrap();
+        let planned = plan_rule(&web(&[20001, 20002])).unwrap();
         assert_eq!(
-            text,
-            crate::plan::upstream::render_upstream(
-                "u",
-                "billing_app",
-                "web",
-                "279d9035886d",
-                "5e6f7a8b",
-                &[20001, 20002]
-            )
+            planned.read_back(),
+            p,
+            "the fake's read-back is the kernel's"
         );
-        assert_eq!(
-            crate::plan::upstream::file_deployment(&text),
-            Some("5e6f7a8b")
-        );
-        let empty = "table ip shim {\n\tchain svc_billing_app/web {\n\t}\n}\n";
-        assert_eq!(parse_chain(empty), None);
-        let closed = as_upstream_text("u", "billing_app", "web", Some(empty)).unwrap();
-        assert_eq!(
-            crate::plan::upstream::file_revision(&closed),
-            Some("(stopped)")
-        );
-        assert_eq!(as_upstream_text("u", "billing_app", "web", None), None);
+        assert_eq!(ChainRule::pointer(Some(&p)), web(&[20001, 20002]).pointer());
+        let empty = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"chain": {"family": "ip", "table": "shim", "name": "svc_billing_app/web", "handle": 2}}]}"#;
+        assert_eq!(parse_chain_json(empty).unwrap(), None);
+        assert_eq!(ChainRule::pointer(None), Pointer::Closed);
+        assert!(parse_chain_json("table ip shim {").is_err());
     }
 
     #[test]
     fn the_single_slot_rule_of_shim_before_slots_reads_back() {
-        let line = "ip daddr 127.9.8.7 tcp dport 1 dnat ip to numgen inc mod 2 map { 0 : 127.0.0.1 . 20001, 1 : 127.0.0.1 . 20002 } comment \"deployment ab revision r1\"";
-        let p = parse_chain(line).unwrap();
-        assert_eq!((p.ports, p.slots), (vec![20001, 20002], 1));
+        // nft 1.0.6's JSON of `ip daddr 127.9.8.7 tcp dport 1 dnat to numgen inc mod 2 map
+        // { 0 : 127.0.0.1 . 20001, 1 : 127.0.0.1 . 20002 } comment "deployment ab revision r1"`.
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"chain": {"family": "ip", "table": "shim", "name": "svc_old/web", "handle": 3}}, {"rule": {"family": "ip", "table": "shim", "chain": "svc_old/web", "handle": 8, "comment": "deployment ab revision r1", "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "127.9.8.7"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 1}}, {"dnat": {"family": "ip", "addr": {"map": {"key": {"numgen": {"mode": "inc", "mod": 2, "offset": 0}}, "data": {"set": [[0, {"concat": ["127.0.0.1", 20001]}], [1, {"concat": ["127.0.0.1", 20002]}]]}}}}}]}}]}"#;
+        let p = parse_chain_json(json).unwrap().unwrap();
+        assert_eq!((p.endpoints, p.slots), (at(&[20001, 20002]), 1));
+        assert_eq!((p.deployment.as_str(), p.revision.as_str()), ("ab", "r1"));
     }
 
     #[test]

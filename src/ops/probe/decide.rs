@@ -21,6 +21,8 @@ use crate::host::http_check::Check;
 use crate::host::state::ServiceState;
 use crate::host::systemd::UnitInfo;
 use crate::plan::instance_keys;
+use crate::plan::proxy::{upstream_endpoints, Pointer, Target};
+use crate::plan::Endpoint;
 
 /// Everything a decision depends on.
 pub struct Inputs<'a> {
@@ -225,59 +227,46 @@ pub fn decide_counts(inp: &Inputs<'_>) -> (Vec<Action>, Memory) {
     (actions, mem)
 }
 
-/// The upstream file of each proxied process as the probe wants it: its healthy instances
-/// (running, not `killed` in this run, and with a passed check in this run or no health
-/// check), or all running ones if none is healthy (fail open), or a closed upstream if none
-/// runs. Paused processes are left as they are.
+/// What each proxied process's upstream should point at, as the probe wants it: its
+/// healthy instances (running, not `killed` in this run, and with a passed check in this run
+/// or no health check), or all running ones if none is healthy (fail open), or closed if
+/// none runs. Paused processes are left as they are.
 pub fn plan_upstreams(
     inp: &Inputs<'_>,
     checks: &BTreeMap<String, Check>,
     killed: &[&str],
-) -> Vec<crate::ops::upgrade::switch::UpstreamFile> {
+) -> Vec<Target> {
     let mut out = Vec::new();
     for d in inp.service.processes.values() {
-        let Some(px) = &d.proxy else { continue };
-        if inp.state.is_paused(d.name.as_str()) {
+        if d.proxy.is_none() || inp.state.is_paused(d.name.as_str()) {
             continue;
         }
-        let running: Vec<(&UnitInfo, u16)> = supervised(inp)
+        let running: Vec<(&UnitInfo, Endpoint)> = supervised(inp)
             .filter(|(u, p)| {
                 p.name == d.name && is_running(u) && !killed.contains(&u.name.as_str())
             })
-            .filter_map(|(u, _)| Some((u, u.port()?)))
+            .filter_map(|(u, _)| Some((u, u.endpoint()?)))
             .collect();
-        let healthy: Vec<(&UnitInfo, u16)> = running
+        let healthy: Vec<(&UnitInfo, Endpoint)> = running
             .iter()
             .filter(|(u, _)| d.health.is_none() || checks.get(&u.name).is_some_and(Check::healthy))
             .copied()
             .collect();
         let listed = if healthy.is_empty() { running } else { healthy };
-        let ports = crate::plan::upstream::upstream_ports(
-            listed.iter().map(|(u, p)| (index_of(u), *p)),
-            d.count,
-        );
-        let (id, process) = (inp.service.id.as_str(), d.name.as_str());
-        let text = if ports.is_empty() {
-            crate::plan::upstream::render_closed_upstream(&px.upstream, id, process)
+        let endpoints = upstream_endpoints(listed.iter().map(|(u, e)| (index_of(u), *e)), d.count);
+        let process = d.name.as_str();
+        let to = if endpoints.is_empty() {
+            Pointer::Closed
         } else {
-            crate::plan::upstream::render_upstream(
-                &px.upstream,
-                id,
-                process,
+            Pointer::serving(
                 &inp.deployment.revision,
                 &inp.deployment.tag(process),
-                &ports,
+                endpoints,
             )
         };
-        out.push(crate::ops::upgrade::switch::UpstreamFile {
-            file: px.file.clone(),
-            upstream: px.upstream.clone(),
-            text,
-            ports,
+        out.push(Target {
             process: process.to_string(),
-            revision: inp.deployment.revision.clone(),
-            deployment: inp.deployment.tag(process),
-            slots: d.count as usize,
+            to,
         });
     }
     out
@@ -617,9 +606,10 @@ command = ["/w"]
         let mem = Memory::default();
         let ports = |units: &[UnitInfo], checks: &BTreeMap<String, Check>, killed: &[&str]| {
             let inp = inputs(&d, &st, units, &mem, 200 * S);
-            let files = plan_upstreams(&inp, checks, killed);
-            assert_eq!(files.len(), 1);
-            (files[0].ports.clone(), files[0].text.clone())
+            let targets = plan_upstreams(&inp, checks, killed);
+            assert_eq!(targets.len(), 1);
+            let ports: Vec<u16> = targets[0].to.endpoints().iter().map(|e| e.port).collect();
+            (ports, targets[0].to.clone())
         };
         let units = [
             running("web", 1, 11),
@@ -658,8 +648,8 @@ command = ["/w"]
             .insert(crate::plan::fields::REVISION.into(), "r0".into());
         assert_eq!(ports(&[other], &BTreeMap::new(), &[]).0, Vec::<u16>::new());
         // None running: closed (502), naming no port another service could be given.
-        let (p, text) = ports(&[], &BTreeMap::new(), &[]);
+        let (p, to) = ports(&[], &BTreeMap::new(), &[]);
         assert!(p.is_empty());
-        assert!(text.contains("server 127.0.0.1:1 down;"), "{text}");
+        assert_eq!(to, Pointer::Closed);
     }
 }

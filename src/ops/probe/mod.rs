@@ -27,6 +27,7 @@
 pub mod decide;
 pub mod fast;
 pub mod run;
+pub mod upstreams;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

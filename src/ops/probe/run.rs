@@ -40,7 +40,7 @@ use crate::host::Host;
 use crate::ops::instances;
 
 /// Logs a condition once (until it clears), so that a probe every few seconds stays quiet.
-fn note_once(host: &Host, mem: &mut Memory, key: &str, id: &str, message: &str) {
+pub(super) fn note_once(host: &Host, mem: &mut Memory, key: &str, id: &str, message: &str) {
     if mem.noted.insert(key.to_string()) {
         host.journal.send(
             NOTICE,
@@ -183,7 +183,13 @@ impl Run<'_> {
         // the pids they were made on, which `units` still holds.
         let (kills, mut after) = decide_health(&inp, &checks, after_counts);
         act_kills(&cx, &kills);
-        let resynced = sync_upstreams(&cx, &inp, &checks, &kills, mem);
+        let resynced = super::upstreams::sync_upstreams(
+            host,
+            &self.defs.settings,
+            &inp,
+            (&checks, &kills),
+            mem,
+        );
         if let Some(inputs) = self.inputs {
             let acted = !count_actions.is_empty() || !kills.is_empty() || resynced;
             *record = record_clean(host, &inp, &checks, acted, &after, inputs);
@@ -211,7 +217,7 @@ fn target(host: &Host, defs: &Definitions, id: &str, mem: &mut Memory) -> Result
     let st = host.state().load(id)?;
     // After an interrupted upgrade, the revision nginx serves (which may be the attempt's).
     let upstreams = match st.upgrading {
-        Some(_) => crate::ops::upstreams::pointed(host, defs.settings.switch, svc),
+        Some(_) => crate::ops::proxy::for_host(host, &defs.settings).pointed(svc),
         None => Default::default(),
     };
     let Some(revision) = st.serving_revision(&upstreams) else {
@@ -418,116 +424,6 @@ fn record_new_ports(cx: &Acting<'_>, started: &instances::StartReport) {
             );
         }
     }
-}
-
-/// Points each proxied process's upstream at its healthy instances (those running whose
-/// last check passed, or that have no health check), under the service lock the probe holds:
-/// an instance that failed a check, was killed or is down leaves the upstream until it
-/// passes again; a replacement joins once healthy. If none is healthy, the running ones are
-/// listed (fail open, as load balancers do); if none runs, the upstream is closed (502)
-/// rather than pointing at ports another service may be given. Returns whether a file was
-/// rewritten.
-fn sync_upstreams(
-    cx: &Acting<'_>,
-    inp: &Inputs<'_>,
-    checks: &BTreeMap<String, Check>,
-    kills: &[Action],
-    mem: &mut Memory,
-) -> bool {
-    let killed: Vec<&str> = kills
-        .iter()
-        .filter_map(|a| match a {
-            Action::Kill { unit, .. } => Some(unit.as_str()),
-            _ => None,
-        })
-        .collect();
-    let files = super::decide::plan_upstreams(inp, checks, &killed);
-    if cx.defs.settings.switch == crate::config::SwitchMode::Nftables {
-        return sync_nftables(cx, inp, &files);
-    }
-    let mut backups = Vec::new();
-    for f in &files {
-        match crate::host::nginx::write_upstream(&f.file, &f.text) {
-            Ok(Some(b)) => backups.push((b, f)),
-            Ok(None) => {}
-            Err(e) => {
-                note_once(
-                    cx.host,
-                    mem,
-                    &format!("upstream:{}", f.file.display()),
-                    cx.id,
-                    &format!("cannot rewrite {}: {e:#}", f.file.display()),
-                );
-            }
-        }
-    }
-    if backups.is_empty() {
-        return false;
-    }
-    let only: Vec<_> = backups.iter().map(|(b, _)| b.clone()).collect();
-    let unit = &cx.defs.settings.nginx_unit;
-    let (priority, message) = match crate::host::nginx::apply(cx.host, unit, &only) {
-        Ok(()) => (
-            NOTICE,
-            backups
-                .iter()
-                .map(|(_, f)| format!("upstream {} now lists {:?}", f.upstream, f.ports))
-                .collect::<Vec<_>>()
-                .join("; "),
-        ),
-        Err(e) => (WARNING, format!("rewriting the upstreams failed: {e:#}")),
-    };
-    cx.host.journal.send(
-        priority,
-        &message,
-        &[
-            (crate::plan::fields::SERVICE, cx.id.to_string()),
-            (crate::plan::fields::ACTION, "upstream".into()),
-        ],
-    );
-    true
-}
-
-/// [`sync_upstreams`] under `switch = "nftables"`: the kernel's rules of the processes whose
-/// rule differs from the plan replaced in one transaction (no nginx reload).
-fn sync_nftables(
-    cx: &Acting<'_>,
-    inp: &Inputs<'_>,
-    files: &[crate::ops::upgrade::switch::UpstreamFile],
-) -> bool {
-    let now = crate::ops::upstreams::pointed(cx.host, cx.defs.settings.switch, inp.service);
-    let changed: Vec<_> = files
-        .iter()
-        .filter(|f| now.get(&f.file).cloned().flatten().as_deref() != Some(f.text.as_str()))
-        .cloned()
-        .collect();
-    if changed.is_empty() {
-        return false;
-    }
-    let mut details = Vec::new();
-    let unit = &cx.defs.settings.nginx_unit;
-    let (priority, message) = match crate::ops::upstreams::switch_nftables(
-        cx.host,
-        unit,
-        cx.id,
-        &changed,
-        &mut details,
-    ) {
-        Ok(()) => (NOTICE, details.join("; ")),
-        Err(e) => (
-            WARNING,
-            format!("replacing the nftables rules failed: {e:#}"),
-        ),
-    };
-    cx.host.journal.send(
-        priority,
-        &message,
-        &[
-            (crate::plan::fields::SERVICE, cx.id.to_string()),
-            (crate::plan::fields::ACTION, "upstream".into()),
-        ],
-    );
-    true
 }
 
 /// Resets and starts the failed units of `actions` whose backoff has passed.

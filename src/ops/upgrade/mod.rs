@@ -427,14 +427,7 @@ impl Run<'_> {
             };
             // Upstream files shim would not replace are refused here too, before the lock
             // file is made.
-            for px in p
-                .service
-                .processes
-                .values()
-                .filter_map(|d| d.proxy.as_ref())
-            {
-                crate::host::nginx::check_owned(&px.file)?;
-            }
+            crate::ops::proxy::for_host(host, &defs.settings).preflight_all(&p.service)?;
             d.push(format!(
                 "image {} ({})",
                 p.image.reference, p.image.manifest_digest
@@ -469,7 +462,8 @@ impl Run<'_> {
         let planned = self.observe_plan()?;
         let p = need(&self.prepared)?;
         let (host, opts, rev) = (self.host, self.opts, self.revision);
-        let nginx_unit = &self.defs.settings.nginx_unit;
+        let settings = &self.defs.settings;
+        let nginx_unit = &settings.nginx_unit;
         let current = self.st.deployment.as_ref().filter(|_| !self.st.stopped);
         let unchanged = matches!(opts.kind, Kind::Upgrade | Kind::Start)
             && self.st.upgrading.is_none()
@@ -504,17 +498,10 @@ impl Run<'_> {
             describe_plan(p, &planned, rev, d)?;
             // Files shim would not replace, and an nginx that cannot be reloaded, fail here,
             // before anything changes.
-            for px in p
-                .service
-                .processes
-                .values()
-                .filter_map(|d| d.proxy.as_ref())
-            {
-                crate::host::nginx::check_owned(&px.file)?;
-            }
+            crate::ops::proxy::for_host(host, settings).preflight_all(&p.service)?;
             let proxied = p.service.processes.values().any(|p| p.proxy.is_some());
             if proxied && !opts.dry_run {
-                nginx_is_active(host, nginx_unit)?;
+                crate::host::nginx::require_active(host, nginx_unit)?;
             }
             Ok(())
         })?;
@@ -917,24 +904,6 @@ fn describe_plan(
         }
     }
     Ok(())
-}
-
-/// Fails before anything changes if nginx cannot be reloaded.
-fn nginx_is_active(host: &Host, unit: &str) -> Result<()> {
-    let info = host
-        .systemd()?
-        .list_units(&[unit.to_string()])?
-        .into_iter()
-        .find(|u| u.name == unit);
-    match info {
-        Some(u) if u.active_state == "active" => Ok(()),
-        Some(u) => bail!(
-            "{unit} is {}/{}: start nginx before deploying proxied processes",
-            u.active_state,
-            u.sub_state
-        ),
-        None => bail!("{unit} is not loaded: start nginx (or set [shim] nginx_unit) before deploying proxied processes"),
-    }
 }
 
 /// The health step's error: each instance's reason, then its last journal lines.

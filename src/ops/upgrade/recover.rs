@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::host::nginx;
 use crate::host::state::{Phase, ServiceState, StateStore};
 use crate::host::systemd::UnitInfo;
 use crate::host::Host;
@@ -117,9 +116,9 @@ pub fn run(
 ) -> Result<()> {
     let sd = host.systemd()?;
     let id = p.service.id.as_str();
-    let nginx_unit = settings.nginx_unit.as_str();
+    let proxy = crate::ops::proxy::for_host(host, settings);
     let units = instances::service_units(sd, id)?;
-    let pointed = crate::ops::upstreams::pointed(host, settings.switch, &p.service);
+    let pointed = proxy.pointed(&p.service);
     let r = decide(
         st,
         &p.deployment,
@@ -139,17 +138,9 @@ pub fn run(
         .filter(|u| r.leftovers.contains(&u.name))
         .collect();
     if r.drain_first {
-        // Killed between writing the file and the reload, nginx may still serve the old
-        // instances: make it load what the files say before they go. (Under nftables the
-        // kernel's rule, replaced atomically, already says what serves: no reload.)
-        let proxied = p.service.processes.values().any(|d| d.proxy.is_some());
-        if proxied && settings.switch == crate::config::SwitchMode::Reload {
-            host.nginx.test_config()?;
-            nginx::reload(host, nginx_unit, Duration::from_secs(30))?;
-            details.push(format!(
-                "{nginx_unit} reloaded to be sure it serves the upstream files"
-            ));
-        }
+        // Killed between a switch's write and its apply, the proxy may still serve the old
+        // instances: make it serve what it points at before they go.
+        details.extend(proxy.settle(&p.service)?);
         let drain = super::drain_of(p, &leftovers);
         let ports = leftovers.iter().filter_map(|u| u.port()).collect();
         details.push(instances::drain(host, &ports, drain));

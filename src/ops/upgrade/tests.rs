@@ -450,7 +450,14 @@ fn killed_after_starting_the_next_upgrade_removes_the_attempts_instances() {
     t.fh.host.state().save("app", &st).unwrap();
     std::fs::write(
         &t.file,
-        crate::plan::upstream::render_upstream("app_web", "app", "web", "r1", "", &[30000, 30001]),
+        crate::plan::upstream::render_upstream(
+            "app_web",
+            "app",
+            "web",
+            "r1",
+            "",
+            &crate::plan::proxy::at_ports(&[30000, 30001]),
+        ),
     )
     .unwrap();
     lock(&t.http.answers).clear();
@@ -1025,14 +1032,9 @@ impl T {
     }
     /// The ports web's rule leads to.
     fn rule_ports(&self) -> Vec<u16> {
-        let listing = self
-            .fh
-            .nft
-            .list_chain("shim", "svc_app/web")
-            .unwrap()
-            .unwrap_or_default();
-        crate::plan::nft::parse_chain(&listing)
-            .map(|p| p.ports)
+        let rule = self.fh.nft.list_chain("shim", "svc_app/web").unwrap();
+        rule.flatten()
+            .map(|r| r.endpoints.iter().map(|e| e.port).collect())
             .unwrap_or_default()
     }
 }
