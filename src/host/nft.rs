@@ -73,7 +73,7 @@ impl Nft for NftBinary {
             return Ok(None);
         }
         bail!(
-            "nft list chain ip {table} {chain} failed: {}",
+            "nft -j list chain ip {table} {chain} failed: {}",
             err.trim_end()
         )
     }

@@ -16,7 +16,9 @@
 //! 4. act on health ([`act_kills`]): after `unhealthy_after` consecutive failed checks
 //!    (outside `start_period`), SIGKILL the unit's main process through D-Bus, so that
 //!    systemd's own `Restart=` path brings the instance back;
-//! 5. record: the memory after the run, and, when the service was found clean, the fast
+//! 5. point the proxy at the healthy instances ([`super::upstreams::sync_upstreams`], through
+//!    the host's proxy switch);
+//! 6. record: the memory after the run, and, when the service was found clean, the fast
 //!    path's record ([`record_clean`]).
 //!
 //! Every action is logged to the journal ([`Host::journal`]) with SHIM_SERVICE, SHIM_PROCESS,
@@ -146,7 +148,7 @@ struct Acting<'a> {
 }
 
 impl Run<'_> {
-    /// Steps 1 to 5 of the module's flow; `mem` is updated, `record` set if one was written.
+    /// Steps 1 to 6 of the module's flow; `mem` is updated, `record` set if one was written.
     fn probe(&self, mem: &mut Memory, record: &mut Option<fast::Record>) -> Result<()> {
         let (host, id) = (self.host, self.id);
         let Some(t) = target(host, self.defs, id, mem)? else {
@@ -388,7 +390,7 @@ fn act_starts(cx: &Acting<'_>, actions: &[Action], mem: &mut Memory) {
 
 /// A replacement could not have its recorded port (another program took it): the
 /// deployment records the new one, under the service lock the probe holds. The upstream
-/// follows once the instance is healthy ([`sync_upstreams`]).
+/// follows once the instance is healthy ([`super::upstreams::sync_upstreams`]).
 fn record_new_ports(cx: &Acting<'_>, started: &instances::StartReport) {
     let store = cx.host.state();
     let Ok(mut st) = store.load(cx.id) else {

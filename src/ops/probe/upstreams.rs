@@ -72,3 +72,86 @@ pub fn sync_upstreams(
     );
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::state::ServiceState;
+    use crate::ops::probe::decide::tests::{inputs, running, DEF, S};
+    use crate::plan::proxy::{at_ports, Pointer};
+    use crate::plan::upstream::parse_upstream;
+
+    #[test]
+    fn the_probe_points_each_upstream_at_its_healthy_instances_and_skips_a_foreign_file() {
+        let fh = crate::host::FakeHost::new();
+        fh.systemd.insert(crate::host::systemd::UnitInfo {
+            name: "nginx.service".into(),
+            active_state: "active".into(),
+            sub_state: "running".into(),
+            main_pid: 100,
+            ..Default::default()
+        });
+        let dir = fh.tmp.path().display().to_string();
+        let text = DEF
+            .replace(
+                "start_period = \"10s\" }",
+                &format!("start_period = \"10s\" }}\nproxy = {{ upstream = \"app_web\", file = \"{dir}/web.conf\" }}"),
+            )
+            .replace(
+                "command = [\"/w\"]\n",
+                &format!("command = [\"/w\"]\nhealth = {{ path = \"/h\" }}\nproxy = {{ upstream = \"app_w\", file = \"{dir}/worker.conf\" }}\n"),
+            );
+        let d = crate::ops::testkit::defs(&text);
+        let foreign = "upstream app_w { server 10.0.0.1:80; }\n";
+        std::fs::write(fh.tmp.path().join("worker.conf"), foreign).unwrap();
+        let units = [
+            running("web", 1, 11),
+            running("web", 2, 12),
+            running("worker", 1, 13),
+        ];
+        let checks: BTreeMap<String, Check> = units
+            .iter()
+            .map(|u| (u.name.clone(), Check::Healthy(200)))
+            .collect();
+        let (st, seen) = (ServiceState::default(), Memory::default());
+        let inp = inputs(&d, &st, &units, &seen, 200 * S);
+        let mut mem = Memory::default();
+        assert!(sync_upstreams(
+            &fh.host,
+            &d.settings,
+            &inp,
+            (&checks, &[]),
+            &mut mem
+        ));
+        let web = std::fs::read_to_string(fh.tmp.path().join("web.conf")).unwrap();
+        assert_eq!(
+            parse_upstream(&web),
+            Some(Pointer::serving("r1", "", at_ports(&[20001, 20002])))
+        );
+        let worker = std::fs::read_to_string(fh.tmp.path().join("worker.conf")).unwrap();
+        assert_eq!(worker, foreign, "not shim's: left alone");
+        assert!(mem.noted.contains("upstream:worker"), "{:?}", mem.noted);
+        // Pointed where it should: nothing to do the next time, no second reload.
+        let reloads = || {
+            fh.systemd
+                .calls()
+                .iter()
+                .filter(|c| *c == "reload nginx.service")
+                .count()
+        };
+        assert_eq!(reloads(), 1);
+        let mut mem = Memory::default();
+        std::fs::remove_file(fh.tmp.path().join("worker.conf")).unwrap();
+        let again = sync_upstreams(&fh.host, &d.settings, &inp, (&checks, &[]), &mut mem);
+        assert!(again, "the worker's file, now absent, is written");
+        assert_eq!(reloads(), 2);
+        assert!(!sync_upstreams(
+            &fh.host,
+            &d.settings,
+            &inp,
+            (&checks, &[]),
+            &mut mem
+        ));
+        assert_eq!(reloads(), 2);
+    }
+}

@@ -25,6 +25,8 @@
 
 pub mod nftables;
 pub mod nginx;
+#[cfg(test)]
+mod tests;
 
 use anyhow::Result;
 
