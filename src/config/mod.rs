@@ -219,21 +219,55 @@ pub struct Health {
     pub start_period: Duration,
 }
 
+/// What a health check asks, decided once from the definition as written (`path`, `tcp =
+/// true` or `command`): the one place the "empty path means TCP" rule lives. Which instance
+/// address or container it asks is bound later (`plan::health::Probe`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheck {
+    /// `GET path` on the instance's endpoint; healthy on 2xx.
+    Http { path: String },
+    /// A connect to the instance's endpoint.
+    Tcp,
+    /// `argv` run in the instance's container; healthy on exit 0.
+    Command { argv: Vec<String> },
+}
+
+impl HealthCheck {
+    /// What is checked, in words: `GET /health`, `TCP connect` or `command bin/check`.
+    pub fn what(&self) -> String {
+        match self {
+            HealthCheck::Http { path } => format!("GET {path}"),
+            HealthCheck::Tcp => "TCP connect".into(),
+            HealthCheck::Command { argv } => format!("command {}", argv.join(" ")),
+        }
+    }
+}
+
 impl Health {
+    /// The kind of check (see [`HealthCheck`]).
+    pub fn check(&self) -> HealthCheck {
+        if !self.command.is_empty() {
+            HealthCheck::Command {
+                argv: self.command.clone(),
+            }
+        } else if self.path.is_empty() {
+            HealthCheck::Tcp
+        } else {
+            HealthCheck::Http {
+                path: self.path.clone(),
+            }
+        }
+    }
+
     /// What is checked, in words: `GET /health` or `TCP connect`.
     pub fn what(&self) -> String {
-        if !self.command.is_empty() {
-            format!("command {}", self.command.join(" "))
-        } else if self.path.is_empty() {
-            "TCP connect".into()
-        } else {
-            format!("GET {}", self.path)
-        }
+        self.check().what()
     }
 
     /// Whether the check reaches the instance over its port (HTTP and TCP checks do).
     pub fn needs_port(&self) -> bool {
-        self.command.is_empty()
+        !matches!(self.check(), HealthCheck::Command { .. })
     }
 }
 

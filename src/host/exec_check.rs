@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::host::http_check::{Check, Request};
+use oci_spec::runtime::{Process, Spec};
+
+use crate::plan::health::{Check, Container};
 
 /// How long a check that got SIGTERM at its deadline has before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_millis(200);
@@ -38,19 +40,35 @@ pub fn exec_argv(runtime: &str, container: &str, process: &Path, pid_file: &Path
     ]
 }
 
-/// The `process` of a bundle's `config.json` with `args` replaced by `argv`, without a
-/// terminal (pure).
-pub fn check_process(config_json: &str, argv: &[String]) -> Result<String, String> {
-    let mut v: serde_json::Value =
-        serde_json::from_str(config_json).map_err(|e| format!("config.json: {e}"))?;
-    let p = v
-        .get_mut("process")
-        .and_then(|p| p.as_object_mut())
-        .ok_or("config.json has no process")?;
-    p.insert("args".into(), serde_json::json!(argv));
-    p.insert("terminal".into(), serde_json::Value::Bool(false));
-    p.remove("consoleSize");
-    serde_json::to_string(p).map_err(|e| e.to_string())
+/// The process a command check runs (pure): the container's own `process` (from its
+/// bundle's `config.json`) with `args` replaced by `argv`, without a terminal.
+pub fn check_process(spec: &Spec, argv: &[String]) -> Result<Process, String> {
+    let mut p = spec.process().clone().ok_or("config.json has no process")?;
+    p.set_args(Some(argv.to_vec()));
+    p.set_terminal(Some(false));
+    p.set_console_size(None);
+    Ok(p)
+}
+
+/// The process of a command check of `container`: read from its bundle, as [`check_process`]
+/// makes it.
+pub fn load_process(container: &Container, argv: &[String]) -> Result<Process, String> {
+    let config = container.bundle.join("config.json");
+    let text = std::fs::read_to_string(&config)
+        .map_err(|err| format!("reading {}: {err}", config.display()))?;
+    let spec: Spec =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", config.display()))?;
+    check_process(&spec, argv)
+}
+
+/// One command check to run: `process` in `container`, healthy when it exits 0 within
+/// `timeout`.
+pub struct CommandCheck<'a> {
+    /// Its place in the caller's batch, which the verdicts are keyed by.
+    pub index: usize,
+    pub container: &'a Container,
+    pub process: Result<Process, String>,
+    pub timeout: Duration,
 }
 
 /// Where the check's process file and pid file go: in the instance's directory (0700), with
@@ -99,37 +117,33 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts every command check among `reqs` (the others are not looked at).
-    pub fn start(reqs: &[Request<'_>], start: Instant) -> Running {
+    /// Starts every check of `checks` (a check whose process could not be made fails here).
+    pub fn start(checks: Vec<CommandCheck<'_>>, start: Instant) -> Running {
         let mut r = Running {
             jobs: Vec::new(),
             failed: Vec::new(),
         };
-        for (index, req) in reqs.iter().enumerate() {
-            let Some(e) = req.exec else { continue };
-            let bin = match crate::host::runtime::runtime_binary(e.runtime) {
+        for c in checks {
+            let index = c.index;
+            let bin = match crate::host::runtime::runtime_binary(c.container.runtime) {
                 Ok(b) => b.display().to_string(),
                 Err(err) => {
                     r.failed.push((index, Check::NoAnswer(format!("{err:#}"))));
                     continue;
                 }
             };
-            let bundle = e.bundle.clone();
-            let (process, pid_file) = check_files(&bundle);
-            let config = bundle.join("config.json");
-            let written = std::fs::read_to_string(&config)
-                .map_err(|err| format!("reading {}: {err}", config.display()))
-                .and_then(|c| check_process(&c, &e.argv))
-                .and_then(|text| {
-                    crate::host::fsutil::write_atomic(&process, text.as_bytes(), 0o600)
-                        .map_err(|err| format!("{err:#}"))
-                });
+            let (process, pid_file) = check_files(&c.container.bundle);
+            let written = c.process.and_then(|p| {
+                let text = serde_json::to_string(&p).map_err(|e| e.to_string())?;
+                crate::host::fsutil::write_atomic(&process, text.as_bytes(), 0o600)
+                    .map_err(|err| format!("{err:#}"))
+            });
             if let Err(err) = written {
                 r.failed.push((index, Check::NoAnswer(err)));
                 continue;
             }
-            let argv = exec_argv(&bin, &e.container, &process, &pid_file);
-            r.spawn(index, &argv, start, req.timeout);
+            let argv = exec_argv(&bin, &c.container.name, &process, &pid_file);
+            r.spawn(index, &argv, start, c.timeout);
             match r.jobs.last_mut() {
                 Some(j) if j.index == index => j.files = vec![process, pid_file],
                 _ => {
@@ -272,8 +286,8 @@ mod tests {
             ]
         );
         let config = r#"{"ociVersion":"1.0.2","process":{"terminal":true,"consoleSize":{"height":1,"width":1},"user":{"uid":1234,"gid":1234},"args":["bin/app"],"env":["PORT=20001","A=b"],"cwd":"/app"},"root":{"path":"rootfs"}}"#;
-        let p: serde_json::Value =
-            serde_json::from_str(&check_process(config, &["bin/check".into()]).unwrap()).unwrap();
+        let spec: Spec = serde_json::from_str(config).unwrap();
+        let p = serde_json::to_value(check_process(&spec, &["bin/check".into()]).unwrap()).unwrap();
         assert_eq!(p["args"], serde_json::json!(["bin/check"]));
         assert_eq!(p["user"]["uid"], 1234);
         assert_eq!(p["env"][0], "PORT=20001");
@@ -282,7 +296,9 @@ mod tests {
             (Some("/app"), Some(false))
         );
         assert!(p.get("consoleSize").is_none());
-        assert!(check_process("{}", &[]).is_err());
+        let mut bare = spec.clone();
+        bare.set_process(None);
+        assert!(check_process(&bare, &[]).is_err());
         assert_eq!(
             verdict(std::process::ExitStatus::from_raw(0)),
             Check::Passed

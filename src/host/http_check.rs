@@ -1,11 +1,12 @@
-//! HTTP health checks of instances (loopback only) and the verdict on them.
+//! HTTP and TCP health checks of instances: the socket half of `host::health`'s checker.
 //!
 //! One `GET` per instance over a plain TCP socket, reading no more than the status line: the
 //! probe runs every few seconds for every service, and an HTTP client (ureq spawned a resolver
 //! thread, called getaddrinfo and zeroed 256 KiB of buffers per request) was most of its CPU
-//! time. Only the instance's own loopback port is ever asked, so no proxy, TLS or DNS is needed.
+//! time. Only the instance's own endpoint (`plan::Endpoint`, formed in one place) is ever
+//! asked, so no proxy, TLS or DNS is needed.
 //!
-//! [`check_all`] makes several checks at once from one thread: non-blocking connects, the
+//! [`check_sockets`] makes several checks at once from one thread: non-blocking connects, the
 //! request written with one `send`, then `poll(2)` until every check has its status line or
 //! its own deadline. A thread per check cost more than the checks (stack mappings, a malloc
 //! arena each), and a request written piecewise by `write!` was one TCP segment per piece.
@@ -17,141 +18,28 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
-use serde::Serialize;
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
 
-/// The outcome of one health request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub enum Check {
-    /// A 2xx answer (0: a TCP check connected).
-    Healthy(u16),
-    /// Any other HTTP status.
-    Status(u16),
-    /// No HTTP answer: refused, reset, timed out; or a command check that could not run or
-    /// did not finish in time.
-    NoAnswer(String),
-    /// A command check exited 0.
-    Passed,
-    /// A command check exited with this status (or was killed by this signal, negated).
-    Exited(i32),
-}
+use crate::plan::health::{verdict, Check};
+use crate::plan::Endpoint;
 
-impl Check {
-    pub fn healthy(&self) -> bool {
-        matches!(self, Check::Healthy(_) | Check::Passed)
-    }
-}
-
-impl std::fmt::Display for Check {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Check::Healthy(0) => write!(f, "TCP connected"),
-            Check::Healthy(s) => write!(f, "HTTP {s}"),
-            Check::Status(s) => write!(f, "HTTP {s}"),
-            Check::NoAnswer(e) => write!(f, "no answer ({e})"),
-            Check::Passed => write!(f, "command exited 0"),
-            Check::Exited(n) if *n < 0 => write!(f, "command killed by signal {}", -n),
-            Check::Exited(n) => write!(f, "command exited {n}"),
-        }
-    }
-}
-
-/// Classifies an HTTP status (pure).
-pub fn verdict(status: u16) -> Check {
-    if (200..300).contains(&status) {
-        Check::Healthy(status)
-    } else {
-        Check::Status(status)
-    }
-}
-
-/// One health request: `GET http://127.0.0.1:{port}{path}` within `timeout`; with an empty
-/// `path`, a TCP check: the connect alone (healthy as `Check::Healthy(0)`); with `exec`, a
-/// command check run in the instance's container (`port` and `path` unused).
+/// One socket check: a connect to `endpoint`, then, for an HTTP check, `GET path` (with
+/// `Host: endpoint.authority()`) within `timeout`; a TCP check (no path) is the connect alone
+/// (healthy as `Check::Healthy(0)`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Request<'a> {
-    pub port: u16,
-    pub path: &'a str,
+pub struct SocketCheck<'a> {
+    pub endpoint: Endpoint,
+    pub path: Option<&'a str>,
     pub timeout: Duration,
-    pub exec: Option<&'a ExecCheck>,
-}
-
-/// A command check: `RUNTIME exec CONTAINER ARGV…` (the process runs in the container, with
-/// its user, environment and working directory, as `runc exec` and `crun exec` take them from
-/// the bundle); healthy when it exits 0 within the request's timeout.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct ExecCheck {
-    pub runtime: crate::config::Runtime,
-    /// The container id: the instance's unit name without `.service`.
-    pub container: String,
-    /// The instance's bundle directory (its `config.json` gives the check's process).
-    pub bundle: std::path::PathBuf,
-    pub argv: Vec<String>,
 }
 
 /// The bytes of a request (pure): written with one `send`.
-pub fn render_request(port: u16, path: &str) -> Vec<u8> {
+pub fn render_request(endpoint: Endpoint, path: &str) -> Vec<u8> {
     format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: shim-probe\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: shim-probe\r\nConnection: close\r\n\r\n",
+        endpoint.authority()
     )
     .into_bytes()
-}
-
-/// Health checks as the operations make them.
-pub trait HttpCheck: Send + Sync {
-    /// Several checks at once; one result per request, in order.
-    fn check_all(&self, reqs: &[Request<'_>]) -> Vec<Check>;
-    /// GET `http://127.0.0.1:{port}{path}` within `timeout` (tests). Only ever the instance's own
-    /// loopback port: instances share the host's network, and probes must not go anywhere else.
-    #[cfg(test)]
-    fn check(&self, port: u16, path: &str, timeout: Duration) -> Check {
-        self.check_all(&[Request {
-            port,
-            path,
-            timeout,
-            exec: None,
-        }])
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| Check::NoAnswer("no result".into()))
-    }
-}
-
-/// Real TCP checks on loopback.
-pub struct TcpHttpCheck;
-
-impl HttpCheck for TcpHttpCheck {
-    fn check_all(&self, reqs: &[Request<'_>]) -> Vec<Check> {
-        check_all(reqs)
-    }
-}
-
-/// Scripted answers per port, for unit tests: a port with no answer set is refused. Every
-/// request is recorded.
-#[cfg(test)]
-#[derive(Default)]
-pub struct FakeHttpCheck {
-    pub answers: std::sync::Mutex<std::collections::BTreeMap<u16, Check>>,
-    /// Answers that apply to any port not in `answers` (e.g. "every new instance is healthy").
-    pub default: std::sync::Mutex<Option<Check>>,
-    pub asked: std::sync::Mutex<Vec<(u16, String)>>,
-}
-
-#[cfg(test)]
-impl HttpCheck for FakeHttpCheck {
-    fn check_all(&self, reqs: &[Request<'_>]) -> Vec<Check> {
-        use crate::host::systemd::fake::lock;
-        reqs.iter()
-            .map(|r| {
-                lock(&self.asked).push((r.port, r.path.to_string()));
-                lock(&self.answers)
-                    .get(&r.port)
-                    .cloned()
-                    .or_else(|| lock(&self.default).clone())
-                    .unwrap_or_else(|| Check::NoAnswer("connection refused".into()))
-            })
-            .collect()
-    }
 }
 
 enum Step {
@@ -177,33 +65,26 @@ fn os_error(e: Errno) -> Check {
 }
 
 impl Conn {
-    fn done_with(c: Check, r: &Request<'_>, start: Instant) -> Conn {
-        Conn {
-            sock: None,
-            request: Vec::new(),
-            buf: [0; 256],
-            step: Step::Done(c),
-            deadline: start + r.timeout,
-            timeout: r.timeout,
-        }
-    }
-
-    fn open(r: &Request<'_>, start: Instant) -> Conn {
+    fn open(r: &SocketCheck<'_>, start: Instant) -> Conn {
         let mut c = Conn {
             sock: None,
             // No request for a TCP check: connected is healthy.
-            request: if r.path.is_empty() {
-                Vec::new()
-            } else {
-                render_request(r.port, r.path)
+            request: match r.path {
+                None => Vec::new(),
+                Some(path) => render_request(r.endpoint, path),
             },
             buf: [0; 256],
             step: Step::Connecting,
             deadline: start + r.timeout,
             timeout: r.timeout,
         };
+        let family = if r.endpoint.ip.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
         let fd = match socket::socket(
-            AddressFamily::Inet,
+            family,
             SockType::Stream,
             SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
             None,
@@ -214,7 +95,7 @@ impl Conn {
                 return c;
             }
         };
-        let addr = SockaddrIn::new(127, 0, 0, 1, r.port);
+        let addr = SockaddrStorage::from(r.endpoint.socket_addr());
         match socket::connect(fd.as_raw_fd(), &addr) {
             Ok(()) if c.request.is_empty() => {
                 c.step = Step::Done(Check::Healthy(0));
@@ -296,28 +177,10 @@ impl Conn {
     }
 }
 
-/// Makes the checks concurrently from this thread; each has its own deadline, counted from
-/// now. Results are in the order of `reqs`. Command checks are started first, run while the
-/// sockets are polled, and waited for last.
-pub fn check_all(reqs: &[Request<'_>]) -> Vec<Check> {
-    let start = Instant::now();
-    let mut commands = crate::host::exec_check::Running::start(reqs, start);
-    let mut out = check_sockets(reqs, start);
-    for (i, c) in commands.wait() {
-        out[i] = c;
-    }
-    out
-}
-
-/// The HTTP and TCP checks of `reqs` (a command check's slot is left as "no result").
-fn check_sockets(reqs: &[Request<'_>], start: Instant) -> Vec<Check> {
-    let mut conns: Vec<Conn> = reqs
-        .iter()
-        .map(|r| match r.exec {
-            None => Conn::open(r, start),
-            Some(_) => Conn::done_with(Check::NoAnswer("no result".into()), r, start),
-        })
-        .collect();
+/// Makes the socket checks concurrently from this thread; each has its own deadline, counted
+/// from `start`. Results are in the order of `reqs`.
+pub fn check_sockets(reqs: &[SocketCheck<'_>], start: Instant) -> Vec<Check> {
+    let mut conns: Vec<Conn> = reqs.iter().map(|r| Conn::open(r, start)).collect();
     loop {
         let now = Instant::now();
         for c in conns.iter_mut().filter(|c| !c.done()) {
@@ -394,20 +257,30 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
+    fn at(port: u16) -> Endpoint {
+        Endpoint::for_instance(port)
+    }
+
+    fn check_all(reqs: &[SocketCheck<'_>]) -> Vec<Check> {
+        check_sockets(reqs, Instant::now())
+    }
+
+    /// One HTTP check.
+    fn check(port: u16, path: &str, timeout: Duration) -> Check {
+        check_all(&[SocketCheck {
+            endpoint: at(port),
+            path: Some(path),
+            timeout,
+        }])
+        .remove(0)
+    }
+
     #[test]
     fn status_lines() {
         assert_eq!(parse_status_line(b"HTTP/1.1 204 No Content"), Ok(204));
         assert_eq!(parse_status_line(b"HTTP/1.0 500"), Ok(500));
         assert!(parse_status_line(b"SSH-2.0-OpenSSH").is_err());
         assert!(parse_status_line(b"HTTP/1.1 abc").is_err());
-    }
-
-    #[test]
-    fn verdicts() {
-        assert!(verdict(200).healthy());
-        assert!(verdict(204).healthy());
-        assert_eq!(verdict(500), Check::Status(500));
-        assert_eq!(verdict(302), Check::Status(302));
     }
 
     fn serve_once(reply: &'static str) -> u16 {
@@ -427,11 +300,10 @@ mod tests {
     fn a_tcp_check_is_a_connect_alone() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        let req = |port| Request {
-            port,
-            path: "",
+        let req = |port| SocketCheck {
+            endpoint: at(port),
+            path: None,
             timeout: Duration::from_millis(500),
-            exec: None,
         };
         assert_eq!(check_all(&[req(port)]), vec![Check::Healthy(0)]);
         assert_eq!(Check::Healthy(0).to_string(), "TCP connected");
@@ -452,28 +324,28 @@ mod tests {
     fn checks_real_sockets() {
         let ok = serve_once("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
         assert_eq!(
-            TcpHttpCheck.check(ok, "/health", Duration::from_secs(2)),
+            check(ok, "/health", Duration::from_secs(2)),
             Check::Healthy(200)
         );
         let bad = serve_once("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
         assert_eq!(
-            TcpHttpCheck.check(bad, "/health", Duration::from_secs(2)),
+            check(bad, "/health", Duration::from_secs(2)),
             Check::Status(503)
         );
         // Accepts but never answers: a hung instance.
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let hung = l.local_addr().unwrap().port();
-        let c = TcpHttpCheck.check(hung, "/health", Duration::from_millis(200));
+        let c = check(hung, "/health", Duration::from_millis(200));
         assert!(matches!(c, Check::NoAnswer(_)), "{c:?}");
         drop(l);
-        let closed = TcpHttpCheck.check(hung, "/health", Duration::from_millis(200));
+        let closed = check(hung, "/health", Duration::from_millis(200));
         assert!(matches!(closed, Check::NoAnswer(_)), "{closed:?}");
     }
 
     #[test]
     fn requests_are_one_piece() {
         assert_eq!(
-            String::from_utf8(render_request(20001, "/health")).unwrap(),
+            String::from_utf8(render_request(at(20001), "/health")).unwrap(),
             "GET /health HTTP/1.1\r\nHost: 127.0.0.1:20001\r\nUser-Agent: shim-probe\r\nConnection: close\r\n\r\n"
         );
     }
@@ -490,11 +362,10 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let req = |port, ms| Request {
-            port,
-            path: "/health",
+        let req = |port, ms| SocketCheck {
+            endpoint: at(port),
+            path: Some("/health"),
             timeout: Duration::from_millis(ms),
-            exec: None,
         };
         let t0 = Instant::now();
         let out = check_all(&[

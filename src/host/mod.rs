@@ -1,6 +1,7 @@
 //! Host adapters: everything that touches the machine, each behind a trait with its fake
 //! beside it. systemd over D-Bus (`systemd`, the only D-Bus code), the nginx binary and its
-//! upstream files (`nginx`), HTTP health checks (`http_check`), the journal (`journal`),
+//! upstream files (`nginx`), health checks (`health`: HTTP and TCP in `http_check`, commands in
+//! `exec_check`), the journal (`journal`),
 //! `/proc` (`procfs`), time (`clock`), and the image store and files a plan is gathered from
 //! (`images`). Path-based adapters (the state store, locks, the OCI runtime's directories)
 //! take their roots from [`dirs::Dirs`], which tests point at a temporary directory.
@@ -14,6 +15,7 @@ pub mod clock;
 pub mod dirs;
 pub mod exec_check;
 pub mod fsutil;
+pub mod health;
 pub mod http_check;
 pub mod images;
 pub mod journal;
@@ -39,7 +41,7 @@ pub struct Host {
     systemd: OnceLock<SharedSystemd>,
     pub nginx: Box<dyn nginx::Nginx>,
     pub nft: Box<dyn nft::Nft>,
-    pub http: Box<dyn http_check::HttpCheck>,
+    pub health: Box<dyn health::HealthChecker>,
     pub journal: Box<dyn journal::Journal>,
     pub procfs: Box<dyn procfs::Procfs>,
     pub clock: Box<dyn clock::Clock>,
@@ -55,7 +57,7 @@ impl Host {
             systemd: OnceLock::new(),
             nginx: Box::new(nginx::NginxBinary),
             nft: Box::new(nft::NftBinary),
-            http: Box::new(http_check::TcpHttpCheck),
+            health: Box::new(health::RealHealthChecker),
             journal: Box::new(journal::Journald),
             procfs: Box::new(procfs::RealProcfs),
             clock: Box::new(clock::SystemClock),
@@ -112,7 +114,7 @@ impl FakeHost {
             systemd: OnceLock::new(),
             nginx: Box::new(nginx::FakeNginx::default()),
             nft: Box::new(fake_nft.clone()),
-            http: Box::new(http_check::FakeHttpCheck::default()),
+            health: Box::new(health::FakeHealthChecker::default()),
             journal: Box::new(journal::FakeJournal),
             procfs: Box::new(procfs::FakeProcfs::default()),
             clock: Box::new(clock::FakeClock::default()),

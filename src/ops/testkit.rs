@@ -129,14 +129,11 @@ pub fn host() -> FakeHost {
 }
 
 // A test keeps an `Arc` of each fake it scripts and gives the Host a clone.
-impl<T: crate::host::http_check::HttpCheck> crate::host::http_check::HttpCheck
+impl<T: crate::host::health::HealthChecker> crate::host::health::HealthChecker
     for std::sync::Arc<T>
 {
-    fn check_all(
-        &self,
-        reqs: &[crate::host::http_check::Request<'_>],
-    ) -> Vec<crate::host::http_check::Check> {
-        (**self).check_all(reqs)
+    fn check_all(&self, probes: &[&crate::host::health::Probe]) -> Vec<crate::host::health::Check> {
+        (**self).check_all(probes)
     }
 }
 

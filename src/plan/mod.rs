@@ -8,6 +8,7 @@ mod bundle;
 pub mod deployment;
 pub mod endpoint;
 pub mod fields;
+pub mod health;
 pub mod nft;
 pub mod oneoff;
 pub mod podman;

@@ -17,7 +17,7 @@ use super::{
     backoff_delay, failed_since_usec, is_running, is_stable, next_retry_usec, usecs, Memory,
 };
 use crate::config::{ProcessDef, ServiceDef};
-use crate::host::http_check::Check;
+use crate::host::health::{Check, Probe};
 use crate::host::state::ServiceState;
 use crate::host::systemd::UnitInfo;
 use crate::plan::instance_keys;
@@ -71,27 +71,7 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckReq {
     pub unit: String,
-    pub port: u16,
-    pub path: String,
-    pub timeout: Duration,
-    pub exec: Option<crate::host::http_check::ExecCheck>,
-}
-
-/// The command check of instance `unit` (None unless `h` is one): run by the service's
-/// runtime in the container named after the unit.
-pub fn exec_check(
-    svc: &ServiceDef,
-    instances_dir: &std::path::Path,
-    unit: &str,
-    h: &crate::config::Health,
-) -> Option<crate::host::http_check::ExecCheck> {
-    let container = unit.strip_suffix(".service").unwrap_or(unit).to_string();
-    (!h.command.is_empty()).then(|| crate::host::http_check::ExecCheck {
-        runtime: svc.runtime,
-        bundle: instances_dir.join(&container),
-        container,
-        argv: h.command.clone(),
-    })
+    pub probe: Probe,
 }
 
 fn process_def<'a>(svc: &'a ServiceDef, u: &UnitInfo) -> Option<&'a ProcessDef> {
@@ -127,17 +107,16 @@ pub fn plan_checks(inp: &Inputs<'_>) -> Vec<CheckReq> {
             if u.main_start_usec == 0 || up < h.start_period.as_micros() as u64 {
                 return None;
             }
-            let exec = exec_check(inp.service, &inp.instances_dir, &u.name, h);
+            let svc = inp.service;
             Some(CheckReq {
                 unit: u.name.clone(),
-                port: if exec.is_some() {
-                    u.port().unwrap_or(0)
-                } else {
-                    u.port()?
-                },
-                path: h.path.clone(),
-                timeout: h.timeout,
-                exec,
+                probe: Probe::for_instance(
+                    h,
+                    svc.runtime,
+                    &inp.instances_dir,
+                    &u.name,
+                    u.endpoint(),
+                )?,
             })
         })
         .collect()

@@ -15,7 +15,7 @@
 //!    the same process (start time), still in its unit's cgroup. systemd kills a unit's
 //!    cgroup when the unit stops or fails (`KillMode=mixed`), and a restart is a new process,
 //!    so an unchanged main process means the unit is still up;
-//! 3. make the health checks (through [`Host::http`]).
+//! 3. make the health checks (through [`Host::health`]).
 //!
 //! All good: done, nothing written. Any doubt (no record, a digest or process that differs, a
 //! failed check, an old record) falls back to the full run, which gets the checks already made
@@ -33,7 +33,7 @@ use super::decide::Inputs;
 use super::{usecs, Memory};
 use crate::config::ProcessDef;
 use crate::host::dirs::Dirs;
-use crate::host::http_check::{Check, Request};
+use crate::host::health::{Check, Probe};
 use crate::host::Host;
 use crate::plan::instance_keys;
 
@@ -45,7 +45,7 @@ pub const MAX_AGE: Duration = Duration::from_secs(60);
 pub const ENV_SWITCH: &str = crate::plan::fields::env::PROBE_FAST;
 
 /// Bumped when [`Record`] or what [`inputs_digest`] covers changes meaning.
-const FORMAT: &str = "shim-probe-fast-1";
+const FORMAT: &str = "shim-probe-fast-2";
 
 /// What a full run verified, for the fast runs after it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,28 +78,6 @@ pub struct Proc {
     pub started: u64,
     /// Its cgroup v2 path (the `0::` line of `/proc/PID/cgroup`).
     pub cgroup: String,
-}
-
-/// A health check to make.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Probe {
-    pub port: u16,
-    pub path: String,
-    pub timeout_ms: u64,
-    /// A command check (None: HTTP or TCP).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exec: Option<crate::host::http_check::ExecCheck>,
-}
-
-impl Probe {
-    pub fn request(&self) -> Request<'_> {
-        Request {
-            port: self.port,
-            path: &self.path,
-            timeout: Duration::from_millis(self.timeout_ms),
-            exec: self.exec.as_ref(),
-        }
-    }
 }
 
 /// Why a run is a full one.
@@ -247,17 +225,14 @@ pub fn plan_record(
                 if !checks.get(&unit)?.healthy() {
                     return None;
                 }
-                let exec = super::decide::exec_check(inp.service, &inp.instances_dir, &u.name, h);
-                Some(Probe {
-                    port: if exec.is_some() {
-                        u.port().unwrap_or(0)
-                    } else {
-                        u.port()?
-                    },
-                    path: h.path.clone(),
-                    timeout_ms: u64::try_from(h.timeout.as_millis()).unwrap_or(u64::MAX),
-                    exec,
-                })
+                let svc = inp.service;
+                Some(Probe::for_instance(
+                    h,
+                    svc.runtime,
+                    &inp.instances_dir,
+                    &u.name,
+                    u.endpoint(),
+                )?)
             }
         };
         instances.push(Instance {
@@ -422,11 +397,11 @@ pub fn try_fast(host: &Host, config: &Path, id: &str) -> Result<(), (Fallback, P
     let now_usec = host.clock.wall_usec();
     judge(&rec, &inputs, memory_exists, now_usec, &procs).map_err(none)?;
     let planned = planned_checks(&rec);
-    let reqs: Vec<Request<'_>> = planned.iter().map(|(_, p)| p.request()).collect();
+    let reqs: Vec<&Probe> = planned.iter().map(|(_, p)| *p).collect();
     let results: Vec<(usize, Check)> = planned
         .iter()
         .map(|(i, _)| *i)
-        .zip(host.http.check_all(&reqs))
+        .zip(host.health.check_all(&reqs))
         .collect();
     judge_checks(&rec, &results)
 }
@@ -505,10 +480,11 @@ mod tests {
         assert_eq!(
             r.instances[1].check,
             Some(Probe {
-                port: 20002,
-                path: "/health".into(),
+                target: crate::host::health::Target::Http {
+                    endpoint: crate::plan::Endpoint::for_instance(20002),
+                    path: "/health".into(),
+                },
                 timeout_ms: 1000,
-                exec: None,
             })
         );
         // The worker has no health check: only its process is watched.

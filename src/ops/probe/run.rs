@@ -11,7 +11,7 @@
 //! 2. observe: the service's units (one D-Bus listing) and the time ([`Host::clock`]), as
 //!    [`Inputs`] for the pure decisions in [`super::decide`];
 //! 3. check and act on counts ([`check_and_start`]): the health checks (concurrent, from one
-//!    thread, through [`Host::http`]) run beside the starts of missing instances and the
+//!    thread, through [`Host::health`]) run beside the starts of missing instances and the
 //!    retries of crash-looping ones ([`act_starts`], [`act_retries`]);
 //! 4. act on health ([`act_kills`]): after `unhealthy_after` consecutive failed checks
 //!    (outside `start_period`), SIGKILL the unit's main process through D-Bus, so that
@@ -33,7 +33,7 @@ use super::decide::{decide_counts, decide_health, plan_checks, reuse_checks, Act
 use super::fast;
 use super::{load_memory, save_memory, Memory};
 use crate::config::Definitions;
-use crate::host::http_check::{self as http, Check};
+use crate::host::health::{Check, Probe};
 use crate::host::journal::{NOTICE, WARNING};
 use crate::host::lock::ServiceLock;
 use crate::host::state::ServiceState;
@@ -279,20 +279,12 @@ fn check_and_start(
     let reqs = plan_checks(inp);
     let (count_actions, mut after_counts) = decide_counts(inp);
     let (mut checks, todo) = reuse_checks(&reqs, inp.units, pre);
-    let requests: Vec<http::Request<'_>> = todo
-        .iter()
-        .map(|r| http::Request {
-            port: r.port,
-            path: &r.path,
-            timeout: r.timeout,
-            exec: r.exec.as_ref(),
-        })
-        .collect();
+    let requests: Vec<&Probe> = todo.iter().map(|r| &r.probe).collect();
     let made = if count_actions.is_empty() {
-        host.http.check_all(&requests)
+        host.health.check_all(&requests)
     } else {
         std::thread::scope(|s| {
-            let h = s.spawn(|| host.http.check_all(&requests));
+            let h = s.spawn(|| host.health.check_all(&requests));
             act_starts(cx, &count_actions, &mut after_counts);
             act_retries(cx, &count_actions);
             h.join().unwrap_or_default()
@@ -516,7 +508,7 @@ mod tests {
 
     use super::*;
     use crate::host::clock::FakeClock;
-    use crate::host::http_check::FakeHttpCheck;
+    use crate::host::health::FakeHealthChecker;
     use crate::host::journal::{Entry, RecordingJournal};
     use crate::host::state::{Attempt, Phase};
     use crate::host::systemd::fake::lock;
@@ -536,19 +528,19 @@ mod tests {
     /// definitions of `decide`'s tests in a file and app's recorded state at revision r1.
     struct Probe {
         fh: FakeHost,
-        http: Arc<FakeHttpCheck>,
+        http: Arc<FakeHealthChecker>,
         journal: Arc<RecordingJournal>,
         config: PathBuf,
     }
 
     impl Probe {
         fn new() -> Probe {
-            let http = Arc::new(FakeHttpCheck::default());
+            let http = Arc::new(FakeHealthChecker::default());
             let journal = Arc::new(RecordingJournal::default());
             let (h, j) = (http.clone(), journal.clone());
             let fh = FakeHost::with(|host| {
                 host.images = Box::new(FakePreparer::default());
-                host.http = Box::new(h);
+                host.health = Box::new(h);
                 host.journal = Box::new(j);
             });
             *lock(&http.default) = Some(Check::Healthy(200));
@@ -702,8 +694,8 @@ mod tests {
     /// Health checks that all fail and, while they run, systemd replaces web 1's process.
     struct RestartedWhileChecking(Arc<crate::host::systemd::FakeSystemd>);
 
-    impl http::HttpCheck for RestartedWhileChecking {
-        fn check_all(&self, reqs: &[http::Request<'_>]) -> Vec<Check> {
+    impl crate::host::health::HealthChecker for RestartedWhileChecking {
+        fn check_all(&self, reqs: &[&crate::host::health::Probe]) -> Vec<Check> {
             self.0
                 .edit("shim-app-web-r1-1.service", |u| u.main_pid = 99);
             reqs.iter().map(|_| Check::Status(500)).collect()
@@ -725,7 +717,7 @@ mod tests {
             },
         );
         save_memory(&p.fh.host.dirs, "app", &m).unwrap();
-        p.fh.host.http = Box::new(RestartedWhileChecking(p.fh.systemd.clone()));
+        p.fh.host.health = Box::new(RestartedWhileChecking(p.fh.systemd.clone()));
         p.run();
         assert!(p.changes().is_empty(), "{:?}", p.changes());
         assert!(p.logged().is_empty());
@@ -979,11 +971,12 @@ mod tests {
                 unit: "shim-app-web-r1-1.service".into(),
                 pid: me,
                 process: fast::read_proc(me).unwrap(),
-                check: Some(fast::Probe {
-                    port: 20001,
-                    path: "/health".into(),
+                check: Some(crate::host::health::Probe {
+                    target: crate::host::health::Target::Http {
+                        endpoint: crate::plan::Endpoint::for_instance(20001),
+                        path: "/health".into(),
+                    },
                     timeout_ms: 1000,
-                    exec: None,
                 }),
             }],
         };

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use crate::host::health::{Check, Probe};
 use crate::host::systemd::UnitInfo;
 use crate::host::Host;
 use crate::ops::instances;
@@ -81,78 +82,36 @@ impl Wait<'_> {
         let elapsed = self.host.clock.now().duration_since(self.start);
         let (mut pending, mut failed) = (0, Vec::new());
         for u in units {
-            let Some(def) = super::process_of(self.p, u) else {
+            let Some(h) = super::process_of(self.p, u).and_then(|d| d.health.as_ref()) else {
                 continue;
             };
-            let Some(h) = &def.health else { continue };
             if self.healthy.contains(&u.name) {
                 continue;
             }
-            let deadline = self.timeout_override.unwrap_or(h.start_period);
             if let Some(b) = broken(u, &self.baseline, "") {
                 failed.push(b);
                 continue;
             }
-            let exec = crate::ops::probe::decide::exec_check(
-                &self.p.service,
-                &self.p.instances_dir,
-                &u.name,
-                h,
-            );
-            if exec.is_some() {
-                let last = self.last_command.get(&u.name).copied();
-                if last.is_some_and(|t| elapsed.saturating_sub(t) < COMMAND_PACE) {
-                    pending += 1;
-                    continue;
+            let deadline = self.timeout_override.unwrap_or(h.start_period);
+            match self.check(u, h, elapsed) {
+                Err(reason) => failed.push(Unhealthy {
+                    unit: u.name.clone(),
+                    reason,
+                }),
+                Ok(None) => pending += 1,
+                Ok(Some((c, on))) if c.healthy() => {
+                    self.healthy.insert(u.name.clone());
+                    details.push(format!(
+                        "{} healthy after {} ms ({c}{on})",
+                        u.name,
+                        elapsed.as_millis(),
+                    ));
                 }
-                self.last_command.insert(u.name.clone(), elapsed);
-            }
-            let port = match (u.port(), &exec) {
-                (Some(port), _) => port,
-                (None, Some(_)) => 0,
-                (None, None) => {
-                    failed.push(Unhealthy {
-                        unit: u.name.clone(),
-                        reason: "no port recorded".into(),
-                    });
-                    continue;
-                }
-            };
-            let c = self
-                .host
-                .http
-                .check_all(&[crate::host::http_check::Request {
-                    port,
-                    path: &h.path,
-                    // A socket check is retried each round; a command may need its whole timeout.
-                    timeout: if exec.is_some() {
-                        h.timeout
-                    } else {
-                        h.timeout.min(Duration::from_secs(1))
-                    },
-                    exec: exec.as_ref(),
-                }])
-                .pop()
-                .unwrap_or_else(|| crate::host::http_check::Check::NoAnswer("no result".into()));
-            let on = if exec.is_some() {
-                String::new()
-            } else {
-                format!(" on :{port}{}", h.path)
-            };
-            if c.healthy() {
-                self.healthy.insert(u.name.clone());
-                details.push(format!(
-                    "{} healthy after {} ms ({c}{on})",
-                    u.name,
-                    elapsed.as_millis(),
-                ));
-            } else if elapsed >= deadline {
-                failed.push(Unhealthy {
+                Ok(Some((c, on))) if elapsed >= deadline => failed.push(Unhealthy {
                     unit: u.name.clone(),
                     reason: format!("not healthy within {deadline:?}: last check {c}{on}"),
-                });
-            } else {
-                pending += 1;
+                }),
+                Ok(Some(_)) => pending += 1,
             }
         }
         if failed.is_empty() {
@@ -160,6 +119,40 @@ impl Wait<'_> {
         } else {
             Err(failed)
         }
+    }
+
+    /// Checks instance `u` once, unless it is a command check that ran less than
+    /// [`COMMAND_PACE`] ago (`None`): the verdict and where it was asked (` on :PORT/path`).
+    /// An HTTP or TCP check of an instance without an endpoint is an error.
+    fn check(
+        &mut self,
+        u: &UnitInfo,
+        h: &crate::config::Health,
+        elapsed: Duration,
+    ) -> Result<Option<(Check, String)>, String> {
+        let svc = &self.p.service;
+        let probe =
+            Probe::for_instance(h, svc.runtime, &self.p.instances_dir, &u.name, u.endpoint())
+                .ok_or("no port recorded")?;
+        let probe = if probe.is_command() {
+            let last = self.last_command.get(&u.name).copied();
+            if last.is_some_and(|t| elapsed.saturating_sub(t) < COMMAND_PACE) {
+                return Ok(None);
+            }
+            self.last_command.insert(u.name.clone(), elapsed);
+            // A command may need its whole timeout.
+            probe
+        } else {
+            // A socket check is retried each round.
+            probe.capped(Duration::from_secs(1))
+        };
+        let c = self
+            .host
+            .health
+            .check_all(&[&probe])
+            .pop()
+            .unwrap_or_else(|| Check::NoAnswer("no result".into()));
+        Ok(Some((c, probe.on())))
     }
 }
 

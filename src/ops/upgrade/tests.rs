@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::host::clock::FakeClock;
-use crate::host::http_check::{Check, FakeHttpCheck};
+use crate::host::health::{Check, FakeHealthChecker};
 use crate::host::nft::Nft;
 use crate::host::nginx::FakeNginx;
 use crate::host::procfs::FakeProcfs;
@@ -22,7 +22,7 @@ use crate::ops::testkit::{self, FakePreparer};
 struct T {
     fh: FakeHost,
     defs: Definitions,
-    http: Arc<FakeHttpCheck>,
+    http: Arc<FakeHealthChecker>,
     nginx: Arc<FakeNginx>,
     procfs: Arc<FakeProcfs>,
     clock: Arc<FakeClock>,
@@ -54,7 +54,7 @@ fn setup_with(def: &str) -> T {
 
 /// With `tagged`, the fake preparer gathers tagged deployments, as the real one does.
 fn setup_as(def: &str, tagged: bool) -> T {
-    let http = Arc::new(FakeHttpCheck::default());
+    let http = Arc::new(FakeHealthChecker::default());
     *lock(&http.default) = Some(Check::Healthy(200));
     let nginx = Arc::new(FakeNginx::default());
     let procfs = Arc::new(FakeProcfs::default());
@@ -71,7 +71,7 @@ fn setup_as(def: &str, tagged: bool) -> T {
         images.clone(),
     );
     let fh = FakeHost::with(move |h| {
-        h.http = Box::new(h2);
+        h.health = Box::new(h2);
         h.nginx = Box::new(n2);
         h.procfs = Box::new(p2);
         h.clock = Box::new(c2);
