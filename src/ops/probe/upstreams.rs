@@ -11,7 +11,7 @@ use super::decide::{plan_upstreams, Action, Inputs};
 use super::run::note_once;
 use super::Memory;
 use crate::config::HostSettings;
-use crate::host::http_check::Check;
+use crate::host::health::Check;
 use crate::host::journal::{NOTICE, WARNING};
 use crate::host::Host;
 
