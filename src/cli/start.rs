@@ -69,7 +69,7 @@ pub fn run(host: &Host, config: &Path, args: StartArgs) -> Result<()> {
 fn condition(host: &Host, id: &str) -> Result<()> {
     let st = host.state().load(id)?;
     if st.stopped && host.systemd()?.system_state()? == "starting" {
-        let unit = crate::plan::service_unit::service_unit_name(id);
+        let unit = crate::plan::names::service_unit_name(id);
         anyhow::bail!(
             "service {id} is stopped: left down at boot (`shim start --id {id}` or `systemctl start '{unit}'` brings it back)"
         );

@@ -31,6 +31,7 @@ use crate::error::BadInput;
 use crate::host::dirs::Dirs;
 use crate::host::systemd::Systemd;
 use crate::host::Host;
+use crate::plan::names;
 use crate::plan::oneoff::{self, Attach, CronJobUnits, OneOff};
 use crate::plan::Prepared;
 
@@ -118,11 +119,7 @@ pub fn is_key(s: &str) -> bool {
 
 /// The job key of a unit of service `id`, if it is one.
 pub fn key_of_unit<'a>(id: &str, unit: &'a str) -> Option<&'a str> {
-    let rest = unit.strip_prefix(oneoff::CRON_PREFIX)?.strip_prefix(id)?;
-    let rest = rest.strip_prefix('-')?;
-    let key = rest
-        .strip_suffix(".timer")
-        .or_else(|| rest.strip_suffix(".service"))?;
+    let key = names::cron_key_part(id, unit)?;
     is_key(key).then_some(key)
 }
 
@@ -255,7 +252,7 @@ pub fn install(
     let dirs = &host.dirs;
     let id = prepared.service.id.as_str();
     let mut out = Vec::new();
-    let units = sd.list_units(&[format!("{}{id}-*", oneoff::CRON_PREFIX)])?;
+    let units = sd.list_units(&[names::cron_units_glob(id)])?;
     let active_timers: BTreeSet<String> = units
         .iter()
         .filter(|u| u.name.ends_with(".timer") && u.active_state == "active")
@@ -360,10 +357,7 @@ fn add_timer(
 }
 
 fn remove_timers(sd: &dyn Systemd, id: &str, keys: &BTreeSet<String>) -> Result<Vec<String>> {
-    let names: Vec<String> = keys
-        .iter()
-        .map(|k| format!("{}.timer", oneoff::cron_stem(id, k)))
-        .collect();
+    let names: Vec<String> = keys.iter().map(|k| names::cron_timer_name(id, k)).collect();
     if names.is_empty() {
         return Ok(Vec::new());
     }
@@ -374,7 +368,7 @@ fn remove_timers(sd: &dyn Systemd, id: &str, keys: &BTreeSet<String>) -> Result<
 /// Removes every cron timer of `id` (its jobs that are running finish). The state stays, so
 /// that a later start at the same revision brings the timers back without generate-cron.
 pub fn remove_all(sd: &dyn Systemd, id: &str) -> Result<Vec<String>> {
-    let units = sd.list_units(&[format!("{}{id}-*.timer", oneoff::CRON_PREFIX)])?;
+    let units = sd.list_units(&[names::cron_timers_glob(Some(id))])?;
     let keys: BTreeSet<String> = units
         .iter()
         .filter_map(|u| key_of_unit(id, &u.name).map(str::to_string))
@@ -384,14 +378,11 @@ pub fn remove_all(sd: &dyn Systemd, id: &str) -> Result<Vec<String>> {
 
 /// Services with cron timers on this host (for reconcile: those no longer defined go).
 pub fn services_with_timers(sd: &dyn Systemd) -> Result<BTreeSet<String>> {
-    let units = sd.list_units(&[format!("{}*.timer", oneoff::CRON_PREFIX)])?;
+    let units = sd.list_units(&[names::cron_timers_glob(None)])?;
     Ok(units
         .iter()
         .filter_map(|u| {
-            let stem = u
-                .name
-                .strip_prefix(oneoff::CRON_PREFIX)?
-                .strip_suffix(".timer")?;
+            let stem = names::cron_timer_stem(&u.name)?;
             // `<id>-<key>`, and keys may hold one '-' themselves.
             let (head, tail) = stem.rsplit_once('-')?;
             if is_key(tail) {
@@ -413,7 +404,7 @@ pub fn drift(
 ) -> Result<Option<String>> {
     let id = svc.id.as_str();
     let state = load_state(dirs, id)?;
-    let units = sd.list_units(&[format!("{}{id}-*.timer", oneoff::CRON_PREFIX)])?;
+    let units = sd.list_units(&[names::cron_timers_glob(Some(id))])?;
     let active: BTreeSet<String> = units
         .iter()
         .filter(|u| u.active_state == "active")
@@ -479,7 +470,7 @@ pub fn exec_job(host: &Host, defs: &crate::config::Definitions, id: &str, key: &
         .find(|(k, _)| k == "SHELL")
         .map(|(_, v)| v.clone())
         .unwrap_or_else(|| "/bin/sh".into());
-    let stem = oneoff::cron_stem(id, key);
+    let stem = names::cron_stem(id, key);
     let dir = job_dir(dirs, id, key);
     let req = OneOff {
         stem: stem.clone(),
@@ -540,7 +531,7 @@ pub fn job_rows(
     let mut out = Vec::new();
     for (id, st) in states {
         for j in &st.jobs {
-            let name = format!("{}.timer", oneoff::cron_stem(id, &j.key));
+            let name = names::cron_timer_name(id, &j.key);
             let t = timers.iter().find(|t| t.name == name);
             let l = last(id, &j.key);
             out.push(JobRow {
@@ -598,10 +589,7 @@ pub fn list_jobs(host: &Host, id: Option<&str>) -> Result<Vec<JobRow>> {
         }
     }
     let sd = host.systemd()?;
-    let pattern = match id {
-        Some(id) => format!("{}{id}-*.timer", oneoff::CRON_PREFIX),
-        None => format!("{}*.timer", oneoff::CRON_PREFIX),
-    };
+    let pattern = names::cron_timers_glob(id);
     let timers = sd.timers(&[pattern])?;
     let last = |id: &str, key: &str| {
         let b = std::fs::read(last_path(dirs, id, key)).ok()?;

@@ -144,7 +144,7 @@ pub fn recorded_ports(host: &Host) -> BTreeSet<u16> {
 /// The units of one service (the name pattern alone could also match `id-other`'s units).
 pub fn service_units(sd: &dyn Systemd, id: &str) -> Result<Vec<UnitInfo>> {
     Ok(sd
-        .list_units(&[plan::service_unit_pattern(id)])?
+        .list_units(&[plan::names::service_units_glob(id)])?
         .into_iter()
         .filter(|u| u.field(crate::plan::fields::SERVICE) == Some(id))
         .collect())
@@ -300,7 +300,7 @@ pub fn start_instances(
     check_nofile(host, prepared)?;
     let sd = host.systemd()?;
     let _lock = crate::host::lock::lock_host(&host.dirs)?;
-    let all = sd.list_units(&["shim-*".to_string()])?;
+    let all = sd.list_units(&[crate::plan::names::ALL_UNITS_GLOB.to_string()])?;
     let (missing, already_running) = split_running(prepared, wanted, &all)?;
     let mut report = StartReport {
         started: Vec::new(),

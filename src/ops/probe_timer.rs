@@ -17,7 +17,8 @@ use crate::config::ServiceDef;
 use crate::host::dirs::Dirs;
 use crate::host::systemd::Systemd;
 use crate::host::Host;
-use crate::plan::probe_timer::{plan_probe, probe_service_name, probe_timer_name, ProbeContext};
+use crate::plan::names::{probe_service_name, probe_timer_name};
+use crate::plan::probe_timer::{plan_probe, ProbeContext};
 
 /// Environment the probe needs to see the same state and run directories as the command
 /// that created it (only ever differs from the defaults in tests).

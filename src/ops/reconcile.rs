@@ -31,7 +31,7 @@ use crate::host::systemd::UnitInfo;
 use crate::host::Host;
 use crate::ops::instances;
 use crate::ops::upgrade;
-use crate::plan::probe_timer::service_of_probe_timer;
+use crate::plan::names::service_of_probe_timer;
 use crate::plan::proxy::{Pointed, Pointer};
 
 #[derive(Debug, Clone)]
@@ -399,7 +399,7 @@ pub fn reconcile(host: &Host, defs: &Definitions, opts: &Options, live: bool) ->
             rep.fail(svc.id.as_str(), format!("{e:#}"));
         }
     }
-    let all = sd.list_units(&["shim-*".to_string()])?;
+    let all = sd.list_units(&[crate::plan::names::ALL_UNITS_GLOB.to_string()])?;
     let cron = crate::ops::cron::services_with_timers(sd)?;
     for (id, instances) in orphans(defs, &all, &cron) {
         let a = ServiceAction::RemoveOrphan { instances };
@@ -422,7 +422,7 @@ fn remove_orphan_units(cx: &Cx<'_>, rep: &mut Report) {
         if cx.defs.services.keys().any(|k| k.as_str() == id) {
             continue;
         }
-        let unit = crate::plan::service_unit::service_unit_name(&id);
+        let unit = crate::plan::names::service_unit_name(&id);
         rep.say(&id, &format!("not defined: removing its unit {unit}"));
         rep.acted = true;
         if cx.opts.dry_run {
@@ -502,8 +502,8 @@ fn reconcile_running(cx: &Cx<'_>, svc: &ServiceDef, rep: &mut Report) -> Result<
     let proxy = crate::ops::proxy::for_host(cx.host, &cx.defs.settings);
     let pointed = proxy.pointed(svc);
     let Some(revision) = st.serving_revision(&pointed) else {
-        let probe = sd.list_units(&[crate::plan::probe_timer::probe_timer_name(id)])?;
-        let cron = sd.list_units(&[format!("{}{id}-*.timer", crate::plan::oneoff::CRON_PREFIX)])?;
+        let probe = sd.list_units(&[crate::plan::names::probe_timer_name(id)])?;
+        let cron = sd.list_units(&[crate::plan::names::cron_timers_glob(Some(id))])?;
         if let Some(a) = plan_idle(&st, !probe.is_empty() || !cron.is_empty()) {
             act(cx, id, &a, None, rep)?;
         }

@@ -254,7 +254,7 @@ fn run_prepared(
     refuse_podman(prepared)?;
     instances::check_device_filter(prepared)?;
     let process = borrowed_process(prepared, process)?;
-    let stem = oneoff::run_stem(
+    let stem = crate::plan::names::run_stem(
         prepared.service.id.as_str(),
         &prepared.revision,
         &random_tag(),

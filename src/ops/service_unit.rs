@@ -16,7 +16,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 
 use crate::host::Host;
-use crate::plan::service_unit::{render_service_unit, service_unit_name, MARKER};
+use crate::plan::names::service_unit_name;
+use crate::plan::service_unit::{render_service_unit, MARKER};
 
 /// What [`ensure`] did to the unit file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,7 +197,7 @@ pub fn installed(host: &Host) -> Vec<String> {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        if !(name.starts_with("shim-") && name.ends_with(".service")) {
+        if !crate::plan::names::is_service_unit_shaped(&name) {
             continue;
         }
         let Ok(text) = std::fs::read_to_string(e.path()) else {

@@ -29,7 +29,7 @@ pub fn plan(host: &Host, defs: &Definitions, id: &str, revision: &str) -> Result
     // Ports as a start would pick them now: reads systemd when reachable, never writes.
     let taken: BTreeSet<u16> = match host.systemd() {
         Ok(sd) => sd
-            .list_units(&["shim-*".to_string()])
+            .list_units(&[crate::plan::names::ALL_UNITS_GLOB.to_string()])
             .unwrap_or_default()
             .iter()
             .filter_map(|u| u.port())

@@ -26,8 +26,7 @@ use crate::host::systemd::{ListedUnit, Systemd, UnitInfo};
 use crate::host::Host;
 use crate::ops::cron::JobRow;
 use crate::ops::probe::{Memory, Retry};
-use crate::plan::oneoff::CRON_PREFIX;
-use crate::plan::probe_timer::{probe_timer_name, service_of_probe_timer};
+use crate::plan::names::{self, probe_timer_name, service_of_probe_timer, CRON_PREFIX};
 use crate::plan::{InstanceDir, InstanceMeta};
 
 /// What to gather.
@@ -317,11 +316,14 @@ pub fn gather(host: &Host, defs: Option<&Definitions>, q: &Query<'_>) -> Result<
     // One listing: instances, probe timers and cron timers.
     let patterns = match q.id {
         Some(id) => vec![
-            crate::plan::service_unit_pattern(id),
+            crate::plan::names::service_units_glob(id),
             probe_timer_name(id),
-            format!("{CRON_PREFIX}{id}-*.timer"),
+            names::cron_timers_glob(Some(id)),
         ],
-        None => vec!["shim-*".to_string(), format!("{CRON_PREFIX}*.timer")],
+        None => vec![
+            names::ALL_UNITS_GLOB.to_string(),
+            names::cron_timers_glob(None),
+        ],
     };
     let (instances, timers): (Vec<ListedUnit>, Vec<ListedUnit>) = sd
         .list(&patterns)?

@@ -88,7 +88,7 @@ fn teardown_by(host: &Host, id: &str, timeout: Duration, by: StopBy) -> Result<T
     };
     crate::ops::probe::forget(&host.dirs, id)?;
     Ok(Teardown {
-        probe_timer: had_probe.then(|| crate::plan::probe_timer::probe_timer_name(id)),
+        probe_timer: had_probe.then(|| crate::plan::names::probe_timer_name(id)),
         cron,
         stopped,
         closed: Vec::new(),
@@ -108,8 +108,8 @@ pub fn known(host: &Host, id: &str) -> Result<bool> {
         return Ok(true);
     }
     let timers = sd.list_units(&[
-        crate::plan::probe_timer::probe_timer_name(id),
-        format!("{}{id}-*.timer", crate::plan::oneoff::CRON_PREFIX),
+        crate::plan::names::probe_timer_name(id),
+        crate::plan::names::cron_timers_glob(Some(id)),
     ])?;
     Ok(!timers.is_empty())
 }

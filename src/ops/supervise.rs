@@ -12,7 +12,7 @@ use crate::config::Definitions;
 use crate::error::BadInput;
 use crate::host::lock::ServiceLock;
 use crate::host::Host;
-use crate::plan::probe_timer::probe_service_name;
+use crate::plan::names::probe_service_name;
 
 /// What a pause or resume left in the state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -62,7 +62,7 @@ pub fn users_of(name: &str, units: &[UnitInfo], records: &[&Deployment]) -> Vec<
 fn units_of(host: &Host, id: &str) -> Result<Vec<UnitInfo>> {
     let sd = host.systemd()?;
     let mut units = crate::ops::instances::service_units(sd, id)?;
-    let runs = sd.list_units(&[format!("{}{id}-*", crate::plan::oneoff::RUN_PREFIX)])?;
+    let runs = sd.list_units(&[crate::plan::names::run_units_glob(id)])?;
     units.extend(
         runs.into_iter()
             .filter(|u| u.field(crate::plan::fields::SERVICE) == Some(id))

@@ -144,7 +144,7 @@ fn set_linux(spec: &mut Spec, cx: &PlanContext<'_>, key: &InstanceKey) -> Result
         }
         linux.set_cgroups_path(Some(PathBuf::from(format!(
             "{}/{}/container",
-            super::service_unit::slice_cgroup(key.service.as_str()),
+            super::names::slice_cgroup(key.service.as_str()),
             key.unit_name()
         ))));
     }

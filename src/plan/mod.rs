@@ -9,6 +9,7 @@ pub mod deployment;
 pub mod endpoint;
 pub mod fields;
 pub mod health;
+pub mod names;
 pub mod nft;
 pub mod oneoff;
 pub mod podman;
@@ -48,24 +49,7 @@ pub struct InstanceKey {
     pub index: u32,
 }
 
-/// Unit names carry at most this much of the revision as it is; the full one is in
-/// SHIM_REVISION.
-pub const REV_IN_NAME: usize = 12;
-
-/// The revision as unit names carry it: itself when it has at most [`REV_IN_NAME`]
-/// characters, else its first [`REV_IN_NAME`] characters, `-` and 8 hex digits of the
-/// SHA-256 of the whole revision. Different revisions give different names (a long one is
-/// never as short as a short one), so `release-2024-01` and `release-2024-02`, or two git
-/// SHAs with the same first 12 characters, do not collide.
-pub fn rev_in_name(revision: &str) -> String {
-    if revision.chars().count() <= REV_IN_NAME {
-        return revision.to_string();
-    }
-    use sha2::Digest as _;
-    let head: String = revision.chars().take(REV_IN_NAME).collect();
-    let h = sha2::Sha256::digest(revision.as_bytes());
-    format!("{head}-{}", hex::encode(&h[..4]))
-}
+pub use names::REV_IN_NAME;
 
 impl InstanceKey {
     /// `shim-billing_app-web-279d9035886d-1a2b3c4d-1`: the unit name without `.service`, also
@@ -77,15 +61,12 @@ impl InstanceKey {
     /// first [`REV_IN_NAME`] characters and the tag (which is derived from the whole
     /// revision, so two revisions with the same first characters still differ).
     pub fn stem(&self) -> String {
-        let rev = if self.deployment.is_empty() {
-            rev_in_name(&self.revision)
-        } else {
-            let head: String = self.revision.chars().take(REV_IN_NAME).collect();
-            format!("{head}-{}", self.deployment)
-        };
-        format!(
-            "shim-{}-{}-{rev}-{}",
-            self.service, self.process, self.index
+        names::instance_stem(
+            self.service.as_str(),
+            self.process.as_str(),
+            &self.revision,
+            &self.deployment,
+            self.index,
         )
     }
 
@@ -98,7 +79,7 @@ impl InstanceKey {
     /// first [`REV_IN_NAME`] characters and a hash. Read a unit's identity from
     /// the `SHIM_*` fields it carries with [`InstanceKey::from_fields`] instead.
     pub fn unit_name(&self) -> String {
-        format!("{}.service", self.stem())
+        names::service_of_stem(&self.stem())
     }
 
     /// The key from the [`fields`] a unit carries (its `LogExtraFields`, or
@@ -146,11 +127,6 @@ pub fn instance_keys(dep: &Deployment) -> impl Iterator<Item = (InstanceKey, &Pr
             )
         })
     })
-}
-
-/// `shim-<service>-*` matches every unit of one service (ids cannot contain `*`).
-pub fn service_unit_pattern(service: &str) -> String {
-    format!("shim-{service}-*")
 }
 
 /// Revisions go into unit names, paths and image tags: keep them to characters safe in all.

@@ -19,12 +19,10 @@ use std::time::Duration;
 
 use oci_spec::runtime::Spec;
 
-use super::unit::{lower_args, signal_number, stop_signal, usec, Exec, SLICE};
+use super::names::{anchor_scope, cron_stem, SLICE};
+use super::unit::{lower_args, signal_number, stop_signal, usec, Exec};
 use super::{bundle, fields, merge_env, InstanceKey, PlanContext, Prop, UnitSpec};
 use crate::config::{Ident, ProcessDef};
-
-pub const RUN_PREFIX: &str = "shimrun-";
-pub const CRON_PREFIX: &str = "shimcron-";
 
 /// How the caller is connected to a one-off's standard streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,14 +60,6 @@ pub struct OneOff<'a> {
 pub struct OneOffPlan {
     pub unit: UnitSpec,
     pub config: Spec,
-}
-
-/// `shimrun-<service>-<rev12>-<tag>`.
-pub fn run_stem(service: &str, revision: &str, tag: &str) -> String {
-    format!(
-        "{RUN_PREFIX}{service}-{}-{tag}",
-        super::rev_in_name(revision)
-    )
 }
 
 /// ExecStartPre (`shim instance prepare`), ExecStart (the runtime, through `shim instance
@@ -116,17 +106,6 @@ fn oneoff_exec_props(cx: &PlanContext<'_>, req: &OneOff<'_>) -> [(&'static str, 
             ),
         ),
     ]
-}
-
-/// The anchor scope of an attached run: holds a child of the caller; when the caller dies the
-/// child exits, the scope stops and takes the run (`BindsTo=`) with it.
-pub fn anchor_scope(stem: &str) -> String {
-    format!("{stem}-anchor.scope")
-}
-
-/// `shimcron-<service>-<job>` (timer and service share it).
-pub fn cron_stem(service: &str, job: &str) -> String {
-    format!("{CRON_PREFIX}{service}-{job}")
 }
 
 /// The process a run without `--process` uses: the service's settings, no command of its own.
@@ -221,7 +200,7 @@ pub fn plan_oneoff_config(cx: &PlanContext<'_>, req: &OneOff<'_>) -> Result<Spec
     if let Some(linux) = spec.linux_mut() {
         linux.set_cgroups_path(Some(PathBuf::from(format!(
             "{}/{}.service/container",
-            super::service_unit::slice_cgroup(cx.service.id.as_str()),
+            super::names::slice_cgroup(cx.service.id.as_str()),
             req.stem
         ))));
     }
@@ -268,7 +247,7 @@ pub fn plan_oneoff(cx: &PlanContext<'_>, req: &OneOff<'_>) -> Result<OneOffPlan,
         ),
         (
             "Slice",
-            Prop::Str(super::service_unit::slice_name(cx.service.id.as_str())),
+            Prop::Str(super::names::slice_name(cx.service.id.as_str())),
         ),
         ("Type", Prop::Str(s("exec"))),
         ("Delegate", Prop::Bool(true)),
@@ -366,10 +345,7 @@ pub fn plan_cron_job(j: &CronJobUnits<'_>) -> (UnitSpec, UnitSpec) {
     let timer = cron_timer_props(j, description.clone());
     let mut service: Vec<(&str, Prop)> = vec![
         ("Description", Prop::Str(description)),
-        (
-            "Slice",
-            Prop::Str(super::service_unit::slice_name(j.service)),
-        ),
+        ("Slice", Prop::Str(super::names::slice_name(j.service))),
         ("Type", Prop::Str(s("exec"))),
         ("Delegate", Prop::Bool(true)),
     ];

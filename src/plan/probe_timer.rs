@@ -15,10 +15,9 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::unit::{Exec, Prop, UnitSpec, SLICE};
+use super::names::{probe_service_name, probe_timer_name, SLICE};
+use super::unit::{Exec, Prop, UnitSpec};
 use crate::config::{format_duration, ServiceDef};
-
-const PREFIX: &str = "shim-probe-";
 
 /// Every service is probed (instance counts, crash loops) even without a health check.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
@@ -39,21 +38,6 @@ pub fn probe_interval(svc: &ServiceDef) -> Duration {
         .min()
         .unwrap_or(DEFAULT_INTERVAL)
         .max(MIN_INTERVAL)
-}
-
-pub fn probe_timer_name(id: &str) -> String {
-    format!("{PREFIX}{id}.timer")
-}
-
-pub fn probe_service_name(id: &str) -> String {
-    format!("{PREFIX}{id}.service")
-}
-
-/// The service id a probe timer belongs to.
-pub fn service_of_probe_timer(name: &str) -> Option<&str> {
-    name.strip_prefix(PREFIX)?
-        .strip_suffix(".timer")
-        .filter(|s| !s.is_empty())
 }
 
 /// What the probe units depend on besides the definition.
@@ -170,7 +154,7 @@ fn probe_timer_spec(id: &str, interval: Duration, service: &UnitSpec) -> UnitSpe
             (
                 // Stopped with the service's unit (`systemctl stop shim-<id>.service`).
                 "PartOf".to_string(),
-                Prop::Strs(vec![super::service_unit::service_unit_name(id)]),
+                Prop::Strs(vec![super::names::service_unit_name(id)]),
             ),
         ],
     }
@@ -184,6 +168,7 @@ fn micros(d: Duration) -> u64 {
 mod tests {
     use super::*;
     use crate::config::{parse_sources, Definitions};
+    use crate::plan::names::service_of_probe_timer;
     use std::path::PathBuf;
 
     fn defs(text: &str) -> Definitions {

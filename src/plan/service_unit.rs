@@ -26,39 +26,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::unit::{Prop, SLICE};
-
-/// The id as systemd-escape writes it: `-` as `\x2d` (the only character of an `Ident`
-/// that needs escaping).
-pub fn escape_id(id: &str) -> String {
-    id.replace('-', "\\x2d")
-}
-
-/// `shim-<id>.service`, the unit that is the service.
-pub fn service_unit_name(id: &str) -> String {
-    format!("shim-{}.service", escape_id(id))
-}
-
-/// `shim-<id>.slice`, below `shim.slice` (by its name: systemd slices nest on `-`).
-pub fn slice_name(id: &str) -> String {
-    format!("shim-{}.slice", escape_id(id))
-}
-
-/// The cgroup (v2, from the root) of the service's slice: `/shim.slice/shim-<id>.slice`.
-pub fn slice_cgroup(id: &str) -> String {
-    format!("/{SLICE}/{}", slice_name(id))
-}
-
-/// The dependencies of an instance unit on its service unit: stopping (or restarting) the
-/// service unit stops it, and after the service unit's `ExecStop` (the drain) has returned,
-/// since stop jobs run in the inverse order of `Before=`.
-pub fn instance_deps(id: &str) -> Vec<(&'static str, Prop)> {
-    let unit = service_unit_name(id);
-    vec![
-        ("PartOf", Prop::Strs(vec![unit.clone()])),
-        ("Before", Prop::Strs(vec![unit])),
-    ]
-}
+use super::names::{service_unit_name, slice_name};
+use super::unit::Prop;
 
 /// The dependency of a timer (probe, cron) on its service unit: stopped with it, at once.
 pub fn timer_deps(id: &str) -> Vec<(&'static str, Prop)> {
@@ -126,6 +95,7 @@ WantedBy=multi-user.target
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::names::slice_cgroup;
 
     #[test]
     fn names_escape_dashes_so_look_alikes_do_not_nest_or_collide() {

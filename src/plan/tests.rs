@@ -1,3 +1,4 @@
+use super::names::rev_in_name;
 use super::*;
 use crate::config::{parse_sources, Definitions};
 
@@ -362,14 +363,17 @@ fn unit_names_are_short_and_readable() {
         key.unit_name(),
         "shim-billing_app-web-279d9035886d-a6522c65-4.service"
     );
-    assert_eq!(service_unit_pattern("billing_app"), "shim-billing_app-*");
+    assert_eq!(
+        names::service_units_glob("billing_app"),
+        "shim-billing_app-*"
+    );
 }
 
 fn run_request<'a>(
     process: Option<&'a crate::config::ProcessDef>,
     attach: oneoff::Attach,
 ) -> oneoff::OneOff<'a> {
-    let stem = oneoff::run_stem(
+    let stem = names::run_stem(
         "billing_app",
         "279d9035886d4c0427549863c4c2101e4a63e041",
         "a1b2c3",

@@ -57,10 +57,6 @@ pub enum Prop {
     Data(Vec<u8>),
 }
 
-/// The slice of everything shim starts; each service's own slice (`plan::service_unit`) is
-/// below it, so the cgroup paths are known in advance.
-pub const SLICE: &str = "shim.slice";
-
 pub use crate::config::RESTART_SEC;
 
 /// On systemd < 254 (no `RestartSteps=`), a unit started more than this many times within
@@ -215,14 +211,14 @@ pub(super) fn plan_unit(
         ),
         (
             "Slice",
-            Prop::Str(super::service_unit::slice_name(key.service.as_str())),
+            Prop::Str(super::names::slice_name(key.service.as_str())),
         ),
         ("Type", Prop::Str(s("forking"))),
         ("PIDFile", Prop::Str(d.pid_file().display().to_string())),
         ("GuessMainPID", Prop::Bool(false)),
         ("Delegate", Prop::Bool(true)),
     ];
-    props.extend(super::service_unit::instance_deps(key.service.as_str()));
+    props.extend(instance_deps(key.service.as_str()));
     props.extend(exec_props(cx, dir, &stem));
     props.extend([
         // Stop like `docker stop`: the stop signal to the container's init only, then after
@@ -369,4 +365,15 @@ impl UnitSpec {
         }
         out
     }
+}
+
+/// The dependencies of an instance unit on its service unit: stopping (or restarting) the
+/// service unit stops it, and after the service unit's `ExecStop` (the drain) has returned,
+/// since stop jobs run in the inverse order of `Before=`.
+pub fn instance_deps(id: &str) -> Vec<(&'static str, Prop)> {
+    let unit = super::names::service_unit_name(id);
+    vec![
+        ("PartOf", Prop::Strs(vec![unit.clone()])),
+        ("Before", Prop::Strs(vec![unit])),
+    ]
 }

@@ -298,7 +298,7 @@ pub fn converge_locked(
 /// service itself runs without it.
 fn ensure_unit(host: &Host, id: &str, config: &std::path::Path, d: &mut Vec<String>) {
     use crate::ops::service_unit::{ensure, FileChange};
-    let name = crate::plan::service_unit::service_unit_name(id);
+    let name = crate::plan::names::service_unit_name(id);
     match ensure(host, id, config, true) {
         Ok(FileChange::Unchanged) => {}
         Ok(FileChange::Created) => d.push(format!("{name} written and enabled")),
@@ -782,7 +782,7 @@ impl Run<'_> {
         self.rep.step("probe", |d| {
             let change =
                 crate::ops::probe_timer::ensure_probe_timer(host, &p.service, &p.shim_exe, config)?;
-            let timer = crate::plan::probe_timer::probe_timer_name(p.service.id.as_str());
+            let timer = crate::plan::names::probe_timer_name(p.service.id.as_str());
             let every = crate::config::format_duration(crate::plan::probe_timer::probe_interval(
                 &p.service,
             ));

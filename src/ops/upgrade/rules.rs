@@ -42,7 +42,7 @@ fn refuse_stopped(id: &str, st: &ServiceState, verb: &str) -> Result<(), BadInpu
     if !st.stopped {
         return Ok(());
     }
-    let unit = crate::plan::service_unit::service_unit_name(id);
+    let unit = crate::plan::names::service_unit_name(id);
     Err(BadInput(format!(
         "service {id} is stopped (shim stop or systemctl stop {unit}); nothing was changed: \
          bring it back with `shim start --id {id}` (or `systemctl start '{unit}'`), then {verb} it"
