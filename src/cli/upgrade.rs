@@ -11,6 +11,7 @@ use clap::Args;
 
 use crate::error::BadInput;
 use crate::host::Host;
+use crate::ops::upgrade::report::{Printer, Sink};
 use crate::ops::upgrade::rules::target;
 use crate::ops::upgrade::{converge, Kind, Options};
 
@@ -58,10 +59,10 @@ impl CommonArgs {
             dry_run: self.dry_run,
             timeout: self.timeout,
             lock_timeout: self.lock_timeout,
-            json: self.json,
             config: config.to_path_buf(),
             deployed: None,
             restart: Vec::new(),
+            progress: Sink::new(Printer { json: self.json }),
         }
     }
 }

@@ -568,10 +568,11 @@ fn act(
                 dry_run: false,
                 timeout: None,
                 lock_timeout: cx.opts.lock_timeout,
-                json: false,
                 config: cx.opts.config.clone(),
                 deployed: deployed.as_deref().cloned(),
                 restart: Vec::new(),
+                // Reconcile prints as it goes; the repair's step lines go with its own.
+                progress: upgrade::report::Sink::new(upgrade::report::Printer { json: false }),
             };
             if let Err(e) = upgrade::converge_locked(host, cx.defs, id, revision, &uopts, lock) {
                 rep.fail(id, format!("{e:#}"));

@@ -7,8 +7,13 @@
 //!      → [drain → stop-old] → record → probe → [cron] → done
 //! ```
 //!
-//! [`Run::tick`] performs one step and names the next; [`machine::Machine`] refuses an
-//! illegal transition. Nothing changes before `start`: the image, the lock, and the repair of
+//! The fetch step comes first and alone: it yields the [`Prepared`] deployment, and only then
+//! is a [`Run`] made, holding it, so that every later step has it by construction (zincati's
+//! states carrying their data; no "prepared yet?" check at run time). [`Run::tick`] performs
+//! one step and names the next; [`machine::Machine`] refuses an illegal transition. The
+//! command's rules ([`rules`]) are checked on the state read under the service lock. The
+//! operation prints nothing: begin, step and closing lines go to the sink in
+//! [`Options::progress`] ([`report`]), which the CLI gives. Nothing changes before `start`: the image, the lock, and the repair of
 //! an interrupted attempt ([`recover`], a pure decision from the persisted phase, the units
 //! and the upstream files) come first. Until `switch` the old revision serves, so any failure
 //! there stops the new instances and leaves the host as it was. The phase is persisted
@@ -45,7 +50,7 @@ use crate::ops::cron::CronJob;
 use crate::ops::instances::{self, StartReport};
 use crate::plan::Prepared;
 use machine::{Machine, Step};
-use report::Reporter;
+use report::{Event, Reporter};
 
 /// Which command drives the machine: the same steps, a different plan around them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +96,6 @@ pub struct Options {
     /// Overrides each process's `health.start_period` as the time to become healthy.
     pub timeout: Option<Duration>,
     pub lock_timeout: Duration,
-    pub json: bool,
     /// The definitions the command read; the probe timer runs `shim --config` with it.
     pub config: std::path::PathBuf,
     /// Start from this recorded deployment (reconcile, rollback, restart, `shim start`
@@ -99,6 +103,8 @@ pub struct Options {
     pub deployed: Option<crate::plan::Deployment>,
     /// `shim restart`: the processes whose instances are replaced (all if empty).
     pub restart: Vec<String>,
+    /// Where the step lines go (the operation prints nothing itself).
+    pub progress: report::Sink,
 }
 
 /// How an upgrade ended (when it did not fail).
@@ -188,7 +194,9 @@ impl Planned {
     }
 }
 
-/// One upgrade in progress: what the steps found and decided so far.
+/// One upgrade in progress, once its image is fetched: the [`Prepared`] deployment every
+/// later step needs is this state's own (there is no run without it), and what the steps
+/// found and decided so far.
 struct Run<'a> {
     host: &'a Host,
     defs: &'a Definitions,
@@ -198,7 +206,7 @@ struct Run<'a> {
     rep: Reporter,
     store: StateStore,
     lock: Option<ServiceLock>,
-    prepared: Option<Prepared>,
+    p: Prepared,
     st: ServiceState,
     planned: Planned,
     cron_jobs: Option<Option<Vec<CronJob>>>,
@@ -233,20 +241,34 @@ pub fn converge_locked(
     lock: Option<ServiceLock>,
 ) -> Result<Outcome> {
     let t0 = Instant::now();
-    if !opts.json {
-        println!("{} {id} to {revision}", opts.kind.verb());
-    }
-    let first = Step::Fetch;
+    let verb = opts.kind.verb();
+    opts.progress.event(&Event::Begin {
+        verb,
+        service: id,
+        revision,
+    });
+    let rep = Reporter {
+        sink: opts.progress.clone(),
+    };
+    let mut m = Machine::default();
+    m.advance(Step::Fetch)?;
+    let p = match fetch(host, defs, id, revision, opts, &rep) {
+        Ok(p) => p,
+        Err(e) => {
+            m.advance(Step::Failed)?;
+            return Err(e);
+        }
+    };
     let mut run = Run {
         host,
         defs,
         id,
         revision,
         opts,
-        rep: Reporter { json: opts.json },
+        rep,
         store: host.state(),
         lock,
-        prepared: None,
+        p,
         st: ServiceState::default(),
         planned: Planned::default(),
         cron_jobs: None,
@@ -255,42 +277,60 @@ pub fn converge_locked(
         unhealthy: None,
         unchanged: false,
     };
-    let mut m = Machine::default();
-    let mut next = first;
-    loop {
-        m.advance(next)?;
-        if m.step() == Step::Done {
-            break;
-        }
-        next = match run.tick(m.step()) {
-            Ok(next) => next,
-            Err(e) => {
-                m.advance(Step::Failed)?;
-                return Err(e);
-            }
-        };
-    }
+    run.drive(&mut m)?;
     if let Some(e) = run.unhealthy.take() {
         return Err(e.context(format!(
-            "{} of {id} to {revision}: instances kept running although not healthy yet; systemd and the probe keep retrying them",
-            opts.kind.verb()
+            "{verb} of {id} to {revision}: instances kept running although not healthy yet; systemd and the probe keep retrying them"
         )));
     }
     let out = Outcome {
         service: id.to_string(),
         revision: revision.to_string(),
-        deployment: run
-            .prepared
-            .as_ref()
-            .map(|p| p.deployment.id())
-            .unwrap_or_default(),
+        deployment: run.p.deployment.id(),
         changed: !run.unchanged,
         dry_run: opts.dry_run,
         ms: t0.elapsed().as_millis(),
         steps: m.history().to_vec(),
     };
-    print!("{}", out.render(opts.json));
+    opts.progress.event(&Event::Done(&out));
     Ok(out)
+}
+
+/// The fetch step: the image (or the recorded deployment) prepared, before the lock is taken,
+/// so that bad input leaves not even a lock file behind.
+fn fetch(
+    host: &Host,
+    defs: &Definitions,
+    id: &str,
+    rev: &str,
+    opts: &Options,
+    rep: &Reporter,
+) -> Result<Prepared> {
+    let unpack = !opts.dry_run;
+    let deployed = opts.deployed.as_ref();
+    rep.step("fetch", |d| {
+        let p = match deployed {
+            Some(dep) => {
+                if dep.revision != rev {
+                    bail!(
+                        "internal error: deployment of {} asked for at {rev}",
+                        dep.revision
+                    );
+                }
+                d.push(format!("deployment {} (recorded)", dep.id()));
+                instances::prepare_deployed(host, defs, dep, unpack)?
+            }
+            None => instances::prepare(host, defs, id, rev, unpack)?,
+        };
+        // Upstream files shim would not replace are refused here too, before the lock
+        // file is made.
+        crate::ops::proxy::for_host(host, &defs.settings).preflight_all(&p.service)?;
+        d.push(format!(
+            "image {} ({})",
+            p.image.reference, p.image.manifest_digest
+        ));
+        Ok(p)
+    })
 }
 
 /// The service's own unit, written (and enabled) when the service is first started or
@@ -308,11 +348,30 @@ fn ensure_unit(host: &Host, id: &str, config: &std::path::Path, d: &mut Vec<Stri
 }
 
 impl Run<'_> {
+    /// Performs the steps after fetch, each one the last named, until `done`; a failed step
+    /// ends the machine in `failed`.
+    fn drive(&mut self, m: &mut Machine) -> Result<()> {
+        let mut next = self.after_fetch();
+        loop {
+            let step = match next {
+                Ok(step) => step,
+                Err(e) => {
+                    m.advance(Step::Failed)?;
+                    return Err(e);
+                }
+            };
+            m.advance(step)?;
+            if m.step() == Step::Done {
+                return Ok(());
+            }
+            next = self.tick(step);
+        }
+    }
+
     /// Performs `step`; returns the step that follows.
     fn tick(&mut self, step: Step) -> Result<Step> {
         match step {
             Step::Lock => self.tick_lock(),
-            Step::Fetch => self.tick_fetch(),
             Step::Recover => self.tick_recover(),
             Step::Plan => self.tick_plan(),
             Step::Crontab => self.tick_crontab(),
@@ -325,7 +384,7 @@ impl Run<'_> {
             Step::Record => self.tick_record(),
             Step::Probe => self.tick_probe(),
             Step::Cron => self.tick_cron(),
-            Step::Init | Step::Done | Step::Failed => {
+            Step::Init | Step::Fetch | Step::Done | Step::Failed => {
                 bail!("internal error: {} is not a step to perform", step.name())
             }
         }
@@ -350,9 +409,7 @@ impl Run<'_> {
     /// current one is the current one (its ports and restart generations); a recorded one
     /// asked for must still be what the state records.
     fn adopt_recorded(&mut self) -> Result<()> {
-        let Some(p) = self.prepared.as_mut() else {
-            return Ok(());
-        };
+        let p = &mut self.p;
         let recorded = [
             self.st.deployment.as_ref(),
             self.st.previous_deployment.as_ref(),
@@ -407,50 +464,23 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn tick_fetch(&mut self) -> Result<Step> {
-        let (host, defs, id, rev) = (self.host, self.defs, self.id, self.revision);
-        let unpack = !self.opts.dry_run;
-        let deployed = self.opts.deployed.as_ref();
-        let p = self.rep.step("fetch", |d| {
-            let p = match deployed {
-                Some(dep) => {
-                    if dep.revision != rev {
-                        bail!(
-                            "internal error: deployment of {} asked for at {rev}",
-                            dep.revision
-                        );
-                    }
-                    d.push(format!("deployment {} (recorded)", dep.id()));
-                    instances::prepare_deployed(host, defs, dep, unpack)?
-                }
-                None => instances::prepare(host, defs, id, rev, unpack)?,
-            };
-            // Upstream files shim would not replace are refused here too, before the lock
-            // file is made.
-            crate::ops::proxy::for_host(host, &defs.settings).preflight_all(&p.service)?;
-            d.push(format!(
-                "image {} ({})",
-                p.image.reference, p.image.manifest_digest
-            ));
-            Ok(p)
-        })?;
-        self.prepared = Some(p);
-        if self.opts.dry_run {
-            self.st = load_checked(&self.store, id, self.opts)?;
-            self.adopt_recorded()?;
-            return Ok(Step::Plan);
+    /// Where the run goes once fetched: a dry run plans from the state as it is, reconcile
+    /// (which holds the lock already) recovers, any other run takes the lock.
+    fn after_fetch(&mut self) -> Result<Step> {
+        if !self.opts.dry_run && self.lock.is_none() {
+            return Ok(Step::Lock);
         }
-        if self.lock.is_some() {
-            // Reconcile holds the lock already.
-            self.st = load_checked(&self.store, id, self.opts)?;
-            self.adopt_recorded()?;
-            return Ok(Step::Recover);
-        }
-        Ok(Step::Lock)
+        self.st = load_checked(&self.store, self.id, self.opts)?;
+        self.adopt_recorded()?;
+        Ok(if self.opts.dry_run {
+            Step::Plan
+        } else {
+            Step::Recover
+        })
     }
 
     fn tick_recover(&mut self) -> Result<Step> {
-        let p = need(&self.prepared)?;
+        let p = &self.p;
         let (host, settings) = (self.host, &self.defs.settings);
         let (st, store) = (&mut self.st, &self.store);
         self.rep
@@ -460,7 +490,7 @@ impl Run<'_> {
 
     fn tick_plan(&mut self) -> Result<Step> {
         let planned = self.observe_plan()?;
-        let p = need(&self.prepared)?;
+        let p = &self.p;
         let (host, opts, rev) = (self.host, self.opts, self.revision);
         let settings = &self.defs.settings;
         let nginx_unit = &settings.nginx_unit;
@@ -518,7 +548,7 @@ impl Run<'_> {
 
     /// The one observation the plan is made from; refuses `start` over another revision.
     fn observe_plan(&self) -> Result<Planned> {
-        let p = need(&self.prepared)?;
+        let p = &self.p;
         let units = instances::service_units(self.host.systemd()?, self.id)?;
         let (same, old): (Vec<UnitInfo>, Vec<UnitInfo>) =
             units.into_iter().partition(|u| owned(p, u));
@@ -551,7 +581,7 @@ impl Run<'_> {
     }
 
     fn tick_crontab(&mut self) -> Result<Step> {
-        let p = need(&self.prepared)?;
+        let p = &self.p;
         let host = self.host;
         // The app's crontab at the new revision, read before anything changes: a bad one
         // stops the upgrade here. Installed after the switch (step "cron").
@@ -574,7 +604,7 @@ impl Run<'_> {
     /// The first persisted transition: from here on, new instances may exist. The deployment
     /// (with its secrets snapshot) is recorded before any of them starts.
     fn persist_starting(&mut self) -> Result<Step> {
-        let p = need(&self.prepared)?;
+        let p = &self.p;
         crate::host::secrets::save(&self.host.dirs, self.id, &p.secrets)?;
         crate::host::secrets::save_files(&self.host.dirs, &p.deployment, &p.secret_file_contents)?;
         crate::host::secrets::check_files(&self.host.dirs, &p.deployment)?;
@@ -584,7 +614,7 @@ impl Run<'_> {
             deployment: Some(p.deployment.clone()),
         });
         self.store.save(self.id, &self.st)?;
-        let p = need(&self.prepared)?;
+        let p = &self.p;
         Ok(if self.planned.singleton_old(p).is_empty() {
             Step::Start
         } else {
@@ -593,7 +623,7 @@ impl Run<'_> {
     }
 
     fn tick_singleton(&mut self) -> Result<Step> {
-        let singles = self.planned.singleton_old(need(&self.prepared)?);
+        let singles = self.planned.singleton_old(&self.p);
         let sd = self.host.systemd()?;
         self.rep.step("singleton", |d| {
             for n in instances::stop_units(sd, &singles, Duration::from_secs(300))? {
@@ -605,7 +635,7 @@ impl Run<'_> {
     }
 
     fn tick_start(&mut self) -> Result<Step> {
-        let p = need(&self.prepared)?;
+        let p = &self.p;
         let (host, wanted) = (self.host, &self.planned.wanted);
         let (id, config) = (self.id, &self.opts.config);
         let r = self.rep.step("start", |d| {
@@ -621,13 +651,11 @@ impl Run<'_> {
             Ok(r) => {
                 // The ports the new instances were given, recorded before nginx is pointed
                 // at them.
-                if let Some(p) = self.prepared.as_mut() {
-                    if r.record_ports(&mut p.deployment) {
-                        if let Some(a) = self.st.upgrading.as_mut() {
-                            a.deployment = Some(p.deployment.clone());
-                        }
-                        self.store.save(self.id, &self.st)?;
+                if r.record_ports(&mut self.p.deployment) {
+                    if let Some(a) = self.st.upgrading.as_mut() {
+                        a.deployment = Some(self.p.deployment.clone());
                     }
+                    self.store.save(self.id, &self.st)?;
                 }
                 self.started = r;
                 Ok(Step::Health)
@@ -642,7 +670,7 @@ impl Run<'_> {
     }
 
     fn tick_health(&mut self) -> Result<Step> {
-        let p = need(&self.prepared)?;
+        let p = &self.p;
         let (host, timeout, started) = (self.host, self.opts.timeout, &self.started.started);
         let same = &self.planned.same;
         let revision = self.revision;
@@ -675,7 +703,7 @@ impl Run<'_> {
     }
 
     fn tick_switch(&mut self) -> Result<Step> {
-        let p = need(&self.prepared)?;
+        let p = &self.p;
         let (host, units) = (self.host, &self.healthy_units);
         let settings = &self.defs.settings;
         if let Err(e) = self
@@ -697,7 +725,7 @@ impl Run<'_> {
             deployment: Some(p.deployment.clone()),
         });
         self.store.save(self.id, &self.st)?;
-        let p = need(&self.prepared)?;
+        let p = &self.p;
         Ok(if !self.planned.old_rest(p).is_empty() {
             Step::Drain
         } else if !self.planned.extra.is_empty() {
@@ -708,7 +736,7 @@ impl Run<'_> {
     }
 
     fn tick_drain(&mut self) -> Result<Step> {
-        let p = need(&self.prepared)?;
+        let p = &self.p;
         let old = self.planned.old_rest(p);
         let drain = drain_of(p, &old);
         let ports: BTreeSet<u16> = old.iter().filter_map(|u| u.port()).collect();
@@ -721,7 +749,7 @@ impl Run<'_> {
     }
 
     fn tick_stop_old(&mut self) -> Result<Step> {
-        let p = need(&self.prepared)?;
+        let p = &self.p;
         let to_stop: Vec<UnitInfo> = self
             .planned
             .old_rest(p)
@@ -746,7 +774,7 @@ impl Run<'_> {
     }
 
     fn tick_record(&mut self) -> Result<Step> {
-        let p = need(&self.prepared)?;
+        let p = &self.p;
         let (sd, id, revision) = (self.host.systemd()?, self.id, self.revision);
         let (st, store) = (&mut self.st, &self.store);
         let (host, dirs, config) = (self.host, &self.host.dirs, &self.opts.config);
@@ -777,7 +805,7 @@ impl Run<'_> {
     }
 
     fn tick_probe(&mut self) -> Result<Step> {
-        let p = need(&self.prepared)?;
+        let p = &self.p;
         let (host, config) = (self.host, &self.opts.config);
         self.rep.step("probe", |d| {
             let change =
@@ -802,7 +830,7 @@ impl Run<'_> {
     }
 
     fn tick_cron(&mut self) -> Result<Step> {
-        let p = need(&self.prepared)?;
+        let p = &self.p;
         let (host, config, id, revision) = (self.host, &self.opts.config, self.id, self.revision);
         let jobs = self.cron_jobs.as_ref().and_then(|j| j.as_deref());
         self.rep.step("cron", |d| {
@@ -833,14 +861,16 @@ impl Run<'_> {
                 None => Ok(()),
             })
         {
-            eprintln!("shim: stopping the new instances failed: {e:#}; the next `shim upgrade` or `shim reconcile` removes them");
+            self.rep.sink.event(&Event::Warning(&format!(
+                "stopping the new instances failed: {e:#}; the next `shim upgrade` or `shim reconcile` removes them"
+            )));
             return;
         }
         self.st.upgrading = None;
         let _ = self.store.save(self.id, &self.st);
-        if let (Some(p), Ok(live)) = (&self.prepared, instances::service_units(sd, self.id)) {
+        if let Ok(live) = instances::service_units(sd, self.id) {
             let live: BTreeSet<String> = live.into_iter().map(|u| u.name).collect();
-            let _ = instances::remove_stale_dirs(&p.instances_dir, &live);
+            let _ = instances::remove_stale_dirs(&self.p.instances_dir, &live);
         }
     }
 }
@@ -856,12 +886,6 @@ fn load_checked(store: &StateStore, id: &str, opts: &Options) -> Result<ServiceS
 /// tag).
 fn owned(p: &Prepared, u: &UnitInfo) -> bool {
     recover::owned_by(Some(&p.deployment), &p.revision, u)
-}
-
-/// The prepared image and definition; fetch runs before every step that asks.
-fn need(p: &Option<Prepared>) -> Result<&Prepared> {
-    p.as_ref()
-        .ok_or_else(|| anyhow!("internal error: no image prepared before planning"))
 }
 
 /// The plan step's details: what starts, what stops, which upstreams move.

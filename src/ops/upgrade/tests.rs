@@ -110,8 +110,8 @@ fn opts(kind: Kind) -> Options {
         dry_run: false,
         timeout: None,
         lock_timeout: Duration::ZERO,
-        json: false,
         config: PathBuf::from("/etc/shim/services.toml"),
+        progress: report::Sink::new(report::Printer { json: false }),
     }
 }
 
@@ -1011,12 +1011,44 @@ fn a_drain_whose_connections_never_go_ends_at_drain_and_says_so() {
     t.up("r1").unwrap();
     *lock(&t.procfs.open) = std::iter::repeat_n(4, 1000).collect();
     let mut o = opts(Kind::Upgrade);
-    o.json = true;
+    let lines = Arc::new(report::Collect::default());
+    o.progress = report::Sink::new(lines.clone());
     converge(&t.fh.host, &t.defs, "app", "r2", &o).unwrap();
     // The longest drain of the old instances' processes: the worker's default 5 s.
     let slept: Duration = lock(&t.clock.slept).iter().sum();
     assert_eq!(slept, Duration::from_secs(5), "{:?}", lock(&t.clock.slept));
     assert!(t.of("r1").is_empty(), "stopped anyway");
+    let lines = lock(&lines.0).clone();
+    assert!(
+        lines.iter().any(|l| l.starts_with("  drain ")
+            && l.contains("4 connection(s) to the old instances still open after drain 5s")),
+        "{lines:?}"
+    );
+}
+
+/// The operation prints nothing itself: the step lines, the begin and closing lines go to the
+/// sink its caller gives, in order, as the CLI renders them.
+#[test]
+fn progress_goes_to_the_callers_sink_in_order() {
+    let t = setup();
+    let mut o = opts(Kind::Upgrade);
+    let lines = Arc::new(report::Collect::default());
+    o.progress = report::Sink::new(lines.clone());
+    let out = converge(&t.fh.host, &t.defs, "app", "r1", &o).unwrap();
+    let lines = lock(&lines.0).clone();
+    let names: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "upgrade", "fetch", "lock", "recover", "plan", "start", "health", "switch", "record",
+            "probe", "done"
+        ]
+    );
+    assert_eq!(lines[0], "upgrade app to r1\n");
+    assert_eq!(lines.last(), Some(&out.render(false)));
 }
 
 // ---- switch = "nftables": the kernel's rule is replaced, nginx is not reloaded.
