@@ -56,7 +56,8 @@ pub fn container_id(dir: &Path) -> Result<String> {
 
 /// Arguments to remove the runtime's state of a container, stopped or not.
 pub fn delete_args(id: &str) -> Vec<String> {
-    vec!["delete".into(), "--force".into(), id.into()]
+    use crate::plan::runtime_args::{Args, Delete};
+    Delete { force: true, id }.args()
 }
 
 fn is_mountpoint(p: &Path) -> bool {

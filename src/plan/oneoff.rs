@@ -143,13 +143,13 @@ fn exec(argv: Vec<String>, ignore_failure: bool) -> Prop {
 
 /// The runtime running a one-off's bundle in the foreground: `RUNTIME run --bundle DIR ID`.
 pub fn runtime_run_argv(runtime: &Path, dir: &Path, id: &str) -> Vec<String> {
-    vec![
-        runtime.display().to_string(),
-        "run".into(),
-        "--bundle".into(),
-        dir.display().to_string(),
-        id.into(),
-    ]
+    let run = super::runtime_args::Run {
+        detach: false,
+        pid_file: None,
+        bundle: dir,
+        id,
+    };
+    super::runtime_args::argv(runtime, &run)
 }
 
 /// The command a one-off's unit starts with: `shim instance exec` moves into the `runtime`

@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::runtime_args::Args;
 use super::unit::{self, Exec, Prop, UnitSpec};
 use super::{merge_env, plan_args, InstanceDir, InstanceKey, PlanContext};
 use crate::config::ProcessDef;
@@ -125,24 +126,59 @@ pub fn run_argv(
     key: &InstanceKey,
     dir: &Path,
 ) -> Result<Vec<String>, String> {
-    let stem = key.stem();
-    let signal = unit::stop_signal(cx, process);
-    let user = format!("{}:{}", cx.user.uid, cx.user.gid);
-    let workdir = cx
-        .image
-        .working_dir
-        .as_deref()
-        .filter(|w| !w.is_empty())
-        .unwrap_or("/")
-        .to_string();
-    let env_file = InstanceDir(dir).env_file().display().to_string();
-    let timeout = secs_up(process.stop_timeout).to_string();
-    let mut argv = podman(
-        cx,
-        &[
+    let opts = RunOptions {
+        name: key.stem(),
+        user: format!("{}:{}", cx.user.uid, cx.user.gid),
+        workdir: cx
+            .image
+            .working_dir
+            .as_deref()
+            .filter(|w| !w.is_empty())
+            .unwrap_or("/")
+            .to_string(),
+        env_file: InstanceDir(dir).env_file().display().to_string(),
+        stop_signal: unit::stop_signal(cx, process),
+        stop_timeout: secs_up(process.stop_timeout).to_string(),
+        read_only: process.read_only,
+    };
+    let mut argv = vec![cx.runtime_bin.display().to_string()];
+    argv.extend(cx.podman.global_args());
+    argv.extend(opts.args());
+    // The shared, verified rootfs with a private overlay on top (":O").
+    argv.push("--rootfs".into());
+    let [rootfs] = cx.lowers else {
+        return Err(format!(
+            "podman runs from one whole rootfs, but the image has {} layer directories here",
+            cx.lowers.len()
+        ));
+    };
+    argv.push(format!("{}:O", rootfs.display()));
+    // Everything after the rootfs is the container's argv, taken verbatim by podman.
+    argv.extend(plan_args(cx, process)?);
+    Ok(argv)
+}
+
+/// `run` and its options for one instance, up to (not including) `--rootfs`: plain data,
+/// rendered by [`Args::args`] in the order units on hosts carry.
+struct RunOptions {
+    /// The container's name: the instance's stem.
+    name: String,
+    /// `uid:gid`.
+    user: String,
+    workdir: String,
+    env_file: String,
+    stop_signal: String,
+    /// Whole seconds.
+    stop_timeout: String,
+    read_only: bool,
+}
+
+impl Args for RunOptions {
+    fn args(&self) -> Vec<String> {
+        let mut a: Vec<String> = [
             "run",
             "--name",
-            &stem,
+            &self.name,
             // A leftover container of the same name (a crash between start and cleanup) is
             // replaced; the container is removed when it exits, so a restart starts afresh.
             "--replace",
@@ -168,41 +204,32 @@ pub fn run_argv(
             "--security-opt",
             "no-new-privileges",
             "--user",
-            &user,
+            &self.user,
             "--workdir",
-            &workdir,
+            &self.workdir,
             "--env-file",
-            &env_file,
+            &self.env_file,
             "--stop-signal",
-            &signal,
+            &self.stop_signal,
             "--stop-timeout",
-            &timeout,
-        ],
-    );
-    if process.read_only {
-        // Read-only root with a tmpfs on /tmp only (podman would add /run and /var/tmp too).
-        argv.extend(
-            [
-                "--read-only",
-                "--read-only-tmpfs=false",
-                "--tmpfs",
-                READ_ONLY_TMP,
-            ]
-            .map(String::from),
-        );
+            &self.stop_timeout,
+        ]
+        .map(String::from)
+        .to_vec();
+        if self.read_only {
+            // Read-only root with a tmpfs on /tmp only (podman would add /run and /var/tmp too).
+            a.extend(
+                [
+                    "--read-only",
+                    "--read-only-tmpfs=false",
+                    "--tmpfs",
+                    READ_ONLY_TMP,
+                ]
+                .map(String::from),
+            );
+        }
+        a
     }
-    // The shared, verified rootfs with a private overlay on top (":O").
-    argv.push("--rootfs".into());
-    let [rootfs] = cx.lowers else {
-        return Err(format!(
-            "podman runs from one whole rootfs, but the image has {} layer directories here",
-            cx.lowers.len()
-        ));
-    };
-    argv.push(format!("{}:O", rootfs.display()));
-    // Everything after the rootfs is the container's argv, taken verbatim by podman.
-    argv.extend(plan_args(cx, process)?);
-    Ok(argv)
 }
 
 /// The unit of a podman instance: the runc/crun unit's shared properties (description, slice,

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::runtime_args;
 use super::{fields, InstanceDir, InstanceKey, PlanContext};
 use crate::config::ProcessDef;
 
@@ -277,16 +278,15 @@ fn exec_props(cx: &PlanContext<'_>, dir: &Path, stem: &str) -> [(&'static str, P
         (
             "ExecStart",
             exec(
-                vec![
-                    runtime.clone(),
-                    s("run"),
-                    s("--detach"),
-                    s("--pid-file"),
-                    d.pid_file().display().to_string(),
-                    s("--bundle"),
-                    dir_s.clone(),
-                    s(stem),
-                ],
+                runtime_args::argv(
+                    cx.runtime_bin,
+                    &runtime_args::Run {
+                        detach: true,
+                        pid_file: Some(&d.pid_file()),
+                        bundle: dir,
+                        id: stem,
+                    },
+                ),
                 false,
             ),
         ),
