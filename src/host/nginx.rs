@@ -13,13 +13,13 @@ use crate::host::Host;
 
 /// What was in the file before a switch, to put back on failure.
 #[derive(Clone)]
-pub struct Backup {
+struct Backup {
     path: PathBuf,
     previous: Option<Vec<u8>>,
 }
 
 impl Backup {
-    pub fn restore(&self) -> Result<()> {
+    fn restore(&self) -> Result<()> {
         match &self.previous {
             Some(bytes) => crate::host::fsutil::write_atomic(&self.path, bytes, 0o644),
             None => match std::fs::remove_file(&self.path) {
@@ -34,7 +34,7 @@ impl Backup {
 
 /// Writes `content` to `path` atomically if it differs; returns the backup, or None when the
 /// file already says exactly this.
-pub fn write_upstream(path: &Path, content: &str) -> Result<Option<Backup>> {
+fn write_upstream(path: &Path, content: &str) -> Result<Option<Backup>> {
     check_owned(path)?;
     let previous = match std::fs::read(path) {
         Ok(b) => Some(b),
@@ -122,7 +122,7 @@ pub fn apply_files(
 }
 
 /// The nginx unit as systemd has it (None: not loaded).
-pub fn unit_state(host: &Host, unit: &str) -> Result<Option<crate::host::systemd::UnitInfo>> {
+fn unit_state(host: &Host, unit: &str) -> Result<Option<crate::host::systemd::UnitInfo>> {
     Ok(host
         .systemd()?
         .list_units(&[unit.to_string()])?
@@ -223,7 +223,7 @@ pub fn reload(host: &Host, unit: &str, timeout: Duration) -> Result<()> {
 /// `nginx -t`, then the reload; on failure every file of `backups` is restored (and, when the
 /// reload itself failed, nginx reloaded again on the old files), so nginx keeps serving
 /// what it served. The error says which failed, and both if the second reload fails too.
-pub fn apply(host: &Host, unit: &str, backups: &[Backup]) -> Result<()> {
+fn apply(host: &Host, unit: &str, backups: &[Backup]) -> Result<()> {
     if let Err(e) = host.nginx.test_config() {
         restore(backups);
         return Err(e.context("the new upstream was refused; previous file restored"));
@@ -244,7 +244,7 @@ pub fn apply(host: &Host, unit: &str, backups: &[Backup]) -> Result<()> {
 }
 
 /// Puts back what `backups` hold; a failure is reported, the others still restored.
-pub fn restore(backups: &[Backup]) {
+fn restore(backups: &[Backup]) {
     for b in backups {
         if let Err(e) = b.restore() {
             eprintln!("shim: restoring an upstream file failed: {e:#}");
