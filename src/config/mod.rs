@@ -195,7 +195,7 @@ impl Default for HostSettings {
 }
 
 /// Where a process's instances are announced to nginx.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proxy {
     /// The `upstream` block's name.
     pub upstream: String,
@@ -203,15 +203,13 @@ pub struct Proxy {
     pub file: PathBuf,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
     /// The HTTP check's URL path; "" for a TCP check (`tcp = true`: a connect to `$PORT`) or a
     /// command check.
     pub path: String,
     /// A command check's argv (`command = [...]`), run in the instance's container: healthy
-    /// when it exits 0. Empty for HTTP and TCP checks (and then not serialized, so that
-    /// deployment records written before command checks keep their ids).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// when it exits 0. Empty for HTTP and TCP checks.
     pub command: Vec<String>,
     pub interval: Duration,
     pub timeout: Duration,
@@ -273,7 +271,7 @@ impl Health {
 
 /// Resource limits of an instance (`memory`, `cpus`, `pids`, `nofile`), set on its unit so
 /// that systemd enforces them on everything in it; None: no limit of shim's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Limits {
     /// Bytes: the unit's `MemoryMax=`.
     pub memory: Option<u64>,
@@ -303,8 +301,7 @@ pub fn parse_capability(name: &str) -> Option<oci_spec::runtime::Capability> {
 }
 
 /// One of a process's `mounts`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MountDef {
     /// A host directory or file, bound recursively (`rbind`) at `target`.
     Bind {
@@ -337,7 +334,7 @@ impl MountDef {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessDef {
     pub name: Ident,
     /// Replaces the image's entrypoint + cmd when set.
@@ -358,33 +355,25 @@ pub struct ProcessDef {
     /// Never run two instances at once, even during an upgrade: old stopped before new start.
     pub singleton: bool,
     /// Resource limits (the process's keys, else the service's).
-    #[serde(default)]
     pub limits: Limits,
     /// Bind mounts, volumes and tmpfs (the process's list, else the service's).
-    #[serde(default)]
     pub mounts: Vec<MountDef>,
     /// Capabilities added to and dropped from the runtime's default set, as `CAP_NAME`.
-    #[serde(default)]
     pub cap_add: Vec<String>,
-    #[serde(default)]
     pub cap_drop: Vec<String>,
     /// Run a minimal init (tini) as the container's PID 1, in front of the command: it
     /// forwards signals and reaps zombies (`docker run --init`).
-    #[serde(default)]
     pub init: bool,
     /// Files copied at deploy into the deployment's root-only storage and bind-mounted
-    /// read-only (`secrets = [...]`). Not serialized when empty, so that deployment records
-    /// written before secret files keep their ids.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// read-only (`secrets = [...]`).
     pub secrets: Vec<SecretFile>,
-    /// This process's own `seccomp` (None: the service's). Not serialized when None.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// This process's own `seccomp` (None: the service's).
     pub seccomp: Option<Seccomp>,
 }
 
 /// One of a process's `secrets`: the host file `source`, copied when deployed, seen by the
 /// container read-only at `target`, owned by the container's user with `mode`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretFile {
     pub source: PathBuf,
     pub target: String,
@@ -392,8 +381,7 @@ pub struct SecretFile {
 }
 
 /// `seccomp = …`: which system-call filter a service's containers run under.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Seccomp {
     /// The profile container users expect: the one containers-common ships (Debian's
     /// golang-github-containers-common, `/usr/share/containers/seccomp.json`), as podman uses.
@@ -405,7 +393,10 @@ pub enum Seccomp {
     Profile(PathBuf),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+/// A validated service definition. Not serialized: a deployment persists and hashes it as
+/// its `plan::record::DefinitionRecord`, so that these types can change shape without
+/// changing a deployed id (a new key is added to the record, see there).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceDef {
     pub id: Ident,
     /// The file (and line) that defined it, for error messages later on.
@@ -445,7 +436,7 @@ impl ServiceDef {
 }
 
 /// Everything read from the definition files.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Definitions {
     pub settings: HostSettings,
     pub services: BTreeMap<Ident, ServiceDef>,

@@ -16,13 +16,18 @@
 //! [`tag`](Deployment::tag) (in their unit name and `SHIM_DEPLOYMENT`) derived from the id and
 //! the process's restart generation, so that the instances of a new deployment of the same
 //! revision, or of a rolling `shim restart`, run beside the old ones until nginx switches.
-//! Pure: the host adapters gather and store it.
+//! Pure: the host adapters gather and store it. It is stored as JSON in the state file
+//! (`host::state`), its definition in the shape of `plan::record` (versioned, pinned by the
+//! golden tests in `plan::golden_tests`): a field added here needs a default for the records
+//! written before it, and, if it enters the id, must leave the id of a deployment that does
+//! not use it as it was.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
+use super::record::{sha256_hex, DefinitionRecord};
 use crate::config::{ResolvedUser, ServiceDef};
 use crate::image::ImageConfig;
 
@@ -37,7 +42,9 @@ pub struct Deployment {
     pub image_config: ImageConfig,
     /// The user the containers run as, resolved in the image when it was deployed.
     pub user: ResolvedUser,
-    /// The definition as it was deployed (its `source` and lines are where it came from).
+    /// The definition as it was deployed (its `source` and lines are where it came from),
+    /// persisted and hashed as its [`DefinitionRecord`].
+    #[serde(with = "super::record::as_record")]
     pub definition: ServiceDef,
     /// The seccomp profile's text; None for `seccomp = "unconfined"`.
     pub seccomp: Option<String>,
@@ -69,40 +76,15 @@ pub fn port_key(process: &str, index: u32) -> String {
     format!("{process}.{index}")
 }
 
-fn sha256_hex(parts: &[&[u8]]) -> String {
-    let mut h = sha2::Sha256::new();
-    for p in parts {
-        // Length-prefixed, so that no two different lists of parts hash alike.
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p);
-    }
-    hex::encode(h.finalize())
-}
-
-/// The digest of a definition as it reaches the instances: everything but where it was read
-/// from (file and lines) and how many instances each process has (a deployment scales in
-/// place: `shim upgrade` starts or stops the difference), and the seccomp profile's text.
+/// The digest of a definition as it reaches the instances (see
+/// [`DefinitionRecord::digest`]: the definition is hashed as its record, never as the
+/// config types).
 pub fn definition_digest(
     svc: &ServiceDef,
     seccomp: Option<&str>,
     process_seccomp: &BTreeMap<String, Option<String>>,
 ) -> String {
-    let mut d = svc.clone();
-    d.source = Default::default();
-    d.line = None;
-    d.image_line = None;
-    for p in d.processes.values_mut() {
-        p.count = 0;
-    }
-    // Serializing plain data (strings, numbers, maps with string keys) cannot fail.
-    let json = serde_json::to_vec(&d).unwrap_or_default();
-    let mut parts: Vec<&[u8]> = vec![&json, seccomp.unwrap_or("\0unconfined").as_bytes()];
-    // Only processes with a profile of their own add parts: other digests stay as they were.
-    for (name, text) in process_seccomp {
-        parts.push(name.as_bytes());
-        parts.push(text.as_deref().unwrap_or("\0unconfined").as_bytes());
-    }
-    format!("sha256:{}", sha256_hex(&parts))
+    DefinitionRecord::from(svc).digest(seccomp, process_seccomp)
 }
 
 /// The digest of the secrets read from `env_files`, in the order they apply.

@@ -16,6 +16,7 @@ pub mod podman;
 mod prepared;
 pub mod probe_timer;
 pub mod proxy;
+pub mod record;
 pub mod runtime_args;
 pub mod seccomp;
 pub mod service_unit;
