@@ -3,6 +3,11 @@
 //! Written atomically (temp file, fsync, rename) so a crash leaves the old or the new record,
 //! never half of one. `shim reconcile` (at boot) reads it to bring services back. It also
 //! says whether supervision is paused (`shim supervise pause`), which survives reboots.
+//!
+//! The file carries a `version` ([`STATE_VERSION`]), written on every save. Reading goes
+//! through one function, [`read_state_file`]: version check (a file from a newer shim is
+//! refused, naming the file, exit 2), then [`migrate`], the one place that turns what older
+//! shims wrote into a [`ServiceState`] and lists every fallback for older records.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -10,8 +15,68 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::error::BadInput;
 use crate::plan::proxy::{Pointed, Pointer};
 use crate::plan::Deployment;
+
+/// The version of the state file this shim writes and the newest it reads.
+/// - 0 (no `version`): written by shims before the version existed; the same shape as 1,
+///   with the fields each older shim did not know missing (see [`migrate`]).
+/// - 1: the deployment's definition in the shape of `plan::record::DefinitionRecord`.
+///
+/// A change that an older shim would misread (a field renamed, a meaning changed) bumps it
+/// and adds a step to [`migrate`]; a new optional field with a default does not.
+pub const STATE_VERSION: u32 = 1;
+
+/// What is written: the version first, then the state.
+#[derive(Serialize)]
+struct StateFileOut<'a> {
+    version: u32,
+    #[serde(flatten)]
+    state: &'a ServiceState,
+}
+
+/// Reads a state file's bytes: refuses a version newer than [`STATE_VERSION`] (before
+/// reading anything else of it, whose shape this shim cannot know), then [`migrate`]s.
+pub fn read_state_file(bytes: &[u8]) -> Result<ServiceState> {
+    let mut value: serde_json::Value = serde_json::from_slice(bytes)?;
+    let version = match value.as_object_mut().and_then(|o| o.remove("version")) {
+        None => 0,
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| BadInput(format!("its version {v} is not a version number")))?,
+    };
+    if version > STATE_VERSION {
+        return Err(BadInput(format!(
+            "it was written by a newer shim (state file version {version}; this shim reads \
+             versions up to {STATE_VERSION}): upgrade shim on this host, or move the file aside"
+        ))
+        .into());
+    }
+    migrate(version, value)
+}
+
+/// The one place where what older shims wrote becomes a [`ServiceState`]. Versions 0 and 1
+/// have one shape; what older shims did not write is filled by the `#[serde(default)]`s of
+/// the record types, which are these fallbacks:
+/// - no `stopped` (the first shims): not stopped;
+/// - no `upgrading`, `paused`, `paused_processes`: none;
+/// - no `deployment` (shims before deployment records): None, and the next upgrade or
+///   reconcile records one (`ops::reconcile`); until then its instances are untagged
+///   (`shim-app-web-r1-1`) and recovery keeps them (`ops::upgrade::recover`);
+/// - in a deployment: no `ports`, `generations`, `secret_files`, `process_seccomp` (shims
+///   before them): empty, which keeps the id those shims computed (`plan::deployment`);
+/// - in its definition: no `limits`, `mounts`, `cap_add`, `cap_drop`, `init`, `secrets`,
+///   `seccomp` of a process, no `command` of a health check: the defaults
+///   (`plan::record`).
+pub fn migrate(version: u32, value: serde_json::Value) -> Result<ServiceState> {
+    match version {
+        0 | 1 => Ok(serde_json::from_value(value)?),
+        // read_state_file refused the newer ones.
+        _ => Err(BadInput(format!("no migration from state file version {version}")).into()),
+    }
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceState {
@@ -174,7 +239,7 @@ impl StateStore {
         let p = self.path(id);
         match std::fs::read(&p) {
             Ok(bytes) => {
-                serde_json::from_slice(&bytes).with_context(|| format!("reading {}", p.display()))
+                read_state_file(&bytes).with_context(|| format!("reading {}", p.display()))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ServiceState::default()),
             Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
@@ -201,7 +266,10 @@ impl StateStore {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating {}", self.dir.display()))?;
         let p = self.path(id);
-        let data = serde_json::to_vec_pretty(st)?;
+        let data = serde_json::to_vec_pretty(&StateFileOut {
+            version: STATE_VERSION,
+            state: st,
+        })?;
         crate::host::fsutil::write_atomic(&p, &data, 0o644)
     }
 }
@@ -287,8 +355,41 @@ mod tests {
             id(&loaded.previous_deployment),
             ids["web@restarted-http"]["id"]
         );
-        let attempt = loaded.upgrading.unwrap().deployment;
+        let attempt = loaded.upgrading.as_ref().unwrap().deployment.clone();
         assert_eq!(id(&attempt), ids["tcp@r2"]["id"]);
+        // Saved again, it is the same file with a version.
+        let store = StateStore::new(t.path());
+        store.save("tcp", &loaded).unwrap();
+        let mut saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(store.path("tcp")).unwrap()).unwrap();
+        let version = saved.as_object_mut().unwrap().remove("version");
+        assert_eq!(version, Some(serde_json::json!(STATE_VERSION)));
+        let golden: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(golden_dir().join("state.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(saved, golden);
+    }
+
+    #[test]
+    fn a_state_file_from_a_newer_shim_is_refused_naming_it() {
+        let t = tempfile::tempdir().unwrap();
+        let s = StateStore::new(t.path());
+        s.save("app", &golden_state()).unwrap();
+        let text = std::fs::read_to_string(s.path("app")).unwrap();
+        assert!(text.starts_with("{\n  \"version\": 1,"), "{text}");
+        let newer = text.replacen("\"version\": 1", "\"version\": 2", 1);
+        std::fs::write(s.path("app"), newer).unwrap();
+        let err = s.load("app").unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains(&s.path("app").display().to_string()), "{msg}");
+        assert!(msg.contains("newer shim (state file version 2"), "{msg}");
+        assert_eq!(crate::error::exit_code(&err), crate::error::EXIT_BAD_INPUT);
+        // The listing skips it, as any file it cannot read: nothing of it is misread.
+        assert!(s.load_all().is_empty());
+        std::fs::write(s.path("app"), r#"{"version": "one", "current": "r1"}"#).unwrap();
+        let msg = format!("{:#}", s.load("app").unwrap_err());
+        assert!(msg.contains("\"one\" is not a version number"), "{msg}");
     }
 
     #[test]
