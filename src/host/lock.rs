@@ -48,9 +48,9 @@ impl ServiceLock {
         // before touching the file system, whatever the caller checked.
         crate::config::Ident::parse(id)
             .map_err(|m| crate::error::BadInput(format!("--id: service id {m}")))?;
-        let dir = run_dir.join("locks");
+        let dir = crate::host::dirs::locks(run_dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let path = dir.join(format!("{id}.lock"));
+        let path = crate::host::dirs::service_lock(&dir, id);
         let deadline = Instant::now() + timeout;
         loop {
             let file = std::fs::OpenOptions::new()
@@ -93,7 +93,7 @@ pub struct HostLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
 pub fn lock_host(dirs: &crate::host::dirs::Dirs) -> Result<HostLock> {
     std::fs::create_dir_all(&dirs.run)
         .with_context(|| format!("creating {}", dirs.run.display()))?;
-    let p = dirs.run.join("lock");
+    let p = dirs.host_lock();
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

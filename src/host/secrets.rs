@@ -20,7 +20,7 @@ use crate::host::dirs::Dirs;
 use crate::plan::deployment::{content_digest, secret_file_name, secrets_digest, Deployment};
 
 fn dir(dirs: &Dirs, id: &str) -> PathBuf {
-    dirs.state.join("secrets").join(id)
+    dirs.secrets(id)
 }
 
 fn path(dirs: &Dirs, id: &str, digest: &str) -> PathBuf {
@@ -32,7 +32,7 @@ fn path(dirs: &Dirs, id: &str, digest: &str) -> PathBuf {
 pub fn save(dirs: &Dirs, id: &str, secrets: &[(String, String)]) -> Result<String> {
     use std::os::unix::fs::DirBuilderExt;
     let digest = secrets_digest(secrets);
-    for d in [dirs.state.join("secrets"), dir(dirs, id)] {
+    for d in [dirs.secrets_root(), dir(dirs, id)] {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -195,11 +195,7 @@ pub fn save_files(dirs: &Dirs, d: &Deployment, contents: &BTreeMap<String, Vec<u
         return Ok(());
     }
     let id = d.definition.id.as_str();
-    for p in [
-        dirs.state.join("secrets"),
-        dir(dirs, id),
-        files_dir(dirs, id),
-    ] {
+    for p in [dirs.secrets_root(), dir(dirs, id), files_dir(dirs, id)] {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)

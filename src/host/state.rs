@@ -227,12 +227,12 @@ pub struct StateStore {
 impl StateStore {
     pub fn new(state_root: &Path) -> StateStore {
         StateStore {
-            dir: state_root.join("state"),
+            dir: crate::host::dirs::service_states(state_root),
         }
     }
 
     pub fn path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.json"))
+        crate::host::dirs::service_state(&self.dir, id)
     }
 
     pub fn load(&self, id: &str) -> Result<ServiceState> {

@@ -153,20 +153,17 @@ pub fn diff_timers(active: &BTreeSet<String>, wanted: &[CronJob]) -> TimerDiff {
 }
 
 pub fn state_path(dirs: &Dirs, id: &str) -> PathBuf {
-    dirs.state.join("cron").join(format!("{id}.json"))
+    dirs.cron_state(id)
 }
 
 /// Where a job's last result is recorded (by its ExecStopPost).
 pub fn last_path(dirs: &Dirs, id: &str, key: &str) -> PathBuf {
-    dirs.state
-        .join("cron")
-        .join(id)
-        .join(format!("{key}.last.json"))
+    dirs.cron_last(id, key)
 }
 
 /// A job's bundle directory.
 pub fn job_dir(dirs: &Dirs, id: &str, key: &str) -> PathBuf {
-    dirs.run.join("cron").join(id).join(key)
+    dirs.cron_job(id, key)
 }
 
 pub fn load_state(dirs: &Dirs, id: &str) -> Result<Option<CronState>> {
@@ -569,7 +566,7 @@ pub fn list_jobs(host: &Host, id: Option<&str>) -> Result<Vec<JobRow>> {
     let ids: Vec<String> = match id {
         Some(id) => vec![id.to_string()],
         None => {
-            let mut ids: Vec<String> = std::fs::read_dir(dirs.state.join("cron"))
+            let mut ids: Vec<String> = std::fs::read_dir(dirs.cron_states())
                 .map(|rd| {
                     rd.flatten()
                         .filter_map(|e| {

@@ -105,7 +105,7 @@ fn random_tag() -> String {
 
 /// Where a run's bundle lives: `/run/shim/runs/<service>/<stem>`.
 pub fn run_dir(dirs: &Dirs, service: &str, stem: &str) -> PathBuf {
-    dirs.run.join("runs").join(service).join(stem)
+    dirs.run_bundle(service, stem)
 }
 
 /// Writes `config.json` (0600; it holds the secrets) into a fresh 0700 directory.

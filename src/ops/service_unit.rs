@@ -90,7 +90,7 @@ fn service_of_file(text: &str) -> Option<&str> {
 /// left alone (an error says so).
 pub fn ensure(host: &Host, id: &str, config: &Path, enable_new: bool) -> Result<FileChange> {
     let name = service_unit_name(id);
-    let path = host.dirs.units.join(&name);
+    let path = host.dirs.unit_file(&name);
     let shim = crate::host::images::shim_binary()?;
     let text = render_service_unit(id, &shim, &absolute(config), &unit_env(&host.dirs));
     let old = match std::fs::read_to_string(&path) {
@@ -136,7 +136,7 @@ fn unit_env(dirs: &crate::host::dirs::Dirs) -> Vec<(String, String)> {
 pub fn state(host: &Host, id: &str) -> Result<UnitState> {
     let name = service_unit_name(id);
     let sd = host.systemd()?;
-    let enabled = if host.dirs.units.join(&name).exists() {
+    let enabled = if host.dirs.unit_file(&name).exists() {
         sd.unit_file_state(&name)?
     } else {
         None
@@ -217,7 +217,7 @@ pub fn installed(host: &Host) -> Vec<String> {
 /// disabled, file removed, systemd reloaded. Returns whether there was one.
 pub fn remove(host: &Host, id: &str) -> Result<bool> {
     let name = service_unit_name(id);
-    let path = host.dirs.units.join(&name);
+    let path = host.dirs.unit_file(&name);
     if !path.exists() {
         return Ok(false);
     }

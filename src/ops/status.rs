@@ -378,7 +378,7 @@ pub fn gather(host: &Host, defs: Option<&Definitions>, q: &Query<'_>) -> Result<
 /// The listed instance units (and probe timers) as [`UnitInfo`]s, sorted by name: from their
 /// directories where that says enough ([`unit_from_local`]), from systemd otherwise.
 fn read_instances(host: &Host, sd: &dyn Systemd, listed: Vec<ListedUnit>) -> Result<Vec<UnitInfo>> {
-    let locals = read_locals(&host.dirs.run.join("instances"), &listed);
+    let locals = read_locals(&host.dirs.instances_root(), &listed);
     let mut units = Vec::with_capacity(listed.len());
     let mut ask = Vec::new();
     for u in listed {

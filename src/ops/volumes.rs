@@ -121,7 +121,7 @@ fn names_in(dir: &Path) -> Vec<String> {
 
 /// Every volume (of service `only`, if given).
 pub fn list(host: &Host, only: Option<&str>) -> Result<Vec<Volume>> {
-    let root = host.dirs.state.join("volumes");
+    let root = host.dirs.volumes_root();
     let services: Vec<String> = match only {
         Some(id) => vec![id.to_string()],
         None => names_in(&root),

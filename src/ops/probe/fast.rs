@@ -347,7 +347,7 @@ fn path_bytes(p: &Path) -> Vec<u8> {
 }
 
 pub fn record_path(dirs: &Dirs, id: &str) -> PathBuf {
-    dirs.run.join("supervise").join(format!("{id}.fast.json"))
+    dirs.probe_fast_record(id)
 }
 
 pub fn load_record(dirs: &Dirs, id: &str) -> Option<Record> {

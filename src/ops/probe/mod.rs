@@ -85,7 +85,7 @@ pub struct Memory {
 }
 
 fn memory_path(dirs: &Dirs, id: &str) -> PathBuf {
-    dirs.run.join("supervise").join(format!("{id}.json"))
+    dirs.probe_memory(id)
 }
 
 pub fn load_memory(dirs: &Dirs, id: &str) -> Memory {
