@@ -1,6 +1,7 @@
 //! The deployment record's definition, as of state file version 1 (`host::state`'s
-//! `STATE_VERSION`; files without a version hold the same shape): the shape in which a deployed [`ServiceDef`] is
-//! persisted (in each state file's `deployment`) and hashed (into the deployment's id).
+//! `STATE_VERSION`; files without a version hold the same shape): the shape in which a
+//! deployed [`ServiceDef`] is persisted (in each state file's `deployment`) and hashed (into
+//! the deployment's id).
 //!
 //! Flow: `Deployment.definition` is a [`ServiceDef`] in memory; it is written and read
 //! through [`DefinitionRecord`] ([`as_record`]), and [`DefinitionRecord::digest`] hashes the
