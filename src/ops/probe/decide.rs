@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::fast;
 use super::{
     backoff_delay, failed_since_usec, is_running, is_stable, next_retry_usec, usecs, Memory,
 };
@@ -127,7 +126,7 @@ pub fn plan_checks(inp: &Inputs<'_>) -> Vec<CheckReq> {
 pub fn reuse_checks<'r>(
     reqs: &'r [CheckReq],
     units: &[UnitInfo],
-    pre: &fast::Prechecked,
+    pre: &super::Prechecked,
 ) -> (BTreeMap<String, Check>, Vec<&'r CheckReq>) {
     let mut done = BTreeMap::new();
     let mut todo = Vec::new();

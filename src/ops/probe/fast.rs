@@ -109,8 +109,7 @@ impl std::fmt::Display for Fallback {
     }
 }
 
-/// Checks already made in this run, for the full run: unit → (main pid checked, result).
-pub type Prechecked = BTreeMap<String, (u32, Check)>;
+pub use super::Prechecked;
 
 /// Whether a record can stand for systemd this time (pure). `procs[i]` is what `/proc` says
 /// now of `rec.instances[i].pid`, `None` if it is gone.

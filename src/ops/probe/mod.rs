@@ -37,7 +37,9 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::host::dirs::Dirs;
+use crate::host::journal::NOTICE;
 use crate::host::systemd::UnitInfo;
+use crate::host::Host;
 use crate::plan::{RESTART_SEC, START_LIMIT_INTERVAL};
 
 /// What the probe remembers about one unit.
@@ -70,6 +72,22 @@ fn is_zero64(n: &u64) -> bool {
 impl UnitMemory {
     fn is_empty(&self) -> bool {
         self == &UnitMemory::default()
+    }
+}
+
+/// Checks already made in this run, for the full run: unit → (main pid checked, result).
+/// Here, not in `fast.rs` (which fills it) nor `run.rs`, so that `decide.rs` can take it
+/// without a file cycle.
+pub type Prechecked = BTreeMap<String, (u32, crate::host::health::Check)>;
+
+/// Logs a condition once (until it clears), so that a probe every few seconds stays quiet.
+fn note_once(host: &Host, mem: &mut Memory, key: &str, id: &str, message: &str) {
+    if mem.noted.insert(key.to_string()) {
+        host.journal.send(
+            NOTICE,
+            message,
+            &[(crate::plan::fields::SERVICE, id.to_string())],
+        );
     }
 }
 

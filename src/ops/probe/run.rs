@@ -31,7 +31,7 @@ use anyhow::Result;
 
 use super::decide::{decide_counts, decide_health, plan_checks, reuse_checks, Action, Inputs};
 use super::fast;
-use super::{load_memory, save_memory, Memory};
+use super::{load_memory, note_once, save_memory, Memory};
 use crate::config::Definitions;
 use crate::host::health::{Check, Probe};
 use crate::host::journal::{NOTICE, WARNING};
@@ -40,17 +40,6 @@ use crate::host::state::ServiceState;
 use crate::host::systemd::{Systemd, UnitInfo};
 use crate::host::Host;
 use crate::ops::instances;
-
-/// Logs a condition once (until it clears), so that a probe every few seconds stays quiet.
-pub(super) fn note_once(host: &Host, mem: &mut Memory, key: &str, id: &str, message: &str) {
-    if mem.noted.insert(key.to_string()) {
-        host.journal.send(
-            NOTICE,
-            message,
-            &[(crate::plan::fields::SERVICE, id.to_string())],
-        );
-    }
-}
 
 /// One probe run of service `id`: the fast path if it can vouch for the service
 /// ([`fast::try_fast`]), else a full run. `before_full` runs first when the full run is

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::decide::{plan_upstreams, Action, Inputs};
-use super::run::note_once;
+use super::note_once;
 use super::Memory;
 use crate::config::HostSettings;
 use crate::host::health::Check;
