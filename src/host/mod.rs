@@ -201,6 +201,9 @@ mod tests {
             .list_units(&["*".into()])
             .unwrap();
         assert_eq!(units.len(), 1);
-        assert_eq!(units[0].active_state, "failed");
+        assert_eq!(
+            units[0].active_state,
+            crate::host::systemd::ActiveState::Failed
+        );
     }
 }

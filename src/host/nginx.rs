@@ -112,7 +112,8 @@ pub fn apply_files(
         return Ok(changed);
     }
     if when == Reload::IfActive {
-        let active = unit_state(host, unit)?.is_some_and(|u| u.active_state == "active");
+        let active = unit_state(host, unit)?
+            .is_some_and(|u| u.active_state == crate::host::systemd::ActiveState::Active);
         if !active {
             return Ok(changed);
         }
@@ -133,7 +134,7 @@ fn unit_state(host: &Host, unit: &str) -> Result<Option<crate::host::systemd::Un
 /// The nginx unit, if it is active; else an error that says to start it.
 pub fn require_active(host: &Host, unit: &str) -> Result<crate::host::systemd::UnitInfo> {
     match unit_state(host, unit)? {
-        Some(u) if u.active_state == "active" => Ok(u),
+        Some(u) if u.active_state == crate::host::systemd::ActiveState::Active => Ok(u),
         Some(u) => bail!(
             "{unit} is {}/{}: start nginx before deploying proxied processes",
             u.active_state,
@@ -194,7 +195,7 @@ pub fn reload(host: &Host, unit: &str, timeout: Duration) -> Result<()> {
     let sd = host.systemd()?;
     let info = unit_state(host, unit)?
         .ok_or_else(|| anyhow!("{unit} is not loaded; shim reloads it to apply upstream changes (set [shim] nginx_unit)"))?;
-    if info.active_state != "active" || info.main_pid == 0 {
+    if info.active_state != crate::host::systemd::ActiveState::Active || info.main_pid == 0 {
         bail!(
             "{unit} is {}/{}: start nginx before deploying proxied processes",
             info.active_state,

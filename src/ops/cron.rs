@@ -29,7 +29,7 @@ use sha2::{Digest as _, Sha256};
 use crate::crontab::CronEntry;
 use crate::error::BadInput;
 use crate::host::dirs::Dirs;
-use crate::host::systemd::Systemd;
+use crate::host::systemd::{ActiveState, Systemd};
 use crate::host::Host;
 use crate::plan::names;
 use crate::plan::oneoff::{self, Attach, CronJobUnits, OneOff};
@@ -252,7 +252,7 @@ pub fn install(
     let units = sd.list_units(&[names::cron_units_glob(id)])?;
     let active_timers: BTreeSet<String> = units
         .iter()
-        .filter(|u| u.name.ends_with(".timer") && u.active_state == "active")
+        .filter(|u| u.name.ends_with(".timer") && u.active_state == ActiveState::Active)
         .filter_map(|u| key_of_unit(id, &u.name).map(str::to_string))
         .collect();
     let loaded_services: BTreeSet<String> = units
@@ -404,7 +404,7 @@ pub fn drift(
     let units = sd.list_units(&[names::cron_timers_glob(Some(id))])?;
     let active: BTreeSet<String> = units
         .iter()
-        .filter(|u| u.active_state == "active")
+        .filter(|u| u.active_state == ActiveState::Active)
         .filter_map(|u| key_of_unit(id, &u.name).map(str::to_string))
         .collect();
     let Some(program) = &svc.cron else {
@@ -540,7 +540,7 @@ pub fn job_rows(
                 calendars: j.calendars.clone(),
                 command: j.command.clone(),
                 timer: t
-                    .map(|t| t.active_state.clone())
+                    .map(|t| t.active_state.to_string())
                     .unwrap_or_else(|| "missing".into()),
                 next_usec: t.map(|t| t.next_elapse_usec).unwrap_or(0),
                 last_result: l.as_ref().map(|l| l.result.clone()),

@@ -88,7 +88,9 @@ pub fn probe_timer_drift(
     };
     Ok(match now.iter().find(|u| &u.name == name) {
         None => Some("probe timer missing".into()),
-        Some(u) if u.active_state != "active" => Some(format!("probe timer is {}", u.active_state)),
+        Some(u) if u.active_state != crate::host::systemd::ActiveState::Active => {
+            Some(format!("probe timer is {}", u.active_state))
+        }
         Some(u) if u.description != want => Some("probe timer differs from the definitions".into()),
         Some(_) => None,
     })

@@ -145,7 +145,7 @@ pub fn state(host: &Host, id: &str) -> Result<UnitState> {
         .list(std::slice::from_ref(&name))?
         .into_iter()
         .find(|u| u.name == name)
-        .map(|u| u.active_state)
+        .map(|u| u.active_state.to_string())
         .unwrap_or_default();
     Ok(UnitState {
         name,

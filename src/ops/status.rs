@@ -22,7 +22,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::config::Definitions;
-use crate::host::systemd::{ListedUnit, Systemd, UnitInfo};
+use crate::host::systemd::{ActiveState, ListedUnit, SubState, Systemd, UnitInfo};
 use crate::host::Host;
 use crate::ops::cron::JobRow;
 use crate::ops::probe::{Memory, Retry};
@@ -201,8 +201,8 @@ pub fn rows(
             instance: u.index(),
             revision: u.revision().to_string(),
             unit: u.name.clone(),
-            state: u.active_state.clone(),
-            sub_state: u.sub_state.clone(),
+            state: u.active_state.to_string(),
+            sub_state: u.sub_state.to_string(),
             main_pid: (u.main_pid != 0).then_some(u.main_pid),
             port: u.port(),
             restarts: u.n_restarts,
@@ -219,7 +219,8 @@ pub fn rows(
             ),
             // (systemd resets Result when it starts the unit again: an OOM kill shows while
             // the instance waits for its restart, or failed.)
-            last_exit: (u.active_state == "failed" || u.sub_state == "auto-restart")
+            last_exit: (u.active_state == ActiveState::Failed
+                || u.sub_state == SubState::AutoRestart)
                 .then(|| u.last_exit())
                 .flatten(),
             deployment: s.deployment_of(u).map(|d| d.id()),
@@ -410,7 +411,7 @@ fn supervision(
             let probe = units
                 .iter()
                 .find(|u| service_of_probe_timer(&u.name) == Some(id))
-                .map(|u| u.active_state.clone());
+                .map(|u| u.active_state.to_string());
             let changed = match (defs.and_then(|d| d.service(id).ok()), &st.deployment) {
                 (Some(svc), Some(d)) => crate::host::images::changes_on_disk(svc, d),
                 _ => Vec::new(),

@@ -45,7 +45,7 @@ fn mounts(d: &Deployment, name: &str) -> bool {
 pub fn users_of(name: &str, units: &[UnitInfo], records: &[&Deployment]) -> Vec<String> {
     units
         .iter()
-        .filter(|u| u.active_state != "inactive" && u.active_state != "failed")
+        .filter(|u| u.phase().may_have_processes())
         .filter(|u| {
             let owner = records
                 .iter()

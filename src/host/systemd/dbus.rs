@@ -666,8 +666,9 @@ impl Systemd for DbusSystemd {
                     name: u.0,
                     description: u.1,
                     load_state: u.2,
-                    active_state: u.3,
-                    sub_state: u.4,
+                    // Parsed once, here, where systemd's strings come in.
+                    active_state: u.3.into(),
+                    sub_state: u.4.into(),
                     path: u.6.to_string(),
                 })
                 .collect())
@@ -717,8 +718,8 @@ impl Systemd for DbusSystemd {
             let reads = listed.iter().map(|u| {
                 let is_service = u.name.ends_with(".service");
                 let running = u.is_running();
-                let failed = u.active_state == "failed";
-                let auto_restart = u.sub_state == "auto-restart";
+                let failed = u.active_state == super::ActiveState::Failed;
+                let auto_restart = u.sub_state == super::SubState::AutoRestart;
                 async move {
                     // Timers and other units have no Service interface: the listing says
                     // all shim needs of them.

@@ -334,7 +334,7 @@ impl Systemd for FakeSystemd {
         let mut files = lock(&self.unit_files);
         let mut units = lock(&self.units);
         files.retain(|n, _| found.contains(n));
-        units.retain(|n, u| found.contains(n) || u.sub_state != "dead");
+        units.retain(|n, u| found.contains(n) || u.sub_state != super::SubState::Dead);
         for n in found {
             files.entry(n.clone()).or_insert_with(|| "disabled".into());
             units.entry(n.clone()).or_insert_with(|| UnitInfo {

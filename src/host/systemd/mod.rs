@@ -10,10 +10,12 @@
 mod dbus;
 #[cfg(test)]
 pub mod fake;
+pub mod state;
 
 pub use dbus::DbusSystemd;
 #[cfg(test)]
 pub use fake::FakeSystemd;
+pub use state::{ActiveState, Phase, SubState};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -28,8 +30,8 @@ pub struct UnitInfo {
     pub name: String,
     pub description: String,
     pub load_state: String,
-    pub active_state: String,
-    pub sub_state: String,
+    pub active_state: ActiveState,
+    pub sub_state: SubState,
     pub main_pid: u32,
     pub n_restarts: u32,
     /// Microseconds since the epoch when the main process started, 0 if never.
@@ -53,6 +55,27 @@ pub struct UnitInfo {
 }
 
 impl UnitInfo {
+    /// Where the unit is in its life: the one classification behind "running" and
+    /// "present" (see [`Phase`]).
+    pub fn phase(&self) -> Phase {
+        Phase::of(&self.active_state, &self.sub_state, self.main_pid)
+    }
+
+    /// Running: active, sub-state running, with a main process.
+    pub fn is_running(&self) -> bool {
+        self.phase() == Phase::Running
+    }
+
+    /// Present: running or on its way up; a failed, inactive or stopping unit is not.
+    pub fn is_present(&self) -> bool {
+        self.phase().is_present()
+    }
+
+    /// Failed or inactive: left behind by a stop or a crash, to be reset.
+    pub fn is_left(&self) -> bool {
+        self.phase() == Phase::Left
+    }
+
     /// How the last main process ended, for error messages.
     pub fn last_exit(&self) -> Option<String> {
         if self.result == "oom-kill" {
@@ -124,15 +147,17 @@ pub struct ListedUnit {
     pub name: String,
     pub description: String,
     pub load_state: String,
-    pub active_state: String,
-    pub sub_state: String,
+    pub active_state: ActiveState,
+    pub sub_state: SubState,
     /// The unit's D-Bus object path, for reading its properties later.
     pub path: String,
 }
 
 impl ListedUnit {
+    /// Active and running as the listing says (the main pid is not listed: a property read
+    /// gives [`UnitInfo::is_running`]).
     pub fn is_running(&self) -> bool {
-        self.active_state == "active" && self.sub_state == "running"
+        self.active_state == ActiveState::Active && self.sub_state == SubState::Running
     }
 }
 
@@ -140,7 +165,7 @@ impl ListedUnit {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TimerInfo {
     pub name: String,
-    pub active_state: String,
+    pub active_state: ActiveState,
     /// When it elapses next, µs since the epoch; 0 if never.
     pub next_elapse_usec: u64,
     /// When it last elapsed, µs since the epoch; 0 if never.

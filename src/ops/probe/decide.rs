@@ -18,7 +18,7 @@ use super::{
 use crate::config::{ProcessDef, ServiceDef};
 use crate::host::health::{Check, Probe};
 use crate::host::state::ServiceState;
-use crate::host::systemd::UnitInfo;
+use crate::host::systemd::{ActiveState, UnitInfo};
 use crate::plan::instance_keys;
 use crate::plan::proxy::{upstream_endpoints, Pointer, Target};
 use crate::plan::Endpoint;
@@ -153,7 +153,7 @@ pub fn decide_counts(inp: &Inputs<'_>) -> (Vec<Action>, Memory) {
             m.retries = 0;
             m.last_start_usec = 0;
             m.failed_seen_usec = 0;
-        } else if u.active_state == "failed" {
+        } else if u.active_state == ActiveState::Failed {
             if failed_since_usec(u, m) == 0 {
                 m.failed_seen_usec = inp.now_usec;
             }

@@ -171,8 +171,9 @@ pub fn is_stable(u: &UnitInfo, now_usec: u64) -> bool {
         && now_usec.saturating_sub(u.main_start_usec) >= usecs(START_LIMIT_INTERVAL)
 }
 
+/// Running as every operation means it ([`UnitInfo::is_running`]).
 pub fn is_running(u: &UnitInfo) -> bool {
-    u.active_state == "active" && u.sub_state == "running" && u.main_pid != 0
+    u.is_running()
 }
 
 /// A unit waiting to be restarted, as `shim status` shows it.

@@ -29,7 +29,7 @@ pub struct Unhealthy {
 /// Why a unit is not usable, if it is not: restarted since the wait began, or not active.
 fn broken(u: &UnitInfo, baseline: &BTreeMap<String, u32>, suffix: &str) -> Option<Unhealthy> {
     let restarted = u.n_restarts > baseline.get(&u.name).copied().unwrap_or(0);
-    (restarted || u.active_state != "active").then(|| Unhealthy {
+    (restarted || !u.is_running()).then(|| Unhealthy {
         unit: u.name.clone(),
         reason: u
             .last_exit()
