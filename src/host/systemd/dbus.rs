@@ -11,7 +11,7 @@ use futures_util::future::{select, Either};
 use futures_util::StreamExt;
 use zbus::{Connection, OwnedObjectPath, OwnedVariant, Variant};
 
-use super::{JobOutcome, ListedUnit, Systemd, SystemdError, TimerInfo, UnitInfo};
+use super::{JobOutcome, ListedUnit, ReadError, Systemd, SystemdError, TimerInfo, UnitInfo};
 use crate::plan::{Prop, UnitSpec};
 
 #[zbus::proxy(
@@ -235,6 +235,25 @@ fn call_err(call: &'static str, unit: &str, e: zbus::Error) -> SystemdError {
 fn is_no_such_file(e: &zbus::Error) -> bool {
     matches!(e, zbus::Error::MethodError(name, _, _)
         if matches!(name.as_str(), "org.freedesktop.DBus.Error.FileNotFound" | "org.freedesktop.systemd1.NoSuchUnit"))
+}
+
+/// A property read's error as [`ReadError`]: the unit gone (no such unit, or its object
+/// path unknown to systemd) or any other failure, with its cause.
+fn read_error(e: zbus::Error) -> ReadError {
+    match &e {
+        zbus::Error::MethodError(name, _, _)
+            if matches!(
+                name.as_str(),
+                "org.freedesktop.systemd1.NoSuchUnit" | "org.freedesktop.DBus.Error.UnknownObject"
+            ) =>
+        {
+            ReadError::Vanished
+        }
+        _ => match call_err("Get", "", e) {
+            SystemdError::Call { message, .. } => ReadError::Failed(message),
+            other => ReadError::Failed(other.to_string()),
+        },
+    }
 }
 
 fn is_no_such_unit(e: &zbus::Error) -> bool {
@@ -762,28 +781,26 @@ impl Systemd for DbusSystemd {
                 .buffered((MAX_CALLS_IN_FLIGHT / SERVICE_PROPS.len()).max(1))
                 .collect()
                 .await;
-            let mut out = Vec::new();
-            for (u, p) in listed.iter().zip(props) {
-                // A unit can vanish between the listing and the read: skip it.
-                let Ok(p) = p else { continue };
-                out.push(UnitInfo {
-                    name: u.name.clone(),
-                    description: u.description.clone(),
-                    load_state: u.load_state.clone(),
-                    active_state: u.active_state.clone(),
-                    sub_state: u.sub_state.clone(),
-                    main_pid: variant_u32(&p, "MainPID"),
-                    n_restarts: variant_u32(&p, "NRestarts"),
-                    main_start_usec: variant_u64(&p, "ExecMainStartTimestamp"),
-                    exec_main_code: variant_i32(&p, "ExecMainCode"),
-                    exec_main_status: variant_i32(&p, "ExecMainStatus"),
-                    exec_main_exit_usec: variant_u64(&p, "ExecMainExitTimestamp"),
-                    failed_since_usec: variant_u64(&p, "StateChangeTimestamp"),
-                    restart_usec_next: variant_u64(&p, "RestartUSecNext"),
-                    result: variant_string(&p, "Result"),
-                    fields: extra_fields(&p),
-                });
-            }
+            // A unit can vanish between the listing and the read: it is left out; any other
+            // read error is an error (see `collect_reads`).
+            let reads = props.into_iter().map(|p| p.map_err(read_error));
+            let mut out = super::collect_reads(listed, reads, |u, p| UnitInfo {
+                name: u.name.clone(),
+                description: u.description.clone(),
+                load_state: u.load_state.clone(),
+                active_state: u.active_state.clone(),
+                sub_state: u.sub_state.clone(),
+                main_pid: variant_u32(&p, "MainPID"),
+                n_restarts: variant_u32(&p, "NRestarts"),
+                main_start_usec: variant_u64(&p, "ExecMainStartTimestamp"),
+                exec_main_code: variant_i32(&p, "ExecMainCode"),
+                exec_main_status: variant_i32(&p, "ExecMainStatus"),
+                exec_main_exit_usec: variant_u64(&p, "ExecMainExitTimestamp"),
+                failed_since_usec: variant_u64(&p, "StateChangeTimestamp"),
+                restart_usec_next: variant_u64(&p, "RestartUSecNext"),
+                result: variant_string(&p, "Result"),
+                fields: extra_fields(&p),
+            })?;
             out.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(out)
         })

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::{JobOutcome, ListedUnit, Systemd, SystemdError, TimerInfo, UnitInfo};
+use super::{JobOutcome, ListedUnit, ReadError, Systemd, SystemdError, TimerInfo, UnitInfo};
 use crate::plan::{Prop, UnitSpec};
 
 #[derive(Default)]
@@ -31,6 +31,9 @@ pub struct FakeSystemd {
     pub unit_dirs: Mutex<Vec<std::path::PathBuf>>,
     /// What `system_state` says ("running" when empty).
     pub system_state: Mutex<String>,
+    /// Units whose property read fails after they are listed, and how: `Vanished` (the unit
+    /// went away meanwhile) or `Failed` (a D-Bus error: the whole read is an error).
+    pub fail_read: Mutex<BTreeMap<String, ReadError>>,
 }
 
 /// Locks a fake's field; a poisoned lock means a test already panicked.
@@ -83,6 +86,38 @@ impl FakeSystemd {
         }
     }
 
+    /// The loaded units matching any of `patterns`, as a listing shows them.
+    fn matching(&self, patterns: &[String]) -> Vec<ListedUnit> {
+        lock(&self.units)
+            .values()
+            .filter(|u| patterns.iter().any(|p| glob_match(p, &u.name)))
+            .map(|u| ListedUnit {
+                path: format!("/org/freedesktop/systemd1/unit/{}", u.name),
+                name: u.name.clone(),
+                description: u.description.clone(),
+                load_state: u.load_state.clone(),
+                active_state: u.active_state.clone(),
+                sub_state: u.sub_state.clone(),
+            })
+            .collect()
+    }
+
+    /// Reads `listed` as the real reader does (see [`super::collect_reads`]), with the read
+    /// errors of `fail_read`; a unit no longer loaded has vanished.
+    fn read(&self, listed: &[ListedUnit]) -> Result<Vec<UnitInfo>, SystemdError> {
+        let units = lock(&self.units);
+        let fail = lock(&self.fail_read);
+        let reads: Vec<Result<UnitInfo, ReadError>> = listed
+            .iter()
+            .map(|l| match (fail.get(&l.name), units.get(&l.name)) {
+                (Some(e), _) => Err(e.clone()),
+                (None, Some(u)) => Ok(u.clone()),
+                (None, None) => Err(ReadError::Vanished),
+            })
+            .collect();
+        super::collect_reads(listed, reads, |_, u| u)
+    }
+
     fn record(&self, call: String) {
         lock(&self.calls).push(call);
     }
@@ -117,11 +152,8 @@ fn description(u: &UnitSpec) -> String {
 impl Systemd for FakeSystemd {
     fn list_units(&self, patterns: &[String]) -> Result<Vec<UnitInfo>, SystemdError> {
         self.record(format!("list {}", patterns.join(" ")));
-        Ok(lock(&self.units)
-            .values()
-            .filter(|u| patterns.iter().any(|p| glob_match(p, &u.name)))
-            .cloned()
-            .collect())
+        let listed = self.matching(patterns);
+        self.read(&listed)
     }
 
     fn start_transient(
@@ -270,26 +302,12 @@ impl Systemd for FakeSystemd {
     }
 
     fn list(&self, patterns: &[String]) -> Result<Vec<ListedUnit>, SystemdError> {
-        Ok(self
-            .list_units(patterns)?
-            .into_iter()
-            .map(|u| ListedUnit {
-                path: format!("/org/freedesktop/systemd1/unit/{}", u.name),
-                name: u.name,
-                description: u.description,
-                load_state: u.load_state,
-                active_state: u.active_state,
-                sub_state: u.sub_state,
-            })
-            .collect())
+        self.record(format!("list {}", patterns.join(" ")));
+        Ok(self.matching(patterns))
     }
 
     fn read_units(&self, listed: &[ListedUnit]) -> Result<Vec<UnitInfo>, SystemdError> {
-        let units = lock(&self.units);
-        Ok(listed
-            .iter()
-            .filter_map(|l| units.get(&l.name).cloned())
-            .collect())
+        self.read(listed)
     }
 
     fn read_timers(&self, listed: &[ListedUnit]) -> Result<Vec<TimerInfo>, SystemdError> {

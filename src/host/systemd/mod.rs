@@ -161,6 +161,44 @@ impl ListedUnit {
     }
 }
 
+/// Why one unit's properties could not be read after it was listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadError {
+    /// The unit is gone (`org.freedesktop.systemd1.NoSuchUnit`, or its object path no longer
+    /// exists): it vanished between the listing and the read.
+    Vanished,
+    /// Anything else (a timeout, a bus limit, a dropped connection), with the cause: the unit
+    /// may well still be there.
+    Failed(String),
+}
+
+/// The units of `listed` whose properties were read (`reads`, one per unit, in order), built
+/// with `build`. A unit that vanished is left out; any other read error fails the whole
+/// read: a unit left out because a read failed would look missing to the caller, and the
+/// probe would start it a second time. Shared by the real reader and the fake, so a test
+/// that scripts a read error exercises this very decision.
+pub fn collect_reads<T>(
+    listed: &[ListedUnit],
+    reads: impl IntoIterator<Item = Result<T, ReadError>>,
+    build: impl Fn(&ListedUnit, T) -> UnitInfo,
+) -> Result<Vec<UnitInfo>, SystemdError> {
+    let mut out = Vec::new();
+    for (u, read) in listed.iter().zip(reads) {
+        match read {
+            Ok(p) => out.push(build(u, p)),
+            Err(ReadError::Vanished) => {}
+            Err(ReadError::Failed(message)) => {
+                return Err(SystemdError::Call {
+                    call: "Get",
+                    unit: u.name.clone(),
+                    message,
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// A timer, as `shim cron list` and `shim status` show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TimerInfo {
@@ -304,6 +342,37 @@ pub fn parse_major_version(v: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_unit_that_vanished_is_left_out_and_any_other_read_error_is_an_error() {
+        let listed: Vec<ListedUnit> = ["a.service", "b.service"]
+            .map(|n| ListedUnit {
+                name: n.into(),
+                description: String::new(),
+                load_state: "loaded".into(),
+                active_state: "active".into(),
+                sub_state: "running".into(),
+                path: String::new(),
+            })
+            .to_vec();
+        let build = |u: &ListedUnit, pid: u32| UnitInfo {
+            name: u.name.clone(),
+            main_pid: pid,
+            ..Default::default()
+        };
+        let got = collect_reads(&listed, [Ok(7), Err(ReadError::Vanished)], build).unwrap();
+        assert_eq!(
+            got.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
+            ["a.service"]
+        );
+        let err = collect_reads(
+            &listed,
+            [Err(ReadError::Failed("Timeout".into())), Ok(8)],
+            build,
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "Get a.service: Timeout");
+    }
 
     #[test]
     fn major_versions() {

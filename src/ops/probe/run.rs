@@ -641,6 +641,26 @@ mod tests {
     }
 
     #[test]
+    fn a_dbus_read_error_during_a_probe_plans_and_makes_no_duplicate_start() {
+        use crate::host::systemd::ReadError;
+        let p = Probe::new();
+        p.all_running();
+        // web 2 is there and running, but reading its properties fails (a D-Bus timeout):
+        // it must not be taken for missing and started a second time.
+        lock(&p.fh.systemd.fail_read).insert(
+            "shim-app-web-r1-2.service".into(),
+            ReadError::Failed("Connection timed out (org.freedesktop.DBus.Error.Timeout)".into()),
+        );
+        let err = run_full(&p.fh.host, &p.config, "app", &Default::default()).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("shim-app-web-r1-2.service: Connection timed out"),
+            "{err:#}"
+        );
+        assert!(p.changes().is_empty(), "{:?}", p.changes());
+        assert!(p.logged().iter().all(|e| action(e) != "start"));
+    }
+
+    #[test]
     fn a_healthy_service_is_left_alone_and_nothing_is_logged() {
         let p = Probe::new();
         p.all_running();
