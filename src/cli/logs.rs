@@ -207,9 +207,10 @@ fn resolve_revision(host: &crate::host::Host, id: &str, rev: &str) -> String {
         known.extend(st.previous);
     }
     if let Ok(sd) = host.systemd() {
-        if let Ok(units) = crate::ops::instances::service_units(sd, id) {
+        if let Ok(units) = crate::ops::view::ServiceView::observe(sd, id) {
             known.extend(
                 units
+                    .units()
                     .iter()
                     .filter_map(|u| u.field(crate::plan::fields::REVISION).map(String::from)),
             );

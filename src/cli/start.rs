@@ -89,7 +89,7 @@ fn summary(host: &Host, id: &str) -> Result<()> {
             d.manifest_digest
         );
     }
-    for u in crate::ops::instances::service_units(host.systemd()?, id)? {
+    for u in crate::ops::view::ServiceView::observe(host.systemd()?, id)?.units() {
         println!("instance {} {}/{}", u.name, u.active_state, u.sub_state);
     }
     Ok(())

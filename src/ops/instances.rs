@@ -141,15 +141,6 @@ pub fn recorded_ports(host: &Host) -> BTreeSet<u16> {
         .collect()
 }
 
-/// The units of one service (the name pattern alone could also match `id-other`'s units).
-pub fn service_units(sd: &dyn Systemd, id: &str) -> Result<Vec<UnitInfo>> {
-    Ok(sd
-        .list_units(&[plan::names::service_units_glob(id)])?
-        .into_iter()
-        .filter(|u| u.field(crate::plan::fields::SERVICE) == Some(id))
-        .collect())
-}
-
 fn write_bundle(p: &InstancePlan) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     // Root-only: config.json holds the secrets from env_files.
@@ -235,6 +226,9 @@ pub fn remove_stale_dirs(instances_dir: &Path, live_units: &BTreeSet<String>) ->
 pub struct StartReport {
     pub started: Vec<String>,
     pub already_running: Vec<String>,
+    /// Units of wanted instances that were left behind (failed, inactive) or on their way
+    /// down, each with its state: stopped and reset first, then started afresh.
+    pub reset: Vec<String>,
     /// The ports the started instances were given (a recorded one when it was free).
     pub ports: BTreeMap<(String, u32), u16>,
 }
@@ -300,13 +294,32 @@ pub fn start_instances(
     check_nofile(host, prepared)?;
     let sd = host.systemd()?;
     let _lock = crate::host::lock::lock_host(&host.dirs)?;
-    let all = sd.list_units(&[crate::plan::names::ALL_UNITS_GLOB.to_string()])?;
-    let (missing, already_running) = split_running(prepared, wanted, &all)?;
+    let mut all = sd.list_units(&[crate::plan::names::ALL_UNITS_GLOB.to_string()])?;
+    let split = split_running(prepared, wanted, &all)?;
+    // A unit left behind holds its name (and systemd refuses a new transient unit of that
+    // name): it is stopped (waited for, if on its way down) and reset, which unloads it.
+    let left: Vec<UnitInfo> = all
+        .iter()
+        .filter(|u| split.left.contains(&u.name))
+        .cloned()
+        .collect();
+    stop_units(sd, &left, LEFT_STOP_TIMEOUT).map_err(|e| {
+        e.context(format!(
+            "clearing the units left behind by {}",
+            prepared.service.id
+        ))
+    })?;
+    all.retain(|u| !split.left.contains(&u.name));
     let mut report = StartReport {
         started: Vec::new(),
-        already_running,
+        already_running: split.running,
+        reset: left
+            .iter()
+            .map(|u| format!("{} ({}/{})", u.name, u.active_state, u.sub_state))
+            .collect(),
         ports: BTreeMap::new(),
     };
+    let missing = split.missing;
     if missing.is_empty() {
         return Ok(report);
     }
@@ -340,16 +353,28 @@ pub fn start_instances(
 /// (process, index) pairs.
 type Wanted = Vec<(String, u32)>;
 
-/// The wanted (process, index) pairs not running yet, and the names of those that are. A
-/// unit of the wanted name counts as running only if its recorded identity (its `SHIM_*`
-/// fields) is that instance: names of look-alike services can collide, and another
-/// service's unit must not be taken for one of ours.
-fn split_running(
-    prepared: &Prepared,
-    wanted: &[(String, u32)],
-    all: &[UnitInfo],
-) -> Result<(Wanted, Vec<String>)> {
-    let (mut missing, mut running) = (Vec::new(), Vec::new());
+/// How long a start waits for a wanted instance's unit on its way down to stop.
+const LEFT_STOP_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The wanted instances as they are found.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Split {
+    /// Not there, or only [`Split::left`] behind: to start.
+    missing: Wanted,
+    /// The names of those present (running or on their way up).
+    running: Vec<String>,
+    /// The names of their units that are not present (failed, inactive, stopping): to stop
+    /// and reset before a fresh start.
+    left: BTreeSet<String>,
+}
+
+/// The wanted (process, index) pairs to start, and the names of those present. A unit of
+/// the wanted name is that instance only if its recorded identity (its `SHIM_*` fields) says
+/// so: names of look-alike services can collide, and another service's unit must not be
+/// taken for one of ours. One that is not present (see `ops::view`) is to be reset and
+/// started afresh: a failed unit left by a stop or a crash is never counted as running.
+fn split_running(prepared: &Prepared, wanted: &[(String, u32)], all: &[UnitInfo]) -> Result<Split> {
+    let mut split = Split::default();
     for (p, i) in wanted {
         let key = plan::InstanceKey {
             service: prepared.service.id.clone(),
@@ -360,8 +385,12 @@ fn split_running(
         };
         let name = key.unit_name();
         match all.iter().find(|u| u.name == name) {
-            None => missing.push((p.clone(), *i)),
-            Some(u) if u.key().as_ref() == Some(&key) => running.push(name),
+            None => split.missing.push((p.clone(), *i)),
+            Some(u) if u.key().as_ref() == Some(&key) && u.is_present() => split.running.push(name),
+            Some(u) if u.key().as_ref() == Some(&key) => {
+                split.left.insert(name);
+                split.missing.push((p.clone(), *i));
+            }
             Some(u) => {
                 return Err(anyhow!(
                     "unit {name} already exists for service {} process {} revision {}: instance {} of {p} of {} cannot be started under that name",
@@ -374,7 +403,7 @@ fn split_running(
             }
         }
     }
-    Ok((missing, running))
+    Ok(split)
 }
 
 /// Ports for the instances of `missing` whose process takes one: the port the deployment

@@ -16,6 +16,7 @@ pub mod status;
 pub mod stop;
 pub mod supervise;
 pub mod upgrade;
+pub mod view;
 pub mod volumes;
 
 #[cfg(test)]

@@ -29,7 +29,6 @@ use crate::host::lock::ServiceLock;
 use crate::host::state::ServiceState;
 use crate::host::systemd::UnitInfo;
 use crate::host::Host;
-use crate::ops::instances;
 use crate::ops::upgrade;
 use crate::plan::names::service_of_probe_timer;
 use crate::plan::proxy::{Pointed, Pointer};
@@ -82,7 +81,12 @@ pub fn drift(
             others.into_iter().collect::<Vec<_>>().join(", ")
         ));
     }
-    let current: Vec<&UnitInfo> = units.iter().filter(|u| owned(u)).collect();
+    // A unit left behind (failed, inactive) or on its way down is not one of its instances:
+    // it is missing, and the converge's start replaces it.
+    let current: Vec<&UnitInfo> = units
+        .iter()
+        .filter(|u| owned(u) && u.is_present())
+        .collect();
     let defined: BTreeSet<&str> = svc.processes.values().map(|p| p.name.as_str()).collect();
     let undefined: BTreeSet<&str> = current
         .iter()
@@ -523,7 +527,7 @@ fn reconcile_running(cx: &Cx<'_>, svc: &ServiceDef, rep: &mut Report) -> Result<
     if let Some(note) = crate::ops::instances::definition_change_note(svc, deployed) {
         rep.say(id, &note);
     }
-    let units = instances::service_units(sd, id)?;
+    let units = crate::ops::view::ServiceView::observe(sd, id)?.into_units();
     if let Some(a) = plan_deployed(svc, &st, (deployed, &revision), &units, &pointed) {
         return act(cx, id, &a, lock, rep);
     }
@@ -578,7 +582,7 @@ fn act(
                 rep.fail(id, format!("{e:#}"));
                 // Nothing of it came back (at boot: the image is gone, say): its upstream must
                 // not go on listing ports that other services may be given now.
-                if instances::service_units(sd, id)?.is_empty() {
+                if !crate::ops::view::ServiceView::observe(sd, id)?.any_present() {
                     let svc = cx.defs.service(id)?;
                     match crate::ops::stop::close_upstreams(host, svc, &cx.defs.settings) {
                         Ok(lines) => lines.iter().for_each(|l| rep.say(id, l)),
@@ -913,7 +917,7 @@ command = ["/w"]
         // Not marked stopped: `systemctl enable` and a reboot bring it back.
         assert!(!h.state().load("app").unwrap().stopped);
         let none = || {
-            crate::ops::instances::service_units(fh.systemd.as_ref(), "app")
+            crate::ops::view::ServiceView::observe(fh.systemd.as_ref(), "app")
                 .unwrap()
                 .is_empty()
         };

@@ -169,7 +169,7 @@ impl Supervision {
     pub fn deployment_of(&self, u: &UnitInfo) -> Option<&crate::plan::Deployment> {
         self.deployments
             .iter()
-            .find(|d| d.owns(u.revision(), u.process().unwrap_or(""), u.deployment()))
+            .find(|d| crate::ops::view::of_deployment(u, d))
     }
 }
 
@@ -184,7 +184,7 @@ pub fn rows(
     let mut rows: Vec<InstanceRow> = units
         .iter()
         .filter(|u| u.field(crate::plan::fields::SERVICE).is_some())
-        .filter(|u| id.is_none() || u.field(crate::plan::fields::SERVICE) == id)
+        .filter(|u| id.is_none_or(|id| crate::ops::view::of_service(u, id)))
         .map(|u| {
             (
                 u,

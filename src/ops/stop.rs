@@ -71,7 +71,7 @@ fn teardown_by(host: &Host, id: &str, timeout: Duration, by: StopBy) -> Result<T
     let sd = host.systemd()?;
     let had_probe = crate::ops::probe_timer::remove_probe_timer(sd, id)?;
     let cron = crate::ops::cron::remove_all(sd, id)?;
-    let units = instances::service_units(sd, id)?;
+    let units = crate::ops::view::ServiceView::observe(sd, id)?.into_units();
     let stopped = match by {
         StopBy::Command => {
             let stopped = instances::stop_units(sd, &units, timeout)?;
@@ -104,7 +104,7 @@ pub fn known(host: &Host, id: &str) -> Result<bool> {
         return Ok(true);
     }
     let sd = host.systemd()?;
-    if !instances::service_units(sd, id)?.is_empty() {
+    if !crate::ops::view::ServiceView::observe(sd, id)?.is_empty() {
         return Ok(true);
     }
     let timers = sd.list_units(&[
@@ -127,7 +127,7 @@ pub fn stop(
     by: StopBy,
 ) -> Result<Teardown> {
     let lock = ServiceLock::acquire(&host.dirs.run, id, lock_timeout)?;
-    let units = instances::service_units(host.systemd()?, id)?;
+    let units = crate::ops::view::ServiceView::observe(host.systemd()?, id)?.into_units();
     let store = host.state();
     let mut st = store.load(id)?;
     let shutdown = by == StopBy::Unit { shutdown: true };

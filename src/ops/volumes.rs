@@ -49,7 +49,7 @@ pub fn users_of(name: &str, units: &[UnitInfo], records: &[&Deployment]) -> Vec<
         .filter(|u| {
             let owner = records
                 .iter()
-                .find(|d| d.owns(u.revision(), u.process().unwrap_or(""), u.deployment()));
+                .find(|d| crate::ops::view::of_deployment(u, d));
             owner.is_none_or(|d| mounts(d, name))
         })
         .map(|u| u.name.clone())
@@ -61,11 +61,11 @@ pub fn users_of(name: &str, units: &[UnitInfo], records: &[&Deployment]) -> Vec<
 /// whatever they mount).
 fn units_of(host: &Host, id: &str) -> Result<Vec<UnitInfo>> {
     let sd = host.systemd()?;
-    let mut units = crate::ops::instances::service_units(sd, id)?;
+    let mut units = crate::ops::view::ServiceView::observe(sd, id)?.into_units();
     let runs = sd.list_units(&[crate::plan::names::run_units_glob(id)])?;
     units.extend(
         runs.into_iter()
-            .filter(|u| u.field(crate::plan::fields::SERVICE) == Some(id))
+            .filter(|u| crate::ops::view::of_service(u, id))
             .map(|mut u| {
                 // No deployment of the records owns a run: it counts as a user.
                 u.fields.insert(

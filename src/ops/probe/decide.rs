@@ -88,10 +88,7 @@ fn supervised<'a>(
 ) -> impl Iterator<Item = (&'a UnitInfo, &'a ProcessDef)> + 'a {
     inp.units
         .iter()
-        .filter(|u| {
-            inp.deployment
-                .owns(u.revision(), u.process().unwrap_or(""), u.deployment())
-        })
+        .filter(|u| crate::ops::view::of_deployment(u, inp.deployment))
         .filter_map(|u| Some((u, process_def(inp.service, u)?)))
         .filter(|(_, d)| !inp.state.is_paused(d.name.as_str()))
 }

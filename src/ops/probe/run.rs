@@ -149,7 +149,7 @@ impl Run<'_> {
         };
         note_interrupted(host, &t, id, mem);
         let sd = host.systemd()?;
-        let units = instances::service_units(sd, id)?;
+        let units = crate::ops::view::ServiceView::observe(sd, id)?.into_units();
         let memory = mem.clone();
         let inp = Inputs {
             deployment: &t.deployment,

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use crate::host::health::{Check, Probe};
 use crate::host::systemd::UnitInfo;
 use crate::host::Host;
-use crate::ops::instances;
 use crate::plan::Prepared;
 
 /// How often the health loop polls.
@@ -56,8 +55,9 @@ const COMMAND_PACE: Duration = Duration::from_secs(1);
 impl Wait<'_> {
     fn observe(&self) -> Result<Vec<UnitInfo>, Vec<Unhealthy>> {
         let sd = self.host.systemd().map_err(|e| self.whole(e.to_string()))?;
-        instances::service_units(sd, self.p.service.id.as_str())
-            .map(|us| {
+        crate::ops::view::ServiceView::observe(sd, self.p.service.id.as_str())
+            .map(|v| {
+                let us = v.into_units();
                 // The deployment's own instances only: a new deployment of the same revision
                 // (a definition or secret change, `shim restart`) runs beside the old one's
                 // instances, which are neither waited for nor handed to the switch.

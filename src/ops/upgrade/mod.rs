@@ -501,7 +501,8 @@ impl Run<'_> {
                 .is_some_and(|c| c.id() == p.deployment.id() && c.tags() == p.deployment.tags())
             && planned.old.is_empty()
             && planned.extra.is_empty()
-            && planned.same.len() == planned.wanted.len();
+            && planned.same.len() == planned.wanted.len()
+            && planned.same.iter().all(|u| u.is_present());
         if unchanged {
             self.rep.step("plan", |d| {
                 d.push(format!(
@@ -549,11 +550,17 @@ impl Run<'_> {
     /// The one observation the plan is made from; refuses `start` over another revision.
     fn observe_plan(&self) -> Result<Planned> {
         let p = &self.p;
-        let units = instances::service_units(self.host.systemd()?, self.id)?;
+        let units =
+            crate::ops::view::ServiceView::observe(self.host.systemd()?, self.id)?.into_units();
         let (same, old): (Vec<UnitInfo>, Vec<UnitInfo>) =
             units.into_iter().partition(|u| owned(p, u));
-        if self.opts.kind.refuses_other_revision() && !old.is_empty() {
-            let revs: BTreeSet<&str> = old.iter().map(|u| u.revision()).collect();
+        // Only what is present refuses a start: units left behind are stopped with the rest.
+        if self.opts.kind.refuses_other_revision() && old.iter().any(|u| u.is_present()) {
+            let revs: BTreeSet<&str> = old
+                .iter()
+                .filter(|u| u.is_present())
+                .map(|u| u.revision())
+                .collect();
             let id = self.id;
             return Err(BadInput(format!(
                 "service {id} is running revision {}; `shim start` does not replace a revision (use `shim upgrade`, or `shim stop --id {id}` first)",
@@ -645,6 +652,7 @@ impl Run<'_> {
             let r = instances::start_instances(host, p, wanted)?;
             d.extend(r.started.iter().map(|u| format!("started {u}")));
             d.extend(r.already_running.iter().map(|u| format!("running {u}")));
+            d.extend(r.reset.iter().map(|u| format!("reset {u}, left behind")));
             Ok(r)
         });
         match r {
@@ -684,10 +692,12 @@ impl Run<'_> {
                 // Nothing else serves this revision: keep what runs, point nginx at it and
                 // let systemd and the probe retry until it is healthy.
                 self.unhealthy = Some(e);
-                self.healthy_units = instances::service_units(host.systemd()?, self.id)?
-                    .into_iter()
-                    .filter(|u| owned(p, u))
-                    .collect();
+                self.healthy_units =
+                    crate::ops::view::ServiceView::observe(host.systemd()?, self.id)?
+                        .into_units()
+                        .into_iter()
+                        .filter(|u| owned(p, u))
+                        .collect();
             }
             Err(e) => {
                 self.bail_out();
@@ -784,10 +794,7 @@ impl Run<'_> {
             st.stopped = false;
             store.save(id, st)?;
             crate::host::secrets::prune(dirs, id, &st.secrets_in_use());
-            let live: BTreeSet<String> = instances::service_units(sd, id)?
-                .into_iter()
-                .map(|u| u.name)
-                .collect();
+            let live = crate::ops::view::ServiceView::observe(sd, id)?.names();
             instances::remove_stale_dirs(&p.instances_dir, &live)?;
             ensure_unit(host, id, config, d);
             d.push(format!(
@@ -868,9 +875,8 @@ impl Run<'_> {
         }
         self.st.upgrading = None;
         let _ = self.store.save(self.id, &self.st);
-        if let Ok(live) = instances::service_units(sd, self.id) {
-            let live: BTreeSet<String> = live.into_iter().map(|u| u.name).collect();
-            let _ = instances::remove_stale_dirs(&self.p.instances_dir, &live);
+        if let Ok(live) = crate::ops::view::ServiceView::observe(sd, self.id) {
+            let _ = instances::remove_stale_dirs(&self.p.instances_dir, &live.names());
         }
     }
 }
@@ -895,7 +901,12 @@ fn describe_plan(
     revision: &str,
     d: &mut Vec<String>,
 ) -> Result<()> {
-    let have: BTreeSet<&str> = planned.same.iter().map(|u| u.name.as_str()).collect();
+    let have: BTreeSet<&str> = planned
+        .same
+        .iter()
+        .filter(|u| u.is_present())
+        .map(|u| u.name.as_str())
+        .collect();
     let wanted: BTreeSet<String> = p
         .plan(&[], &planned.wanted, &Default::default())?
         .into_iter()

@@ -70,7 +70,7 @@ pub fn decide(
     // health-checks every new instance.
     let keep = |u: &UnitInfo| match current_rev {
         Some(rev) => owned_by(current, rev, u),
-        None => target.owns(u.revision(), u.process().unwrap_or(""), u.deployment()),
+        None => crate::ops::view::of_deployment(u, target),
     };
     r.leftovers = units
         .iter()
@@ -86,10 +86,7 @@ pub fn decide(
 /// Whether `u` is an instance of deployment `d` at `revision`, or, with no deployment
 /// recorded (a service deployed by an older shim), an untagged instance of `revision`.
 pub fn owned_by(d: Option<&Deployment>, revision: &str, u: &UnitInfo) -> bool {
-    match d {
-        Some(d) => d.owns(u.revision(), u.process().unwrap_or(""), u.deployment()),
-        None => u.revision() == revision && u.deployment().is_empty(),
-    }
+    crate::ops::view::owned_by(d, revision, u)
 }
 
 /// The state after `r`: the attempt gone, a switched attempt promoted.
@@ -117,7 +114,7 @@ pub fn run(
     let sd = host.systemd()?;
     let id = p.service.id.as_str();
     let proxy = crate::ops::proxy::for_host(host, settings);
-    let units = instances::service_units(sd, id)?;
+    let units = crate::ops::view::ServiceView::observe(sd, id)?.into_units();
     let pointed = proxy.pointed(&p.service);
     let r = decide(
         st,
