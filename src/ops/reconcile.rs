@@ -748,6 +748,35 @@ command = ["/w"]
         assert!(why[0].contains("interrupted"), "{why:?}");
     }
 
+    #[test]
+    fn a_failed_or_stopping_instance_is_missing_not_present() {
+        let d = parse_sources(&[(PathBuf::from("/etc/shim/services.toml"), DEF.into())]).unwrap();
+        let svc = d.service("app").unwrap();
+        let st = ServiceState {
+            current: Some("r1".into()),
+            ..Default::default()
+        };
+        let dep = crate::ops::testkit::deployment(&d, "app", "r1");
+        for (state, sub) in [("failed", "failed"), ("deactivating", "stop-sigterm")] {
+            let mut worker = unit("worker", "r1", 1, None);
+            worker.active_state = state.into();
+            worker.sub_state = sub.into();
+            let units = vec![
+                unit("web", "r1", 1, Some(20000)),
+                unit("web", "r1", 2, Some(20001)),
+                worker,
+            ];
+            let why = drift(
+                svc,
+                &st,
+                (Some(&dep), "r1"),
+                &units,
+                &upstream(&[20000, 20001]),
+            );
+            assert_eq!(why, vec!["worker: 1 of 1 instance(s) missing"], "{state}");
+        }
+    }
+
     /// One worker, no proxy and no health check: converge runs against the fakes.
     const WORKER: &str = r#"
 [services.app]

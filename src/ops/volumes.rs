@@ -5,6 +5,14 @@
 //! attempt under way) mounts the volume, or whose deployment is not recorded at all, and any
 //! running one-off (`shim run`) of the service. It holds the service's lock, so no upgrade or
 //! start of the service runs meanwhile.
+//!
+//! "Running" here is "may have processes" (`Phase::may_have_processes`: present, or on its
+//! way down, whose processes still hold their mounts). A volume is a bind mount inside the
+//! container's own mount namespace (the bundle's `config.json`), never on the host, and
+//! goes with the container's last process: a unit that failed or is inactive holds none.
+//! Such a unit left behind that would mount the volume is reset (unloaded) by `rm`, so that
+//! no retry of the probe starts it again on a volume that is gone; the next start starts a
+//! fresh instance, which creates the volume again, empty.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,18 +48,33 @@ fn mounts(d: &Deployment, name: &str) -> bool {
         .any(|m| matches!(m, MountDef::Volume { source, .. } if source == name))
 }
 
-/// The running units of a service that may have volume `name` mounted (pure): those whose
-/// deployment is one of `records` and mounts it, and those whose deployment is none of them.
+/// Whether unit `u` would mount volume `name`: its deployment is one of `records` and mounts
+/// it, or its deployment is none of them.
+fn would_mount(name: &str, u: &UnitInfo, records: &[&Deployment]) -> bool {
+    let owner = records
+        .iter()
+        .find(|d| crate::ops::view::of_deployment(u, d));
+    owner.is_none_or(|d| mounts(d, name))
+}
+
+/// The units of a service that may have volume `name` mounted now (pure): those that may have
+/// processes (see the module docs) and would mount it.
 pub fn users_of(name: &str, units: &[UnitInfo], records: &[&Deployment]) -> Vec<String> {
     units
         .iter()
         .filter(|u| u.phase().may_have_processes())
-        .filter(|u| {
-            let owner = records
-                .iter()
-                .find(|d| crate::ops::view::of_deployment(u, d));
-            owner.is_none_or(|d| mounts(d, name))
-        })
+        .filter(|u| would_mount(name, u, records))
+        .map(|u| u.name.clone())
+        .collect()
+}
+
+/// The units left behind (failed, inactive) that would mount volume `name` if started again
+/// (pure): `rm` resets them.
+pub fn left_users_of(name: &str, units: &[UnitInfo], records: &[&Deployment]) -> Vec<String> {
+    units
+        .iter()
+        .filter(|u| u.is_left())
+        .filter(|u| would_mount(name, u, records))
         .map(|u| u.name.clone())
         .collect()
 }
@@ -170,13 +193,23 @@ pub fn remove(host: &Host, id: &str, name: &str, lock_timeout: Duration) -> Resu
     }
     let units = units_of(host, id)?;
     let recs = records(host, id)?;
-    let users = users_of(name, &units, &recs.iter().collect::<Vec<_>>());
+    let recs: Vec<&Deployment> = recs.iter().collect();
+    let users = users_of(name, &units, &recs);
     if !users.is_empty() {
         return Err(BadInput(format!(
             "volume {name:?} of service {id} is in use by {}: stop the service first (`shim stop --id {id}`), or deploy a definition without it",
             users.join(", ")
         ))
         .into());
+    }
+    let left = left_users_of(name, &units, &recs);
+    if !left.is_empty() {
+        host.systemd()?.reset_failed(&left).with_context(|| {
+            format!(
+                "resetting {} before removing volume {name:?}",
+                left.join(", ")
+            )
+        })?;
     }
     std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
     let _ = std::fs::remove_dir(host.dirs.volumes(id));
@@ -238,5 +271,43 @@ mod tests {
             "the one that mounts it, and the one of an unknown deployment"
         );
         assert!(users_of("cache", &units[1..3], &[&with, &without]).is_empty());
+    }
+
+    #[test]
+    fn rm_refuses_while_an_instance_stops_and_resets_a_failed_one_that_would_mount_it() {
+        let toml = "[services.app]\nimage = \"oci:/i:{revision}\"\n[services.app.processes.web]\nmounts = [{ type = \"volume\", source = \"cache\", target = \"/c\" }]\n";
+        let defs = testkit::defs(toml);
+        let mut d = testkit::deployment(&defs, "app", "r1");
+        d.untagged = false;
+        let fh = testkit::host();
+        let h = &fh.host;
+        let st = crate::host::state::ServiceState {
+            current: Some("r1".into()),
+            deployment: Some(d.clone()),
+            ..Default::default()
+        };
+        h.state().save("app", &st).unwrap();
+        let dir = h.dirs.volumes("app").join("cache");
+        std::fs::create_dir_all(&dir).unwrap();
+        let name = "shim-app-web-r1-1.service";
+        // On its way down (stop-sigterm): its process may still have the volume mounted.
+        let mut u = unit(name, "r1", &d.tag("web"), "deactivating");
+        u.sub_state = "stop-sigterm".into();
+        fh.systemd.insert(u.clone());
+        let e = remove(h, "app", "cache", Duration::ZERO).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("in use by shim-app-web-r1-1.service"),
+            "{e:#}"
+        );
+        assert!(dir.is_dir());
+        // Failed (its process exited 143 at a stop): no mount is left, the volume goes, and
+        // the unit is reset so that no retry starts it again on a volume that is gone.
+        u.active_state = "failed".into();
+        u.sub_state = "failed".into();
+        fh.systemd.insert(u);
+        remove(h, "app", "cache", Duration::ZERO).unwrap();
+        assert!(!dir.exists());
+        assert!(fh.systemd.calls().contains(&format!("reset-failed {name}")));
+        assert!(!fh.systemd.unit_names().contains(&name.to_string()));
     }
 }

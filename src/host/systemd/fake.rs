@@ -34,6 +34,11 @@ pub struct FakeSystemd {
     /// Units whose property read fails after they are listed, and how: `Vanished` (the unit
     /// went away meanwhile) or `Failed` (a D-Bus error: the whole read is an error).
     pub fail_read: Mutex<BTreeMap<String, ReadError>>,
+    /// Called on every unit a stop job stops: lets a test say how its process ended (e.g.
+    /// `failed` with result `exit-code` and status 143). A unit it leaves failed stays loaded,
+    /// as `CollectMode=inactive` keeps it, until it is reset.
+    #[allow(clippy::type_complexity)]
+    pub on_stop: Mutex<Option<Box<dyn Fn(&mut UnitInfo) + Send>>>,
 }
 
 /// Locks a fake's field; a poisoned lock means a test already panicked.
@@ -73,14 +78,23 @@ impl FakeSystemd {
         lock(&self.units).insert(u.name.clone(), u);
     }
 
-    /// A stopped unit is unloaded, unless a unit file backs it: then it is inactive.
+    /// A stopped unit is unloaded, unless a unit file backs it (then it is inactive) or
+    /// `on_stop` made it fail (then it stays, failed, until reset).
     fn stop_one(&self, n: &str) {
         let mut units = lock(&self.units);
-        if lock(&self.unit_files).contains_key(n) {
-            if let Some(u) = units.get_mut(n) {
-                u.active_state = "inactive".into();
-                u.sub_state = "dead".into();
-            }
+        let Some(u) = units.get_mut(n) else { return };
+        if u.active_state == super::ActiveState::Failed {
+            return;
+        }
+        if let Some(f) = lock(&self.on_stop).as_ref() {
+            f(u);
+        }
+        if u.active_state == super::ActiveState::Failed {
+            u.main_pid = 0;
+        } else if lock(&self.unit_files).contains_key(n) {
+            u.active_state = "inactive".into();
+            u.sub_state = "dead".into();
+            u.main_pid = 0;
         } else {
             units.remove(n);
         }
@@ -116,6 +130,22 @@ impl FakeSystemd {
             })
             .collect();
         super::collect_reads(listed, reads, |_, u| u)
+    }
+
+    /// Clears a failed unit's failed state: a unit file backs it, it is inactive; else it
+    /// is unloaded (`CollectMode=inactive`).
+    fn reset_one(&self, n: &str) {
+        let mut units = lock(&self.units);
+        let Some(u) = units.get_mut(n) else { return };
+        if u.active_state != super::ActiveState::Failed {
+            return;
+        }
+        if lock(&self.unit_files).contains_key(n) {
+            u.active_state = "inactive".into();
+            u.sub_state = "dead".into();
+        } else {
+            units.remove(n);
+        }
     }
 
     fn record(&self, call: String) {
@@ -226,6 +256,8 @@ impl Systemd for FakeSystemd {
             if !fail {
                 self.stop_one(n);
             }
+            // As the real one: a stopped unit that failed is reset too, which unloads it.
+            self.reset_one(n);
             out.push(JobOutcome {
                 unit: n.clone(),
                 result: if fail { "failed" } else { "done" }.into(),
@@ -287,12 +319,14 @@ impl Systemd for FakeSystemd {
     fn reset_failed(&self, names: &[String]) -> Result<(), SystemdError> {
         for n in names {
             self.record(format!("reset-failed {n}"));
+            self.reset_one(n);
         }
         Ok(())
     }
 
     fn restart_failed(&self, name: &str, timeout: Duration) -> Result<JobOutcome, SystemdError> {
-        self.reset_failed(&[name.to_string()])?;
+        // The real one holds a reference meanwhile: the reset unit is not unloaded.
+        self.record(format!("reset-failed {name}"));
         let mut out = self.start_units(&[name.to_string()], timeout)?;
         Ok(out.remove(0))
     }

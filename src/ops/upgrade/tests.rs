@@ -1246,3 +1246,78 @@ fn a_restart_refuses_a_process_the_deployment_does_not_have() {
     );
     assert!(o.deployed.is_some());
 }
+
+/// `systemctl stop shim-app.service` (ExecStop: `shim stop --from-unit`, the instances'
+/// stops queued) where the processes end as `how` says, then `systemctl start` (ExecStart:
+/// `shim start --from-unit`, the recorded deployment).
+fn systemctl_stop_then_start(how: fn(&mut crate::host::systemd::UnitInfo)) {
+    use crate::host::systemd::ActiveState;
+    use crate::ops::stop::{stop, StopBy};
+    let t = setup();
+    t.up("r1").unwrap();
+    let before = t.instances();
+    assert_eq!(before.len(), 3);
+    *lock(&t.fh.systemd.on_stop) = Some(Box::new(move |u| {
+        if u.name.starts_with("shim-app-") {
+            how(u)
+        }
+    }));
+    let by = StopBy::Unit { shutdown: false };
+    stop(
+        &t.fh.host,
+        Some(&t.defs),
+        "app",
+        Duration::from_secs(5),
+        Duration::ZERO,
+        by,
+    )
+    .unwrap();
+    *lock(&t.fh.systemd.on_stop) = None;
+    // Left behind, failed (CollectMode=inactive keeps them).
+    let failed = |n: &String| {
+        lock(&t.fh.systemd.units)
+            .get(n)
+            .is_some_and(|u| u.active_state == ActiveState::Failed)
+    };
+    assert!(before.iter().all(failed), "{:?}", lock(&t.fh.systemd.units));
+    let mut o = opts(Kind::Start);
+    o.deployed = t.state().deployment.clone();
+    let calls_before = t.fh.systemd.calls().len();
+    converge(&t.fh.host, &t.defs, "app", "r1", &o).unwrap();
+    // Each failed unit was stopped and reset (unloaded), then a fresh instance started
+    // under its name.
+    let calls = t.fh.systemd.calls()[calls_before..].to_vec();
+    for n in &before {
+        let at = |c: String| calls.iter().position(|x| *x == c);
+        let (stop, start) = (at(format!("stop {n}")), at(format!("start {n}")));
+        assert!(stop.is_some() && stop < start, "{calls:?}");
+    }
+    let units = lock(&t.fh.systemd.units);
+    for n in &before {
+        assert!(units[n].is_running(), "{n}: {:?}", units[n]);
+    }
+    assert!(!t.state().stopped);
+}
+
+#[test]
+fn systemctl_stop_and_start_replaces_instances_that_exited_143() {
+    systemctl_stop_then_start(|u| {
+        // SIGTERM handled by exiting 143: not a clean exit for systemd.
+        u.active_state = "failed".into();
+        u.sub_state = "failed".into();
+        u.result = "exit-code".into();
+        u.exec_main_code = 1;
+        u.exec_main_status = 143;
+    });
+}
+
+#[test]
+fn systemctl_stop_and_start_replaces_instances_sigkilled_at_their_stop_timeout() {
+    systemctl_stop_then_start(|u| {
+        u.active_state = "failed".into();
+        u.sub_state = "failed".into();
+        u.result = "timeout".into();
+        u.exec_main_code = 2;
+        u.exec_main_status = 9;
+    });
+}
