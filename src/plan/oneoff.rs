@@ -20,7 +20,7 @@ use std::time::Duration;
 use oci_spec::runtime::Spec;
 
 use super::names::{anchor_scope, cron_stem, SLICE};
-use super::unit::{lower_args, signal_number, stop_signal, usec, Exec};
+use super::unit::{signal_number, stop_signal, usec, Exec};
 use super::{bundle, fields, merge_env, InstanceKey, PlanContext, Prop, UnitSpec};
 use crate::config::{Ident, ProcessDef};
 
@@ -65,24 +65,19 @@ pub struct OneOffPlan {
 /// ExecStartPre (`shim instance prepare`), ExecStart (the runtime, through `shim instance
 /// exec`) and ExecStopPost (`shim instance cleanup --remove`) of a `shim run`.
 fn oneoff_exec_props(cx: &PlanContext<'_>, req: &OneOff<'_>) -> [(&'static str, Prop); 3] {
-    let s = |v: &str| v.to_string();
-    let dir = req.dir.display().to_string();
+    use super::runtime_args::{argv, Cleanup, Prepare};
+    let prepare = Prepare {
+        lowers: cx.lowers,
+        dir: &req.dir,
+    };
+    let cleanup = Cleanup {
+        remove: true,
+        record: None,
+        runtime: cx.runtime_bin,
+        dir: &req.dir,
+    };
     [
-        (
-            "ExecStartPre",
-            exec(
-                vec![
-                    cx.shim_exe.display().to_string(),
-                    s("instance"),
-                    s("prepare"),
-                ]
-                .into_iter()
-                .chain(lower_args(cx.lowers))
-                .chain([dir.clone()])
-                .collect(),
-                false,
-            ),
-        ),
+        ("ExecStartPre", exec(argv(cx.shim_exe, &prepare), false)),
         (
             "ExecStart",
             exec(
@@ -90,21 +85,7 @@ fn oneoff_exec_props(cx: &PlanContext<'_>, req: &OneOff<'_>) -> [(&'static str, 
                 false,
             ),
         ),
-        (
-            "ExecStopPost",
-            exec(
-                vec![
-                    cx.shim_exe.display().to_string(),
-                    s("instance"),
-                    s("cleanup"),
-                    s("--remove"),
-                    s("--runtime"),
-                    cx.runtime_bin.display().to_string(),
-                    dir,
-                ],
-                true,
-            ),
-        ),
+        ("ExecStopPost", exec(argv(cx.shim_exe, &cleanup), true)),
     ]
 }
 
@@ -155,14 +136,16 @@ pub fn runtime_run_argv(runtime: &Path, dir: &Path, id: &str) -> Vec<String> {
 /// The command a one-off's unit starts with: `shim instance exec` moves into the `runtime`
 /// cgroup leaf, then becomes the runtime ([`runtime_run_argv`]).
 pub fn runtime_exec_argv(shim: &Path, runtime: &Path, dir: &Path, id: &str) -> Vec<String> {
-    let mut argv = vec![
-        shim.display().to_string(),
-        "instance".into(),
-        "exec".into(),
-        "--".into(),
-    ];
-    argv.extend(runtime_run_argv(runtime, dir, id));
-    argv
+    let exec = super::runtime_args::ExecRuntime {
+        runtime,
+        run: super::runtime_args::Run {
+            detach: false,
+            pid_file: None,
+            bundle: dir,
+            id,
+        },
+    };
+    super::runtime_args::argv(shim, &exec)
 }
 
 /// `config.json` of a one-off: the instance's config (image, env, user, mounts, hardening)
@@ -429,17 +412,15 @@ fn cron_exec_props(j: &CronJobUnits<'_>) -> [(&'static str, Prop); 2] {
         (
             "ExecStopPost",
             exec(
-                vec![
-                    j.shim_exe.display().to_string(),
-                    s("instance"),
-                    s("cleanup"),
-                    s("--remove"),
-                    s("--record"),
-                    j.last_file.display().to_string(),
-                    s("--runtime"),
-                    j.runtime_bin.display().to_string(),
-                    j.dir.display().to_string(),
-                ],
+                super::runtime_args::argv(
+                    j.shim_exe,
+                    &super::runtime_args::Cleanup {
+                        remove: true,
+                        record: Some(j.last_file),
+                        runtime: j.runtime_bin,
+                        dir: j.dir,
+                    },
+                ),
                 true,
             ),
         ),

@@ -7,8 +7,11 @@
 //! whole command line (the runtime binary first), or [`Args::args`] for the arguments alone
 //! (for `std::process::Command::args`). The order of the options is the one runc and crun
 //! document and the one units on hosts already carry: changing it changes the rendered units.
+//!
+//! The hooks a unit runs around the runtime (`shim instance prepare`, `exec`, `cleanup`) are
+//! built the same way ([`Prepare`], [`ExecRuntime`], [`Cleanup`]; the binary is shim's own).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A runtime command's arguments, without the runtime binary.
 pub trait Args {
@@ -89,6 +92,70 @@ impl Args for Delete<'_> {
     }
 }
 
+/// `instance prepare [--lower L]... DIR`: mount an instance's rootfs (ExecStartPre). The
+/// lowers are the image's layer directories, lowest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepare<'a> {
+    pub lowers: &'a [PathBuf],
+    pub dir: &'a Path,
+}
+
+impl Args for Prepare<'_> {
+    fn args(&self) -> Vec<String> {
+        let mut a = vec!["instance".to_string(), "prepare".into()];
+        for l in self.lowers {
+            a.extend(["--lower".into(), l.display().to_string()]);
+        }
+        a.push(self.dir.display().to_string());
+        a
+    }
+}
+
+/// `instance exec -- RUNTIME run ...`: move into the `runtime` cgroup leaf, then become the
+/// runtime (a one-off's ExecStart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRuntime<'a> {
+    pub runtime: &'a Path,
+    pub run: Run<'a>,
+}
+
+impl Args for ExecRuntime<'_> {
+    fn args(&self) -> Vec<String> {
+        let mut a = vec!["instance".to_string(), "exec".into(), "--".into()];
+        a.extend(argv(self.runtime, &self.run));
+        a
+    }
+}
+
+/// `instance cleanup [--remove] [--record F] --runtime RUNTIME DIR`: delete the runtime's
+/// state and unmount (ExecStopPost); `--remove` also removes the bundle, `--record` writes
+/// how the unit ended to `F` (cron jobs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cleanup<'a> {
+    pub remove: bool,
+    pub record: Option<&'a Path>,
+    pub runtime: &'a Path,
+    pub dir: &'a Path,
+}
+
+impl Args for Cleanup<'_> {
+    fn args(&self) -> Vec<String> {
+        let mut a = vec!["instance".to_string(), "cleanup".into()];
+        if self.remove {
+            a.push("--remove".into());
+        }
+        if let Some(f) = self.record {
+            a.extend(["--record".into(), f.display().to_string()]);
+        }
+        a.extend([
+            "--runtime".into(),
+            self.runtime.display().to_string(),
+            self.dir.display().to_string(),
+        ]);
+        a
+    }
+}
+
 /// The whole command line: `runtime` then the command's arguments.
 pub fn argv(runtime: &Path, cmd: &impl Args) -> Vec<String> {
     let mut v = vec![runtime.display().to_string()];
@@ -152,6 +219,60 @@ mod tests {
                 "/t/pid",
                 "c1"
             ]
+        );
+    }
+
+    #[test]
+    fn instance_hooks() {
+        let lowers = [PathBuf::from("/l/1"), PathBuf::from("/l/2")];
+        let prepare = Prepare {
+            lowers: &lowers,
+            dir: Path::new("/d"),
+        };
+        assert_eq!(
+            argv(Path::new("/shim"), &prepare),
+            ["/shim", "instance", "prepare", "--lower", "/l/1", "--lower", "/l/2", "/d"]
+        );
+        let exec = ExecRuntime {
+            runtime: Path::new("/runc"),
+            run: Run {
+                detach: false,
+                pid_file: None,
+                bundle: Path::new("/d"),
+                id: "x",
+            },
+        };
+        assert_eq!(
+            exec.args(),
+            ["instance", "exec", "--", "/runc", "run", "--bundle", "/d", "x"]
+        );
+        let cleanup = Cleanup {
+            remove: true,
+            record: Some(Path::new("/r.json")),
+            runtime: Path::new("/runc"),
+            dir: Path::new("/d"),
+        };
+        assert_eq!(
+            cleanup.args(),
+            [
+                "instance",
+                "cleanup",
+                "--remove",
+                "--record",
+                "/r.json",
+                "--runtime",
+                "/runc",
+                "/d"
+            ]
+        );
+        let plain = Cleanup {
+            remove: false,
+            record: None,
+            ..cleanup
+        };
+        assert_eq!(
+            plain.args(),
+            ["instance", "cleanup", "--runtime", "/runc", "/d"]
         );
     }
 

@@ -249,62 +249,30 @@ pub(super) fn plan_unit(
 
 /// ExecStartPre (`shim instance prepare`), ExecStart (the runtime) and ExecStopPost
 /// (`shim instance cleanup`).
-/// `--lower DIR` for each of the image's layer directories, lowest first.
-pub(crate) fn lower_args(lowers: &[std::path::PathBuf]) -> Vec<String> {
-    lowers
-        .iter()
-        .flat_map(|l| ["--lower".to_string(), l.display().to_string()])
-        .collect()
-}
-
 fn exec_props(cx: &PlanContext<'_>, dir: &Path, stem: &str) -> [(&'static str, Prop); 3] {
-    let d = InstanceDir(dir);
-    let s = |v: &str| v.to_string();
-    let shim = cx.shim_exe.display().to_string();
-    let runtime = cx.runtime_bin.display().to_string();
-    let dir_s = dir.display().to_string();
+    use runtime_args::{argv, Cleanup, Prepare, Run};
+    let pid_file = InstanceDir(dir).pid_file();
+    let prepare = Prepare {
+        lowers: cx.lowers,
+        dir,
+    };
+    let run = Run {
+        detach: true,
+        pid_file: Some(&pid_file),
+        bundle: dir,
+        id: stem,
+    };
+    let cleanup = Cleanup {
+        remove: false,
+        record: None,
+        runtime: cx.runtime_bin,
+        dir,
+    };
     [
-        (
-            "ExecStartPre",
-            exec(
-                vec![shim.clone(), s("instance"), s("prepare")]
-                    .into_iter()
-                    .chain(lower_args(cx.lowers))
-                    .chain([dir_s.clone()])
-                    .collect(),
-                false,
-            ),
-        ),
-        (
-            "ExecStart",
-            exec(
-                runtime_args::argv(
-                    cx.runtime_bin,
-                    &runtime_args::Run {
-                        detach: true,
-                        pid_file: Some(&d.pid_file()),
-                        bundle: dir,
-                        id: stem,
-                    },
-                ),
-                false,
-            ),
-        ),
-        (
-            "ExecStopPost",
-            exec(
-                vec![
-                    shim,
-                    s("instance"),
-                    s("cleanup"),
-                    s("--runtime"),
-                    runtime,
-                    dir_s,
-                ],
-                // Cleanup is idempotent and must not turn a clean stop into a failure.
-                true,
-            ),
-        ),
+        ("ExecStartPre", exec(argv(cx.shim_exe, &prepare), false)),
+        ("ExecStart", exec(argv(cx.runtime_bin, &run), false)),
+        // Cleanup is idempotent and must not turn a clean stop into a failure.
+        ("ExecStopPost", exec(argv(cx.shim_exe, &cleanup), true)),
     ]
 }
 
