@@ -251,11 +251,11 @@ fn read_locals(instances: &Path, listed: &[ListedUnit]) -> BTreeMap<String, Loca
         .unwrap_or_default();
     let mut out = BTreeMap::new();
     for u in listed {
-        let Some(stem) = u.name.strip_suffix(".service") else {
+        let Some(stem) = names::stem_of_service(&u.name) else {
             continue;
         };
         for svc in &services {
-            if !stem.starts_with(&format!("shim-{svc}-")) {
+            if !stem.starts_with(&names::instance_prefix(svc)) {
                 continue;
             }
             let l = read_local(&instances.join(svc).join(stem));

@@ -29,7 +29,9 @@ impl Container {
     /// The container of instance `unit` of a service run by `runtime`, whose bundles are
     /// under `instances_dir`.
     pub fn of(runtime: Runtime, instances_dir: &Path, unit: &str) -> Container {
-        let name = unit.strip_suffix(".service").unwrap_or(unit).to_string();
+        let name = super::names::stem_of_service(unit)
+            .unwrap_or(unit)
+            .to_string();
         Container {
             runtime,
             bundle: instances_dir.join(&name),

@@ -72,9 +72,21 @@ pub fn service_of_stem(stem: &str) -> String {
     format!("{stem}.service")
 }
 
+/// The stem of an instance's unit name (its container id and directory name): `None` if the
+/// name is not a `.service`'s.
+pub fn stem_of_service(unit: &str) -> Option<&str> {
+    unit.strip_suffix(".service")
+}
+
+/// `shim-<service>-`: what every unit name of the service's instances starts with (a service
+/// `<service>-x` has units that start with it too: read `SHIM_SERVICE` to be sure).
+pub fn instance_prefix(service: &str) -> String {
+    format!("shim-{service}-")
+}
+
 /// `shim-<service>-*` matches every unit of one service (ids cannot contain `*`).
 pub fn service_units_glob(service: &str) -> String {
-    format!("shim-{service}-*")
+    format!("{}*", instance_prefix(service))
 }
 
 /// The id as systemd-escape writes it: `-` as `\x2d` (the only character of an `Ident`
@@ -195,6 +207,7 @@ mod tests {
             "shim-a-web-r1-1.service"
         );
         assert_eq!(service_units_glob("app"), "shim-app-*");
+        assert_eq!(instance_prefix("app"), "shim-app-");
         assert_eq!(ALL_UNITS_GLOB, "shim-*");
         assert_eq!(service_unit_name("a-b"), "shim-a\\x2db.service");
         assert_eq!(slice_name("a-b"), "shim-a\\x2db.slice");
@@ -241,6 +254,11 @@ mod tests {
             Some("k1-2")
         );
         assert_eq!(cron_key_part("app", "shimcron-apx-k1.timer"), None);
+        assert_eq!(
+            stem_of_service("shim-a-w-r-1.service"),
+            Some("shim-a-w-r-1")
+        );
+        assert_eq!(stem_of_service("shim-a.timer"), None);
         assert!(is_service_unit_shaped("shim-a.service"));
         assert!(!is_service_unit_shaped("shim-a.slice"));
     }
