@@ -10,7 +10,7 @@
 //!   images/                           the image store (its own layout: image/layout.rs)
 //!   state/<id>.json                   each service's deployment record (host/state.rs)
 //!   volumes/<id>/<volume>/            volumes
-//!   secrets/<id>/                     secret snapshots (host/secrets.rs)
+//!   secrets/<id>/<digest>.json, files/   secret snapshots and files (host/secrets.rs)
 //!   cron/<id>.json, cron/<id>/<job>.last.json   cron records
 //!   podman/                           podman's graph root
 //! /run/shim/                          run
@@ -74,6 +74,14 @@ impl Dirs {
     /// A service's secret snapshots.
     pub fn secrets(&self, service: &str) -> PathBuf {
         self.secrets_root().join(service)
+    }
+    /// A secrets snapshot of a service, named by the hex of its digest.
+    pub fn secret_snapshot(&self, service: &str, hex: &str) -> PathBuf {
+        self.secrets(service).join(format!("{hex}.json"))
+    }
+    /// Where a service's secret files are kept (bind-mounted into its instances).
+    pub fn secret_files(&self, service: &str) -> PathBuf {
+        self.secrets(service).join("files")
     }
     /// The cron records: `<id>.json` per service, `<id>/` for its jobs' last results.
     pub fn cron_states(&self) -> PathBuf {
@@ -168,6 +176,11 @@ mod tests {
         assert_eq!(p(d.images()), "/var/lib/shim/images");
         assert_eq!(p(d.volumes("a")), "/var/lib/shim/volumes/a");
         assert_eq!(p(d.secrets("a")), "/var/lib/shim/secrets/a");
+        assert_eq!(
+            p(d.secret_snapshot("a", "ab")),
+            "/var/lib/shim/secrets/a/ab.json"
+        );
+        assert_eq!(p(d.secret_files("a")), "/var/lib/shim/secrets/a/files");
         assert_eq!(p(d.cron_state("a")), "/var/lib/shim/cron/a.json");
         assert_eq!(p(d.cron_last("a", "k")), "/var/lib/shim/cron/a/k.last.json");
         assert_eq!(p(d.cron_job("a", "k")), "/run/shim/cron/a/k");

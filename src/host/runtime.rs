@@ -110,7 +110,7 @@ pub fn prepare(lowers: &[PathBuf], dir: &Path) -> Result<()> {
     if layer.exists() {
         std::fs::remove_dir_all(&layer).with_context(|| format!("removing {}", layer.display()))?;
     }
-    let (upper, work) = (layer.join("upper"), layer.join("work"));
+    let (upper, work) = d.upper_work();
     for p in [&upper, &work, &rootfs] {
         std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
     }
@@ -315,7 +315,7 @@ pub fn record_last_result(file: &Path, dir: &Path) -> Result<()> {
         result: env("SERVICE_RESULT"),
         exit_code: env("EXIT_CODE"),
         exit_status: env("EXIT_STATUS"),
-        revision: std::fs::read_to_string(dir.join("revision"))
+        revision: std::fs::read_to_string(InstanceDir(dir).revision())
             .ok()
             .map(|s| s.trim().to_string()),
     };

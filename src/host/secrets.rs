@@ -25,7 +25,7 @@ fn dir(dirs: &Dirs, id: &str) -> PathBuf {
 
 fn path(dirs: &Dirs, id: &str, digest: &str) -> PathBuf {
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    dir(dirs, id).join(format!("{hex}.json"))
+    dirs.secret_snapshot(id, hex)
 }
 
 /// Saves a snapshot (idempotent: the name is the digest of the content). Returns its digest.
@@ -96,7 +96,7 @@ pub fn prune(dirs: &Dirs, id: &str, keep: &BTreeSet<String>) {
 
 /// Where a service's secret files are kept.
 pub fn files_dir(dirs: &Dirs, id: &str) -> PathBuf {
-    dir(dirs, id).join("files")
+    dirs.secret_files(id)
 }
 
 /// Most bytes a secret file may have: certificates and keys, not data.

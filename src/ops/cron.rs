@@ -482,8 +482,9 @@ pub fn exec_job(host: &Host, defs: &crate::config::Definitions, id: &str, key: &
     let cx = prepared.context(&secrets);
     let config = oneoff::plan_oneoff_config(&cx, &req).map_err(|m| anyhow!(BadInput(m)))?;
     crate::ops::run::write_config(&dir, &config)?;
-    std::fs::write(dir.join("revision"), format!("{}\n", st.revision))
-        .with_context(|| format!("writing {}", dir.join("revision").display()))?;
+    let revision = crate::plan::InstanceDir(&dir).revision();
+    std::fs::write(&revision, format!("{}\n", st.revision))
+        .with_context(|| format!("writing {}", revision.display()))?;
     crate::host::runtime::prepare(&prepared.lowers, &dir)?;
     println!(
         "cron job {key} (crontab line {}, {}) at revision {}: {}",

@@ -213,7 +213,10 @@ pub fn remove_stale_dirs(instances_dir: &Path, live_units: &BTreeSet<String>) ->
         let name = e.file_name().to_string_lossy().to_string();
         if !live_units.contains(&format!("{name}.service")) {
             // Best effort unmount first: cleanup may not have run if the unit never started.
-            let _ = nix::mount::umount2(&e.path().join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+            let _ = nix::mount::umount2(
+                &crate::plan::InstanceDir(&e.path()).rootfs(),
+                nix::mount::MntFlags::MNT_DETACH,
+            );
             std::fs::remove_dir_all(e.path())
                 .with_context(|| format!("removing {}", e.path().display()))?;
         }

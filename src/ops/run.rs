@@ -117,7 +117,11 @@ pub fn write_config(dir: &Path, spec: &oci_spec::runtime::Spec) -> Result<()> {
         .create(dir)
         .with_context(|| format!("creating {}", dir.display()))?;
     let text = crate::plan::render_config(spec);
-    crate::host::fsutil::write_atomic(&dir.join("config.json"), text.as_bytes(), 0o600)
+    crate::host::fsutil::write_atomic(
+        &crate::plan::InstanceDir(dir).config(),
+        text.as_bytes(),
+        0o600,
+    )
 }
 
 /// The process whose settings a run borrows.

@@ -271,6 +271,16 @@ impl InstanceDir<'_> {
     pub fn layer(&self) -> PathBuf {
         self.0.join("layer")
     }
+    /// The overlay's upperdir and workdir, in [`InstanceDir::layer`].
+    pub fn upper_work(&self) -> (PathBuf, PathBuf) {
+        let layer = self.layer();
+        (layer.join("upper"), layer.join("work"))
+    }
+    /// The revision a one-off or cron job runs (written with its bundle, read back by its
+    /// ExecStopPost for `shim cron list`).
+    pub fn revision(&self) -> PathBuf {
+        self.0.join("revision")
+    }
     /// What the instance is ([`InstanceMeta`]), written with the bundle; read by `shim status`.
     pub fn meta(&self) -> PathBuf {
         self.0.join("meta.json")
