@@ -244,3 +244,40 @@ def file_cycles(root, strip_tests, show=False):
         for a, b in zip(cyc, cyc[1:]):
             print(f"    {a} -> {b}  ({edges[a][b]})")
     return len(comps)
+
+
+def selftest():
+    """Checks the resolver on a small tree: a cycle through `super::`, one hidden behind a
+    `pub use` re-export, a `use` tree with braces, a parent composing its children (no
+    cycle), and test code (ignored). Run: python3 tools/modgraph_files.py"""
+    import tempfile
+
+    def strip_tests(text):
+        return text.split("#[cfg(test)]")[0]
+
+    files = {
+        "main.rs": "mod a;\nmod b;\n",
+        "a/mod.rs": "mod x;\nmod y;\npub use x::Thing;\npub fn shared() {}\nfn f() { y::g(); }\n",
+        "a/x.rs": "pub struct Thing;\nfn f() { super::y::g(); super::shared(); }\n",
+        "a/y.rs": "use crate::a::{Thing, x::Thing as T};\npub fn g() {}\n",
+        "b.rs": "// crate::a::x::Thing in a comment\nfn f() { let _ = \"crate::a::y\"; }\n"
+        "#[cfg(test)]\nmod tests { use crate::a::y; }\n",
+    }
+    with tempfile.TemporaryDirectory() as root:
+        for rel, text in files.items():
+            os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
+            with open(os.path.join(root, rel), "w") as f:
+                f.write(text)
+        edges = Files(root, strip_tests).edges()
+    x, y = os.path.join("a", "x.rs"), os.path.join("a", "y.rs")
+    m = os.path.join("a", "mod.rs")
+    assert set(edges.get(x, {})) == {y, m}, edges  # super::y, super::shared
+    assert set(edges.get(y, {})) == {x}, edges  # the re-export followed to x.rs
+    assert m not in edges, edges  # it composes its children: not a use
+    assert "b.rs" not in edges, edges  # comments, strings and tests do not count
+    assert sccs(edges) == [sorted([x, y])], sccs(edges)
+    print("ok: modgraph_files selftest")
+
+
+if __name__ == "__main__":
+    selftest()
