@@ -258,3 +258,76 @@ fn systemctl_stop_and_start_of_the_service_unit() {
     }
     assert_eq!(systemctl_out(&["is-active", UNIT_B]), "inactive");
 }
+
+/// `systemctl stop` + `start` of a service whose process ends badly at the stop: one exits
+/// 143 on SIGTERM (result exit-code, the unit failed), the other ignores SIGTERM and is
+/// SIGKILLed at its stop_timeout (result timeout, failed). Their failed units stay loaded
+/// (CollectMode=inactive); the start must reset them and bring up fresh instances, not count
+/// them as running.
+#[test]
+fn systemctl_stop_and_start_replaces_instances_that_failed_at_the_stop() {
+    if !in_sandbox() {
+        eprintln!("SKIPPED: needs the systemd sandbox");
+        return;
+    }
+    let toml = r#"
+[shim]
+port_range = [26500, 26599]
+
+[services.sf-term]
+image = "oci:{layout}:{revision}"
+env = { APP_SIGTERM_EXIT = "143" }
+
+[services.sf-term.processes.web]
+count = 2
+health = { path = "/health", interval = "1s", timeout = "1s", start_period = "2s" }
+stop_timeout = "3s"
+
+[services.sf-kill]
+image = "oci:{layout}:{revision}"
+env = { APP_IGNORE_SIGTERM = "1" }
+
+[services.sf-kill.processes.web]
+health = { path = "/health", interval = "1s", timeout = "1s", start_period = "2s" }
+stop_timeout = "2s"
+"#;
+    let cfg = TestConfig::new(toml);
+    let cfg = cfg.path();
+    for (id, unit, result) in [
+        ("sf-term", "shim-sf\\x2dterm.service", "exit-code"),
+        ("sf-kill", "shim-sf\\x2dkill.service", "timeout"),
+    ] {
+        shim_ok(cfg, &["upgrade", "--id", id, "--revision", "rev1"]);
+        let before = instances(cfg, id);
+        assert!(!before.is_empty(), "{id}");
+        let o = systemctl(&["stop", unit]);
+        assert!(o.status.success(), "{id}: {}", stderr(&o));
+        // What the stop left: each instance failed, with the result the process earned.
+        wait_for(Duration::from_secs(20), "the instances failed", || {
+            before
+                .iter()
+                .all(|u| unit_prop(u, "ActiveState") == "failed")
+                .then_some(())
+        });
+        for u in &before {
+            assert_eq!(unit_prop(u, "Result"), result, "{u}");
+        }
+        let o = systemctl(&["start", unit]);
+        assert!(
+            o.status.success(),
+            "{id}: {}\n{}",
+            stderr(&o),
+            systemctl_out(&["status", "--no-pager", "-n", "30", unit])
+        );
+        wait_for(Duration::from_secs(20), "fresh instances running", || {
+            before
+                .iter()
+                .all(|u| {
+                    unit_prop(u, "ActiveState") == "active" && unit_prop(u, "SubState") == "running"
+                })
+                .then_some(())
+        });
+        assert_eq!(healthy(cfg, id), before.len(), "{id}");
+        shim_ok(cfg, &["stop", "--id", id]);
+    }
+}

@@ -9,6 +9,8 @@
 //! - `APP_BOOT_DELAY_MS=N`: sleep N ms before listening (slow start).
 //! - `APP_CRASH_AFTER_MS=N`: exit with code 3 after N ms.
 //! - `APP_IGNORE_SIGTERM=1`: ignore SIGTERM (forces the supervisor to SIGKILL).
+//! - `APP_SIGTERM_EXIT=N`: exit with status N on SIGTERM (143, as a shell's `trap` or the
+//!   JVM does: systemd counts it as a failure), instead of 0.
 //!
 //! Routes (any method; HEAD gets headers only):
 //! - `/` → `revision=R instance=I pid=P`
@@ -48,15 +50,27 @@ const SIGINT: i32 = 2;
 const SIGTERM: i32 = 15;
 const SIG_IGN: usize = 1;
 
-extern "C" fn exit_on_signal(_sig: i32) {
+/// The status SIGTERM exits with (`APP_SIGTERM_EXIT`), set before the handler is installed.
+static SIGTERM_EXIT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn exit_on_signal(sig: i32) {
     // Why a handler at all: as PID 1 of a container the kernel ignores
     // signals that have the default action, so without it SIGTERM would do
     // nothing. _exit is async-signal-safe; every log line is already flushed.
-    unsafe { _exit(0) }
+    let code = if sig == SIGTERM {
+        SIGTERM_EXIT.load(Ordering::Relaxed)
+    } else {
+        0
+    };
+    unsafe { _exit(code) }
 }
 
 fn install_signal_handlers() {
     let ignore = env_flag("APP_IGNORE_SIGTERM");
+    let code = std::env::var("APP_SIGTERM_EXIT").ok();
+    if let Some(code) = code.and_then(|v| v.trim().parse::<i32>().ok()) {
+        SIGTERM_EXIT.store(code, Ordering::Relaxed);
+    }
     unsafe {
         if ignore {
             signal(SIGTERM, SIG_IGN);
