@@ -329,9 +329,12 @@ fn rm(config: &Path, dirs: &Dirs, a: RmArgs) -> Result<()> {
 
 /// The manifest digests the recorded deployments of every service on this host pin
 /// (current, previous, being rolled out), defined or not.
-fn deployed_manifests(dirs: &Dirs) -> BTreeSet<String> {
-    StateStore::new(&dirs.state)
-        .load_all()
+/// Every state file must be read: one that is skipped (damaged, or written by a newer shim)
+/// could pin a manifest that prune would then remove.
+fn deployed_manifests(dirs: &Dirs) -> Result<BTreeSet<String>> {
+    Ok(StateStore::new(&dirs.state)
+        .load_every()
+        .context("nothing was pruned: every deployment record must be read to know what it pins")?
         .into_iter()
         .flat_map(|(_, st)| {
             let a = st.upgrading.and_then(|a| a.deployment);
@@ -339,7 +342,7 @@ fn deployed_manifests(dirs: &Dirs) -> BTreeSet<String> {
         })
         .flatten()
         .map(|d| d.manifest_digest)
-        .collect()
+        .collect())
 }
 
 /// The images the current and previous revision of every defined service use.
@@ -375,7 +378,7 @@ fn prune(config: &Path, dirs: &Dirs, a: PruneArgs) -> Result<()> {
         eprintln!("shim: warning: {n}; its image cannot be identified and is not kept");
     }
     let in_use = InUse::current(&store)?;
-    let rep = store.prune(&keep, &deployed_manifests(dirs), &in_use, grace, a.dry_run)?;
+    let rep = store.prune(&keep, &deployed_manifests(dirs)?, &in_use, grace, a.dry_run)?;
     let verb = if a.dry_run { "would remove" } else { "removed" };
     for r in &rep.records_removed {
         println!("{verb} image {r}");

@@ -27,17 +27,17 @@ const TERM_GRACE: Duration = Duration::from_millis(200);
 /// How often running checks are looked at while waiting.
 const POLL: Duration = Duration::from_millis(2);
 
-/// The argv of a command check (pure): `RUNTIME exec --process P --pid-file F CONTAINER`.
+/// The argv of a command check (pure): `RUNTIME exec --process P --pid-file F CONTAINER`,
+/// built by `plan::runtime_args::Exec` like every other runtime command line.
 pub fn exec_argv(runtime: &str, container: &str, process: &Path, pid_file: &Path) -> Vec<String> {
-    vec![
-        runtime.to_string(),
-        "exec".into(),
-        "--process".into(),
-        process.display().to_string(),
-        "--pid-file".into(),
-        pid_file.display().to_string(),
-        container.to_string(),
-    ]
+    crate::plan::runtime_args::argv(
+        Path::new(runtime),
+        &crate::plan::runtime_args::Exec {
+            process,
+            pid_file,
+            id: container,
+        },
+    )
 }
 
 /// The process a command check runs (pure): the container's own `process` (from its

@@ -317,7 +317,34 @@ mod tests {
             Ok(0) | Err(_)
         ));
         drop(l);
-        assert!(!check_all(&[req(port)])[0].healthy(), "refused once closed");
+        // A port bound but not listening refuses connections, and stays ours while the check
+        // runs (a port merely closed could be taken meanwhile by a parallel test's listener).
+        let (_bound, closed) = bound_not_listening();
+        assert!(
+            !check_all(&[req(closed)])[0].healthy(),
+            "refused when closed"
+        );
+    }
+
+    /// A TCP socket bound to a free loopback port without listening, and the port.
+    fn bound_not_listening() -> (std::os::fd::OwnedFd, u16) {
+        use nix::sys::socket::{
+            bind, getsockname, socket, AddressFamily, SockFlag, SockType, SockaddrIn,
+        };
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )
+        .unwrap();
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrIn::new(127, 0, 0, 1, 0),
+        )
+        .unwrap();
+        let addr: SockaddrIn = getsockname(std::os::fd::AsRawFd::as_raw_fd(&fd)).unwrap();
+        (fd, addr.port())
     }
 
     #[test]

@@ -246,9 +246,28 @@ impl StateStore {
         }
     }
 
-    /// Every service's state that can be read (a damaged file is skipped: its service is
-    /// reported where it is looked at by name).
+    /// Every service's state that can be read (a damaged file, or one written by a newer
+    /// shim, is skipped: its service is reported where it is looked at by name, and one bad
+    /// file does not stop the others' upgrades). For what must not guess, [`Self::load_every`].
     pub fn load_all(&self) -> Vec<(String, ServiceState)> {
+        self.ids()
+            .into_iter()
+            .filter_map(|id| Some((id.clone(), self.load(&id).ok()?)))
+            .collect()
+    }
+
+    /// Every service's state, or the first file that cannot be read, named: for decisions
+    /// that would destroy what a skipped record pins (image gc would remove the manifests of a
+    /// state file written by a newer shim after a downgrade).
+    pub fn load_every(&self) -> Result<Vec<(String, ServiceState)>> {
+        self.ids()
+            .into_iter()
+            .map(|id| Ok((id.clone(), self.load(&id)?)))
+            .collect()
+    }
+
+    /// The ids that have a state file.
+    fn ids(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
         };
@@ -258,7 +277,6 @@ impl StateStore {
                 let name = e.file_name().to_string_lossy().to_string();
                 name.strip_suffix(".json").map(str::to_string)
             })
-            .filter_map(|id| Some((id.clone(), self.load(&id).ok()?)))
             .collect()
     }
 
@@ -385,8 +403,17 @@ mod tests {
         assert!(msg.contains(&s.path("app").display().to_string()), "{msg}");
         assert!(msg.contains("newer shim (state file version 2"), "{msg}");
         assert_eq!(crate::error::exit_code(&err), crate::error::EXIT_BAD_INPUT);
-        // The listing skips it, as any file it cannot read: nothing of it is misread.
+        // The listing skips it, as any file it cannot read: nothing of it is misread. The
+        // strict listing (image gc) refuses, naming it.
         assert!(s.load_all().is_empty());
+        let every = format!("{:#}", s.load_every().unwrap_err());
+        assert!(
+            every.contains(&s.path("app").display().to_string()),
+            "{every}"
+        );
+        s.save("other", &ServiceState::default()).unwrap();
+        assert_eq!(s.load_all().len(), 1);
+        assert!(s.load_every().is_err());
         std::fs::write(s.path("app"), r#"{"version": "one", "current": "r1"}"#).unwrap();
         let msg = format!("{:#}", s.load("app").unwrap_err());
         assert!(msg.contains("\"one\" is not a version number"), "{msg}");

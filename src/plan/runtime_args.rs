@@ -51,9 +51,6 @@ impl Args for Run<'_> {
 
 /// `exec --process P --pid-file F ID`: run the process described by the JSON file `P` in a
 /// running container (command health checks).
-// Not yet called: host/exec_check.rs still spells this argv in its `exec_argv` (its owner
-// rewrites that file in issue 24's health-check part and switches to this builder there).
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exec<'a> {
     pub process: &'a Path,

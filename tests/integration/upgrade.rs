@@ -436,12 +436,15 @@ fn concurrent_upgrades_wait_for_each_other() {
     let rev = rows[0]["revision"].as_str().unwrap().to_string();
     assert!(rows.iter().all(|r| r["revision"] == rev.as_str()));
     assert_eq!(served_revision(), format!("revision={rev}"));
-    // A short lock timeout fails clearly, naming the holder.
+    // A short lock timeout fails clearly, naming the holder. The holder upgrades to the
+    // revision that does not serve (so it has work to do while it holds the lock), and the
+    // waiter starts only once the lock is seen held: no reliance on which thread runs first.
+    let other = if rev == "rev1" { "rev2" } else { "rev1" };
     let holder = {
         let path = path.clone();
-        std::thread::spawn(move || shim(&path, &["upgrade", "--id", "conc", "--revision", "rev2"]))
+        std::thread::spawn(move || shim(&path, &["upgrade", "--id", "conc", "--revision", other]))
     };
-    std::thread::sleep(Duration::from_millis(100));
+    wait_until_locked(id, &holder);
     let c = shim(
         &path,
         &[
@@ -449,12 +452,13 @@ fn concurrent_upgrades_wait_for_each_other() {
             "--id",
             "conc",
             "--revision",
-            "rev1",
+            rev.as_str(),
             "--lock-timeout",
             "10ms",
         ],
     );
-    holder.join().unwrap();
+    let h = holder.join().unwrap();
+    assert!(h.status.success(), "{}", stderr(&h));
     assert_eq!(c.status.code(), Some(1), "{}", stderr(&c));
     assert!(
         stderr(&c).contains("locked by another shim command (pid"),
@@ -463,6 +467,29 @@ fn concurrent_upgrades_wait_for_each_other() {
     );
     shim_ok(&path, &["stop", "--id", id]);
     disable_site(id);
+}
+
+/// Waits (up to 60 s) until service `id`'s lock is held by another process, as `flock -n`
+/// sees it; panics if `holder` finished first.
+fn wait_until_locked(id: &str, holder: &std::thread::JoinHandle<std::process::Output>) {
+    let lock = format!("/run/shim/locks/{id}.lock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let free = std::path::Path::new(&lock).exists()
+            && std::process::Command::new("flock")
+                .args(["-n", &lock, "true"])
+                .status()
+                .is_ok_and(|s| s.success());
+        if std::path::Path::new(&lock).exists() && !free {
+            return;
+        }
+        assert!(
+            !holder.is_finished(),
+            "the holder finished before it was seen holding the lock"
+        );
+        assert!(std::time::Instant::now() < deadline, "{lock} never held");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// The chaos test, recovery by reconcile (what the boot runs): an upgrade SIGKILLed right
