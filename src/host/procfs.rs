@@ -3,6 +3,8 @@
 
 use std::collections::BTreeSet;
 
+use crate::plan::Endpoint;
+
 /// Kernel facts the operations need.
 pub trait Procfs: Send + Sync {
     /// The pids of `pid`'s direct children (nginx's workers, for a reload to be confirmed).
@@ -15,9 +17,12 @@ pub trait Procfs: Send + Sync {
     /// This process's hard RLIMIT_NOFILE: what systemd can give a unit without
     /// CAP_SYS_RESOURCE.
     fn nofile_hard(&self) -> u64;
-    /// How many TCP connections to `ports` are open (server side, established or being
-    /// accepted), from the kernel's socket tables: what an instance still serves.
-    fn connections(&self, ports: &BTreeSet<u16>) -> usize;
+    /// How many TCP connections to the instances at `ends` are open (server side,
+    /// established or being accepted), from the kernel's socket tables: what an instance
+    /// still serves. Counted by local port in the host's tables: every endpoint is on the
+    /// host's network today (`plan::Endpoint::for_instance`); an instance in a namespace of
+    /// its own would be counted in its namespace's tables, here, not by the callers.
+    fn connections(&self, ends: &BTreeSet<Endpoint>) -> usize;
 }
 
 /// The connections in a `/proc/net/tcp` or `tcp6` table whose local port is in `ports` and
@@ -74,7 +79,8 @@ impl Procfs for RealProcfs {
             .unwrap_or(u64::MAX)
     }
 
-    fn connections(&self, ports: &BTreeSet<u16>) -> usize {
+    fn connections(&self, ends: &BTreeSet<Endpoint>) -> usize {
+        let ports: BTreeSet<u16> = ends.iter().map(|e| e.port).collect();
         if ports.is_empty() {
             return 0;
         }
@@ -99,7 +105,7 @@ impl Procfs for RealProcfs {
             // No ss: the tables themselves.
             _ => ["/proc/net/tcp", "/proc/net/tcp6"]
                 .iter()
-                .map(|p| count_connections(&std::fs::read_to_string(p).unwrap_or_default(), ports))
+                .map(|p| count_connections(&std::fs::read_to_string(p).unwrap_or_default(), &ports))
                 .sum(),
         }
     }
@@ -140,8 +146,8 @@ impl Procfs for FakeProcfs {
         1 << 20
     }
 
-    fn connections(&self, ports: &BTreeSet<u16>) -> usize {
-        crate::host::systemd::fake::lock(&self.asked).push(ports.clone());
+    fn connections(&self, ends: &BTreeSet<Endpoint>) -> usize {
+        crate::host::systemd::fake::lock(&self.asked).push(ends.iter().map(|e| e.port).collect());
         crate::host::systemd::fake::lock(&self.open)
             .pop_front()
             .unwrap_or(0)
@@ -174,16 +180,28 @@ mod tests {
     fn the_kernel_tables_show_an_accepted_connection_until_it_closes() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        assert_eq!(RealProcfs.connections(&[port].into()), 0, "listening only");
+        assert_eq!(
+            RealProcfs.connections(&[Endpoint::for_instance(port)].into()),
+            0,
+            "listening only"
+        );
         let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let (s, _) = l.accept().unwrap();
-        assert_eq!(RealProcfs.connections(&[port].into()), 1);
+        assert_eq!(
+            RealProcfs.connections(&[Endpoint::for_instance(port)].into()),
+            1
+        );
         drop((c, s));
         // The closing handshake is the kernel's, asynchronous: give it a moment under load.
         let t0 = std::time::Instant::now();
-        while RealProcfs.connections(&[port].into()) != 0 && t0.elapsed().as_secs() < 2 {
+        while RealProcfs.connections(&[Endpoint::for_instance(port)].into()) != 0
+            && t0.elapsed().as_secs() < 2
+        {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        assert_eq!(RealProcfs.connections(&[port].into()), 0);
+        assert_eq!(
+            RealProcfs.connections(&[Endpoint::for_instance(port)].into()),
+            0
+        );
     }
 }

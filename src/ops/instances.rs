@@ -502,19 +502,19 @@ fn roll_back(
 /// read a request on a kept-alive client connection and not yet connected to the instance.
 pub const DRAIN_GRACE: Duration = Duration::from_millis(250);
 
-/// Waits until no connection to `ports` (the old instances', after nginx stopped sending them
+/// Waits until no connection to `ends` (the old instances', after nginx stopped sending them
 /// requests) is open any more, polling the kernel's socket tables every 50 ms, for `drain` at
 /// most; returns what happened, for the step's details.
-pub fn drain(host: &Host, ports: &BTreeSet<u16>, drain: Duration) -> String {
+pub fn drain(host: &Host, ends: &BTreeSet<crate::plan::Endpoint>, drain: Duration) -> String {
     let clock = &host.clock;
     let start = clock.now();
     clock.sleep(drain.min(DRAIN_GRACE));
     loop {
         let waited = clock.now().duration_since(start);
-        let open = if ports.is_empty() {
+        let open = if ends.is_empty() {
             0
         } else {
-            host.procfs.connections(ports)
+            host.procfs.connections(ends)
         };
         if open == 0 {
             return format!(
@@ -713,7 +713,9 @@ mod tests {
         let procfs = std::sync::Arc::new(crate::host::procfs::FakeProcfs::default());
         let p2 = procfs.clone();
         let fh = crate::host::FakeHost::with(move |h| h.procfs = Box::new(p2));
-        let ports: BTreeSet<u16> = [20001, 20002].into();
+        let ports: BTreeSet<crate::plan::Endpoint> = [20001, 20002]
+            .map(crate::plan::Endpoint::for_instance)
+            .into();
         *lock(&procfs.open) = [3, 1].into();
         let said = drain(&fh.host, &ports, Duration::from_secs(5));
         assert_eq!(
@@ -729,5 +731,9 @@ mod tests {
         // drain = "0s": nothing is waited for.
         let said = drain(&fh.host, &ports, Duration::ZERO);
         assert!(said.contains("still open after drain 0:"), "{said}");
+        // The kernel was asked about the instances' ports.
+        assert!(lock(&procfs.asked)
+            .iter()
+            .all(|a| *a == BTreeSet::from([20001, 20002])));
     }
 }

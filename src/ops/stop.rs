@@ -148,8 +148,8 @@ pub fn stop(
                     .max()
                     .unwrap_or_default();
                 if !units.is_empty() {
-                    let ports = units.iter().filter_map(|u| u.port()).collect();
-                    drained = Some(instances::drain(host, &ports, drain));
+                    let ends = units.iter().filter_map(|u| u.endpoint()).collect();
+                    drained = Some(instances::drain(host, &ends, drain));
                 }
             }
             Ok(_) => {}

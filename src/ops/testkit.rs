@@ -166,8 +166,8 @@ impl<T: crate::host::procfs::Procfs> crate::host::procfs::Procfs for std::sync::
     fn has_cap_sys_resource(&self) -> bool {
         (**self).has_cap_sys_resource()
     }
-    fn connections(&self, ports: &std::collections::BTreeSet<u16>) -> usize {
-        (**self).connections(ports)
+    fn connections(&self, ends: &std::collections::BTreeSet<crate::plan::Endpoint>) -> usize {
+        (**self).connections(ends)
     }
     fn nofile_hard(&self) -> u64 {
         (**self).nofile_hard()

@@ -1,6 +1,8 @@
 //! Where an instance answers, as the host reaches it: one [`Endpoint`] per instance, made in
-//! one place and read by everything that talks to an instance (health checks, the proxy
-//! switch, drain counting, status, `shim run`'s environment).
+//! one place and read by everything that talks to an instance (HTTP and TCP health checks,
+//! the proxy switch's upstreams and rules, drain counting). The port shim *gives* an instance
+//! (`SHIM_PORT`, `$PORT`, the port allocator, status's PORT column) is another thing: what
+//! the process is told to listen on, which a private network would fix per process.
 //!
 //! Today every instance shares the host's network and listens on `127.0.0.1:$PORT`, the port
 //! shim gave it: [`Endpoint::host_loopback`] is the one place that address is formed. An

@@ -315,11 +315,18 @@ pub fn parse_chain_json(json: &str) -> anyhow::Result<Option<ChainRule>> {
         let Some(rule) = object.get("rule") else {
             continue;
         };
-        let rule: JsonRule = serde_json::from_value(rule.clone())?;
+        // A rule shim did not write (an operator's own `dnat to 127.0.0.1:8080`, say) is
+        // passed over, as the text parser before it did: it is not a pointer shim can read,
+        // and failing here would fail `shim stop` and reconcile over someone else's rule.
+        let Ok(rule) = serde_json::from_value::<JsonRule>(rule.clone()) else {
+            continue;
+        };
         let Some(dnat) = rule.expr.iter().find_map(|e| e.get("dnat")?.get("addr")) else {
             continue;
         };
-        let m: DnatMap = serde_json::from_value(dnat.clone())?;
+        let Ok(m) = serde_json::from_value::<DnatMap>(dnat.clone()) else {
+            continue;
+        };
         let slots = if m.map.key.get("numgen").is_some() {
             1
         } else {
@@ -413,6 +420,23 @@ mod tests {
         let p = parse_chain_json(json).unwrap().unwrap();
         assert_eq!((p.endpoints, p.slots), (at(&[20001, 20002]), 1));
         assert_eq!((p.deployment.as_str(), p.revision.as_str()), ("ab", "r1"));
+    }
+
+    #[test]
+    fn a_rule_shim_did_not_write_is_passed_over_not_an_error() {
+        // nft 1.0.6's JSON of an operator's `ip daddr 127.9.8.7 dnat to 127.0.0.1:8080` in
+        // a chain of shim's table, alone, then before shim's own rule.
+        let foreign = r#"{"rule": {"family": "ip", "table": "shim", "chain": "svc_billing_app/web", "handle": 9, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "127.9.8.7"}}, {"dnat": {"family": "ip", "addr": "127.0.0.1", "port": 8080}}]}}"#;
+        let head = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"chain": {"family": "ip", "table": "shim", "name": "svc_billing_app/web", "handle": 2}}"#;
+        let alone = format!("{head}, {foreign}]}}");
+        assert_eq!(parse_chain_json(&alone).unwrap(), None);
+        let shims = LISTED
+            .split_once(r#"{"rule": "#)
+            .map(|(_, r)| format!(r#"{{"rule": {r}"#))
+            .unwrap();
+        let both = format!("{head}, {foreign}, {shims}");
+        let p = parse_chain_json(&both).unwrap().unwrap();
+        assert_eq!(p.endpoints, at(&[20001, 20002]));
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub fn sync_upstreams(
         })
         .collect();
     let proxy = crate::ops::proxy::for_host(host, settings);
-    let now = proxy.pointed(inp.service);
+    let now = crate::ops::proxy::compared(proxy.as_ref(), inp.service);
     let mut changed = Vec::new();
     for t in plan_upstreams(inp, checks, &killed) {
         if now.get(&t.process).cloned().flatten().as_ref() == Some(&t.to) {

@@ -52,6 +52,14 @@ pub trait ProxySwitch {
     /// Unreadable state reads as None: the callers compare, and an unknown pointer is drift.
     fn pointed(&self, svc: &ServiceDef) -> Pointed;
 
+    /// The proxied processes of `svc` whose form on the machine is not what this shim would
+    /// write for the pointer [`ProxySwitch::pointed`] reads back (an upstream file of an older
+    /// shim, without passive failure detection, say). Recovery still reads their pointer;
+    /// the probe and reconcile rewrite them ([`compared`]). None by default.
+    fn outdated(&self, _svc: &ServiceDef) -> std::collections::BTreeSet<String> {
+        Default::default()
+    }
+
     /// Points each target's process at its pointer, all or nothing: on any failure the
     /// previous pointers are restored and the error says so. One line per change goes to
     /// `details`. Targets must name proxied processes of `svc`.
@@ -66,6 +74,17 @@ pub trait ProxySwitch {
     /// between writing and applying (recovery, before old instances go). Returns a line if
     /// it did something.
     fn settle(&self, svc: &ServiceDef) -> Result<Option<String>>;
+}
+
+/// What `switch` points at, for comparing with what should be (the probe's sync, reconcile's
+/// drift): a process whose form is [outdated](ProxySwitch::outdated) reads as unknown, so it
+/// is rewritten even where it points at the right instances.
+pub fn compared(switch: &dyn ProxySwitch, svc: &ServiceDef) -> Pointed {
+    let mut pointed = switch.pointed(svc);
+    for process in switch.outdated(svc) {
+        pointed.insert(process, None);
+    }
+    pointed
 }
 
 /// The switch the host's settings name.

@@ -34,6 +34,22 @@ impl ProxySwitch for NginxReload<'_> {
             .collect()
     }
 
+    fn outdated(&self, svc: &ServiceDef) -> std::collections::BTreeSet<String> {
+        let id = svc.id.as_str();
+        svc.processes
+            .values()
+            .filter_map(|d| Some((d.name.as_str(), d.proxy.as_ref()?)))
+            .filter(|(name, px)| {
+                let Ok(text) = std::fs::read_to_string(&px.file) else {
+                    return false;
+                };
+                parse_upstream(&text)
+                    .is_some_and(|p| render_pointer(&px.upstream, id, name, &p) != text)
+            })
+            .map(|(name, _)| name.to_string())
+            .collect()
+    }
+
     fn apply(&self, svc: &ServiceDef, targets: &[Target], details: &mut Vec<String>) -> Result<()> {
         let id = svc.id.as_str();
         let mut files = Vec::new();

@@ -186,3 +186,36 @@ fn the_nftables_backend_reads_the_kernel_not_the_file() {
         None
     );
 }
+
+#[test]
+fn an_upstream_file_in_an_older_shims_form_is_read_for_recovery_and_rewritten_by_comparison() {
+    let c = Case::new("reload");
+    let svc = c.defs.service("app").unwrap();
+    let web = Pointer::serving("r1", "5e6f7a8b", at_ports(&[20001, 20002]));
+    c.apply(&[target("web", &web)]).unwrap();
+    let switch = for_host(&c.fh.host, &c.defs.settings);
+    assert!(
+        switch.outdated(svc).is_empty(),
+        "what this shim writes is current"
+    );
+    // As a shim from before passive failure detection wrote it: the same instances.
+    let file = c.fh.tmp.path().join("nginx/web.conf");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains(" max_fails=1 fail_timeout=2s;"), "{text}");
+    std::fs::write(&file, text.replace(" max_fails=1 fail_timeout=2s;", ";")).unwrap();
+    assert_eq!(
+        c.pointed("web"),
+        Some(web.clone()),
+        "recovery still reads it"
+    );
+    assert_eq!(switch.outdated(svc), ["web".to_string()].into());
+    let compared = super::compared(switch.as_ref(), svc);
+    assert_eq!(compared["web"], None, "the probe and reconcile see drift");
+    assert_eq!(compared["admin"], None, "never written: unknown as before");
+    c.apply(&[target("web", &web)]).unwrap();
+    assert!(
+        switch.outdated(svc).is_empty(),
+        "rewritten in this shim's form"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+}

@@ -257,7 +257,9 @@ fn reconcile_running(cx: &Cx<'_>, svc: &ServiceDef, rep: &mut Report) -> Result<
         rep.say(id, &note);
     }
     let units = crate::ops::view::ServiceView::observe(sd, id)?.into_units();
-    if let Some(a) = plan_deployed(svc, &st, (deployed, &revision), &units, &pointed) {
+    // Drift compares with what should be: an upstream file in an older shim's form is drift.
+    let compared = crate::ops::proxy::compared(proxy.as_ref(), svc);
+    if let Some(a) = plan_deployed(svc, &st, (deployed, &revision), &units, &compared) {
         return act(cx, id, &a, lock, rep);
     }
     // The timers follow the deployed definition too.

@@ -749,10 +749,11 @@ impl Run<'_> {
         let p = &self.p;
         let old = self.planned.old_rest(p);
         let drain = drain_of(p, &old);
-        let ports: BTreeSet<u16> = old.iter().filter_map(|u| u.port()).collect();
+        let ends: BTreeSet<crate::plan::Endpoint> =
+            old.iter().filter_map(|u| u.endpoint()).collect();
         let host = self.host;
         self.rep.step("drain", |d| {
-            d.push(instances::drain(host, &ports, drain));
+            d.push(instances::drain(host, &ends, drain));
             Ok(())
         })?;
         Ok(Step::StopOld)

@@ -139,8 +139,8 @@ pub fn run(
         // instances: make it serve what it points at before they go.
         details.extend(proxy.settle(&p.service)?);
         let drain = super::drain_of(p, &leftovers);
-        let ports = leftovers.iter().filter_map(|u| u.port()).collect();
-        details.push(instances::drain(host, &ports, drain));
+        let ends = leftovers.iter().filter_map(|u| u.endpoint()).collect();
+        details.push(instances::drain(host, &ends, drain));
     }
     for n in instances::stop_units(sd, &leftovers, Duration::from_secs(300))? {
         details.push(format!("stopped leftover {n}"));
